@@ -1,0 +1,35 @@
+"""Exceptions raised by ScancoUnitsLib.
+
+Every problem with an input file is a :class:`ScancoFormatError` that names the file and the problem in
+one line, so command-line tools can print ``str(error)`` and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+class ScancoError(Exception):
+    """Base class of all errors raised on purpose by ScancoUnitsLib."""
+
+
+class ScancoFormatError(ScancoError, ValueError):
+    """A file is not a readable SCANCO ISQ/AIM file (wrong magic, truncated, inconsistent header...)."""
+
+    def __init__(self, path, problem: str):
+        self.path = os.fspath(path) if path is not None else "<memory>"
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class CalibrationMissingError(ScancoError, ValueError):
+    """A calibrated unit (HU, density, attenuation) was asked for but the file lacks the constants."""
+
+    def __init__(self, path, quantity: str, missing_fields):
+        self.path = os.fspath(path) if path is not None else "<memory>"
+        self.quantity = quantity
+        self.missing_fields = tuple(missing_fields)
+        super().__init__(
+            f"{self.path}: cannot compute {quantity}: the file has no usable "
+            + ", ".join(self.missing_fields)
+        )
