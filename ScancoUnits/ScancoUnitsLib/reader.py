@@ -1,0 +1,186 @@
+"""Open any SCANCO file by its content and read its voxels slab by slab.
+
+``read_header(path)`` detects ISQ / AIM v020 / AIM v030 from the first bytes (never from the
+extension, so ``C0004255.ISQ;1`` and an AIM named ``.isq`` both work). ``open_voxels`` returns a
+:class:`VoxelSource` that reads only the slices asked for: ``readinto`` a caller's buffer for
+uncompressed data, incremental decoding for compressed AIM masks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator, Optional, Union
+
+import numpy as np
+
+from .aim_format import (
+    aim_data_type,
+    aim_header_bytes_needed,
+    detect_aim_version,
+    is_legacy_aim,
+    parse_aim_header,
+)
+from .errors import ScancoFormatError
+from .header import ScancoHeader
+from .isq_format import ISQ_MAGIC, isq_header_bytes_needed, parse_isq_header
+from .vms_encoding import vax_f_array_to_float32
+
+PathLike = Union[str, os.PathLike]
+_FIRST_READ = 4096
+MAX_HEADER_BYTES = 64 << 20  # a processing log or extended header larger than this is not a SCANCO file
+
+
+def _open_input(path) -> "tuple[object, int]":
+    path = os.fspath(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        raise ScancoFormatError(path, "no such file") from None
+    except IsADirectoryError:
+        raise ScancoFormatError(path, "is a folder, not a file") from None
+    except PermissionError:
+        raise ScancoFormatError(path, "permission denied") from None
+    except OSError as exc:
+        raise ScancoFormatError(path, f"cannot open ({exc.strerror or exc})") from None
+    size = os.fstat(f.fileno()).st_size
+    return f, size
+
+
+def _read_header_from(f, path: str, size: int) -> ScancoHeader:
+    first = f.read(_FIRST_READ)
+    if len(first) == 0:
+        raise ScancoFormatError(path, "empty file")
+    if first[:16] == ISQ_MAGIC:
+        needed = isq_header_bytes_needed(first) if len(first) >= 512 else 512
+        parse = parse_isq_header
+    elif detect_aim_version(first) is not None:
+        needed = aim_header_bytes_needed(first)
+        parse = parse_aim_header
+    elif is_legacy_aim(first):
+        raise ScancoFormatError(path, "legacy AIM v010/v011 files are not supported (only v020 and v030)")
+    else:
+        raise ScancoFormatError(path, "not a SCANCO ISQ or AIM file (unknown magic bytes)")
+    if needed > len(first):
+        # never read more than the file holds, nor an absurd header size
+        needed = min(needed, size, MAX_HEADER_BYTES)
+        first += f.read(needed - len(first))
+    return parse(first, path, size)
+
+
+def read_header(path: PathLike) -> ScancoHeader:
+    """Read and check the header of a SCANCO ISQ or AIM file."""
+    f, size = _open_input(path)
+    with f:
+        return _read_header_from(f, os.fspath(path), size)
+
+
+class VoxelSource:
+    """Native voxel values of one file, read slab by slab. Use as a context manager."""
+
+    def __init__(self, path: PathLike, header: Optional[ScancoHeader] = None):
+        self.path = os.fspath(path)
+        self._file, size = _open_input(self.path)
+        try:
+            self.header = header if header is not None else _read_header_from(self._file, self.path, size)
+        except BaseException:
+            self._file.close()
+            raise
+        h = self.header
+        self.dtype = np.dtype(h.voxel_type)
+        x, y, _ = h.dimensions
+        self._slice_voxels = x * y
+        self._decoder = None
+        self._decoder_next_z = 0
+        self._vax = h.format == "AIM" and (aim_data_type(h.data_type_code) or None) is not None \
+            and aim_data_type(h.data_type_code).vax_float
+
+    # -- public ----------------------------------------------------------------------------------
+    @property
+    def shape(self):
+        return self.header.shape_zyx
+
+    def read_slab(self, z0: int, z1: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Slices ``z0 <= z < z1`` as an array (z1 - z0, y, x) of the file's native type."""
+        nz, ny, nx = self.shape
+        if not 0 <= z0 <= z1 <= nz:
+            raise IndexError(f"slab {z0}:{z1} outside 0:{nz}")
+        shape = (z1 - z0, ny, nx)
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {self.dtype} array of shape {shape}")
+        if z1 == z0:
+            return out
+        if self.header.compression is None:
+            self._read_uncompressed(z0, z1, out)
+        else:
+            self._read_compressed(z0, z1, out)
+        return out
+
+    def iter_slabs(self, slices: int = 16) -> Iterator[np.ndarray]:
+        if slices < 1:
+            raise ValueError("slices must be >= 1")
+        nz = self.shape[0]
+        for z0 in range(0, nz, slices):
+            yield self.read_slab(z0, min(z0 + slices, nz))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- internals -------------------------------------------------------------------------------
+    def _read_uncompressed(self, z0: int, z1: int, out: np.ndarray) -> None:
+        itemsize = self.dtype.itemsize
+        start = self.header.data_offset + z0 * self._slice_voxels * itemsize
+        self._file.seek(start)
+        view = memoryview(out.reshape(-1)).cast("B")
+        got = self._file.readinto(view)
+        while got < len(view):  # readinto may return short on pipes/network files
+            more = self._file.readinto(view[got:])
+            if not more:
+                raise ScancoFormatError(self.path, f"truncated: voxel data ends {len(view) - got} bytes early "
+                                                   f"(slices {z0}..{z1 - 1})")
+            got += more
+        if self._vax:
+            out.reshape(-1)[:] = vax_f_array_to_float32(out.reshape(-1).view(np.uint8))
+
+    def _read_compressed(self, z0: int, z1: int, out: np.ndarray) -> None:
+        from .aim_compression import CompressedVoxelDecoder
+
+        h = self.header
+        if self._decoder is None or z0 != self._decoder_next_z:
+            if z0 < self._decoder_next_z or self._decoder is None:
+                self._decoder = CompressedVoxelDecoder(
+                    self._file, h.data_offset, h.data_size, h.dimensions, h.compression,
+                    length_field_bytes=8 if h.version == "AIMDATA_V030" else 4,
+                    path=self.path, off_xyz=h.border_voxels)
+                self._decoder_next_z = 0
+            while self._decoder_next_z < z0:  # skip forward
+                step = min(z0 - self._decoder_next_z, 64)
+                self._decoder.read_slices(step)
+                self._decoder_next_z += step
+        out[...] = self._decoder.read_slices(z1 - z0)
+        self._decoder_next_z = z1
+
+
+def open_voxels(path_or_header: Union[PathLike, ScancoHeader]) -> VoxelSource:
+    if isinstance(path_or_header, ScancoHeader):
+        return VoxelSource(path_or_header.path, path_or_header)
+    return VoxelSource(path_or_header)
+
+
+def iter_slabs(path_or_header: Union[PathLike, ScancoHeader], slices: int = 16) -> Iterator[np.ndarray]:
+    """Native voxels (n, y, x) slab by slab, z ascending; reads only what it yields."""
+    with open_voxels(path_or_header) as source:
+        yield from source.iter_slabs(slices)
+
+
+def read_volume(path_or_header: Union[PathLike, ScancoHeader]) -> np.ndarray:
+    """The whole volume (z, y, x) in its native type. For files that fit in memory."""
+    with open_voxels(path_or_header) as source:
+        return source.read_slab(0, source.shape[0])
