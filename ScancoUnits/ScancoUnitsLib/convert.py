@@ -68,6 +68,7 @@ class ConversionOptions:
     slab_slices: Optional[int] = None       # None: about 4 Mi voxels a slab
     threads: int = 2                        # gzip threads per output
     output_stem: Optional[str] = None       # default: input name without extension and ;N
+    report: bool = False                    # QC picture <stem>_report.png (needs matplotlib)
 
     def __post_init__(self):
         outputs = tuple(dict.fromkeys(self.outputs))
@@ -217,16 +218,30 @@ def _buffers(count: int, shape, dtype) -> "queue.Queue[np.ndarray]":
     return pool
 
 
+SlabObserver = Callable[[int, np.ndarray, Dict[str, np.ndarray]], None]
+
+
 def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionOptions] = None, *,
                    stem: Optional[str] = None,
-                   progress: Optional[Callable[[int, int], Optional[bool]]] = None) -> ConversionResult:
+                   progress: Optional[Callable[[int, int], Optional[bool]]] = None,
+                   observers: Sequence[SlabObserver] = ()) -> ConversionResult:
     """Convert the file ``header`` describes. ``progress(done_slices, total_slices)`` is called after
-    each slab; returning False cancels (nothing is left on disk)."""
+    each slab; returning False cancels (nothing is left on disk). Each observer is called once per
+    slab as ``observer(z0, native_slab, {role: converted_slab})`` (read-only views, valid only during
+    the call): this is how the QC report sees the data without a second pass."""
     options = options or ConversionOptions()
     started = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stem = stem or options.output_stem or output_stem(header.path)
     plans, resolved, notes = plan_outputs(header, options, out_dir, stem)
+    observers = list(observers)
+    report_builder = None
+    if options.report:
+        from .report import ReportBuilder  # optional: needs matplotlib
+
+        report_builder = ReportBuilder(header, options, resolved)
+        observers.append(report_builder.observe)
     converter = UnitConverter(header.calibration, path=header.path)
     nz, ny, nx = header.shape_zyx
     slab = _slab_slices(header, options)
@@ -262,6 +277,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionOp
                     future = reader_pool.submit(read, z0 + slab)
                 n = native.shape[0]
                 native_write = None
+                slab_views = {}
                 for p in plans:
                     if p.role == "native":
                         data, release = native, None
@@ -280,11 +296,15 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionOp
                         else:
                             converter.convert(native, p.quantity, out=data, hu_dtype=options.hu_dtype)
                         release = (out_buffers[p.role], buf)
+                    slab_views[p.role] = data
                     _track_range(stats[p.role], data)
                     written = write_pools[p.role].submit(_write, writers[p.role], data, release)
                     pending_writes.append(written)
                     if p.role == "native":
                         native_write = written
+                if observers:
+                    for observe in observers:
+                        observe(z0, native, slab_views)
                 if native_write is not None:  # the input buffer is reused once it is on disk
                     native_write.result()
                 in_buffers.put(in_buf)
@@ -311,13 +331,20 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionOp
             caught.append(msg)
         metadata = _metadata(header, options, plans, resolved, notes, caught, stats, mask_voxels,
                              converter.hu_clipped_voxels)
-        meta_path = out_dir / f"{stem or options.output_stem or output_stem(header.path)}_metadata.json"
+        meta_path = out_dir / f"{stem}_metadata.json"
+        report_path = None
+        if report_builder is not None:
+            report_path = out_dir / f"{stem}_report.png"
+            with outputs.add(report_path, "wb") as f:
+                report_builder.save(f, metadata)
         with outputs.add(meta_path, "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2, allow_nan=False)
             f.write("\n")
         written = outputs.commit()
     result_outputs = {p.role: p.path for p in plans}
     result_outputs["metadata"] = meta_path
+    if report_path is not None:
+        result_outputs["report"] = report_path
     return ConversionResult(Path(header.path), result_outputs, metadata, time.perf_counter() - started,
                             header.data_size, caught)
 
