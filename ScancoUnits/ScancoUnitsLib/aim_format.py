@@ -181,6 +181,7 @@ def parse_aim_header(head: bytes, path: str, file_size: int) -> ScancoHeader:
                       f"the file has {available}")
         if data_len == 0:
             raise ScancoFormatError(path, "compressed image block is empty")
+        _check_compressed_capacity(path, dtype, dims, off, data_len, 8 if version == 30 else 4)
 
     log_text = decode_log(head[log_at:data_offset])
     items = parse_log(log_text)
@@ -224,6 +225,29 @@ def parse_aim_header(head: bytes, path: str, file_size: int) -> ScancoHeader:
     )
 
 
+def _check_compressed_capacity(path, dtype: AimDataType, dims, off, data_len: int, length_field_bytes: int) -> None:
+    """Refuse dimensions that the compressed block cannot possibly hold, so that no reader allocates
+    voxel buffers from header numbers alone (binCmp: at most 254 voxels a byte, charCmp: 255 a pair,
+    bit8: one byte per 2x2x2 cell plus the value byte)."""
+    if dtype.compression == "bit8":
+        cells = ((dims[0] + 1) // 2) * ((dims[1] + 1) // 2) * ((dims[2] + 1) // 2)
+        if data_len < cells + 1:
+            raise ScancoFormatError(
+                path, f"bit8 image block of {data_len} bytes is too small for {dims[0]}x{dims[1]}x{dims[2]} "
+                      f"voxels (needs {cells + 1})")
+        return
+    interior = [n - 2 * b for n, b in zip(dims, off)]
+    voxels = interior[0] * interior[1] * interior[2]
+    if dtype.compression == "binCmp":
+        capacity = max(data_len - length_field_bytes - 2, 0) * 254
+    else:  # charCmp
+        capacity = max(data_len - length_field_bytes, 0) // 2 * 255
+    if voxels > capacity:
+        raise ScancoFormatError(
+            path, f"{dtype.name} image block of {data_len} bytes can hold at most {capacity} voxels, "
+                  f"but the header's dimensions {dims[0]}x{dims[1]}x{dims[2]} need {voxels}")
+
+
 def aim_header_bytes_needed(head: bytes) -> int:
     """Bytes from the file start to the voxel block, from the pre-header alone (unchecked)."""
     version = detect_aim_version(head)
@@ -261,6 +285,7 @@ def write_aim(path, volume, *, version: int = 20, voxel_size_mm: Sequence[float]
     * voxel types: int16 (D1Tshort), int8 (D1Tchar), uint8 (D1Tuchar), uint16, int32, and float32
       (VAX D1Tfloat in v020, IEEE D1Ti3efloat in v030, as AIMPACK writes floats);
     * ``compression``: None, ``"binCmp"`` (two-value masks) or ``"charCmp"`` (int8/uint8 only);
+    * the file is padded with zeros to a multiple of 512 bytes, as SCANCO's own files are;
     * the processing log is given text (calibration lines replaced by ``calibration`` if both are
       given) or generated from ``calibration`` and ``scanner``; it ends with a NUL as SCANCO's do.
     """
@@ -320,10 +345,12 @@ def write_aim(path, volume, *, version: int = 20, voxel_size_mm: Sequence[float]
         struct.pack_into("<3q", body, 40, x, y, z)
         struct.pack_into("<3q", body, 184, *(round(s * 1e6) for s in sizes))
         head = pre + bytes(body)
+    total = len(head) + len(log) + len(payload)
     with open(path, "wb") as f:
         f.write(head)
         f.write(log)
         f.write(payload)
+        f.write(b"\x00" * (-total % 512))  # VMS-style 512-byte records, as SCANCO's files (ITK needs >= 512)
     return os.fspath(path)
 
 
