@@ -292,8 +292,9 @@ def test_aim_unknown_type_and_compression(tmp_path):
 def test_aim_truncated_and_bad_blocks(tmp_path):
     good = S.write_aim(tmp_path / "g.aim", np.zeros((2, 3, 4), np.int16), voxel_size_mm=(0.1,) * 3)
     data = open(good, "rb").read()
+    h = S.read_header(good)
     p = tmp_path / "t.aim"
-    p.write_bytes(data[:-5])
+    p.write_bytes(data[:h.data_offset + h.data_size - 5])
     _expect_error(p, "truncated")
     _expect_error(_patched(tmp_path, good, 8, "<i", 10**9, "log.aim"), "processing log")
     _expect_error(_patched(tmp_path, good, 8, "<i", -1, "neg.aim"), "negative")

@@ -1,0 +1,568 @@
+"""Write output files atomically: temporary file in the target folder, then rename on commit.
+
+An :class:`AtomicOutputSet` groups the outputs made from one input file (``_HU.nrrd``, ``_RHO.nrrd``,
+``_metadata.json``, ``.nhdr`` + ``.raw`` pairs...). Each output is first written to a hidden temporary
+file next to its final name (``.<name>.partial-<random>``). :meth:`AtomicOutputSet.commit` renames all of
+them at once, and only when every one of them was written; on any failure (exception, Ctrl-C, SIGTERM
+turned into :class:`Interrupted`) no temporary file and no new final file remains.
+
+Existing files are never replaced unless ``overwrite=True``. The check happens twice: when an output is
+added (fail early) and at commit, where the temporary file is hard-linked onto the final name, which
+fails if the name appeared meanwhile (no race between "check" and "rename").
+
+Operating-system errors (disk full, permission denied...) surface as :class:`OutputError`, whose message
+names the output path, after the temporary files have been removed.
+
+Every live temporary file is kept in a process-wide registry so that a signal handler can remove them:
+:func:`install_signal_cleanup` (called by the command-line tool, never at import) makes SIGTERM raise
+:class:`Interrupted`, so ``with`` blocks clean up; :func:`remove_all_partials` is the last-resort fallback.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import os
+import secrets
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from .errors import ScancoError
+
+__all__ = [
+    "OutputError",
+    "OutputExistsError",
+    "Interrupted",
+    "AtomicOutputSet",
+    "atomic_output_file",
+    "install_signal_cleanup",
+    "remove_all_partials",
+    "live_partials",
+]
+
+_PARTIAL_MARK = ".partial-"
+_BACKUP_MARK = ".previous-"
+_DEFAULT_BUFFER_BYTES = 1 << 20
+
+# errno values meaning "this file system cannot make hard links"; we then fall back to a checked rename
+_NO_LINK_ERRNOS = {
+    code
+    for code in (
+        getattr(errno, "EPERM", None),
+        getattr(errno, "ENOTSUP", None),
+        getattr(errno, "EOPNOTSUPP", None),
+        getattr(errno, "ENOSYS", None),
+        getattr(errno, "EXDEV", None),
+        getattr(errno, "EMLINK", None),
+        getattr(errno, "EINVAL", None),
+    )
+    if code is not None
+}
+
+
+class OutputError(ScancoError, OSError):
+    """An output file could not be written (disk full, permission denied, folder missing...).
+
+    ``str(error)`` is one line naming the output path and the reason. ``errno`` is the operating-system
+    error number when there was one (``None`` otherwise).
+    """
+
+    def __init__(self, path, reason: str, os_errno=None):
+        self.path = os.fspath(path) if path is not None else "<output>"
+        self.reason = reason
+        # OSError's own constructor is not used: it would rewrite str(); keep the attributes it offers.
+        super().__init__(f"{self.path}: cannot write output: {reason}")
+        self.errno = os_errno
+        self.strerror = reason
+        self.filename = self.path
+
+    def __str__(self):
+        return f"{self.path}: cannot write output: {self.reason}"
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason, self.errno))
+
+
+class OutputExistsError(OutputError):
+    """The output file exists already and ``overwrite`` was not requested."""
+
+    def __init__(self, path, reason: str = "the file exists already (pass overwrite=True to replace it)",
+                 os_errno=errno.EEXIST):
+        super().__init__(path, reason, os_errno)
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised in the main thread when a signal installed by :func:`install_signal_cleanup` arrives.
+
+    It derives from :class:`KeyboardInterrupt` so that ``except Exception`` blocks do not swallow it and
+    every ``with`` block (writers, output sets) cleans up on the way out.
+    """
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = str(signum)
+        super().__init__(f"interrupted by {name}")
+
+
+def _reason_of(exc: BaseException) -> str:
+    if isinstance(exc, OSError):
+        text = exc.strerror or str(exc)
+        if exc.errno is not None:
+            text = f"{text} [errno {exc.errno}{'/' + errno.errorcode[exc.errno] if exc.errno in errno.errorcode else ''}]"
+        return text
+    return str(exc) or type(exc).__name__
+
+
+def output_error_from(path, exc: BaseException) -> OutputError:
+    """Turn an :class:`OSError` raised while writing *path* into an :class:`OutputError`."""
+    if isinstance(exc, OutputError):
+        return exc
+    if isinstance(exc, FileExistsError):
+        return OutputExistsError(path)
+    return OutputError(path, _reason_of(exc), getattr(exc, "errno", None))
+
+
+# ---------------------------------------------------------------------------------------------------
+# process-wide registry of temporary files
+# ---------------------------------------------------------------------------------------------------
+
+_registry_lock = threading.Lock()
+_live_temps: dict[str, None] = {}  # insertion-ordered set of absolute temp paths
+
+
+def _register(path: str) -> None:
+    with _registry_lock:
+        _live_temps[path] = None
+
+
+def _unregister(path: str) -> None:
+    with _registry_lock:
+        _live_temps.pop(path, None)
+
+
+def live_partials() -> list[Path]:
+    """Temporary files written by this process that are neither committed nor removed yet."""
+    with _registry_lock:
+        return [Path(p) for p in _live_temps]
+
+
+def remove_all_partials() -> list[Path]:
+    """Delete every live temporary file of this process (fallback for signal handlers and exit).
+
+    Returns the paths that were removed. Safe to call at any time; open handles stay valid on POSIX
+    (the data is just no longer reachable), and their later close/commit fails cleanly.
+    """
+    with _registry_lock:
+        paths = list(_live_temps)
+        _live_temps.clear()
+    removed = []
+    for path in paths:
+        try:
+            os.unlink(path)
+            removed.append(Path(path))
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass
+    return removed
+
+
+_signal_state = {"installed": False, "count": 0, "atexit": False}
+
+
+def _signal_handler(signum, frame):  # pragma: no cover - exercised in a subprocess test
+    _signal_state["count"] += 1
+    if _signal_state["count"] > 1:
+        # A second signal while the first is still being handled: do not rely on ``with`` blocks.
+        remove_all_partials()
+    raise Interrupted(signum)
+
+
+def install_signal_cleanup(signals=None) -> dict:
+    """Make *signals* (default: SIGTERM, and SIGHUP where it exists) raise :class:`Interrupted`.
+
+    Call it from the main thread of a command-line program. ``with`` blocks around writers then remove
+    their temporary files; a second signal removes every registered temporary file directly. Also
+    registers :func:`remove_all_partials` to run at interpreter exit. Returns ``{signal: previous
+    handler}`` so a caller can restore them with :func:`signal.signal`.
+    """
+    if signals is None:
+        signals = [signal.SIGTERM]
+        if hasattr(signal, "SIGHUP"):
+            signals.append(signal.SIGHUP)
+    previous = {}
+    for signum in signals:
+        previous[signum] = signal.signal(signum, _signal_handler)
+    _signal_state["installed"] = True
+    _signal_state["count"] = 0
+    if not _signal_state["atexit"]:
+        atexit.register(remove_all_partials)
+        _signal_state["atexit"] = True
+    return previous
+
+
+# ---------------------------------------------------------------------------------------------------
+# the output set
+# ---------------------------------------------------------------------------------------------------
+
+
+def _hidden_sibling(final: Path, mark: str) -> Path:
+    return final.with_name(f".{final.name}{mark}{secrets.token_hex(4)}")
+
+
+def _create_exclusive(path: Path) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+    return os.open(path, flags, 0o666)
+
+
+class _Entry:
+    __slots__ = ("final", "temp", "file")
+
+    def __init__(self, final: Path, temp: Path):
+        self.final = final
+        self.temp = temp
+        self.file = None
+
+
+class AtomicOutputSet:
+    """Several output files that appear together or not at all.
+
+    >>> with AtomicOutputSet(overwrite=False) as outputs:          # doctest: +SKIP
+    ...     with outputs.add("scan_HU.nrrd") as f:
+    ...         f.write(data)
+    ...     meta = outputs.add("scan_metadata.json", "w", encoding="utf-8")
+    ...     meta.write(text)
+    ... # clean exit: commit() renames both; exception: abort() removes both temporary files
+
+    Files returned by :meth:`add` are closed by :meth:`commit` if the caller did not close them.
+    Callbacks registered with :meth:`on_commit` (writers use it to finish their data) run first.
+    """
+
+    def __init__(self, overwrite: bool = False, *, fsync: bool = False):
+        self.overwrite = bool(overwrite)
+        self.fsync = bool(fsync)
+        self._entries: list[_Entry] = []
+        self._by_final: dict[str, _Entry] = {}
+        self._callbacks = []
+        self._state = "open"  # open -> committing -> committed | aborted
+
+    # -- bookkeeping --------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def final_paths(self) -> list[Path]:
+        return [entry.final for entry in self._entries]
+
+    def temp_path(self, final_path) -> Path:
+        """The temporary path that holds the data of *final_path* until commit."""
+        return self._entry(final_path).temp
+
+    def _entry(self, final_path) -> _Entry:
+        key = os.path.abspath(os.fspath(final_path))
+        try:
+            return self._by_final[key]
+        except KeyError:
+            raise ValueError(f"{final_path}: not part of this output set") from None
+
+    def _check_open(self):
+        if self._state != "open":
+            raise RuntimeError(f"this output set is {self._state}; it cannot take more outputs")
+
+    # -- adding outputs -----------------------------------------------------------------------------
+    def add_path(self, final_path) -> Path:
+        """Reserve *final_path*; return the (created, empty) temporary path to write it to.
+
+        Use this when another library writes the file by name. The temporary file is committed or
+        removed together with the rest of the set.
+        """
+        self._check_open()
+        final = Path(os.path.abspath(os.fspath(final_path)))
+        key = str(final)
+        if key in self._by_final:
+            raise ValueError(f"{final}: added twice to the same output set")
+        folder = final.parent
+        if not folder.is_dir():
+            raise OutputError(final, f"the folder {folder} does not exist", errno.ENOENT)
+        if not self.overwrite and os.path.lexists(final):
+            raise OutputExistsError(final)
+        if self.overwrite and final.is_dir():
+            raise OutputError(final, "a folder has this name", errno.EISDIR)
+        for _attempt in range(100):
+            temp = _hidden_sibling(final, _PARTIAL_MARK)
+            _register(str(temp))  # before creating it: a signal in between must not leak the file
+            try:
+                fd = _create_exclusive(temp)
+            except BaseException as exc:
+                _unregister(str(temp))
+                if isinstance(exc, FileExistsError):
+                    continue
+                if isinstance(exc, OSError):
+                    raise output_error_from(final, exc) from exc
+                raise
+            break
+        else:  # pragma: no cover - 100 random collisions
+            raise OutputError(final, "could not create a temporary file name")
+        os.close(fd)
+        entry = _Entry(final, temp)
+        self._entries.append(entry)
+        self._by_final[key] = entry
+        return temp
+
+    def add(self, final_path, mode: str = "wb", *, buffering: int = -1, encoding=None, newline=None):
+        """Reserve *final_path* and return an open file object writing its temporary file.
+
+        *mode* is ``"wb"`` (default, buffered binary, 1 MiB buffer) or ``"w"`` (text; pass *encoding*).
+        The file object's ``name`` is the temporary path.
+        """
+        if mode not in ("wb", "w", "wt"):
+            raise ValueError(f"mode must be 'wb' or 'w', not {mode!r}")
+        temp = self.add_path(final_path)
+        entry = self._by_final[str(Path(os.path.abspath(os.fspath(final_path))))]
+        if buffering == -1 and "b" in mode:
+            buffering = _DEFAULT_BUFFER_BYTES
+        try:
+            handle = open(temp, mode, buffering=buffering, encoding=encoding, newline=newline)
+        except BaseException as exc:
+            # forget this output only; the rest of the set is untouched
+            self._entries.remove(entry)
+            del self._by_final[str(entry.final)]
+            try:
+                os.unlink(temp)
+            except OSError:
+                pass
+            _unregister(str(temp))
+            if isinstance(exc, OSError):
+                raise output_error_from(entry.final, exc) from exc
+            raise
+        entry.file = handle
+        return handle
+
+    def on_commit(self, callback) -> None:
+        """Run ``callback()`` at the start of :meth:`commit`, before files are closed and renamed.
+
+        Writers register their ``close`` here, so forgetting to close a writer cannot commit a
+        truncated file. An exception from a callback aborts the set.
+        """
+        self._check_open()
+        self._callbacks.append(callback)
+
+    # -- finishing ----------------------------------------------------------------------------------
+    def commit(self) -> list[Path]:
+        """Finish every output and rename all of them onto their final names; return the final paths.
+
+        On any failure every temporary file is removed, finals placed so far are taken back (replaced
+        files are restored from a hard-link backup when the file system allows it), and the error is
+        raised (:class:`OutputError` for operating-system errors).
+        """
+        if self._state == "committed":
+            return self.final_paths
+        self._check_open()
+        self._state = "committing"
+        current = None
+        try:
+            callbacks, self._callbacks = self._callbacks, []
+            for callback in callbacks:
+                callback()
+            for entry in self._entries:
+                current = entry
+                self._close_entry(entry, sync=self.fsync)
+            current = None
+            self._place_all()
+        except BaseException as exc:
+            self._state = "open"
+            self.abort()
+            if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+                path = current.final if current is not None else self._guess_final(exc)
+                raise output_error_from(path, exc) from exc
+            raise
+        self._state = "committed"
+        return self.final_paths
+
+    def _close_entry(self, entry: _Entry, sync: bool) -> None:
+        handle = entry.file
+        if handle is None or handle.closed:
+            if sync:
+                fd = os.open(entry.temp, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+            return
+        handle.flush()
+        if sync:
+            os.fsync(handle.fileno())
+        handle.close()
+
+    def _place_all(self) -> None:
+        placed = []  # (entry, backup path or None, had_previous)
+        try:
+            for entry in self._entries:
+                if self.overwrite:
+                    placed.append(self._place_replacing(entry))
+                else:
+                    placed.append(self._place_exclusive(entry))
+        except BaseException as exc:
+            self._rollback(placed)
+            if isinstance(exc, FileExistsError):
+                raise OutputExistsError(entry.final, "the file appeared while it was being written "
+                                        "(pass overwrite=True to replace it)") from exc
+            if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+                raise output_error_from(entry.final, exc) from exc
+            raise
+        # all placed: drop the temporary names (hard links) and backups
+        for entry, backup, _had in placed:
+            if os.path.lexists(entry.temp):
+                try:
+                    os.unlink(entry.temp)
+                except OSError:
+                    pass
+            _unregister(str(entry.temp))
+            if backup is not None:
+                self._drop_backup(backup)
+        if self.fsync:
+            self._sync_folders()
+
+    def _place_exclusive(self, entry: _Entry):
+        try:
+            os.link(entry.temp, entry.final)  # fails with EEXIST if the final name exists: no clobbering
+        except FileExistsError:
+            raise
+        except (OSError, AttributeError, NotImplementedError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in _NO_LINK_ERRNOS:
+                raise
+            # File system without hard links: checked rename (on Windows rename refuses existing targets).
+            if os.path.lexists(entry.final):
+                raise FileExistsError(errno.EEXIST, "exists", str(entry.final)) from exc
+            os.rename(entry.temp, entry.final)
+        return (entry, None, False)
+
+    def _place_replacing(self, entry: _Entry):
+        backup = None
+        had_previous = os.path.lexists(entry.final)
+        if had_previous:
+            backup = _hidden_sibling(entry.final, _BACKUP_MARK)
+            try:
+                os.link(entry.final, backup)
+            except (OSError, AttributeError, NotImplementedError):
+                backup = None
+            else:
+                _register(str(backup))
+        try:
+            os.replace(entry.temp, entry.final)
+        except BaseException:
+            if backup is not None:
+                self._drop_backup(backup)
+            raise
+        return (entry, backup, had_previous)
+
+    @staticmethod
+    def _drop_backup(backup: Path) -> None:
+        try:
+            os.unlink(backup)
+        except OSError:
+            pass
+        _unregister(str(backup))
+
+    def _rollback(self, placed) -> None:
+        for entry, backup, had_previous in reversed(placed):
+            try:
+                if backup is not None:
+                    os.replace(backup, entry.final)
+                    _unregister(str(backup))
+                else:
+                    # we created this final name (or replaced a file we could not back up)
+                    os.unlink(entry.final)
+            except OSError:
+                pass
+
+    def _sync_folders(self) -> None:
+        if sys.platform.startswith("win"):
+            return
+        for folder in {entry.final.parent for entry in self._entries}:
+            try:
+                fd = os.open(folder, os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+    def abort(self) -> None:
+        """Close and delete every temporary file of this set. Idempotent; never raises OSError."""
+        if self._state in ("committed", "aborted"):
+            return
+        if self._state == "committing":
+            # commit() handles its own failure and calls abort again afterwards
+            return
+        self._state = "aborted"
+        self._callbacks = []
+        for entry in self._entries:
+            handle = entry.file
+            if handle is not None and not handle.closed:
+                try:
+                    handle.close()
+                except BaseException:
+                    pass
+            try:
+                os.unlink(entry.temp)
+            except OSError:
+                pass
+            _unregister(str(entry.temp))
+
+    def _guess_final(self, exc: BaseException):
+        filename = getattr(exc, "filename", None)
+        if filename is not None:
+            for entry in self._entries:
+                if os.path.abspath(os.fspath(filename)) in (str(entry.temp), str(entry.final)):
+                    return entry.final
+        if len(self._entries) == 1:
+            return self._entries[0].final
+        if self._entries:
+            return ", ".join(str(entry.final) for entry in self._entries)
+        return None
+
+    # -- context manager ----------------------------------------------------------------------------
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.commit()
+            return False
+        self.abort()
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise output_error_from(self._guess_final(exc), exc) from exc
+        return False
+
+    def __repr__(self):
+        return f"AtomicOutputSet({len(self._entries)} outputs, {self._state}, overwrite={self.overwrite})"
+
+
+class atomic_output_file:
+    """One atomic output: ``with atomic_output_file(path) as f: f.write(...)``.
+
+    Shorthand for an :class:`AtomicOutputSet` holding a single file.
+    """
+
+    def __init__(self, final_path, mode: str = "wb", *, overwrite: bool = False, fsync: bool = False,
+                 encoding=None, newline=None):
+        self._set = AtomicOutputSet(overwrite=overwrite, fsync=fsync)
+        self._args = (final_path, mode, encoding, newline)
+
+    def __enter__(self):
+        final_path, mode, encoding, newline = self._args
+        return self._set.add(final_path, mode, encoding=encoding, newline=newline)
+
+    def __exit__(self, exc_type, exc, tb):
+        return self._set.__exit__(exc_type, exc, tb)
+

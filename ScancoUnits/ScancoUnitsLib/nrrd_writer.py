@@ -1,0 +1,641 @@
+"""Streaming NRRD writer for 3-D volumes: raw or gzip, attached (.nrrd) or detached (.nhdr + .raw[.gz]).
+
+Volumes arrive as z-slabs (``(n, y, x)`` arrays, z ascending) and go straight to disk, so a volume never
+has to fit in memory. The header follows NRRD0004 in LPS space, the ITK convention::
+
+    NRRD0004
+    type: int16
+    dimension: 3
+    space: left-posterior-superior
+    sizes: X Y Z
+    space directions: (sx,0,0) (0,sy,0) (0,0,sz)
+    kinds: domain domain domain
+    endian: little
+    encoding: gzip
+    space origin: (ox,oy,oz)
+    space units: "mm" "mm" "mm"
+    key:=value                        (custom fields; newlines and backslashes escaped)
+
+Raw data is written from the array's own buffer (no copy). Gzip output is ONE gzip member, compressed by
+several threads pigz-style: the data is cut into chunks, each chunk becomes raw deflate blocks closed by
+a sync flush (so chunks can simply be concatenated), one final empty block ends the stream, and the
+CRC-32 of the whole data is combined from the chunks' CRCs. python-isal (``isal.isal_zlib``) is used when
+installed (several times faster), the standard ``zlib`` otherwise; both release the GIL.
+
+Files are written through :mod:`ScancoUnitsLib.atomic_output`: nothing appears under the final name until
+the volume is complete, and a failed or interrupted write leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .atomic_output import AtomicOutputSet, OutputError, output_error_from
+
+try:  # optional speed-up
+    from isal import isal_zlib as _isal_zlib
+except ImportError:  # pragma: no cover - depends on the environment
+    _isal_zlib = None
+
+__all__ = [
+    "NrrdVolumeWriter",
+    "write_nrrd",
+    "nrrd_header",
+    "nrrd_type_name",
+    "escape_nrrd_value",
+    "crc32_combine",
+    "gzip_backend",
+    "default_threads",
+    "OutputError",
+]
+
+# numpy dtype -> NRRD type name (NRRD0004 spelling, understood by Teem, ITK and pynrrd)
+_NRRD_TYPES = {
+    np.dtype("int8"): "int8",
+    np.dtype("uint8"): "uint8",
+    np.dtype("<i2"): "int16",
+    np.dtype("<u2"): "uint16",
+    np.dtype("<i4"): "int32",
+    np.dtype("<u4"): "uint32",
+    np.dtype("<i8"): "int64",
+    np.dtype("<u8"): "uint64",
+    np.dtype("<f4"): "float",
+    np.dtype("<f8"): "double",
+}
+
+# NRRD field names: custom keys with these names would shadow real fields in pynrrd's header dict
+_NRRD_FIELDS = {
+    "type", "dimension", "space", "sizes", "space directions", "kinds", "endian", "encoding",
+    "space origin", "space units", "space dimension", "data file", "datafile", "content", "min", "max",
+    "old min", "oldmin", "old max", "oldmax", "spacings", "thicknesses", "axis mins", "axismins",
+    "axis maxs", "axismaxs", "centers", "centerings", "labels", "units", "sample units", "sampleunits",
+    "line skip", "lineskip", "byte skip", "byteskip", "number", "block size", "blocksize",
+    "measurement frame",
+}
+
+_GZIP_CHUNK_BYTES = 1 << 20      # uncompressed bytes per independently compressed chunk (1 MiB)
+_FINAL_EMPTY_BLOCK = b"\x03\x00"  # deflate: final fixed-Huffman block holding only end-of-block
+_MAX_THREADS = 16
+
+
+# ---------------------------------------------------------------------------------------------------
+# header
+# ---------------------------------------------------------------------------------------------------
+
+
+def _little_endian(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    return dt.newbyteorder("<") if dt.itemsize > 1 else dt
+
+
+def nrrd_type_name(dtype) -> str:
+    """NRRD ``type:`` value for a numpy dtype (int8..uint64, float32, float64)."""
+    dt = _little_endian(dtype)
+    try:
+        return _NRRD_TYPES[dt]
+    except KeyError:
+        raise ValueError(f"NRRD output does not support voxel type {np.dtype(dtype).name}") from None
+
+
+def _format_float(value, what: str) -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{what} must be finite, not {number!r}")
+    if number == 0.0:
+        return "0"
+    return repr(number)  # shortest string that reads back to the same double
+
+
+def _triple(values, what: str):
+    try:
+        items = [v for v in values]
+    except TypeError:
+        raise ValueError(f"{what} must have 3 values (x, y, z), not {values!r}") from None
+    if len(items) != 3:
+        raise ValueError(f"{what} must have 3 values (x, y, z), not {len(items)}")
+    return [_format_float(v, f"{what}[{i}]") for i, v in enumerate(items)]
+
+
+def _check_key(key) -> str:
+    if not isinstance(key, str) or not key:
+        raise ValueError(f"NRRD key must be a non-empty string, not {key!r}")
+    if ":" in key:
+        # ':=' would end the key early; a lone ':' makes pynrrd read the line as a standard field
+        raise ValueError(f"NRRD key {key!r} must not contain ':'")
+    if key != key.strip():
+        raise ValueError(f"NRRD key {key!r} must not start or end with white space")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in key):
+        raise ValueError(f"NRRD key {key!r} must not contain control characters")
+    if key.lower() in _NRRD_FIELDS:
+        raise ValueError(f"NRRD key {key!r} is the name of a standard NRRD field")
+    return key.replace("\\", "\\\\")
+
+
+def escape_nrrd_value(value) -> str:
+    """The text written after ``key:=`` for *value*.
+
+    Strings are kept (``\\r\\n`` and ``\\r`` become ``\\n``), then backslashes become ``\\\\`` and newlines
+    ``\\n`` as the NRRD format asks; Teem-based readers (ITK, Slicer) undo this. Other control
+    characters are refused. Numbers are written with full precision; non-ASCII text is written as UTF-8.
+    """
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, (bool, np.bool_)):
+        text = "true" if value else "false"
+    elif isinstance(value, (int, np.integer)):
+        text = str(int(value))
+    elif isinstance(value, (float, np.floating)):
+        text = repr(float(value))
+    else:
+        raise TypeError(f"NRRD values must be strings or numbers, not {type(value).__name__}")
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    bad = [ch for ch in text if (ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127]
+    if bad:
+        raise ValueError(f"NRRD value {text[:40]!r} contains the control character {bad[0]!r}")
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+def _key_value_items(key_values):
+    if key_values is None:
+        return []
+    items = key_values.items() if hasattr(key_values, "items") else key_values
+    out, seen = [], set()
+    for pair in items:
+        try:
+            key, value = pair
+        except (TypeError, ValueError):
+            raise ValueError(f"key_values must hold (key, value) pairs, not {pair!r}") from None
+        escaped_key = _check_key(key)
+        if key in seen:
+            raise ValueError(f"NRRD key {key!r} given twice")
+        seen.add(key)
+        out.append(f"{escaped_key}:={escape_nrrd_value(value)}")
+    return out
+
+
+def _check_shape(shape_zyx):
+    try:
+        dims = tuple(int(n) for n in shape_zyx)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape_zyx must be 3 integers (z, y, x), not {shape_zyx!r}") from None
+    if len(dims) != 3 or any(n < 1 for n in dims):
+        raise ValueError(f"shape_zyx must be 3 positive integers (z, y, x), not {shape_zyx!r}")
+    return dims
+
+
+def nrrd_header(shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_values=None,
+                encoding: str = "raw", data_file: str | None = None) -> bytes:
+    """The NRRD0004 header for a (z, y, x) volume, as bytes.
+
+    Attached headers (``data_file=None``) end with the blank line that separates header and data;
+    detached headers end with the ``data file:`` line.
+    """
+    nz, ny, nx = _check_shape(shape_zyx)
+    type_name = nrrd_type_name(dtype)
+    if encoding not in ("raw", "gzip"):
+        raise ValueError(f"encoding must be 'raw' or 'gzip', not {encoding!r}")
+    sx, sy, sz = _triple(spacing_mm, "spacing_mm")
+    for text in (sx, sy, sz):
+        if float(text) <= 0:
+            raise ValueError(f"spacing_mm must be positive, not {spacing_mm!r}")
+    ox, oy, oz = _triple(origin_mm, "origin_mm")
+    lines = [
+        "NRRD0004",
+        f"type: {type_name}",
+        "dimension: 3",
+        "space: left-posterior-superior",
+        f"sizes: {nx} {ny} {nz}",
+        f"space directions: ({sx},0,0) (0,{sy},0) (0,0,{sz})",
+        "kinds: domain domain domain",
+    ]
+    if np.dtype(dtype).itemsize > 1:
+        lines.append("endian: little")
+    lines += [
+        f"encoding: {encoding}",
+        f"space origin: ({ox},{oy},{oz})",
+        'space units: "mm" "mm" "mm"',
+    ]
+    lines += _key_value_items(key_values)
+    if data_file is not None:
+        if not data_file or any(ch in data_file for ch in "\r\n") or data_file != data_file.strip():
+            raise ValueError(f"bad data file name {data_file!r}")
+        lines.append(f"data file: {data_file}")
+        text = "\n".join(lines) + "\n"
+    else:
+        text = "\n".join(lines) + "\n\n"
+    return text.encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------
+# CRC-32 combination (pigz-style stitching needs the CRC of the concatenation)
+# ---------------------------------------------------------------------------------------------------
+
+_CRC32_POLY_REFLECTED = 0xEDB88320
+
+
+def _gf2_apply(operator, vector: int) -> int:
+    """Multiply the 32x32 GF(2) matrix *operator* (tuple of column images) by *vector*."""
+    result = 0
+    bit = 0
+    while vector:
+        if vector & 1:
+            result ^= operator[bit]
+        vector >>= 1
+        bit += 1
+    return result
+
+
+def _gf2_compose(outer, inner):
+    return tuple(_gf2_apply(outer, column) for column in inner)
+
+
+# Advancing the (reflected) CRC register over one zero bit: shift right, xor the polynomial when the
+# bit shifted out was 1. Column i is the image of register bit i.
+_ONE_ZERO_BIT = (_CRC32_POLY_REFLECTED,) + tuple(1 << (i - 1) for i in range(1, 32))
+_IDENTITY = tuple(1 << i for i in range(32))
+
+
+@functools.lru_cache(maxsize=None)
+def _one_zero_byte():
+    op = _IDENTITY
+    for _ in range(8):
+        op = _gf2_compose(_ONE_ZERO_BIT, op)
+    return op
+
+
+@functools.lru_cache(maxsize=128)
+def _zero_bytes_operator(count: int):
+    """Operator advancing the CRC register over *count* zero bytes (binary powering, cached)."""
+    result = _IDENTITY
+    power = _one_zero_byte()
+    while count:
+        if count & 1:
+            result = _gf2_compose(power, result)
+        count >>= 1
+        if count:
+            power = _gf2_compose(power, power)
+    return result
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """CRC-32 of ``A + B`` from ``crc32(A)``, ``crc32(B)`` and ``len(B)`` (same result as zlib's)."""
+    if length2 < 0:
+        raise ValueError("length2 must not be negative")
+    if length2 == 0:
+        return crc1 & 0xFFFFFFFF
+    return (_gf2_apply(_zero_bytes_operator(length2), crc1 & 0xFFFFFFFF) ^ crc2) & 0xFFFFFFFF
+
+
+# ---------------------------------------------------------------------------------------------------
+# gzip stream: one member, chunks deflated in parallel
+# ---------------------------------------------------------------------------------------------------
+
+
+def gzip_backend(compress_level: int = 1):
+    """``(module, level, name)`` used for *compress_level* (0..9, zlib scale).
+
+    With python-isal, levels 1-2 map to isal level 1, 3-5 to 2, 6-9 to 3; level 0 (stored blocks) always
+    uses zlib.
+    """
+    level = int(compress_level)
+    if not 0 <= level <= 9:
+        raise ValueError(f"compress_level must be 0..9, not {compress_level!r}")
+    if _isal_zlib is not None and level > 0:
+        return _isal_zlib, (1 if level <= 2 else 2 if level <= 5 else 3), "isal"
+    return zlib, level, "zlib"
+
+
+def _deflate_chunk(module, level, data):
+    """Raw deflate of *data* closed by a sync flush (byte-aligned, not final) + CRC-32 + length."""
+    compressor = module.compressobj(level, module.DEFLATED, -15)
+    head = compressor.compress(data)
+    tail = compressor.flush(module.Z_SYNC_FLUSH)
+    return head, tail, module.crc32(data), len(data)
+
+
+def default_threads() -> int:
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    return max(1, min(count, _MAX_THREADS))
+
+
+class _GzipStream:
+    """Write one gzip member to *fileobj*, deflating chunks on a thread pool.
+
+    Memory handed to :meth:`write` is only read until :meth:`write` returns; chunks copied into the
+    internal buffer may still be compressing afterwards.
+    """
+
+    def __init__(self, fileobj, write_all, compress_level: int, threads: int,
+                 chunk_bytes: int | None = None):
+        self._file = fileobj
+        self._write_all = write_all
+        self._module, self._level, self.backend = gzip_backend(compress_level)
+        self._combine = getattr(self._module, "crc32_combine", None) or crc32_combine
+        self._chunk = int(chunk_bytes or _GZIP_CHUNK_BYTES)
+        self._threads = max(1, int(threads))
+        self._in_flight = collections.deque()  # futures, in stream order
+        self._pending = bytearray()
+        self._crc = 0
+        self._size = 0
+        xfl = 4 if self._level <= 1 else 0  # "fastest algorithm" flag, informative only
+        # magic, deflate, no flags, mtime 0 (reproducible output), extra flags, OS unknown
+        self._write_all(self._file, b"\x1f\x8b\x08\x00\x00\x00\x00\x00" + bytes((xfl, 255)))
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="nrrd-gzip") if self._threads > 1 else None
+
+    @property
+    def uncompressed_bytes(self) -> int:
+        return self._size
+
+    def _emit(self, result):
+        head, tail, crc, length = result
+        if head:
+            self._write_all(self._file, head)
+        self._write_all(self._file, tail)
+        self._crc = self._combine(self._crc, crc, length) if self._size else crc
+        self._size += length
+
+    def _submit(self, data):
+        if self._pool is None:
+            self._emit(_deflate_chunk(self._module, self._level, data))
+            return
+        self._in_flight.append(self._pool.submit(_deflate_chunk, self._module, self._level, data))
+
+    def _drain(self, keep: int = 0):
+        while len(self._in_flight) > keep:
+            self._emit(self._in_flight.popleft().result())
+
+    def write(self, view: memoryview) -> None:
+        chunk = self._chunk
+        borrowed = False  # did we submit views of the caller's memory?
+        if self._pending:
+            take = view[: chunk - len(self._pending)]
+            self._pending += take
+            view = view[len(take):]
+            if len(self._pending) == chunk:
+                owned, self._pending = self._pending, bytearray()
+                self._submit(owned)
+        while len(view) >= chunk:
+            self._submit(view[:chunk])
+            borrowed = True
+            view = view[chunk:]
+            self._drain(keep=2 * self._threads)
+        if len(view):
+            self._pending += view
+        if borrowed:
+            self._drain()  # the caller may reuse its buffer once we return
+        else:
+            self._drain(keep=2 * self._threads)
+
+    def finish(self) -> None:
+        if self._pending:
+            owned, self._pending = self._pending, bytearray()
+            self._submit(owned)
+        self._drain()
+        self._write_all(self._file, _FINAL_EMPTY_BLOCK)
+        self._write_all(self._file, struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
+        self.shutdown()
+
+    def shutdown(self) -> None:
+        for future in self._in_flight:
+            future.cancel()
+        self._in_flight.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class _RawStream:
+    def __init__(self, fileobj, write_all):
+        self._file = fileobj
+        self._write_all = write_all
+
+    def write(self, view: memoryview) -> None:
+        self._write_all(self._file, view)
+
+    def finish(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _write_all(fileobj, data) -> None:
+    """Write every byte of *data* (raw file objects may write less than asked)."""
+    view = memoryview(data)
+    while len(view):
+        written = fileobj.write(view)
+        if written is None:  # non-blocking raw stream: not expected for files
+            raise BlockingIOError("the output could not take data")
+        view = view[written:]
+
+
+# ---------------------------------------------------------------------------------------------------
+# writer
+# ---------------------------------------------------------------------------------------------------
+
+
+class NrrdVolumeWriter:
+    """Stream a (z, y, x) volume into an NRRD file, slab by slab.
+
+    ::
+
+        with NrrdVolumeWriter("scan_HU.nrrd", (nz, ny, nx), np.float32, spacing_mm=(sx, sy, sz),
+                              origin_mm=(ox, oy, oz), encoding="gzip",
+                              key_values={"quantity": "HU"}) as writer:
+            for slab in slabs:             # (n, ny, nx) float32, z ascending
+                writer.write_slab(slab)
+
+    *path* ends with ``.nrrd`` (attached) or, with ``detached=True``, ``.nhdr``; the data then goes to
+    ``<stem>.raw`` (``.raw.gz`` for gzip) next to it. *atomic*: an :class:`AtomicOutputSet` to join (the
+    set's owner commits it; any failure of this writer aborts the whole set). Without one, the writer
+    uses its own set (with *overwrite*, *fsync*) and commits it in :meth:`close`.
+
+    *threads*: compression threads for gzip (default: the CPUs this process may use).
+    """
+
+    def __init__(self, path, shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_values=None,
+                 encoding: str = "raw", detached: bool = False, compress_level: int = 1, threads=None,
+                 atomic: AtomicOutputSet | None = None, overwrite: bool = False, fsync: bool = False):
+        self.path = Path(os.path.abspath(os.fspath(path)))
+        self.shape_zyx = _check_shape(shape_zyx)
+        self.dtype = _little_endian(dtype)
+        nrrd_type_name(self.dtype)
+        if encoding not in ("raw", "gzip"):
+            raise ValueError(f"encoding must be 'raw' or 'gzip', not {encoding!r}")
+        self.encoding = encoding
+        self.detached = bool(detached)
+        gzip_backend(compress_level)  # validates the level
+        if threads is None:
+            threads = default_threads()
+        elif int(threads) < 1:
+            raise ValueError(f"threads must be at least 1, not {threads!r}")
+        if self.detached:
+            if self.path.suffix.lower() != ".nhdr":
+                raise ValueError(f"{self.path}: a detached NRRD header must end with .nhdr")
+            data_name = self.path.stem + (".raw.gz" if encoding == "gzip" else ".raw")
+            self.data_path = self.path.with_name(data_name)
+            header = nrrd_header(self.shape_zyx, self.dtype, spacing_mm=spacing_mm, origin_mm=origin_mm,
+                                 key_values=key_values, encoding=encoding, data_file=data_name)
+        else:
+            if self.path.suffix.lower() == ".nhdr":
+                raise ValueError(f"{self.path}: .nhdr is for detached headers; use .nrrd or detached=True")
+            self.data_path = self.path
+            header = nrrd_header(self.shape_zyx, self.dtype, spacing_mm=spacing_mm, origin_mm=origin_mm,
+                                 key_values=key_values, encoding=encoding)
+        self.header_bytes = header
+        self._own_set = atomic is None
+        self._set = AtomicOutputSet(overwrite=overwrite, fsync=fsync) if atomic is None else atomic
+        self._slices_written = 0
+        self._closed = False
+        self._stream = None
+        self._data_file = None
+        current = self.path
+        try:
+            if self.detached:
+                header_file = self._set.add(self.path)
+                _write_all(header_file, header)
+                header_file.close()
+                current = self.data_path
+                self._data_file = self._set.add(self.data_path)
+            else:
+                self._data_file = self._set.add(self.path)
+                _write_all(self._data_file, header)
+            if encoding == "gzip":
+                self._stream = _GzipStream(self._data_file, _write_all, compress_level, int(threads))
+            else:
+                self._stream = _RawStream(self._data_file, _write_all)
+        except BaseException as exc:
+            self._closed = True
+            self._set.abort()
+            if isinstance(exc, OSError):
+                raise output_error_from(current, exc) from exc
+            raise
+        self._set.on_commit(self.close)
+
+    # -- properties ---------------------------------------------------------------------------------
+    @property
+    def slices_written(self) -> int:
+        return self._slices_written
+
+    @property
+    def output_paths(self) -> list[Path]:
+        """Final paths this writer produces (header first for detached files)."""
+        return [self.path, self.data_path] if self.detached else [self.path]
+
+    @property
+    def gzip_backend_name(self) -> str | None:
+        return getattr(self._stream, "backend", None)
+
+    # -- writing ------------------------------------------------------------------------------------
+    def write_slab(self, array) -> None:
+        """Append the slices of *array* (shape ``(n, y, x)`` or ``(y, x)``, this writer's dtype).
+
+        The array is not modified or kept: its buffer may be reused as soon as this returns.
+        """
+        if self._closed:
+            raise ValueError(f"{self.path}: the NRRD writer is closed")
+        arr = np.asarray(array)
+        if arr.ndim == 2:
+            arr = arr[np.newaxis]
+        nz, ny, nx = self.shape_zyx
+        if arr.ndim != 3 or arr.shape[1:] != (ny, nx):
+            raise ValueError(f"{self.path}: slab shape {np.shape(array)} does not match slices of "
+                             f"(y, x) = ({ny}, {nx})")
+        if arr.dtype != self.dtype:
+            if arr.dtype.kind == self.dtype.kind and arr.dtype.itemsize == self.dtype.itemsize:
+                arr = arr.astype(self.dtype)  # same type, other byte order
+            else:
+                raise ValueError(f"{self.path}: slab has voxel type {arr.dtype.name}, the file holds "
+                                 f"{self.dtype.name}")
+        count = arr.shape[0]
+        if self._slices_written + count > nz:
+            raise ValueError(f"{self.path}: {self._slices_written + count} slices written, the volume has {nz}")
+        if count == 0:
+            return
+        arr = np.ascontiguousarray(arr)
+        try:
+            self._stream.write(memoryview(arr).cast("B"))
+        except BaseException as exc:
+            self._fail()
+            if isinstance(exc, OSError):
+                raise output_error_from(self.data_path, exc) from exc
+            raise
+        self._slices_written += count
+
+    def close(self) -> None:
+        """Finish the data (checks that every slice was written); commit when the writer owns its set."""
+        if self._closed:
+            return
+        nz = self.shape_zyx[0]
+        if self._slices_written != nz:
+            self._fail()
+            raise ValueError(f"{self.path}: only {self._slices_written} of {nz} slices were written")
+        self._closed = True
+        try:
+            self._stream.finish()
+            self._data_file.close()  # flush now, so a full disk is reported with this file's name
+        except BaseException as exc:
+            self._fail()
+            if isinstance(exc, OSError):
+                raise output_error_from(self.data_path, exc) from exc
+            raise
+        if self._own_set:
+            self._set.commit()
+
+    def abort(self) -> None:
+        """Stop writing and remove this writer's temporary files (and those of its output set)."""
+        self._fail()
+
+    def _fail(self) -> None:
+        self._closed = True
+        if self._stream is not None:
+            try:
+                self._stream.shutdown()
+            except BaseException:
+                pass
+        self._set.abort()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._fail()
+            return False
+        self.close()
+        return False
+
+    def __repr__(self):
+        return (f"NrrdVolumeWriter({str(self.path)!r}, shape_zyx={self.shape_zyx}, dtype={self.dtype.name}, "
+                f"encoding={self.encoding!r}, {self._slices_written} slices written)")
+
+
+def write_nrrd(path, volume_zyx, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_values=None,
+               encoding: str = "raw", detached: bool = False, compress_level: int = 1, threads=None,
+               atomic: AtomicOutputSet | None = None, overwrite: bool = False) -> Path:
+    """Write a whole in-memory (z, y, x) array as NRRD; return the header path."""
+    volume = np.asarray(volume_zyx)
+    if volume.ndim != 3:
+        raise ValueError(f"{path}: the volume must be 3-D (z, y, x), not shape {volume.shape}")
+    with NrrdVolumeWriter(path, volume.shape, volume.dtype, spacing_mm=spacing_mm, origin_mm=origin_mm,
+                          key_values=key_values, encoding=encoding, detached=detached,
+                          compress_level=compress_level, threads=threads, atomic=atomic,
+                          overwrite=overwrite) as writer:
+        writer.write_slab(volume)
+    return writer.path
+
