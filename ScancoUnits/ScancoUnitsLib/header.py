@@ -14,6 +14,16 @@ Triple = Tuple[int, int, int]
 FloatTriple = Tuple[float, float, float]
 
 
+# Physically plausible calibration magnitudes. Real scanners: mu_scaling 1000-8192, mu_water
+# 0.2-0.6 1/cm, slope a few hundred to a few thousand mg HA/ccm per 1/cm, intercept -1000..0.
+# The bounds are wide (orders of magnitude beyond any scanner) and keep every output finite in
+# float32 for any int32 native value: |HU| <= 2**31 * 1000 / 1e-4, |density| <= 2**31 * 1e9 + 1e9.
+PLAUSIBLE_MU_SCALING_MAX = 1e12
+PLAUSIBLE_MU_WATER_PER_CM = (1e-4, 1e4)
+PLAUSIBLE_DENSITY_SLOPE = (1e-6, 1e9)
+PLAUSIBLE_DENSITY_INTERCEPT_MAX = 1e9
+
+
 def _is_finite_number(value) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
@@ -43,19 +53,34 @@ class Calibration:
         """Names of the fields that are absent or unusable for ``quantity``.
 
         ``quantity`` is one of ``"mu"``, ``"hu"``, ``"density"``. An empty tuple means it can be
-        computed. Unusable: mu_scaling <= 1, mu_water <= 0, non-finite slope or intercept.
+        computed. Unusable: mu_scaling <= 1, mu_water <= 0, non-finite slope or intercept, and
+        physically absurd magnitudes (see ``PLAUSIBLE_*``) that would turn real voxel values into
+        infinities or NaN in a float32 output (e.g. mu_water 1e-300 1/cm, slope 1e300).
         """
         missing = []
         if not (_is_finite_number(self.mu_scaling) and self.mu_scaling > 1):
             missing.append("mu_scaling (must be > 1)")
+        elif self.mu_scaling > PLAUSIBLE_MU_SCALING_MAX:
+            missing.append(f"mu_scaling ({self.mu_scaling:g} is implausible, expected at most "
+                           f"{PLAUSIBLE_MU_SCALING_MAX:g})")
         if quantity == "hu":
             if not (_is_finite_number(self.mu_water_per_cm) and self.mu_water_per_cm > 0):
                 missing.append("mu_water (must be > 0)")
+            elif not PLAUSIBLE_MU_WATER_PER_CM[0] <= self.mu_water_per_cm <= PLAUSIBLE_MU_WATER_PER_CM[1]:
+                lo, hi = PLAUSIBLE_MU_WATER_PER_CM
+                missing.append(f"mu_water ({self.mu_water_per_cm:g} 1/cm is implausible, expected {lo:g} to {hi:g})")
         elif quantity == "density":
             if not (_is_finite_number(self.density_slope) and self.density_slope != 0):
                 missing.append("density slope (finite, non-zero)")
+            elif not PLAUSIBLE_DENSITY_SLOPE[0] <= abs(self.density_slope) <= PLAUSIBLE_DENSITY_SLOPE[1]:
+                lo, hi = PLAUSIBLE_DENSITY_SLOPE
+                missing.append(f"density slope ({self.density_slope:g} is implausible, expected a magnitude "
+                               f"of {lo:g} to {hi:g})")
             if not _is_finite_number(self.density_intercept):
                 missing.append("density intercept (finite)")
+            elif abs(self.density_intercept) > PLAUSIBLE_DENSITY_INTERCEPT_MAX:
+                missing.append(f"density intercept ({self.density_intercept:g} is implausible, expected a "
+                               f"magnitude of at most {PLAUSIBLE_DENSITY_INTERCEPT_MAX:g})")
         elif quantity != "mu":
             raise ValueError(f"unknown calibrated quantity {quantity!r}")
         return tuple(missing)

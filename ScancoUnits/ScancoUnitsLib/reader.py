@@ -105,6 +105,8 @@ class VoxelSource:
         if not 0 <= z0 <= z1 <= nz:
             raise IndexError(f"slab {z0}:{z1} outside 0:{nz}")
         shape = (z1 - z0, ny, nx)
+        if self.header.compression is not None and z1 > z0:
+            self._ensure_decoder()  # checks the compressed stream before any voxel buffer is allocated
         if out is None:
             out = np.empty(shape, dtype=self.dtype)
         elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
@@ -149,22 +151,25 @@ class VoxelSource:
         if self._vax:
             out.reshape(-1)[:] = vax_f_array_to_float32(out.reshape(-1).view(np.uint8))
 
-    def _read_compressed(self, z0: int, z1: int, out: np.ndarray) -> None:
+    def _ensure_decoder(self, restart: bool = False) -> None:
         from .aim_compression import CompressedVoxelDecoder
 
+        if self._decoder is not None and not restart:
+            return
+        if self._decoder is not None:
+            self._decoder.close()
         h = self.header
-        if self._decoder is None or z0 != self._decoder_next_z:
-            if z0 < self._decoder_next_z or self._decoder is None:
-                self._decoder = CompressedVoxelDecoder(
-                    self._file, h.data_offset, h.data_size, h.dimensions, h.compression,
-                    length_field_bytes=8 if h.version == "AIMDATA_V030" else 4,
-                    path=self.path, off_xyz=h.border_voxels)
-                self._decoder_next_z = 0
-            while self._decoder_next_z < z0:  # skip forward
-                step = min(z0 - self._decoder_next_z, 64)
-                self._decoder.read_slices(step)
-                self._decoder_next_z += step
-        out[...] = self._decoder.read_slices(z1 - z0)
+        self._decoder = CompressedVoxelDecoder(
+            self._file, h.data_offset, h.data_size, h.dimensions, h.compression,
+            length_field_bytes=8 if h.version == "AIMDATA_V030" else 4,
+            path=self.path, off_xyz=h.border_voxels)
+        self._decoder_next_z = 0
+
+    def _read_compressed(self, z0: int, z1: int, out: np.ndarray) -> None:
+        self._ensure_decoder()
+        # the decoder skips forward without allocating and restarts for a backward jump; it decodes
+        # straight into ``out`` (no temporary of the slab's size)
+        self._decoder.read_slab(z0, z1, out=out)
         self._decoder_next_z = z1
 
 
