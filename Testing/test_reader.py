@@ -333,12 +333,14 @@ def test_slab_iteration_memory_of_1gib_file(tmp_path):
         struct.pack_into("<i", head, 52, nz)
         f.write(head)
         f.truncate(512 + nx * ny * nz * 2)  # sparse: costs no disk
+    # VmHWM is this process image's own peak (ru_maxrss would include the forking pytest process)
     script = (
-        "import resource, sys, ScancoUnitsLib as S\n"
+        "import sys, ScancoUnitsLib as S\n"
         "n = 0\n"
         "for slab in S.iter_slabs(sys.argv[1], slices=16):\n"
         "    n += slab.shape[0]\n"
-        "print(n, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "print(n, hwm)\n"
     )
     out = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
     slices, peak_kib = map(int, out.stdout.split())
