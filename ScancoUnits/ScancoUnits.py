@@ -1,0 +1,795 @@
+"""ScancoUnits: SCANCO micro-CT files (.ISQ, .AIM) as calibrated volumes in 3D Slicer.
+
+This file only marshals between Slicer (GUI, file reader, self-test) and ScancoUnitsLib, where all the
+work is done: ScancoUnitsLib.scene (nodes), ScancoUnitsLib.convert (streamed NRRD export),
+ScancoUnitsLib.thresholds and ScancoUnitsLib.units (conversions).
+"""
+
+import enum
+import html
+import logging
+import os
+import tempfile
+import unittest
+from typing import Annotated
+
+import numpy as np
+import vtk
+
+import slicer
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from slicer.parameterNodeWrapper import Minimum, WithinRange, parameterNodeWrapper
+
+READER_FILE_TYPE = "ScancoUnitsFile"
+
+
+#
+# ScancoUnits
+#
+
+
+class ScancoUnits(ScriptedLoadableModule):
+    """Module metadata. See https://github.com/Slicer/Slicer/blob/main/Base/Python/slicer/ScriptedLoadableModule.py"""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Scanco Units")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["ScancoUnits contributors"]
+        self.parent.helpText = _("""
+Open SCANCO micro-CT files (.ISQ, .AIM) as calibrated volumes: drag and drop a file onto Slicer
+(Hounsfield units by default), or pick a file here, choose thresholds and outputs, and press Apply.
+<ul>
+<li><b>Attenuation</b> mu [1/cm] = native / mu_scaling (mu_scaling from the header).</li>
+<li><b>HU</b> = 1000 (mu - mu_water) / mu_water = native * 1000 / (mu_scaling * mu_water) - 1000;
+stored as integers (rounded to nearest) unless float HU are asked for.</li>
+<li><b>Density</b> [mg HA/ccm] = slope * mu + intercept, the scanner's hydroxyapatite calibration from the
+header; g/cc = mg HA/ccm / 1000.</li>
+<li><b>Per mille</b> (SCANCO IPL's threshold unit): 1000 per mille = native 32767, the largest 16-bit value,
+whatever the calibration. A threshold is first turned into a native integer, rounded to the nearest
+(250 per mille = 8191.75 -> 8192); HU, mu and density thresholds likewise. The mask is
+native_low &lt;= native &lt;= native_high, exactly as IPL does it.</li>
+</ul>
+Geometry follows ITK (what Slicer's built-in reader does): AIM origin = position x voxel size, ISQ origin 0,
+LPS turned into Slicer's RAS. Calibration constants and units are stored in node attributes (ScancoUnits.*)
+and as voxel value units (UCUM). Files without calibration load as native values with a warning.
+For files too large to load, load a sub-region or every n-th voxel while the NRRD export is written at full
+resolution, slab by slab.
+See the <a href="https://github.com/ScancoUnits/SlicerScancoUnits">project page</a>.
+""")
+        self.parent.acknowledgementText = _("""
+The file formats and conversions follow the conventions of SCANCO Medical AG (ISQ/AIM headers, IPL per-mille
+thresholds, hydroxyapatite density calibration) as documented by their users, and the geometry of ITK's
+IOScanco module (InsightSoftwareConsortium/ITKIOScanco, derived from David Gobbi's vtkScancoCTReader), which
+3D Slicer itself uses to read ISQ files. ScancoUnits is an independent project, not affiliated with SCANCO.
+""")
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+#
+# Register sample data sets in Sample Data module
+#
+
+
+def registerSampleData():
+    """Add the SCANCO sample ISQ to the Sample Data module (loaded with this module's reader)."""
+    import SampleData
+
+    # one source of truth for the sample file (also used by `scanco-units sample`)
+    from ScancoUnitsLib.sample_data import SAMPLE_FILE_NAME, SAMPLE_SHA256, SAMPLE_URL
+
+    iconsPath = os.path.join(os.path.dirname(__file__), "Resources/Icons")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category="ScancoUnits",
+        sampleName="C0004255",
+        thumbnailFileName=os.path.join(iconsPath, "ScancoUnits.png"),
+        uris=SAMPLE_URL,
+        fileNames=SAMPLE_FILE_NAME,
+        checksums=f"SHA256:{SAMPLE_SHA256}",
+        nodeNames="C0004255",
+        loadFileType=READER_FILE_TYPE,
+    )
+
+
+#
+# Parameter node
+#
+
+
+class ThresholdUnit(enum.Enum):
+    """Unit of the panel's thresholds; values are ScancoUnitsLib.thresholds unit names."""
+
+    permille = "permille"
+    native = "native"
+    mu = "mu"
+    hu = "hu"
+    density = "density"
+
+    def label(self):
+        return {"permille": _("per mille"), "native": _("native"), "mu": "1/cm", "hu": "HU",
+                "density": "mg HA/ccm"}[self.value]
+
+
+class DensityUnit(enum.Enum):
+    mg_ha_ccm = "mg HA/ccm"
+    g_cc = "g/cc"
+
+    def label(self):
+        return self.value
+
+
+class LoadMode(enum.Enum):
+    full = "full"
+    subsample = "subsample"
+    region = "region"
+
+    def label(self):
+        return {"full": _("Full volume"), "subsample": _("Every n-th voxel"), "region": _("Sub-region")}[self.value]
+
+
+@parameterNodeWrapper
+class ScancoUnitsParameterNode:
+    """The panel's settings, saved with the scene. Paths are plain strings (empty = not set)."""
+
+    inputFilePath: str = ""
+    thresholdUnit: ThresholdUnit = ThresholdUnit.permille
+    lowerThreshold: float = 250.0
+    upperThreshold: float = 1000.0
+    createHU: bool = True
+    createDensity: bool = True
+    densityUnit: DensityUnit = DensityUnit.mg_ha_ccm
+    createAttenuation: bool = False
+    createNative: bool = False
+    createMaskLabelmap: bool = True
+    createMaskSegmentation: bool = True
+    loadMode: LoadMode = LoadMode.full
+    subsampleStep: Annotated[int, WithinRange(1, 64)] = 2
+    regionXFirst: Annotated[int, Minimum(0)] = 0
+    regionXLast: Annotated[int, Minimum(-1)] = -1
+    regionYFirst: Annotated[int, Minimum(0)] = 0
+    regionYLast: Annotated[int, Minimum(-1)] = -1
+    regionZFirst: Annotated[int, Minimum(0)] = 0
+    regionZLast: Annotated[int, Minimum(-1)] = -1
+    exportEnabled: bool = False
+    exportDirectory: str = ""
+
+
+#
+# ScancoUnitsWidget
+#
+
+
+class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The panel: marshals between the .ui and ScancoUnitsLogic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._header = None
+        self._headerError = ""
+        self._thresholdUnitShown = None
+        self._updatingThresholds = False
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/ScancoUnits.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = ScancoUnitsLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        # paths are synchronised by hand (str in the parameter node, "" = not set)
+        self.ui.inputFileSelector.connect("currentPathChanged(QString)", self.onInputPathChanged)
+        self.ui.exportDirectorySelector.connect("currentPathChanged(QString)", self.onExportDirectoryChanged)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.calibrationWarningLabel.visible = False
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
+            self._thresholdUnitShown = self._parameterNode.thresholdUnit
+            self._readHeader()
+        self.updateGUIFromParameterNode()
+
+    # ---- parameter node <-> panel -------------------------------------------------------------------
+    def onInputPathChanged(self, path) -> None:
+        if self._parameterNode and self._parameterNode.inputFilePath != path:
+            self._parameterNode.inputFilePath = path
+        self._readHeader()
+        self.updateGUIFromParameterNode()
+
+    def onExportDirectoryChanged(self, path) -> None:
+        if self._parameterNode and self._parameterNode.exportDirectory != path:
+            self._parameterNode.exportDirectory = path
+
+    def _readHeader(self) -> None:
+        self._header, self._headerError = None, ""
+        path = self._parameterNode.inputFilePath if self._parameterNode else ""
+        if not path:
+            return
+        try:
+            self._header = self.logic.readHeader(path)
+        except Exception as exc:  # shown in the panel, not as a popup
+            self._headerError = str(exc)
+
+    def _followThresholdUnit(self) -> None:
+        """Keep the same mask when the unit changes: show the current thresholds in the new unit."""
+        p = self._parameterNode
+        oldUnit, newUnit = self._thresholdUnitShown, p.thresholdUnit
+        if newUnit == oldUnit or self._updatingThresholds:
+            return
+        self._thresholdUnitShown = newUnit
+        if self._header is None or oldUnit is None:
+            return
+        converted = self.logic.convertThresholds(self._header, p.lowerThreshold, p.upperThreshold,
+                                                 oldUnit.value, newUnit.value)
+        if converted is not None:
+            self._updatingThresholds = True
+            try:
+                p.lowerThreshold, p.upperThreshold = converted
+            finally:
+                self._updatingThresholds = False
+
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        lib = self.logic.lib
+        self._followThresholdUnit()
+        if self.ui.inputFileSelector.currentPath != p.inputFilePath:
+            self.ui.inputFileSelector.currentPath = p.inputFilePath
+        if self.ui.exportDirectorySelector.currentPath != p.exportDirectory:
+            self.ui.exportDirectorySelector.currentPath = p.exportDirectory
+
+        header = self._header
+        if header is None:
+            self.ui.headerSummaryLabel.text = html.escape(self._headerError or _("No file selected."))
+            self.ui.calibrationWarningLabel.visible = False
+            self.ui.thresholdEquivalentsLabel.text = _("Select a file to see the thresholds in every unit.")
+            self.ui.memoryEstimateLabel.text = "-"
+        else:
+            self.ui.headerSummaryLabel.text = lib.header_summary_html(header)
+            warning = lib.calibration_warning(header)
+            self.ui.calibrationWarningLabel.text = warning
+            self.ui.calibrationWarningLabel.visible = bool(warning)
+            self.ui.thresholdEquivalentsLabel.text = lib.threshold_equivalents_html(header, self._thresholdSpec())
+            try:
+                self.ui.memoryEstimateLabel.text = lib.memory_estimate_text(
+                    header, self._outputs(), **self._sampling())
+            except ValueError as exc:
+                self.ui.memoryEstimateLabel.text = str(exc)
+            x, y, z = header.dimensions
+            for spin, size in ((self.ui.regionXFirstSpinBox, x), (self.ui.regionYFirstSpinBox, y),
+                               (self.ui.regionZFirstSpinBox, z), (self.ui.regionXLastSpinBox, x),
+                               (self.ui.regionYLastSpinBox, y), (self.ui.regionZLastSpinBox, z)):
+                spin.maximum = size - 1
+        calibrated = header is not None and not header.is_mask and not header.voxel_type.startswith("float")
+        self.ui.createHUCheckBox.enabled = calibrated and header.calibration.has_hu
+        self.ui.createDensityCheckBox.enabled = calibrated and header.calibration.has_density
+        self.ui.densityUnitComboBox.enabled = self.ui.createDensityCheckBox.enabled
+        self.ui.createAttenuationCheckBox.enabled = calibrated and header.calibration.has_mu
+        self.ui.subsampleStepSpinBox.enabled = p.loadMode == LoadMode.subsample
+        self.ui.regionWidget.enabled = p.loadMode == LoadMode.region
+        self.ui.exportDirectorySelector.enabled = p.exportEnabled
+
+        canApply = header is not None and bool(self._outputs())
+        if p.exportEnabled and not p.exportDirectory:
+            canApply = False
+        self.ui.applyButton.enabled = canApply
+        self.ui.applyButton.toolTip = (_("Read the file and create the selected outputs.") if canApply else
+                                       _("Select a readable SCANCO file, at least one output and, for the export, "
+                                         "a folder."))
+
+    def _thresholdSpec(self):
+        p = self._parameterNode
+        low, high = sorted((p.lowerThreshold, p.upperThreshold))
+        return (low, high, p.thresholdUnit.value)
+
+    def _outputs(self):
+        p = self._parameterNode
+        roles = []
+        for role, wanted, box in (("hu", p.createHU, self.ui.createHUCheckBox),
+                                  ("density", p.createDensity, self.ui.createDensityCheckBox),
+                                  ("mu", p.createAttenuation, self.ui.createAttenuationCheckBox),
+                                  ("native", p.createNative, None),
+                                  ("mask_labelmap", p.createMaskLabelmap, None),
+                                  ("mask_segmentation", p.createMaskSegmentation, None)):
+            if wanted and (box is None or box.enabled):
+                roles.append(role)
+        return roles
+
+    def _sampling(self):
+        p = self._parameterNode
+        if p.loadMode == LoadMode.subsample:
+            return {"subsample_step": p.subsampleStep}
+        if p.loadMode == LoadMode.region:
+            def axis(first, last):
+                return (first, None if last < 0 else last + 1)
+
+            return {"region": (axis(p.regionZFirst, p.regionZLast), axis(p.regionYFirst, p.regionYLast),
+                               axis(p.regionXFirst, p.regionXLast))}
+        return {}
+
+    # ---- Apply -------------------------------------------------------------------------------------
+    def onApplyButton(self) -> None:
+        p = self._parameterNode
+        exportDirectory = p.exportDirectory if p.exportEnabled else None
+        options = dict(outputs=self._outputs(), thresholds=self._thresholdSpec(),
+                       densityUnit=p.densityUnit.value, **self._logicSampling())
+        if exportDirectory:
+            existing = self.logic.existingExportFiles(p.inputFilePath, exportDirectory, **options)
+            if existing and not slicer.util.confirmOkCancelDisplay(
+                    _("These files exist already and will be replaced:") + "\n" + "\n".join(existing)):
+                return
+        progressDialog = slicer.util.createProgressDialog(
+            windowTitle=_("Scanco Units"), labelText=_("Reading {name}...").format(name=os.path.basename(p.inputFilePath)),
+            maximum=1000)
+        progressDialog.minimumDuration = 0
+
+        def onProgress(fraction, text=None):
+            progressDialog.value = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+            if text:
+                progressDialog.labelText = text
+            slicer.app.processEvents()
+
+        def cancelled():
+            slicer.app.processEvents()
+            return progressDialog.wasCanceled
+
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Failed to read the SCANCO file."), waitCursor=True):
+                try:
+                    nodes, files = self.logic.process(p.inputFilePath, exportDirectory=exportDirectory,
+                                                      progressCallback=onProgress, cancel=cancelled,
+                                                      overwrite=True, **options)
+                except self.logic.lib.LoadCancelled:
+                    slicer.util.showStatusMessage(_("Cancelled: nothing was added or written."), 5000)
+                    return
+        finally:
+            progressDialog.close()
+        self.logic.showNodes(nodes)
+        message = _("Created {count} node(s)").format(count=len(nodes))
+        if files:
+            message += _(" and wrote {count} file(s) in {folder}").format(count=len(files), folder=exportDirectory)
+        slicer.util.showStatusMessage(message, 5000)
+
+    def _logicSampling(self):
+        sampling = self._sampling()
+        return {"subsampleStep": sampling.get("subsample_step", 1), "region": sampling.get("region")}
+
+
+#
+# ScancoUnitsLogic
+#
+
+
+class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
+    """Scriptable entry points (Python console, batch). GUI-free: no dialogs; errors are raised.
+
+    Example::
+
+        logic = slicer.util.getModuleLogic("ScancoUnits")   # or ScancoUnits.ScancoUnitsLogic()
+        nodes = logic.loadScan("/data/C0004255.ISQ", thresholds=(250, 1000, "permille"))
+        nodes["density"], nodes["mask_segmentation"]
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+
+    @property
+    def lib(self):
+        """ScancoUnitsLib.scene (imported on first use)."""
+        from ScancoUnitsLib import scene
+
+        return scene
+
+    def getParameterNode(self):
+        return ScancoUnitsParameterNode(super().getParameterNode())
+
+    def readHeader(self, path):
+        from ScancoUnitsLib.reader import read_header
+
+        return read_header(path)
+
+    def convertThresholds(self, header, low, high, fromUnit, toUnit):
+        """(low, high) of the same native mask in ``toUnit`` (a ScancoUnitsLib threshold unit), or None
+        when the calibration cannot express it."""
+        key = {"density": "density_mg_ha_ccm"}.get(toUnit, toUnit)
+        try:
+            values = self.lib.threshold_equivalents(header, (min(low, high), max(low, high), fromUnit))["values"]
+        except Exception:
+            return None
+        pair = values.get(key)
+        if pair is None:
+            return None
+        return (float(pair[0]), float(pair[1]))
+
+    def loadScan(self, path, outputs=None, thresholds=None, densityUnit="mg HA/ccm", subsampleStep=1, region=None,
+                 progressCallback=None, cancel=None, name=None, huDtype="int16", warn=None, scene=None):
+        """Create the nodes of ``path``; returns ``{role: node}``. See ScancoUnitsLib.scene.load_scan_into_scene."""
+        return self.lib.load_scan_into_scene(
+            scene or slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds, density_unit=densityUnit,
+            hu_dtype=huDtype, subsample_step=subsampleStep, region=region, name=name, progress=progressCallback,
+            cancel=cancel, warn=warn)
+
+    def exportScan(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="mg HA/ccm",
+                   huDtype="int16", compress=True, overwrite=False, progressCallback=None, cancel=None):
+        """Write the outputs of ``path`` as NRRD files at full resolution (streamed); returns ``{role: path}``."""
+        return self.lib.export_scan(path, outputDirectory, outputs, thresholds=thresholds, density_unit=densityUnit,
+                                    hu_dtype=huDtype, compress=compress, overwrite=overwrite,
+                                    progress=progressCallback, cancel=cancel)
+
+    def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="mg HA/ccm",
+                            **_ignored):
+        planned = self.lib.planned_export_files(path, outputDirectory, outputs, thresholds=thresholds,
+                                                density_unit=densityUnit)
+        return [str(p) for p in planned if os.path.exists(p)]
+
+    def process(self, path, outputs=None, thresholds=None, densityUnit="mg HA/ccm", subsampleStep=1, region=None,
+                exportDirectory=None, progressCallback=None, cancel=None, overwrite=False, huDtype="int16"):
+        """Load into the scene and, when ``exportDirectory`` is given, export at full resolution.
+
+        Returns ``(nodes, files)``. ``progressCallback(fraction, text)``; ``cancel()`` -> True stops (raises
+        ScancoUnitsLib.scene.LoadCancelled; nodes created by this call are removed, no file is left).
+        """
+        loadShare = 0.5 if exportDirectory else 1.0
+
+        def loadProgress(fraction):
+            if progressCallback:
+                progressCallback(fraction * loadShare, _("Loading into the scene..."))
+
+        def exportProgress(fraction):
+            if progressCallback:
+                progressCallback(loadShare + fraction * (1.0 - loadShare), _("Writing NRRD files..."))
+
+        nodes = self.loadScan(path, outputs=outputs, thresholds=thresholds, densityUnit=densityUnit,
+                              subsampleStep=subsampleStep, region=region, progressCallback=loadProgress,
+                              cancel=cancel, huDtype=huDtype)
+        files = {}
+        if exportDirectory:
+            try:
+                files = self.exportScan(path, exportDirectory, outputs=outputs, thresholds=thresholds,
+                                        densityUnit=densityUnit, huDtype=huDtype, overwrite=overwrite,
+                                        progressCallback=exportProgress, cancel=cancel)
+            except BaseException:
+                self.lib.remove_loaded_nodes(slicer.mrmlScene, nodes)
+                raise
+        return nodes, files
+
+    def showNodes(self, nodes):
+        """Show the first calibrated volume as background and the labelmap as label layer (GUI only)."""
+        if not hasattr(slicer, "app") or slicer.app is None or slicer.app.layoutManager() is None:
+            return
+        background = next((nodes[r] for r in ("hu", "density", "mu", "native") if r in nodes), None)
+        label = nodes.get("mask_labelmap")
+        if "mask_segmentation" in nodes:
+            label = None  # the segmentation is shown as an outline; the labelmap would hide it
+        slicer.util.setSliceViewerLayers(background=background, label=label, fit=True)
+
+
+#
+# ScancoUnitsFileReader
+#
+
+
+class ScancoUnitsFileReader:
+    """Drag-and-drop / Add Data reader for SCANCO ISQ and AIM (v020, v030) files, recognised by content.
+
+    Loads HU by default (native values for an uncalibrated file, a labelmap for a SCANCO char mask).
+    Scripting: ``slicer.util.loadNodeFromFile(path, "ScancoUnitsFile", {"units": "hu density",
+    "thresholds": "250 1000 permille", "mask": "both"})``; see
+    ScancoUnitsLib.scene.reader_options_from_properties for every key.
+    """
+
+    def __init__(self, parent):
+        self.parent = parent
+
+    def description(self):
+        return _("SCANCO micro-CT image (ScancoUnits)")
+
+    def fileType(self):
+        return READER_FILE_TYPE
+
+    def extensions(self):
+        return ["SCANCO micro-CT image (*.isq *.aim *.isq;* *.aim;*)"]
+
+    def canLoadFileConfidence(self, filePath):
+        from ScancoUnitsLib.scene import sniff_format
+
+        # Slicer's core Volumes reader claims .isq at about 0.54: win whenever the magic matches.
+        return 0.8 if sniff_format(filePath) else 0.0
+
+    def canLoadFile(self, filePath):
+        return self.canLoadFileConfidence(filePath) > 0.55
+
+    def load(self, properties):
+        filePath = properties.get("fileName", "")
+        messages = self.parent.userMessages()
+
+        def warn(text):
+            logging.warning(text)
+            messages.AddMessage(vtk.vtkCommand.WarningEvent, text)
+
+        try:
+            from ScancoUnitsLib import scene as lib
+            from ScancoUnitsLib.reader import read_header
+
+            header = read_header(filePath)
+            options = lib.reader_options_from_properties(properties, header)
+            nodes = lib.load_scan_into_scene(slicer.mrmlScene, filePath, header=header, warn=warn, **options)
+        except Exception as exc:
+            logging.error(f"ScancoUnits: failed to load {filePath}: {exc}")
+            messages.AddMessage(vtk.vtkCommand.ErrorEvent, _("Failed to load {path}: {error}").format(
+                path=filePath, error=exc))
+            return False
+        self.parent.loadedNodes = [node.GetID() for node in nodes.values()]
+        if properties.get("show", True):
+            try:
+                ScancoUnitsLogic().showNodes(nodes)
+            except Exception as exc:  # display is a convenience; the data are loaded
+                logging.debug(f"ScancoUnits: could not show the loaded nodes: {exc}")
+        return True
+
+
+#
+# ScancoUnitsTest
+#
+
+
+class ScancoUnitsTest(ScriptedLoadableModuleTest):
+    """Self-test on small ISQ/AIM files written by ScancoUnitsLib (no download).
+
+    ``runTest`` (Reload and Test, SelfTests) and ctest (the test_* methods) run the same checks.
+    """
+
+    CALIBRATION = dict(mu_scaling=8192, mu_water_per_cm=0.2409, density_slope=1603.51904,
+                       density_intercept=-391.209015, density_unit="mg HA/ccm")
+    VOXEL_SIZE_MM = (0.0607, 0.0607, 0.0607)
+
+    def setUp(self):
+        slicer.mrmlScene.Clear(0)
+        self._tempDir = tempfile.TemporaryDirectory(prefix="ScancoUnitsTest-")
+        self.tempDir = self._tempDir.name
+
+    def tearDown(self):
+        self._tempDir.cleanup()
+
+    def runTest(self):
+        """The same checks as ctest runs (every test_* method), in order."""
+        for name in sorted(n for n in dir(self) if n.startswith("test_")):
+            self.setUp()
+            try:
+                getattr(self, name)()
+            except unittest.SkipTest as reason:
+                logging.info(f"{name} skipped: {reason}")
+            finally:
+                self.tearDown()
+
+    # ---- helpers -----------------------------------------------------------------------------------
+    def _volume(self, shape=(6, 7, 9), seed=4255):
+        rng = np.random.default_rng(seed)
+        volume = rng.integers(-800, 20000, size=shape).astype(np.int16)
+        volume[0, 0, :4] = (8191, 8192, 32767, -32768)   # the per-mille 250 edge and the int16 ends
+        return volume
+
+    def _calibration(self):
+        from ScancoUnitsLib import Calibration
+
+        return Calibration(**self.CALIBRATION)
+
+    def _writeIsq(self, volume, name="test.isq"):
+        from ScancoUnitsLib import write_isq
+
+        path = os.path.join(self.tempDir, name)
+        write_isq(path, volume, voxel_size_mm=self.VOXEL_SIZE_MM, calibration=self._calibration())
+        return path
+
+    def _writeAim(self, volume, name="test.aim", version=30, position=(3, 4, 5), **kwargs):
+        from ScancoUnitsLib import write_aim
+
+        path = os.path.join(self.tempDir, name)
+        write_aim(path, volume, version=version, voxel_size_mm=self.VOXEL_SIZE_MM, position_voxels=position,
+                  calibration=kwargs.pop("calibration", self._calibration()), **kwargs)
+        return path
+
+    def _ijkToRas(self, node):
+        matrix = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(matrix)
+        return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+    def _checkGeometry(self, node, header):
+        sx, sy, sz = header.voxel_size_mm
+        ox, oy, oz = header.origin_mm
+        expected = np.array([[-sx, 0, 0, -ox], [0, -sy, 0, -oy], [0, 0, sz, oz], [0, 0, 0, 1.0]])
+        np.testing.assert_allclose(self._ijkToRas(node), expected, rtol=0, atol=1e-12)
+
+    # ---- tests ---------------------------------------------------------------------------------------
+    def test_reader_confidence(self):
+        self.delayDisplay("File reader recognises ISQ and AIM by content")
+        volume = self._volume()
+        reader = ScancoUnitsFileReader(None)
+        isq = self._writeIsq(volume, "sample.ISQ;1")
+        aim20 = self._writeAim(volume, "a20.AIM", version=20)
+        aim30 = self._writeAim(volume, "a30.aim", version=30)
+        other = os.path.join(self.tempDir, "not_scanco.isq")
+        with open(other, "wb") as f:
+            f.write(b"CTDATA-HEADER_V2" + bytes(600))
+        for path in (isq, aim20, aim30):
+            self.assertGreater(reader.canLoadFileConfidence(path), 0.55, path)
+        self.assertEqual(reader.canLoadFileConfidence(other), 0.0)
+        self.assertEqual(reader.canLoadFileConfidence(os.path.join(self.tempDir, "missing.isq")), 0.0)
+
+    def test_logic_isq_default_outputs(self):
+        self.delayDisplay("Default load of an ISQ: HU, density, mask labelmap and segmentation")
+        from ScancoUnitsLib.reader import read_header
+        from ScancoUnitsLib.units import UnitConverter
+
+        volume = self._volume()
+        path = self._writeIsq(volume)
+        header = read_header(path)
+        nodes = ScancoUnitsLogic().loadScan(path)
+        self.assertEqual(sorted(nodes), ["density", "hu", "mask_labelmap", "mask_segmentation"])
+        converter = UnitConverter(header.calibration)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["hu"]), converter.convert(volume, "hu"))
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["density"]),
+                                      converter.convert(volume, "density_mg_ha_ccm"))
+        for role in ("hu", "density", "mask_labelmap"):
+            self._checkGeometry(nodes[role], header)
+        expectedMask = (volume >= 8192) & (volume <= 32767)   # 250..1000 per mille
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["mask_labelmap"]), expectedMask.astype(np.uint8))
+        segmentation = nodes["mask_segmentation"].GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
+        self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Bone 250-1000 per mille")
+        self.assertEqual(nodes["hu"].GetVoxelValueUnits().GetCodeValue(), "[hnsf'U]")
+        self.assertEqual(nodes["density"].GetVoxelValueUnits().GetCodeValue(), "mg/cm3")
+        self.assertEqual(nodes["density"].GetAttribute("ScancoUnits.MuScaling"), "8192")
+
+    def test_logic_aim_position_and_options(self):
+        self.delayDisplay("AIM v020: origin from the position, density in g/cc, HU thresholds")
+        from ScancoUnitsLib.reader import read_header
+        from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
+        from ScancoUnitsLib.units import UnitConverter
+
+        volume = self._volume(seed=7)
+        path = self._writeAim(volume, version=20, position=(10, 20, 30))
+        header = read_header(path)
+        spec = ThresholdSpec(2000.0, 12000.0, "hu")
+        nodes = ScancoUnitsLogic().loadScan(path, outputs=["density", "mu", "mask_labelmap"], thresholds=spec,
+                                            densityUnit="g/cc")
+        self.assertEqual(sorted(nodes), ["density", "mask_labelmap", "mu"])
+        self._checkGeometry(nodes["density"], header)
+        self.assertEqual(list(header.origin_mm), [p * s for p, s in zip((10, 20, 30), header.voxel_size_mm)])
+        converter = UnitConverter(header.calibration)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["density"]),
+                                      converter.convert(volume, "density_g_cc"))
+        resolved = resolve_thresholds(spec, header.calibration)
+        expected = (volume >= resolved.native_low) & (volume <= resolved.native_high)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["mask_labelmap"]), expected.astype(np.uint8))
+
+    def test_subsample_and_region(self):
+        self.delayDisplay("Every 2nd voxel of a sub-region keeps the physical frame")
+        from ScancoUnitsLib.reader import read_header
+        from ScancoUnitsLib.units import UnitConverter
+
+        volume = self._volume(shape=(9, 10, 11))
+        path = self._writeAim(volume, version=30, position=(1, 2, 3))
+        header = read_header(path)
+        nodes = ScancoUnitsLogic().loadScan(path, outputs=["hu"], subsampleStep=2,
+                                            region=((1, 8), (2, None), (0, 9)))
+        expected = UnitConverter(header.calibration).convert(volume, "hu")[1:8:2, 2::2, 0:9:2]
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["hu"]), expected)
+        sx, sy, sz = header.voxel_size_mm
+        ox, oy, oz = header.origin_mm
+        matrix = self._ijkToRas(nodes["hu"])
+        np.testing.assert_allclose(np.diag(matrix)[:3], [-2 * sx, -2 * sy, 2 * sz], atol=1e-12)
+        np.testing.assert_allclose(matrix[:3, 3], [-(ox + 0 * sx), -(oy + 2 * sy), oz + 1 * sz], atol=1e-12)
+
+    def test_uncalibrated_file_loads_native(self):
+        self.delayDisplay("A file without calibration loads native values")
+        from ScancoUnitsLib import Calibration, write_isq
+
+        volume = self._volume()
+        path = os.path.join(self.tempDir, "native.isq")
+        write_isq(path, volume, voxel_size_mm=self.VOXEL_SIZE_MM, calibration=Calibration(mu_scaling=8192))
+        warnings = []
+        nodes = ScancoUnitsLogic().loadScan(path, warn=warnings.append)
+        self.assertIn("native", nodes)
+        self.assertNotIn("hu", nodes)
+        self.assertTrue(warnings)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["native"]), volume)
+
+    def test_cancel_removes_nodes(self):
+        self.delayDisplay("Cancelling leaves the scene unchanged")
+        from ScancoUnitsLib.scene import LoadCancelled
+
+        path = self._writeIsq(self._volume(shape=(12, 5, 6)))
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        progress = []
+
+        def cancelAfterFirstSlab():
+            return len(progress) > 0
+
+        with self.assertRaises(LoadCancelled):
+            ScancoUnitsLogic().lib.load_scan_into_scene(slicer.mrmlScene, path, slab_slices=4,
+                                                        progress=progress.append, cancel=cancelAfterFirstSlab)
+        self.assertEqual(len(progress), 1)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+
+    def test_export_matches_nodes(self):
+        self.delayDisplay("Full-resolution NRRD export holds what the nodes hold")
+        volume = self._volume()
+        path = self._writeIsq(volume)
+        outDir = os.path.join(self.tempDir, "out")
+        nodes, files = ScancoUnitsLogic().process(path, outputs=["hu", "density", "mask_labelmap"],
+                                                  exportDirectory=outDir)
+        for role, fileRole in (("hu", "hu"), ("density", "density"), ("mask_labelmap", "mask")):
+            storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+            storage.SetFileName(str(files[fileRole]))
+            loaded = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+            self.assertTrue(storage.ReadData(loaded), files[fileRole])
+            np.testing.assert_array_equal(slicer.util.arrayFromVolume(loaded), slicer.util.arrayFromVolume(nodes[role]))
+            np.testing.assert_allclose(self._ijkToRas(loaded), self._ijkToRas(nodes[role]), atol=1e-9)
+
+    def test_reader_plugin(self):
+        self.delayDisplay("Loading through Slicer's IO manager (drag and drop path)")
+        if not hasattr(slicer, "app"):
+            self.skipTest("needs the Slicer application")
+        from ScancoUnitsLib.reader import read_header
+        from ScancoUnitsLib.units import UnitConverter
+
+        volume = self._volume()
+        path = self._writeAim(volume, version=30)
+        node = slicer.util.loadNodeFromFile(path, READER_FILE_TYPE)
+        header = read_header(path)
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node),
+                                      UnitConverter(header.calibration).convert(volume, "hu"))
+        self._checkGeometry(node, header)
+        loaded = slicer.util.loadNodeFromFile(path, READER_FILE_TYPE,
+                                              {"units": "density", "mask": "segmentation", "name": "scripted"})
+        self.assertIsNotNone(loaded)
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("scripted density"))
+        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("scripted mask segmentation"))
