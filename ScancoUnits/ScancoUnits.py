@@ -44,7 +44,7 @@ class ScancoUnits(ScriptedLoadableModule):
         self.parent.title = _("Scanco Units")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
-        self.parent.contributors = ["ScancoUnits contributors"]
+        self.parent.contributors = ["ScancoUnits developers (ScancoUnits project)"]
         self.parent.helpText = _("""
 Open SCANCO micro-CT files (.ISQ, .AIM) as calibrated volumes: drag and drop a file onto Slicer
 (Hounsfield units by default), or pick a file here, choose thresholds and outputs, and press Apply.
