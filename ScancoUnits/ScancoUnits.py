@@ -181,6 +181,8 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._headerError = ""
         self._thresholdUnitShown = None
         self._updatingThresholds = False
+        self._chart = None  # (chart node, table node, {role: series node}) of the histogram
+        self._loadedNodes = {}
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -197,6 +199,8 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.inputFileSelector.connect("currentPathChanged(QString)", self.onInputPathChanged)
         self.ui.exportDirectorySelector.connect("currentPathChanged(QString)", self.onExportDirectoryChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.showHistogramButton.connect("clicked(bool)", self.onShowHistogram)
+        self.ui.previewMaskCheckBox.connect("toggled(bool)", lambda checked: self._updateThresholdFeedback())
         self.ui.calibrationWarningLabel.visible = False
 
         self.initializeParameterNode()
@@ -320,6 +324,8 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p.exportEnabled and not p.exportDirectory:
             canApply = False
         self.ui.applyButton.enabled = canApply
+        self.ui.showHistogramButton.enabled = header is not None
+        self._updateThresholdFeedback()
         self.ui.applyButton.toolTip = (_("Read the file and create the selected outputs.") if canApply else
                                        _("Select a readable SCANCO file, at least one output and, for the export, "
                                          "a folder."))
@@ -392,10 +398,61 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         finally:
             progressDialog.close()
         self.logic.showNodes(nodes)
+        self._loadedNodes = dict(nodes)
+        self._updateThresholdFeedback()
         message = _("Created {count} node(s)").format(count=len(nodes))
         if files:
             message += _(" and wrote {count} file(s) in {folder}").format(count=len(files), folder=exportDirectory)
         slicer.util.showStatusMessage(message, 5000)
+
+    # ---- histogram and live mask preview -------------------------------------------------------------
+    def _resolvedThresholds(self):
+        header = self._header
+        if header is None or header.is_mask or header.voxel_type.startswith("float"):
+            return None
+        try:
+            return self.logic.resolveThresholds(header, *self._thresholdSpec())
+        except ValueError:  # e.g. HU thresholds on an uncalibrated file: nothing to draw
+            return None
+
+    def onShowHistogram(self) -> None:
+        if self._header is None:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to compute the histogram."), waitCursor=True):
+            self._removeChart()
+            self._chart = self.logic.showHistogram(self._header, self._resolvedThresholds())
+
+    def _removeChart(self) -> None:
+        if self._chart is None:
+            return
+        chartNode, tableNode, seriesNodes = self._chart
+        for node in (chartNode, tableNode, *seriesNodes.values()):
+            if slicer.mrmlScene.IsNodePresent(node):
+                slicer.mrmlScene.RemoveNode(node)
+        self._chart = None
+
+    def _updateThresholdFeedback(self) -> None:
+        """Move the histogram's threshold lines and the mask preview to the thresholds of the panel."""
+        resolved = self._resolvedThresholds()
+        if resolved is None:
+            return
+        from ScancoUnitsLib.histogram_chart import (clear_threshold_preview, preview_mask_on_scan_node,
+                                                    update_threshold_lines)
+
+        if self._chart is not None and slicer.mrmlScene.IsNodePresent(self._chart[1]):
+            update_threshold_lines(self._chart[1], resolved, series_nodes=self._chart[2])
+        source = os.path.basename(self._header.path)
+        for role in ("hu", "density"):
+            node = self._loadedNodes.get(role)
+            if node is None or not slicer.mrmlScene.IsNodePresent(node):
+                continue
+            if node.GetAttribute("ScancoUnits.SourceFile") != source:
+                continue
+            if self.ui.previewMaskCheckBox.checked:
+                preview_mask_on_scan_node(node, resolved, self._header.calibration)
+            else:
+                clear_threshold_preview(node)
+            break
 
     def _logicSampling(self):
         sampling = self._sampling()
@@ -447,6 +504,26 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         if pair is None:
             return None
         return (float(pair[0]), float(pair[1]))
+
+    def resolveThresholds(self, header, low, high, unit):
+        """ResolvedThresholds (native integers and every unit) for the panel's thresholds."""
+        from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
+
+        return resolve_thresholds(ThresholdSpec(low, high, unit), header.calibration,
+                                  header_max_data_value=header.raw_field("max_data_value"), path=header.path)
+
+    def showHistogram(self, header, resolved=None):
+        """Read the file once, build the histogram chart (HU axis when calibrated) and show it in the layout."""
+        from ScancoUnitsLib.histogram import histogram_of_file
+        from ScancoUnitsLib.histogram_chart import create_histogram_chart
+
+        calibration = header.calibration
+        chart = create_histogram_chart(
+            slicer.mrmlScene, histogram_of_file(header), resolved,
+            unit="hu" if calibration.has_hu else "native", calibration=calibration,
+            name=f"{os.path.basename(header.path)} histogram")
+        slicer.modules.plots.logic().ShowChartInLayout(chart[0])
+        return chart
 
     def loadScan(self, path, outputs=None, thresholds=None, densityUnit="mg HA/ccm", subsampleStep=1, region=None,
                  progressCallback=None, cancel=None, name=None, huDtype="int16", warn=None, scene=None):

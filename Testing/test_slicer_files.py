@@ -293,7 +293,7 @@ def test_ui_has_the_panel_the_issue_asks_for():
                  "upperThresholdSpinBox", "thresholdEquivalentsLabel", "createHUCheckBox", "createDensityCheckBox",
                  "densityUnitComboBox", "createAttenuationCheckBox", "createMaskLabelmapCheckBox",
                  "createMaskSegmentationCheckBox", "exportDirectorySelector", "applyButton", "loadModeComboBox",
-                 "subsampleStepSpinBox", "regionZFirstSpinBox", "histogramCollapsibleButton", "histogramPlotFrame"):
+                 "subsampleStepSpinBox", "regionZFirstSpinBox", "histogramCollapsibleButton", "showHistogramButton"):
         assert name in widgets, name
     customs = {c.find("class").text for c in _ui_tree().iter("customwidget")}
     used_custom = {cls for cls in widgets.values() if cls.startswith(("ctk", "qMRML"))}

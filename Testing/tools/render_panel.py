@@ -100,7 +100,7 @@ def main(argv=None) -> int:
         "collapsed": {b.objectName(): b.collapsed for b in widget.findChildren(standins.ctkCollapsibleButton)},
         "classes": {name: class_of(name) for name in (
             "inputFileSelector", "exportDirectorySelector", "inputCollapsibleButton", "thresholdUnitComboBox",
-            "lowerThresholdSpinBox", "upperThresholdSpinBox", "applyButton", "histogramPlotFrame")},
+            "lowerThresholdSpinBox", "upperThresholdSpinBox", "applyButton", "showHistogramButton")},
         "parameter_names": sorted(
             str(w.property("SlicerParameterName")) for w in widget.findChildren(QtWidgets.QWidget)
             if w.property("SlicerParameterName") is not None),
