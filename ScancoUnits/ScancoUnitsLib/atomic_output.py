@@ -300,9 +300,16 @@ class AtomicOutputSet:
             try:
                 fd = _create_exclusive(temp)
             except BaseException as exc:
-                _unregister(str(temp))
                 if isinstance(exc, FileExistsError):
+                    _unregister(str(temp))
                     continue
+                if not isinstance(exc, OSError):
+                    # interrupted (signal): the file may exist already; its random O_EXCL name is ours
+                    try:
+                        os.unlink(temp)
+                    except OSError:
+                        pass
+                _unregister(str(temp))
                 if isinstance(exc, OSError):
                     raise output_error_from(final, exc) from exc
                 raise

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import List, Optional
 
@@ -13,7 +14,8 @@ from .errors import ScancoError
 EXIT_OK = 0
 EXIT_FAILED = 1      # at least one input could not be read or converted
 EXIT_USAGE = 2       # bad command line (argparse's own code)
-EXIT_INTERRUPTED = 130
+EXIT_INTERRUPTED = 130   # Ctrl-C (SIGINT); other signals: 128 + signal number (SIGTERM 143)
+EXIT_TERMINATED = 143
 
 
 def _cmd_info(args) -> int:
@@ -72,9 +74,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", None)
         print("scanco-units: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return 128 + signum if isinstance(signum, int) else EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `scanco-units info *.ISQ | head`: the reader went away
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

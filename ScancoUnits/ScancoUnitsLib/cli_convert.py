@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import sys
 import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 from .errors import ScancoError
 from .thresholds import PERMILLE_REFERENCES, UNITS, ThresholdSpec
 
-EXIT_OK, EXIT_FAILED, EXIT_INTERRUPTED = 0, 1, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # SIGTERM: 143 (128 + 15)
 _SCANCO_NAME = re.compile(r"\.(isq|aim)(;\d*)?$", re.IGNORECASE)
 
 
@@ -89,12 +90,13 @@ def _options_from_args(args):
     spec = ThresholdSpec(args.low, args.high, args.threshold_unit, args.permille_reference)
     return ConversionOptions(outputs=outputs, thresholds=spec, density_unit=args.density_unit,
                              hu_dtype=args.hu_dtype, compress=args.compress, detached=args.detached,
-                             overwrite=args.overwrite, slab_slices=args.slab_slices, threads=args.threads)
+                             overwrite=args.overwrite, slab_slices=args.slab_slices, threads=args.threads,
+                             report=getattr(args, "report", False))
 
 
 def _convert_one(path: Path, out_dir: Path, options, stem: str, show_progress: bool):
     """Convert one input; return (status, message, outputs, seconds, input_bytes). Never raises for
-    bad input: the batch goes on."""
+    bad input: the batch goes on. The message is one line that names the input file."""
     from .convert import convert_header
     from .reader import read_header
 
@@ -108,7 +110,7 @@ def _convert_one(path: Path, out_dir: Path, options, stem: str, show_progress: b
         notes = "; ".join(str(w.message) for w in caught)
         return ("ok", notes, {k: str(v) for k, v in result.outputs.items()}, result.seconds, header.data_size)
     except ScancoError as exc:
-        return ("failed", str(exc), {}, time.perf_counter() - started, 0)
+        return ("failed", _naming_input(path, str(exc)), {}, time.perf_counter() - started, 0)
     except MemoryError:
         return ("failed", f"{path}: out of memory", {}, time.perf_counter() - started, 0)
     except (KeyboardInterrupt, SystemExit):
@@ -118,6 +120,204 @@ def _convert_one(path: Path, out_dir: Path, options, stem: str, show_progress: b
                 time.perf_counter() - started, 0)
 
 
+def _naming_input(path: Path, message: str) -> str:
+    """Errors about outputs (disk full, permission denied) name the output; put the input first."""
+    if not message.startswith(str(path)):
+        message = f"{path}: {message}"
+    return message
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split("\n")).replace("\r", " ")
+
+
+# ---- interruption (Ctrl-C, SIGTERM) -------------------------------------------------------------------
+def _signum(interrupt: BaseException) -> int:
+    signum = getattr(interrupt, "signum", None)
+    return signum if isinstance(signum, int) else int(signal.SIGINT)  # plain KeyboardInterrupt: Ctrl-C
+
+
+def _exit_code_for(interrupt: BaseException) -> int:
+    """128 + signal number, as shells report it: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    return 128 + _signum(interrupt)
+
+
+def _signal_name(interrupt: BaseException) -> str:
+    signum = _signum(interrupt)
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name
+
+
+def _ignore_further_signals() -> None:
+    """While cleaning up after the first signal, a second one must not leave a traceback."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            try:
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+            except (ValueError, OSError):  # not the main thread
+                pass
+
+
+def _output_names(stem: str):
+    from .convert import OUTPUT_SUFFIXES
+
+    suffixes = list(OUTPUT_SUFFIXES.values()) + ["_metadata", "_report"]
+    for suffix in suffixes:
+        for ext in (".nrrd", ".nhdr", ".raw", ".json", ".png"):
+            yield f"{stem}{suffix}{ext}"
+
+
+def remove_partials_of(out_dir: Path, stem: str, newer_than: float = 0.0) -> List[Path]:
+    """Delete the temporary files (``.<name>.partial-<random>``) of one input's outputs modified
+    after ``newer_than`` (a time.time() value), e.g. after its worker process was killed or a signal
+    came while a temporary file was being created. Finished outputs and other inputs' files are not
+    touched."""
+    prefixes = tuple(f".{name}.partial-" for name in _output_names(stem))
+    removed = []
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(prefixes):
+            try:
+                if os.lstat(out_dir / name).st_mtime < newer_than:
+                    continue  # older than this batch: not ours
+                os.unlink(out_dir / name)
+                removed.append(out_dir / name)
+            except OSError:
+                pass
+    return removed
+
+
+_worker_state = {"busy": False, "stopping": False, "signalled": False}
+
+
+def _worker_signal(signum, frame):  # pragma: no cover - runs in worker processes
+    """Busy: stop the conversion (its with-blocks remove its temporary files). Idle, or already
+    unwinding: ignore it; the parent ends the pool cleanly (a worker that exited here could die
+    holding a queue lock and hang the others)."""
+    from .atomic_output import Interrupted
+
+    _worker_state["signalled"] = True  # start nothing new
+    if _worker_state["busy"] and not _worker_state["stopping"]:
+        _worker_state["stopping"] = True
+        raise Interrupted(signum)
+
+
+def _worker_init() -> None:  # pragma: no cover - runs in worker processes
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _worker_signal)
+
+
+def _worker_convert(path, out_dir, options, stem):  # pragma: no cover - runs in worker processes
+    if _worker_state["signalled"]:  # a call queued before the interrupt: do not start it
+        return ("skipped", f"{path}: not started (batch interrupted)", {}, 0.0, 0)
+    _worker_state["busy"], _worker_state["stopping"] = True, False
+    try:
+        return _convert_one(path, out_dir, options, stem, False)
+    except KeyboardInterrupt:
+        from .atomic_output import remove_all_partials
+
+        remove_all_partials()  # worker processes end without running atexit handlers
+        raise
+    finally:
+        _worker_state["busy"] = False
+
+
+class _Batch:
+    """Rows of the summary and what was going on when an interrupt came."""
+
+    def __init__(self, inputs, out_dir: Path, stems, quiet: bool):
+        self.inputs = list(inputs)
+        self.out_dir = out_dir
+        self.stems = stems
+        self.quiet = quiet
+        self.rows = []          # (path, status, message, outputs, seconds, nbytes)
+        self.reported = set()
+        self.current = None     # the input being converted (sequential runs)
+        self.started = time.time() - 60.0  # temporary files older than this are not this batch's
+
+    def add(self, path: Path, result) -> None:
+        self.rows.append(_report(path, result, self.quiet))
+        self.reported.add(path)
+
+    def interrupted(self, path: Path, why: str) -> None:
+        """Its with-blocks removed its temporary files on the way out; the sweep catches the ones a
+        signal or a killed worker left behind (e.g. a signal just as a file was being created)."""
+        remove_partials_of(self.out_dir, self.stems[path], newer_than=self.started)
+        self.rows.append((path, "stopped", why, {}, 0.0, 0))
+        self.reported.add(path)
+
+    def not_started(self):
+        return [i for i in self.inputs if i not in self.reported]
+
+
+def _run_sequential(batch: _Batch, options, show: bool) -> None:
+    for path in batch.inputs:
+        batch.current = path
+        result = _convert_one(path, batch.out_dir, options, batch.stems[path], show)
+        batch.current = None
+        batch.add(path, result)
+
+
+def _run_parallel(batch: _Batch, options, jobs: int) -> None:
+    from concurrent.futures import wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
+    futures = {pool.submit(_worker_convert, i, batch.out_dir, options, batch.stems[i]): i for i in batch.inputs}
+    try:
+        for f in as_completed(futures):
+            path = futures[f]
+            try:
+                batch.add(path, f.result())
+            except BrokenProcessPool:
+                remove_partials_of(batch.out_dir, batch.stems[path], newer_than=batch.started)
+                batch.add(path, ("failed", f"{path}: the worker process converting it died (out of memory?); "
+                                           "its partial outputs were removed", {}, 0.0, 0))
+            except Exception as exc:  # noqa: BLE001
+                batch.add(path, ("failed", f"{path}: internal error ({type(exc).__name__}: {exc})", {}, 0.0, 0))
+    except KeyboardInterrupt as interrupt:
+        _ignore_further_signals()
+        for f in futures:
+            f.cancel()  # not dispatched yet: never started
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        # Busy workers turn SIGTERM into Interrupted and clean up; idle ones ignore it. Repeat, since a
+        # worker may pick up a call that was already queued when the signal came.
+        pending = [f for f in futures if not f.done()]
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            for process in processes:
+                if process.exitcode is None:
+                    try:
+                        os.kill(process.pid, signal.SIGTERM)
+                    except OSError:
+                        pass
+            pending = list(wait(pending, timeout=0.5).not_done)
+        if pending:  # stuck workers (a hung network drive...): stop them the hard way
+            for process in processes:
+                try:
+                    process.kill()
+                except (OSError, ValueError, AttributeError):
+                    pass
+        for f, path in futures.items():
+            if path in batch.reported or f.cancelled():
+                continue  # reported already / never started
+            if f.done() and f.exception() is None:
+                if f.result()[0] != "skipped":
+                    batch.add(path, f.result())  # it finished before the signal reached it
+            else:
+                batch.interrupted(path, f"interrupted by {_signal_name(interrupt)}; partial outputs removed")
+        pool.shutdown(wait=not pending, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def _cmd_convert(args) -> int:
     from .atomic_output import install_signal_cleanup
 
@@ -125,7 +325,15 @@ def _cmd_convert(args) -> int:
         options = _options_from_args(args)
     except ValueError as exc:
         print(f"scanco-units: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    if options.report:
+        from .report import ReportUnavailableError, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ReportUnavailableError as exc:  # say it once, not once per file
+            print(f"scanco-units: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     inputs, problems = find_inputs(args.paths)
     for raw, why in problems:
         print(f"scanco-units: error: {raw}: {why}", file=sys.stderr)
@@ -138,29 +346,33 @@ def _cmd_convert(args) -> int:
         return EXIT_FAILED
     stems = assign_stems(inputs)
     install_signal_cleanup()
-    rows = []
+    batch = _Batch(inputs, out_dir, stems, args.quiet)
     show = sys.stderr.isatty() and not args.quiet
     try:
         if args.jobs > 1 and len(inputs) > 1:
-            with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-                futures = {pool.submit(_convert_one, i, out_dir, options, stems[i], False): i for i in inputs}
-                for f in as_completed(futures):
-                    rows.append(_report(futures[f], f.result(), args.quiet))
+            _run_parallel(batch, options, args.jobs)
         else:
-            for i in inputs:
-                rows.append(_report(i, _convert_one(i, out_dir, options, stems[i], show), args.quiet))
-    except KeyboardInterrupt:
-        print("scanco-units: interrupted: the file being converted left no output; finished files are kept",
-              file=sys.stderr)
-        _summary(rows, problems)
-        return EXIT_INTERRUPTED
-    _summary(rows, problems)
-    failed = any(r[1] != "ok" for r in rows) or problems or not inputs
+            _run_sequential(batch, options, show)
+    except KeyboardInterrupt as interrupt:
+        _ignore_further_signals()
+        what = _signal_name(interrupt)
+        if batch.current is not None:
+            batch.interrupted(batch.current, f"interrupted by {what}; partial outputs removed")
+        stopped = [r[0].name for r in batch.rows if r[1] == "stopped"]
+        finished = sum(1 for r in batch.rows if r[1] == "ok")
+        where = f" while converting {', '.join(stopped)}" if stopped else ""
+        print(f"scanco-units: interrupted by {what}{where}: partial outputs were removed; "
+              f"{finished} finished file(s) kept, {len(batch.not_started())} not started", file=sys.stderr)
+        _summary(batch.rows, problems, batch.not_started())
+        return _exit_code_for(interrupt)
+    _summary(batch.rows, problems, [])
+    failed = any(r[1] != "ok" for r in batch.rows) or problems or not inputs
     return EXIT_FAILED if failed else EXIT_OK
 
 
 def _report(path: Path, result, quiet: bool):
     status, message, outputs, seconds, nbytes = result
+    message = _one_line(message)
     if status == "ok":
         if not quiet:
             print(f"{path.name}: wrote {', '.join(Path(p).name for p in outputs.values())}")
@@ -171,8 +383,8 @@ def _report(path: Path, result, quiet: bool):
     return (path, status, message, outputs, seconds, nbytes)
 
 
-def _summary(rows, problems) -> None:
-    if not rows and not problems:
+def _summary(rows, problems, not_started) -> None:
+    if not rows and not problems and not not_started:
         print("scanco-units: no input files", file=sys.stderr)
         return
     print()
@@ -180,11 +392,18 @@ def _summary(rows, problems) -> None:
     for path, status, message, outputs, seconds, nbytes in rows:
         rate = f"{nbytes / 1e6 / seconds:8.1f}" if status == "ok" and seconds > 0 else f"{'':8s}"
         detail = ", ".join(Path(p).name for p in outputs.values()) if status == "ok" else message
-        print(f"{path.name[:40]:40s} {status:8s} {seconds:8.2f} {rate}  {detail}")
-    for raw, why in problems:
-        print(f"{raw[:40]:40s} {'failed':8s} {'':8s} {'':8s}  {why}")
+        print(f"{path.name:40s} {status:8s} {seconds:8.2f} {rate}  {detail}")
+    for raw, why in problems:  # names in full: a row must say which file it is about
+        print(f"{Path(raw).name or raw:40s} {'failed':8s} {'':8s} {'':8s}  {raw}: {why}")
+    for path in not_started:
+        print(f"{path.name:40s} {'skipped':8s} {'':8s} {'':8s}  not started (batch interrupted)")
     ok = sum(1 for r in rows if r[1] == "ok")
-    print(f"{ok} converted, {len(rows) - ok + len(problems)} failed")
+    failed = sum(1 for r in rows if r[1] == "failed") + len(problems)
+    stopped = sum(1 for r in rows if r[1] == "stopped")
+    line = f"{ok} converted, {failed} failed"
+    if stopped or not_started:
+        line += f", {stopped} interrupted, {len(not_started)} not started"
+    print(line)
 
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
@@ -203,14 +422,32 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compress", action="store_true", help="gzip-compressed NRRD (what Slicer writes)")
     p.add_argument("--detached", action="store_true", help="write .nhdr + .raw pairs")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--report", action="store_true",
+                   help="also write <name>_report.png: mid-slices with the mask outline and the histogram with "
+                        "the thresholds (needs matplotlib: pip install scanco-units[report])")
     p.add_argument("--jobs", type=int, default=1, help="convert several files at once")
     p.add_argument("--threads", type=int, default=2, help="compression threads per output")
     p.add_argument("--slab-slices", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
 
 
+CONVERT_EPILOG = """\
+Inputs are only read. Each file's outputs appear together when it is finished, or not at all
+(temporary .<name>.partial-* files are removed on any error, Ctrl-C or SIGTERM). Existing files are
+never replaced without --overwrite. A bad input prints one line on stderr naming the file and the
+reason, and the batch goes on; the summary lists every failure.
+
+exit status:
+  0    every input converted
+  1    at least one input failed (or no input was found)
+  2    bad command line
+  130  interrupted by Ctrl-C (SIGINT); 143 for SIGTERM, 129 for SIGHUP (128 + signal number)
+"""
+
+
 def add_commands(sub) -> None:
-    convert = sub.add_parser("convert", help="convert files or folders to calibrated NRRD volumes")
+    convert = sub.add_parser("convert", help="convert files or folders to calibrated NRRD volumes",
+                             epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     convert.add_argument("paths", nargs="+", metavar="PATH", help="ISQ/AIM files or folders of them")
     add_convert_arguments(convert)
     convert.set_defaults(func=_cmd_convert)

@@ -52,20 +52,50 @@ def float_to_vax_f(value: float) -> bytes:
 
 
 def vax_f_array_to_float32(raw: np.ndarray) -> np.ndarray:
-    """Decode an array of VAX F-floats given as uint8 (length multiple of 4) into float32."""
+    """Decode an array of VAX F-floats given as uint8 (length multiple of 4) into float32.
+
+    Swapping the 16-bit halves and dividing the IEEE reading by 4 is exact for VAX exponents 3-254.
+    The others are decoded from their bit fields: exponent 0 is zero (a reserved operand, sign set,
+    becomes NaN), 1-2 fall below float32's normal range (rounded to the nearest subnormal) and 255,
+    which IEEE reads as inf/NaN, is a finite VAX number up to 1.7e38.
+    """
     halves = np.frombuffer(raw, dtype="<u2").reshape(-1, 2)[:, ::-1]
-    values = np.ascontiguousarray(halves).view("<f4").reshape(-1)
-    return values / np.float32(4.0)
+    bits = np.ascontiguousarray(halves).view("<u4").reshape(-1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        values = bits.view("<f4") / np.float32(4.0)
+    exponent = (bits >> np.uint32(23)) & np.uint32(0xFF)
+    special = (exponent < 3) | (exponent == 255)
+    if special.any():
+        b = bits[special]
+        e = ((b >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int64)
+        fraction = (b & np.uint32(0x7FFFFF)).astype(np.float64)
+        negative = (b >> np.uint32(31)).astype(bool)
+        exact = np.ldexp(0.5 + fraction / 2.0**24, e - 128)  # float64 holds every VAX F value exactly
+        exact[negative] = -exact[negative]
+        exact[e == 0] = 0.0
+        exact[(e == 0) & negative] = np.nan
+        values[special] = exact.astype(np.float32)
+    return values
 
 
 # ---- VAX G (float64) ------------------------------------------------------------------------------
 def vax_g_to_float(raw: bytes) -> float:
-    """Decode one 8-byte VAX G-float."""
+    """Decode one 8-byte VAX G-float from its bit fields.
+
+    Exponent zero is zero (a reserved operand when the sign is set: VmsEncodingError); exponent
+    2047, which the swap-and-divide trick would read as IEEE inf/NaN, is a finite VAX number.
+    """
     if len(raw) != 8:
         raise VmsEncodingError("VAX G-float needs 8 bytes")
-    words = [raw[i:i + 2] for i in range(0, 8, 2)]
-    reordered = b"".join(reversed(words))
-    return struct.unpack("<d", reordered)[0] / 4.0
+    w0, w1, w2, w3 = struct.unpack("<4H", raw)
+    sign, exponent = w0 >> 15, (w0 >> 4) & 0x7FF
+    if exponent == 0:
+        if sign:
+            raise VmsEncodingError("VAX G-float reserved operand (sign set, exponent zero)")
+        return 0.0
+    fraction = ((w0 & 0xF) << 48) | (w1 << 32) | (w2 << 16) | w3
+    value = math.ldexp(0.5 + fraction / 2.0**53, exponent - 1024)  # exact: 53 significant bits
+    return -value if sign else value
 
 
 def float_to_vax_g(value: float) -> bytes:
@@ -74,6 +104,8 @@ def float_to_vax_g(value: float) -> bytes:
         raise VmsEncodingError(f"{value!r} has no VAX G-float representation")
     if value == 0:
         return b"\x00" * 8
+    if not math.isfinite(value * 4.0):
+        raise VmsEncodingError(f"{value!r} is too large for this VAX G-float encoder")
     ieee = struct.pack("<d", value * 4.0)
     words = [ieee[i:i + 2] for i in range(0, 8, 2)]
     return b"".join(reversed(words))

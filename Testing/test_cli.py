@@ -1,0 +1,274 @@
+"""`scanco-units convert` on the command line: bad inputs, exit codes, summary.
+
+Every bad input must give exactly one line on stderr that names the file and the reason, leave no
+output file (and no temporary file) behind, and not stop the rest of the batch; the summary lists
+every failure; the exit status is the documented one (0 ok, 1 some input failed, 2 usage,
+128 + signal when interrupted: see test_faults.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import nrrd
+import numpy as np
+import pytest
+
+import ScancoUnitsLib as S
+from ScancoUnitsLib import atomic_output, cli
+from ScancoUnitsLib.header import Calibration
+
+CAL = Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, density_intercept=-196.6,
+                  density_unit="mg HA/ccm", calibration_type=2, calibration_text="70 kVp, CLI test")
+VOLUME = (np.arange(4 * 6 * 10, dtype=np.int16).reshape(4, 6, 10) - 60) * 97
+
+
+@pytest.fixture(autouse=True)
+def no_process_signal_handlers(monkeypatch):
+    """In-process runs must not replace pytest's own SIGTERM handler."""
+    monkeypatch.setattr(atomic_output, "install_signal_cleanup", lambda *a, **k: {})
+
+
+def run(capsys, *argv):
+    """Run the CLI in-process; return (exit status, stdout, stderr)."""
+    try:
+        status = cli.main([str(a) for a in argv])
+    except SystemExit as exc:  # argparse
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def error_lines(err: str):
+    return [line for line in err.splitlines() if line.startswith("scanco-units: error:")]
+
+
+def snapshot(folder: Path):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def good_isq(path):
+    return Path(S.write_isq(path, VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL))
+
+
+def good_aim(path, **kw):
+    return Path(S.write_aim(path, VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL, **kw))
+
+
+def make_bad_inputs(folder: Path):
+    """{file: words its error line must contain}; one of each kind of bad input."""
+    folder.mkdir(exist_ok=True)
+    bad = {}
+    data = good_isq(folder / "src.isq").read_bytes()
+    (folder / "src.isq").unlink()
+    (folder / "truncated.isq").write_bytes(data[:-200])
+    bad["truncated.isq"] = ["truncated"]
+    (folder / "junk.aim").write_bytes(b"this is a text file, not a scan\n" * 20)
+    bad["junk.aim"] = ["not a SCANCO"]
+    (folder / "empty.isq").write_bytes(b"")
+    bad["empty.isq"] = ["empty file"]
+    S.write_isq(folder / "uncalibrated.isq", VOLUME, voxel_size_mm=(0.01,) * 3)
+    bad["uncalibrated.isq"] = ["mu_scaling", "native and mask outputs still work"]
+    good_aim(folder / "absurd_mu_water.aim")  # then its log says mu water = 1e-300
+    p = folder / "absurd_mu_water.aim"
+    S.write_aim(p, VOLUME, voxel_size_mm=(0.01,) * 3,
+                calibration=Calibration(mu_scaling=4096, mu_water_per_cm=1e-300, density_slope=355.52,
+                                        density_intercept=-196.6))
+    bad["absurd_mu_water.aim"] = ["mu_water", "implausible"]
+    raw = bytearray(good_aim(folder / "t.aim").read_bytes())
+    (folder / "t.aim").unlink()
+    struct.pack_into("<i", raw, 20 + 20, 0x00120003)  # D1Trgb
+    (folder / "rgb.aim").write_bytes(bytes(raw))
+    bad["rgb.aim"] = ["unsupported voxel type"]
+    (folder / "legacy.aim").write_bytes(struct.pack("<5i", 16, 92, 0, 0, 0) + b"\x00" * 200)
+    bad["legacy.aim"] = ["v010"]
+    zero = bytearray(good_isq(folder / "z.isq").read_bytes())
+    (folder / "z.isq").unlink()
+    struct.pack_into("<i", zero, 60, 0)  # y extent 0 um: voxel size 0
+    (folder / "zero_voxel.isq").write_bytes(bytes(zero))
+    bad["zero_voxel.isq"] = ["voxel size", "not positive"]
+    return bad
+
+
+def test_batch_with_every_kind_of_bad_input(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    bad = make_bad_inputs(inputs)
+    good_isq(inputs / "good1.isq")
+    good_aim(inputs / "good2.aim", compression=None)
+    missing = tmp_path / "missing.isq"
+    empty_folder = tmp_path / "empty_folder"
+    empty_folder.mkdir()
+    out = tmp_path / "out"
+
+    status, stdout, stderr = run(capsys, "convert", inputs, missing, empty_folder, "-o", out)
+
+    assert status == 1
+    lines = error_lines(stderr)
+    assert len(lines) == len(bad) + 2, stderr  # one line per bad file, missing path and empty folder
+    for name, words in bad.items():
+        mine = [line for line in lines if name in line]
+        assert len(mine) == 1, (name, lines)
+        for word in words:
+            assert word in mine[0], (name, mine[0])
+    assert sum("missing.isq" in line and "no such file" in line for line in lines) == 1
+    assert sum("empty_folder" in line and "no .ISQ or .AIM" in line for line in lines) == 1
+    assert "Traceback" not in stderr
+
+    written = sorted(p.name for p in out.iterdir())
+    assert written == sorted(f"{stem}{suffix}" for stem in ("good1", "good2")
+                             for suffix in ("_HU.nrrd", "_RHO.nrrd", "_BWmask.nrrd", "_metadata.json"))
+    hu, _ = nrrd.read(str(out / "good1_HU.nrrd"))
+    assert np.isfinite(hu).all() and hu.shape == (10, 6, 4)
+
+    # the summary (stdout) lists every failure with its reason, and the totals
+    summary = stdout[stdout.index("outputs / reason"):]
+    for name in list(bad) + ["missing.isq", "empty_folder"]:
+        row = [line for line in summary.splitlines() if name in line]
+        assert len(row) == 1 and "failed" in row[0], (name, summary)
+    assert f"2 converted, {len(bad) + 2} failed" in summary
+
+
+def test_all_good_is_exit_zero_with_no_error_lines(tmp_path, capsys):
+    good_isq(tmp_path / "a.isq")
+    good_aim(tmp_path / "b.aim", version=30)
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "a.isq", tmp_path / "b.aim", "-o", tmp_path / "o")
+    assert status == 0
+    assert error_lines(stderr) == []
+    assert "2 converted, 0 failed" in stdout
+
+
+def test_native_and_mask_still_work_for_uncalibrated_file(tmp_path, capsys):
+    S.write_isq(tmp_path / "u.isq", VOLUME, voxel_size_mm=(0.01,) * 3)
+    status, _, stderr = run(capsys, "convert", tmp_path / "u.isq", "-o", tmp_path / "o", "--outputs", "native,mask")
+    assert status == 0, stderr
+    native, _ = nrrd.read(str(tmp_path / "o" / "u_native.nrrd"))
+    np.testing.assert_array_equal(native.T, VOLUME)
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["convert"],
+    ["convert", "x.isq"],                                   # no -o
+    ["convert", "x.isq", "-o", "o", "--bogus"],
+    ["convert", "x.isq", "-o", "o", "--low", "many"],
+    ["convert", "x.isq", "-o", "o", "--threshold-unit", "furlongs"],
+    ["convert", "x.isq", "-o", "o", "--outputs", "hu,colour"],
+    ["convert", "x.isq", "-o", "o", "--outputs", ","],
+    ["convert", "x.isq", "-o", "o", "--slab-slices", "0"],
+    ["frobnicate"],
+])
+def test_usage_errors_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    good_isq(tmp_path / "x.isq")
+    status, _, stderr = run(capsys, *argv)
+    assert status == 2
+    assert "Traceback" not in stderr and stderr.strip()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.isq"]
+
+
+def test_help_documents_exit_codes_and_guarantees(capsys):
+    status, stdout, _ = run(capsys, "convert", "--help")
+    assert status == 0
+    for text in ("exit status", "0 ", "1 ", "2 ", "130", "143", "partial", "--overwrite"):
+        assert text in stdout
+
+
+def test_existing_outputs_are_never_replaced_without_overwrite(tmp_path, capsys):
+    src = good_isq(tmp_path / "a.isq")
+    out = tmp_path / "o"
+    assert run(capsys, "convert", src, "-o", out)[0] == 0
+    before = snapshot(out)
+    status, _, stderr = run(capsys, "convert", src, "-o", out, "--low", "100")
+    assert status == 1
+    [line] = error_lines(stderr)
+    assert "a.isq" in line and "exists already" in line
+    assert snapshot(out) == before
+    assert run(capsys, "convert", src, "-o", out, "--low", "100", "--overwrite")[0] == 0
+    assert snapshot(out) != before and sorted(snapshot(out)) == sorted(before)
+
+
+def test_output_folder_that_is_a_file(tmp_path, capsys):
+    src = good_isq(tmp_path / "a.isq")
+    (tmp_path / "o").write_text("a file")
+    status, _, stderr = run(capsys, "convert", src, "-o", tmp_path / "o")
+    assert status == 1
+    [line] = error_lines(stderr)
+    assert "cannot create output folder" in line
+    assert (tmp_path / "o").read_text() == "a file"
+
+
+def test_no_inputs_found_is_a_failure(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    status, _, stderr = run(capsys, "convert", tmp_path, "-o", tmp_path / "o")
+    assert status == 1
+    assert "no .ISQ or .AIM" in stderr
+
+
+def test_a_bug_of_ours_fails_one_file_in_one_line_and_the_batch_goes_on(tmp_path, capsys, monkeypatch):
+    from ScancoUnitsLib import convert
+
+    a, b = good_isq(tmp_path / "a.isq"), good_isq(tmp_path / "b.isq")
+    real = convert.convert_header
+
+    def broken(header, *args, **kw):
+        if header.path.endswith("a.isq"):
+            raise RuntimeError("first line\nsecond line")
+        return real(header, *args, **kw)
+
+    monkeypatch.setattr(convert, "convert_header", broken)
+    status, stdout, stderr = run(capsys, "convert", a, b, "-o", tmp_path / "o")
+    assert status == 1
+    [line] = error_lines(stderr)
+    assert "a.isq" in line and "internal error" in line and "first line second line" in line
+    assert "1 converted, 1 failed" in stdout
+    assert sorted(p.name for p in (tmp_path / "o").iterdir() if p.name.startswith("a_")) == []
+
+
+def test_parallel_batch_reports_the_same(tmp_path, capsys):
+    inputs = tmp_path / "in"
+    bad = make_bad_inputs(inputs)
+    good_isq(inputs / "good1.isq")
+    good_aim(inputs / "good2.aim", version=30)
+    seq = run(capsys, "convert", inputs, "-o", tmp_path / "seq")
+    par = run(capsys, "convert", inputs, "-o", tmp_path / "par", "--jobs", "2")
+    assert seq[0] == par[0] == 1
+    assert sorted(error_lines(seq[2])) == sorted(error_lines(par[2]))
+    assert len(error_lines(par[2])) == len(bad)
+    assert snapshot(tmp_path / "seq").keys() == snapshot(tmp_path / "par").keys()
+    assert not [n for n in os.listdir(tmp_path / "par") if ".partial-" in n]
+
+
+def test_console_entry_point_exit_status(tmp_path):
+    """The real process (not main() in-process): stderr lines and exit status reach the shell."""
+    good = good_isq(tmp_path / "good.isq")
+    (tmp_path / "bad.isq").write_bytes(b"CTDATA-HEADER_V1" + b"\x00" * 100)
+    result = subprocess.run([sys.executable, "-m", "ScancoUnitsLib.cli", "convert", str(tmp_path / "bad.isq"),
+                             str(good), "-o", str(tmp_path / "o"), "-q"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    [line] = error_lines(result.stderr)
+    assert "bad.isq" in line and "truncated" in line
+    assert "1 converted, 1 failed" in result.stdout
+    usage = subprocess.run([sys.executable, "-m", "ScancoUnitsLib.cli", "convert"], capture_output=True,
+                           text=True, timeout=120)
+    assert usage.returncode == 2
+
+
+def test_report_flag_writes_a_png_per_file(tmp_path, capsys):
+    (tmp_path / "in").mkdir()
+    good_isq(tmp_path / "in" / "A.isq")
+    good_aim(tmp_path / "in" / "B.aim", position_voxels=(3, 4, 5))
+    status, out, err = run(capsys, "convert", tmp_path / "in", "-o", tmp_path / "out", "--report", "-q")
+    assert status == 0, err
+    for stem in ("A", "B"):
+        png = (tmp_path / "out" / f"{stem}_report.png").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        width, height = struct.unpack(">II", png[16:24])
+        assert (width, height) == (1600, 1000)
+    status, _, _ = run(capsys, "convert", tmp_path / "in", "-o", tmp_path / "plain", "-q")
+    assert status == 0 and not list((tmp_path / "plain").glob("*_report.png"))

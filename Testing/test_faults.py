@@ -1,0 +1,495 @@
+"""Faults around a conversion: absurd headers, full disks, denied permissions, Ctrl-C and SIGTERM,
+inputs that must stay untouched, and inputs sharing a name.
+
+Guarantees checked here:
+
+* physically absurd calibrations (mu_scaling 0, mu_water <= 0 or absurdly small, NaN/inf/absurd
+  slope, ...) are refused with an error naming the field, or the outputs are all finite: no NaN or
+  infinite voxel is ever written; zero/negative voxel sizes are refused;
+* disk full and permission denied while writing: one line naming the input and the reason, nothing
+  of that file left, the other files of the batch converted and intact;
+* Ctrl-C / SIGTERM mid-file: exit status 130 / 143, no partial or temporary file, the finished
+  files intact, the message names the signal and the file;
+* inputs are opened read-only and keep their size, mtime and hash, also when the output folder is
+  the input folder; inputs with the same stem in different folders get distinct outputs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import hashlib
+import json
+import math
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nrrd
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import ScancoUnitsLib as S
+from ScancoUnitsLib import atomic_output, cli, nrrd_writer
+from ScancoUnitsLib.convert import convert_file
+from ScancoUnitsLib.errors import CalibrationMissingError, ScancoFormatError
+from ScancoUnitsLib.header import Calibration
+from ScancoUnitsLib.reader import read_header
+from ScancoUnitsLib.vms_encoding import float_to_vax_f
+
+CAL = Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, density_intercept=-196.6,
+                  density_unit="mg HA/ccm", calibration_type=2, calibration_text="70 kVp, faults test")
+VOLUME = np.concatenate([np.array([-32768, -1, 0, 1, 32767], np.int16),
+                         np.arange(-2000, 9000, 80, dtype=np.int16)])[:5 * 4 * 6].reshape(5, 4, 6)
+ALL_OUTPUTS = ("hu", "density", "mu", "mask", "native")
+
+
+@pytest.fixture(autouse=True)
+def no_process_signal_handlers(monkeypatch):
+    """In-process CLI runs must not replace pytest's own SIGTERM handler."""
+    monkeypatch.setattr(atomic_output, "install_signal_cleanup", lambda *a, **k: {})
+
+
+def run_cli(capsys, *argv):
+    try:
+        status = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+def error_lines(err: str):
+    return [line for line in err.splitlines() if line.startswith("scanco-units: error:")]
+
+
+def fingerprint(path: Path):
+    st_ = path.stat()
+    return st_.st_size, st_.st_mtime_ns, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def hashes(folder: Path):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def leftovers(folder: Path):
+    return [n for n in os.listdir(folder) if ".partial-" in n or ".previous-" in n]
+
+
+def nrrd_outputs_finite(outputs) -> None:
+    for role, path in outputs.items():
+        if str(path).endswith(".nrrd"):
+            data, _ = nrrd.read(str(path))
+            assert np.isfinite(data).all(), f"{role} output holds NaN or infinite voxels"
+
+
+# ---------------------------------------------------------------------------------------------------
+# physically absurd headers
+# ---------------------------------------------------------------------------------------------------
+
+ABSURD = [
+    ("mu_scaling 0", dict(mu_scaling=0), "mu_scaling"),
+    ("mu_scaling negative", dict(mu_scaling=-4096), "mu_scaling"),
+    ("mu_water 0", dict(mu_water_per_cm=0.0), "mu_water"),
+    ("mu_water negative", dict(mu_water_per_cm=-0.3), "mu_water"),
+    ("mu_water 1e-300", dict(mu_water_per_cm=1e-300), "mu_water"),
+    ("mu_water 1e300", dict(mu_water_per_cm=1e300), "mu_water"),
+    ("slope 0", dict(density_slope=0.0), "density slope"),
+    ("slope 1e300", dict(density_slope=1e300), "density slope"),
+    ("slope -1e300", dict(density_slope=-1e300), "density slope"),
+    ("slope 1e-300", dict(density_slope=1e-300), "density slope"),
+    ("intercept 1e300", dict(density_intercept=1e300), "density intercept"),
+]
+
+
+def _with(**changes) -> Calibration:
+    values = {f: getattr(CAL, f) for f in ("mu_scaling", "mu_water_per_cm", "density_slope", "density_intercept",
+                                          "density_unit", "calibration_type", "calibration_text")}
+    values.update(changes)
+    return Calibration(**values)
+
+
+def _write(fmt: str, path: Path, calibration: Calibration) -> Path:
+    if fmt == "isq":
+        return Path(S.write_isq(path, VOLUME, voxel_size_mm=(0.01,) * 3, calibration=calibration))
+    return Path(S.write_aim(path, VOLUME, version=30 if fmt == "aim30" else 20, voxel_size_mm=(0.01,) * 3,
+                            calibration=calibration))
+
+
+@pytest.mark.parametrize("fmt", ["isq", "aim20", "aim30"])
+@pytest.mark.parametrize("label, change, field_name", ABSURD, ids=[a[0] for a in ABSURD])
+def test_absurd_calibration_refused_or_finite(tmp_path, fmt, label, change, field_name):
+    p = _write(fmt, tmp_path / f"x.{fmt[:3]}", _with(**change))
+    out = tmp_path / "out"
+    with pytest.raises(CalibrationMissingError) as info:
+        convert_file(p, out, outputs=ALL_OUTPUTS, hu_dtype="float32")
+    message = str(info.value)
+    assert "\n" not in message and str(p) in message and field_name in message
+    assert not out.exists() or os.listdir(out) == []
+    # what needs no calibration still works, and is finite
+    outputs = convert_file(p, out, outputs=("native", "mask"))
+    nrrd_outputs_finite(outputs)
+
+
+def test_nan_and_infinite_constants_in_files_are_absent_not_used(tmp_path):
+    # AIM log text "nan" / "inf" / "1e400"; ISQ VAX G bytes that decode to inf or a reserved operand
+    for token in ("nan", "inf", "-inf", "1e400", "NaN"):
+        log = (f"{'Mu_Scaling':<41}  4096\n{'HU: mu water':<41}  {token}\n{'Density: slope':<41}  {token}\n"
+               f"{'Density: intercept':<41}  -196.6\n")
+        p = Path(S.write_aim(tmp_path / "n.aim", VOLUME, voxel_size_mm=(0.01,) * 3, processing_log=log))
+        cal = read_header(p).calibration
+        assert cal.mu_water_per_cm is None and cal.density_slope is None
+        with pytest.raises(CalibrationMissingError, match="mu_water"):
+            convert_file(p, tmp_path / "o", outputs=("hu",))
+        p.unlink()
+    p = _write("isq", tmp_path / "g.isq", CAL)
+    data = bytearray(p.read_bytes())
+    cal_block = 3 * 512
+    data[cal_block + 688: cal_block + 696] = b"\xf0\x7f" + b"\x00" * 6  # exponent all ones
+    data[cal_block + 664: cal_block + 672] = b"\x00\x80" + b"\x00" * 6  # reserved operand
+    p.write_bytes(bytes(data))
+    cal = read_header(p).calibration
+    assert cal.density_slope is None
+    assert cal.mu_water_per_cm is None or math.isfinite(cal.mu_water_per_cm)
+    with pytest.raises(CalibrationMissingError):
+        convert_file(p, tmp_path / "o2", outputs=("hu", "density"))
+
+
+extreme = st.one_of(st.sampled_from([0.0, -0.0, 1e-320, 5e-324, 1e-300, 1e-30, 1e-5, 1e5, 1e30, 1e300, 1.7e308,
+                                     -1e-300, -1e300, -1.0, 1.0, 1.0000001]),
+                    st.floats(allow_nan=False, allow_infinity=False))
+
+
+@settings(max_examples=40, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(mu_scaling=st.one_of(st.sampled_from([0, 1, 2, 4096, 10**9, 2**31 - 1, -5]), st.integers(-2**31, 2**31 - 1)),
+       mu_water=extreme, slope=extreme, intercept=extreme, hu_dtype=st.sampled_from(["int16", "float32"]),
+       version=st.sampled_from([20, 30]))
+def test_no_nan_or_infinite_volume_whatever_the_calibration(tmp_path_factory, mu_scaling, mu_water, slope, intercept,
+                                                            hu_dtype, version):
+    tmp = tmp_path_factory.mktemp("cal")
+    cal = Calibration(mu_scaling=mu_scaling, mu_water_per_cm=mu_water, density_slope=slope,
+                      density_intercept=intercept, density_unit="mg HA/ccm")
+    p = Path(S.write_aim(tmp / "c.aim", VOLUME, version=version, voxel_size_mm=(0.01,) * 3, calibration=cal))
+    for outputs in (("hu",), ("density",), ("mu",)):
+        out = tmp / "-".join(outputs)
+        try:
+            written = convert_file(p, out, outputs=outputs, hu_dtype=hu_dtype)
+        except CalibrationMissingError as exc:
+            assert "\n" not in str(exc)
+            assert not out.exists() or os.listdir(out) == []
+            continue
+        nrrd_outputs_finite(written)
+        meta = json.loads(Path(written["metadata"]).read_text())  # strict JSON: no NaN/Infinity
+        assert meta["outputs"]
+
+
+@pytest.mark.parametrize("fmt, offset, fmt_code, value", [
+    ("isq", 56, "<i", 0), ("isq", 60, "<i", -600), ("isq", 64, "<i", 0),
+    ("aim20", 20 + 108, "raw", b"\x00\x00\x00\x00"),          # VAX F zero
+    ("aim20", 20 + 112, "raw", None),                          # VAX F -0.01
+    ("aim30", 56 + 184, "<q", 0), ("aim30", 56 + 192, "<q", -10000),
+])
+def test_zero_or_negative_voxel_size_refused(tmp_path, capsys, fmt, offset, fmt_code, value):
+    p = _write(fmt, tmp_path / f"v.{fmt[:3]}", CAL)
+    data = bytearray(p.read_bytes())
+    if fmt_code == "raw":
+        data[offset:offset + 4] = value if value is not None else float_to_vax_f(-0.01)
+    else:
+        struct.pack_into(fmt_code, data, offset, value)
+    p.write_bytes(bytes(data))
+    with pytest.raises(ScancoFormatError, match="not positive"):
+        read_header(p)
+    status, _, err = run_cli(capsys, "convert", p, "-o", tmp_path / "o")
+    assert status == 1
+    [line] = error_lines(err)
+    assert p.name in line and "not positive" in line
+    assert os.listdir(tmp_path / "o") == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# disk full, permission denied
+# ---------------------------------------------------------------------------------------------------
+
+
+def _three_inputs(folder: Path):
+    folder.mkdir(exist_ok=True)
+    return [_write("isq", folder / f"{name}.isq", CAL) for name in ("a", "b", "c")]
+
+
+def _check_batch_after_fault(out: Path, status, stdout, err, reason: str):
+    assert status == 1
+    [line] = error_lines(err)
+    assert "b.isq" in line and reason in line, line
+    assert "Traceback" not in err
+    names = sorted(os.listdir(out))
+    assert leftovers(out) == []
+    assert not [n for n in names if n.startswith("b_")], names
+    for stem in ("a", "c"):
+        mine = [n for n in names if n.startswith(f"{stem}_")]
+        assert len(mine) == 4, names
+        meta = json.loads((out / f"{stem}_metadata.json").read_text())
+        hu, _ = nrrd.read(str(out / f"{stem}_HU.nrrd"))
+        assert hu.shape == VOLUME.shape[::-1] and meta["input"]["path"].endswith(f"{stem}.isq")
+    assert "2 converted, 1 failed" in stdout
+    assert any("b.isq" in row and "failed" in row for row in stdout.splitlines())
+
+
+def test_disk_full_mid_file(tmp_path, capsys, monkeypatch):
+    inputs = _three_inputs(tmp_path / "in")
+    real = nrrd_writer._write_all
+    calls = {"n": 0}
+
+    def filling_up(fileobj, data):
+        if ".b_" in os.path.basename(getattr(fileobj, "name", "")):
+            calls["n"] += 1
+            if calls["n"] >= 2:  # header written, then the disk is full
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real(fileobj, data)
+
+    monkeypatch.setattr(nrrd_writer, "_write_all", filling_up)
+    out = tmp_path / "out"
+    status, stdout, err = run_cli(capsys, "convert", *inputs, "-o", out, "--slab-slices", "1")
+    _check_batch_after_fault(out, status, stdout, err, "No space left on device")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("which", ["nrrd", "metadata"])
+def test_real_enospc_from_dev_full(tmp_path, capsys, monkeypatch, which):
+    """Every write of b's outputs (or only of its metadata JSON, the last file committed) goes to
+    /dev/full, which answers with ENOSPC: b's NRRDs must disappear with it."""
+    inputs = _three_inputs(tmp_path / "in")
+
+    def opener(path, *args, **kwargs):
+        name = os.path.basename(os.fspath(path))
+        hit = name.startswith(".b_") and (which == "nrrd" or "_metadata.json" in name)
+        return builtins.open("/dev/full" if hit else path, *args, **kwargs)
+
+    monkeypatch.setattr(atomic_output, "open", opener, raising=False)
+    out = tmp_path / "out"
+    status, stdout, err = run_cli(capsys, "convert", *inputs, "-o", out)
+    _check_batch_after_fault(out, status, stdout, err, "No space left on device")
+
+
+def test_permission_denied_on_output(tmp_path, capsys, monkeypatch):
+    inputs = _three_inputs(tmp_path / "in")
+    real = atomic_output._create_exclusive
+
+    def denied(path):
+        if os.path.basename(os.fspath(path)).startswith(".b_RHO"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real(path)
+
+    monkeypatch.setattr(atomic_output, "_create_exclusive", denied)
+    out = tmp_path / "out"
+    status, stdout, err = run_cli(capsys, "convert", *inputs, "-o", out)
+    _check_batch_after_fault(out, status, stdout, err, "Permission denied")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores folder permissions")
+def test_read_only_output_folder(tmp_path, capsys):  # pragma: no cover - only as non-root
+    inputs = _three_inputs(tmp_path / "in")
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        status, _, err = run_cli(capsys, "convert", *inputs, "-o", out)
+    finally:
+        out.chmod(0o755)
+    assert status == 1 and len(error_lines(err)) == 3
+    assert os.listdir(out) == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# Ctrl-C and SIGTERM (a real process)
+# ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batch_with_big_file(tmp_path_factory):
+    """a.isq (tiny), big.isq (64 MB: converting it takes about a second), c.isq (tiny)."""
+    from ScancoUnitsLib.isq_format import IsqWriter
+    from ScancoUnitsLib.phantom import PHANTOM_CALIBRATION, phantom_slabs
+
+    folder = tmp_path_factory.mktemp("signal-inputs")
+    slab = next(phantom_slabs((8, 512, 512), slices=8))
+    with IsqWriter(folder / "big.isq", (512, 512, 128), voxel_size_mm=(0.02,) * 3,
+                   calibration=PHANTOM_CALIBRATION) as writer:
+        for _ in range(16):
+            writer.write_slab(slab)
+    small = [_write("isq", folder / f"{name}.isq", CAL) for name in ("a", "c")]
+    return [small[0], folder / "big.isq", small[1]]
+
+
+def _interrupt_mid_file(inputs, out: Path, signum, extra=(), group=False):
+    """Start a batch, send ``signum`` once big.isq's first temporary file exists (to the whole process
+    group when ``group``, as a terminal's Ctrl-C does, worker processes included)."""
+    out.mkdir()
+    command = [sys.executable, "-m", "ScancoUnitsLib.cli", "convert", *map(str, inputs), "-o", str(out), *extra]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=group)
+    finished_before = {}
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            names = os.listdir(out)
+            if any(n.startswith(".big_") and ".partial-" in n for n in names):
+                break
+            if process.poll() is not None:
+                break
+            time.sleep(0.002)
+        if "--jobs" not in extra:  # sequential: a.isq is complete by now
+            finished_before = {n: hashlib.sha256((out / n).read_bytes()).hexdigest()
+                               for n in os.listdir(out) if n.startswith("a_")}
+        assert process.poll() is None, "the conversion ended before it could be interrupted"
+        if group:
+            os.killpg(process.pid, signum)
+        else:
+            process.send_signal(signum)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return process.returncode, stdout, stderr, finished_before
+
+
+@pytest.mark.parametrize("signum, code, label", [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")],
+                         ids=["SIGINT", "SIGTERM"])
+def test_interrupt_mid_file_leaves_no_partial_output(batch_with_big_file, tmp_path, signum, code, label):
+    out = tmp_path / "out"
+    status, stdout, stderr, finished_before = _interrupt_mid_file(batch_with_big_file, out, signum)
+    assert status == code, stderr
+    names = sorted(os.listdir(out))
+    assert leftovers(out) == [], names
+    assert not [n for n in names if n.startswith("big_") or n.startswith("c_")], names
+    assert len(finished_before) == 4
+    assert {n: hashlib.sha256((out / n).read_bytes()).hexdigest() for n in names} == finished_before
+    assert "Traceback" not in stderr
+    assert f"interrupted by {label}" in stderr and "big.isq" in stderr
+    assert "1 converted" in stdout and "not started" in stdout
+
+
+def test_signal_while_a_temporary_file_is_being_created(tmp_path, capsys, monkeypatch):
+    """The signal lands after the temporary file exists but before the output set knows it (the
+    window inside AtomicOutputSet.add_path): nothing of that file may remain."""
+    inputs = _three_inputs(tmp_path / "in")
+    real = atomic_output._create_exclusive
+
+    def create_then_interrupt(path):
+        fd = real(path)
+        if os.path.basename(os.fspath(path)).startswith(".b_RHO"):
+            os.close(fd)
+            raise atomic_output.Interrupted(signal.SIGTERM)
+        return fd
+
+    monkeypatch.setattr(atomic_output, "_create_exclusive", create_then_interrupt)
+    out = tmp_path / "out"
+    status, stdout, err = run_cli(capsys, "convert", *inputs, "-o", out)
+    assert status == 143
+    assert "interrupted by SIGTERM while converting b.isq" in err
+    assert leftovers(out) == [], os.listdir(out)
+    assert sorted(n for n in os.listdir(out) if not n.startswith("a_")) == []
+    assert "1 converted" in stdout and "not started" in stdout
+
+
+@pytest.mark.parametrize("signum, code, group", [(signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)],
+                         ids=["SIGTERM-to-parent", "Ctrl-C-to-group"])
+def test_interrupt_with_parallel_jobs(batch_with_big_file, tmp_path, signum, code, group):
+    out = tmp_path / "out"
+    status, stdout, stderr, _ = _interrupt_mid_file(batch_with_big_file, out, signum, ("--jobs", "2"), group)
+    assert status == code, stderr
+    assert leftovers(out) == []
+    assert not [n for n in os.listdir(out) if n.startswith("big_")]
+    for stem in {n.split("_")[0] for n in os.listdir(out)}:  # whatever finished is complete
+        assert len([n for n in os.listdir(out) if n.startswith(f"{stem}_")]) == 4
+    assert "Traceback" not in stderr and "interrupted by" in stderr and "big.isq" in stderr
+
+
+# ---------------------------------------------------------------------------------------------------
+# inputs are never touched; same stems
+# ---------------------------------------------------------------------------------------------------
+
+
+def _mixed_inputs(folder: Path):
+    folder.mkdir(exist_ok=True)
+    mask = (VOLUME > 0).astype(np.int8) * np.int8(127)
+    paths = [_write("isq", folder / "C0001.ISQ;1", CAL), _write("aim20", folder / "T1.AIM", CAL),
+             Path(S.write_aim(folder / "M1.aim", mask, voxel_size_mm=(0.01,) * 3, compression="binCmp"))]
+    (folder / "BAD.ISQ").write_bytes(b"CTDATA-HEADER_V1" + b"\x01" * 600)
+    return paths + [folder / "BAD.ISQ"]
+
+
+def test_inputs_unchanged_and_opened_read_only(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "scans"
+    inputs = _mixed_inputs(folder)
+    for p in inputs:
+        os.utime(p, ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))  # an old mtime: changes show
+    before = {p: fingerprint(p) for p in inputs}
+    resolved = {os.path.realpath(p) for p in inputs}
+    writes = []
+    real_open, real_os_open = builtins.open, os.open
+
+    def watching_open(file, mode="r", *args, **kwargs):
+        if isinstance(file, (str, bytes, os.PathLike)) and os.path.realpath(file) in resolved \
+                and any(c in mode for c in "wax+"):
+            writes.append((file, mode))
+        return real_open(file, mode, *args, **kwargs)
+
+    def watching_os_open(path, flags, *args, **kwargs):
+        if os.path.realpath(path) in resolved and flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
+            writes.append((path, flags))
+        return real_os_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", watching_open)
+    monkeypatch.setattr(os, "open", watching_os_open)
+
+    status, _, err = run_cli(capsys, "convert", folder, "-o", folder)        # output folder = input folder
+    assert status == 1 and len(error_lines(err)) == 1                         # BAD.ISQ only
+    first = hashes(folder)
+    status, _, err = run_cli(capsys, "convert", folder, "-o", folder)        # again: outputs exist
+    assert status == 1 and len(error_lines(err)) == 4
+    assert hashes(folder) == first                                             # nothing replaced
+    status, _, _ = run_cli(capsys, "convert", folder, "-o", tmp_path / "elsewhere", "--compress", "--detached")
+    assert status == 1
+    status, _, _ = run_cli(capsys, "convert", folder, "-o", folder, "--overwrite", "--outputs", "native,mask")
+    assert status == 1
+
+    assert writes == []
+    assert {p: fingerprint(p) for p in inputs} == before
+    assert leftovers(folder) == []
+    # the outputs made in the input folder are there, one set per good input
+    assert {n.split("_")[0] for n in os.listdir(folder) if n.endswith("_metadata.json")} == {"C0001", "T1", "M1"}
+
+
+def test_same_stem_from_different_folders(tmp_path, capsys):
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for folder in (a, b, c):
+        folder.mkdir()
+    S.write_isq(a / "C0001.ISQ", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    S.write_isq(b / "C0001.isq;2", (VOLUME // 2).astype(np.int16), voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    S.write_aim(c / "c0001.aim", (VOLUME // 3).astype(np.int16), voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    out = tmp_path / "out"
+    status, _, err = run_cli(capsys, "convert", a, b, c, "-o", out, "--outputs", "native")
+    assert status == 0, err
+    metas = sorted(out.glob("*_metadata.json"))
+    assert len(metas) == 3
+    sources = {}
+    for meta_path in metas:
+        meta = json.loads(meta_path.read_text())
+        native, _ = nrrd.read(str(out / meta["outputs"]["native"]["file"]))
+        sources[Path(meta["input"]["path"]).parent.name] = native.T
+    np.testing.assert_array_equal(sources["a"], VOLUME)
+    np.testing.assert_array_equal(sources["b"], VOLUME // 2)
+    np.testing.assert_array_equal(sources["c"], VOLUME // 3)
+    # a second batch with the same names does not overwrite the first one's outputs
+    before = hashes(out)
+    status, _, err = run_cli(capsys, "convert", a, b, c, "-o", out, "--outputs", "native")
+    assert status == 1 and len(error_lines(err)) == 3
+    assert hashes(out) == before
