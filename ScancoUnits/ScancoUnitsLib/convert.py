@@ -9,6 +9,7 @@ file I/O release the GIL.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import queue
@@ -47,7 +48,7 @@ SELECTABLE_ROLES = ("hu", "density", "mask", "mu", "native")
 DEFAULT_OUTPUTS = ("hu", "density", "mask")
 DENSITY_UNITS = {"g/cc": "density_g_cc", "mgHA/ccm": "density_mg_ha_ccm"}
 _DENSITY_LABEL = {"g/cc": "g HA/ccm", "mgHA/ccm": "mg HA/ccm"}
-_TARGET_SLAB_VOXELS = 4 << 20  # ~4 Mi voxels a slab: 8 MB of int16, 16 MB of float32
+_TARGET_SLAB_VOXELS = 1 << 20  # ~1 Mi voxels a slab (2 MB of int16, 4 MB of float32): stays in the CPU cache
 
 
 class ConversionCancelled(ScancoError):
@@ -65,7 +66,7 @@ class ConversionOptions:
     compress: bool = False                  # gzip NRRD
     detached: bool = False                  # .nhdr + .raw
     overwrite: bool = False
-    slab_slices: Optional[int] = None       # None: about 4 Mi voxels a slab
+    slab_slices: Optional[int] = None       # None: about 1 Mi voxels a slab
     threads: int = 2                        # gzip threads per output
     output_stem: Optional[str] = None       # default: input name without extension and ;N
     report: bool = False                    # QC picture <stem>_report.png (needs matplotlib)
@@ -242,86 +243,27 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionOp
 
         report_builder = ReportBuilder(header, options, resolved)
         observers.append(report_builder.observe)
-    converter = UnitConverter(header.calibration, path=header.path)
     nz, ny, nx = header.shape_zyx
     slab = _slab_slices(header, options)
     caught: List[str] = []
-    stats = {p.role: {"min": None, "max": None} for p in plans}
-    mask_voxels = 0
-    nan_voxels = 0
+    lanes = {p.role: _OutputLane(p, header, options, resolved) for p in plans}
+    ranges = _RangeShortcut(header, options, [p.quantity for p in plans if p.quantity])
 
     with AtomicOutputSet(overwrite=options.overwrite) as outputs, \
-            open_voxels(header) as source, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanco-read") as reader_pool:
-        writers = {}
+            open_voxels(header) as source:
         for p in plans:
-            writers[p.role] = NrrdVolumeWriter(
+            lanes[p.role].writer = NrrdVolumeWriter(
                 p.path, header.shape_zyx, p.dtype, spacing_mm=header.voxel_size_mm, origin_mm=header.origin_mm,
                 key_values=p.key_values, encoding="gzip" if options.compress else "raw",
                 detached=options.detached, threads=options.threads, atomic=outputs)
-        write_pools = {p.role: ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"scanco-{p.role}")
-                       for p in plans}
-        out_buffers = {p.role: _buffers(2, (slab, ny, nx), p.dtype) for p in plans if p.role != "native"}
-        in_buffers = _buffers(2, (slab, ny, nx), source.dtype)
-        pending_writes = []
-        try:
-            def read(z0):
-                z1 = min(z0 + slab, nz)
-                buf = in_buffers.get()
-                return source.read_slab(z0, z1, out=buf[: z1 - z0]), buf
+        _stream_slabs(source, lanes, ranges, slab, observers, progress, header.path)
 
-            future = reader_pool.submit(read, 0)
-            for z0 in range(0, nz, slab):
-                native, in_buf = future.result()
-                if z0 + slab < nz:
-                    future = reader_pool.submit(read, z0 + slab)
-                n = native.shape[0]
-                native_write = None
-                slab_views = {}
-                for p in plans:
-                    if p.role == "native":
-                        data, release = native, None
-                    else:
-                        buf = out_buffers[p.role].get()
-                        data = buf[:n]
-                        if p.role == "mask":
-                            resolved.mask(native, out=data)
-                            mask_voxels += int(np.count_nonzero(data))
-                        elif p.role == "char_mask":
-                            mask_from_char(native, out=data)
-                            mask_voxels += int(np.count_nonzero(data))
-                        elif p.role == "float":
-                            np.copyto(data, native)
-                            nan_voxels += int(np.count_nonzero(~np.isfinite(data)))
-                        else:
-                            converter.convert(native, p.quantity, out=data, hu_dtype=options.hu_dtype)
-                        release = (out_buffers[p.role], buf)
-                    slab_views[p.role] = data
-                    _track_range(stats[p.role], data)
-                    written = write_pools[p.role].submit(_write, writers[p.role], data, release)
-                    pending_writes.append(written)
-                    if p.role == "native":
-                        native_write = written
-                if observers:
-                    for observe in observers:
-                        observe(z0, native, slab_views)
-                if native_write is not None:  # the input buffer is reused once it is on disk
-                    native_write.result()
-                in_buffers.put(in_buf)
-                _raise_failed(pending_writes)
-                pending_writes = [f for f in pending_writes if not f.done()]
-                if progress is not None and progress(min(z0 + slab, nz), nz) is False:
-                    raise ConversionCancelled(f"{header.path}: conversion cancelled")
-            for f in pending_writes:
-                f.result()
-            for w in writers.values():
-                w.close()
-        finally:
-            for pool in write_pools.values():
-                pool.shutdown(wait=True)
-
-        if converter.hu_clipped_voxels:
-            msg = (f"{header.path}: {converter.hu_clipped_voxels} voxels were clipped to the int16 HU range "
+        hu_clipped = sum(lane.converter.hu_clipped_voxels for lane in lanes.values())
+        nan_voxels = sum(lane.nan_voxels for lane in lanes.values())
+        mask_voxels = sum(lane.mask_voxels for lane in lanes.values())
+        stats = {role: lane.stats for role, lane in lanes.items()}
+        if hu_clipped:
+            msg = (f"{header.path}: {hu_clipped} voxels were clipped to the int16 HU range "
                    f"(use --hu-dtype float32 to keep them)")
             warnings.warn(msg, stacklevel=2)
             caught.append(msg)
@@ -329,8 +271,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionOp
             msg = f"{header.path}: the float image holds {nan_voxels} NaN or infinite voxels (written as stored)"
             warnings.warn(msg, stacklevel=2)
             caught.append(msg)
-        metadata = _metadata(header, options, plans, resolved, notes, caught, stats, mask_voxels,
-                             converter.hu_clipped_voxels)
+        metadata = _metadata(header, options, plans, resolved, notes, caught, stats, mask_voxels, hu_clipped)
         meta_path = out_dir / f"{stem}_metadata.json"
         report_path = None
         if report_builder is not None:
@@ -349,19 +290,257 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionOp
                             header.data_size, caught)
 
 
-def _write(writer, data, release):
+# Threads of one conversion (2 cores are the design point; more are used when there):
+#   reader            reads slab k+1 into one of _NATIVE_BUFFERS buffers, and its native min/max
+#   main thread       hands slab k to every output, runs observers, reports progress
+#   per output: one converter thread (slab k -> one of the output's two buffers) and one writer
+#   thread (writes the previous slab of that output meanwhile).
+# Conversions of different outputs overlap each other and the writes; a native buffer goes back
+# to the reader as soon as every output has converted it. Memory: _NATIVE_BUFFERS native slabs
+# plus two slabs per output, whatever the file size.
+_NATIVE_BUFFERS = 4
+_OUTPUT_BUFFERS = 2
+
+
+class _OutputLane:
+    """One output: its converter, buffers, writer, statistics and threads."""
+
+    def __init__(self, plan: OutputPlan, header: ScancoHeader, options: ConversionOptions,
+                 resolved: Optional[ResolvedThresholds]):
+        self.plan = plan
+        self.role = plan.role
+        self.options = options
+        self.resolved = resolved
+        # one converter per output: its clipped-voxel counter is only touched by this output's thread
+        self.converter = UnitConverter(header.calibration, path=header.path)
+        self.writer: Optional[NrrdVolumeWriter] = None
+        self.buffers: Optional["queue.Queue[np.ndarray]"] = None
+        self.stats = {"min": None, "max": None}
+        self.mask_voxels = 0
+        self.nan_voxels = 0
+        self.convert_pool: Optional[ThreadPoolExecutor] = None
+        self.write_pool: Optional[ThreadPoolExecutor] = None
+
+    def start(self, slab_shape) -> None:
+        if self.role != "native":
+            self.buffers = _buffers(_OUTPUT_BUFFERS, slab_shape, self.plan.dtype)
+        self.convert_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"scanco-{self.role}")
+        self.write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"scanco-{self.role}-write")
+
+    def convert(self, native: np.ndarray, native_range, ranges: "_RangeShortcut"):
+        """Convert ``native`` into a free buffer of this output; return (slab view, buffer or None)."""
+        role = self.role
+        if role == "native":
+            data, buf = native, None
+        else:
+            buf = self.buffers.get()
+            try:
+                data = self._convert_into(buf[: native.shape[0]], native)
+            except BaseException:
+                self.buffers.put(buf)
+                raise
+        if role in ("mask", "char_mask"):
+            count = int(np.count_nonzero(data))
+            self.mask_voxels += count
+            _merge_range(self.stats, 0 if count < data.size else 1, 1 if count else 0)
+        else:
+            known = ranges.output_range(self.plan, native_range)
+            if known is None:
+                _track_range(self.stats, data)
+            else:
+                _merge_range(self.stats, *known)
+        return data, buf
+
+    def _convert_into(self, data: np.ndarray, native: np.ndarray) -> np.ndarray:
+        role = self.role
+        if role == "mask":
+            self.resolved.mask(native, out=data)
+        elif role == "char_mask":
+            mask_from_char(native, out=data)
+        elif role == "float":
+            np.copyto(data, native)
+            self.nan_voxels += int(np.count_nonzero(~np.isfinite(data)))
+        else:
+            self.converter.convert(native, self.plan.quantity, out=data, hu_dtype=self.options.hu_dtype)
+        return data
+
+    def write(self, data: np.ndarray, buf, native_done: Optional["_Countdown"]) -> None:
+        """Writer thread: write one slab, then give its buffer back (and the native one, for 'native')."""
+        try:
+            self.writer.write_slab(data)
+        finally:
+            if buf is not None:
+                self.buffers.put(buf)
+            if native_done is not None:
+                native_done.release()
+
+    def convert_then_write(self, native, native_range, ranges, native_done: "_Countdown", pending) -> None:
+        """Converter thread, no observers: convert, queue the write, free the native slab."""
+        handed_over = False
+        try:
+            data, buf = self.convert(native, native_range, ranges)
+            if self.role == "native":  # the native slab is the data: freed once written
+                pending.append(self.write_pool.submit(self.write, data, None, native_done))
+                handed_over = True
+            else:
+                pending.append(self.write_pool.submit(self.write, data, buf, None))
+        finally:
+            if not handed_over:
+                native_done.release()
+
+    def stop(self) -> None:
+        # converters first: a running conversion may wait for a buffer that a write will free
+        for name in ("convert_pool", "write_pool"):
+            pool = getattr(self, name)
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+                setattr(self, name, None)
+
+
+class _Countdown:
+    """Calls ``action`` once ``count`` releases have happened (from any thread)."""
+
+    def __init__(self, count: int, action: Callable[[], None]):
+        self._count = count
+        self._action = action
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            self._count -= 1
+            fire = self._count == 0
+        if fire:
+            self._action()
+
+
+def _stream_slabs(source, lanes: Dict[str, _OutputLane], ranges: "_RangeShortcut", slab: int,
+                  observers, progress, path) -> None:
+    nz, ny, nx = source.shape
+    native_buffers = _buffers(_NATIVE_BUFFERS, (slab, ny, nx), source.dtype)
+    stop = threading.Event()
+    pending: "collections.deque" = collections.deque()  # futures of conversions and writes
+    reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanco-read")
+
+    def read(z0):
+        buf = native_buffers.get()
+        if stop.is_set():
+            return None
+        z1 = min(z0 + slab, nz)
+        try:
+            native = source.read_slab(z0, z1, out=buf[: z1 - z0])
+            return native, buf, ranges.native_range(native)
+        except BaseException:
+            native_buffers.put(buf)
+            raise
+
     try:
-        writer.write_slab(data)
+        for lane in lanes.values():
+            lane.start((slab, ny, nx))
+        future = reader_pool.submit(read, 0)
+        for z0 in range(0, nz, slab):
+            native, buf, native_range = future.result()
+            if z0 + slab < nz:
+                future = reader_pool.submit(read, z0 + slab)
+            native_done = _Countdown(len(lanes), lambda b=buf: native_buffers.put(b))
+            if observers:
+                # every output of the slab must exist at once for the observers: convert, observe, write
+                converting = {role: lane.convert_pool.submit(lane.convert, native, native_range, ranges)
+                              for role, lane in lanes.items()}
+                try:
+                    results = {role: f.result() for role, f in converting.items()}
+                except BaseException:
+                    for f in converting.values():
+                        f.cancel()
+                    raise
+                for observe in observers:
+                    observe(z0, native, {role: data for role, (data, _buf) in results.items()})
+                for role, lane in lanes.items():
+                    data, out_buf = results[role]
+                    if role == "native":
+                        pending.append(lane.write_pool.submit(lane.write, data, None, native_done))
+                    else:
+                        pending.append(lane.write_pool.submit(lane.write, data, out_buf, None))
+                        native_done.release()
+            else:
+                for lane in lanes.values():
+                    pending.append(lane.convert_pool.submit(lane.convert_then_write, native, native_range,
+                                                            ranges, native_done, pending))
+            while pending and pending[0].done():
+                pending.popleft().result()  # raises an output's error
+            for f in list(pending):
+                if f.done() and f.exception() is not None:
+                    raise f.exception()
+            if progress is not None and progress(min(z0 + slab, nz), nz) is False:
+                raise ConversionCancelled(f"{path}: conversion cancelled")
+        while pending:
+            pending.popleft().result()
+        for lane in lanes.values():
+            lane.writer.close()
     finally:
-        if release is not None:
-            pool, buf = release
-            pool.put(buf)
+        stop.set()
+        for lane in lanes.values():
+            lane.stop()
+        # a read waiting for a buffer that a cancelled task would have returned: wake it up
+        native_buffers.put(np.empty((0, ny, nx), dtype=source.dtype))
+        reader_pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _raise_failed(futures) -> None:
-    for f in futures:
-        if f.done() and f.exception() is not None:
-            raise f.exception()
+def _merge_range(stat: dict, lo, hi) -> None:
+    stat["min"] = lo if stat["min"] is None else min(stat["min"], lo)
+    stat["max"] = hi if stat["max"] is None else max(stat["max"], hi)
+
+
+class _RangeShortcut:
+    """Exact min/max of converted slabs without scanning them.
+
+    For small integer native types a conversion is a lookup table. When that table is monotone in
+    the native value (it is for every real calibration: each step of the formula, and the final
+    rounding, preserves order) and finite, the smallest and largest output of a slab are the
+    outputs of its smallest and largest native values, which are in the slab. One cheap min/max
+    pass over the native slab then gives every output's range exactly.
+    """
+
+    def __init__(self, header: ScancoHeader, options: ConversionOptions, quantities: Sequence[str] = ()):
+        self._dtype = np.dtype(header.voxel_type)
+        self._options = options
+        self._enabled = self._dtype.name in ("int8", "uint8", "int16", "uint16")
+        # a converter of its own: probing must not add to the real ones' clipped-voxel counts
+        self._probe = UnitConverter(header.calibration, path=header.path) if self._enabled else None
+        self._lock = threading.Lock()  # output lanes ask from their own threads
+        self._monotone: Dict[str, bool] = {}
+        if self._enabled:
+            for quantity in dict.fromkeys(quantities):
+                self._monotone[quantity] = self._check_monotone(quantity)
+
+    def native_range(self, native: np.ndarray):
+        if not self._enabled or native.size == 0:
+            return None
+        return native.min(), native.max()
+
+    def _check_monotone(self, quantity: str) -> bool:
+        info = np.iinfo(self._dtype)
+        natives = np.arange(int(info.min), int(info.max) + 1, dtype=np.int64).astype(self._dtype)
+        values = self._probe.convert(natives, quantity, hu_dtype=self._options.hu_dtype)
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            return False
+        step = np.diff(values.astype(np.float64))
+        return bool(np.all(step >= 0) or np.all(step <= 0))
+
+    def output_range(self, plan: OutputPlan, native_range):
+        """(min, max) of this slab's output for ``plan``, or None when it must be scanned."""
+        if native_range is None:
+            return None
+        lo, hi = native_range
+        if plan.role == "native":
+            return int(lo), int(hi)
+        if plan.quantity is None or not self._monotone.get(plan.quantity, False):
+            return None
+        with self._lock:
+            ends = self._probe.convert(np.array([lo, hi], dtype=self._dtype), plan.quantity,
+                                       hu_dtype=self._options.hu_dtype)
+        if ends.dtype.kind == "f":
+            return float(ends.min()), float(ends.max())
+        return int(ends.min()), int(ends.max())
 
 
 def _track_range(stat: dict, data: np.ndarray) -> None:

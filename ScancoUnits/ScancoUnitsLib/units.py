@@ -55,8 +55,9 @@ _REQUIREMENT = {"mu": "mu", "hu": "hu", "density_mg_ha_ccm": "density", "density
 HU_DTYPES = ("int16", "float32")
 INT16_MIN, INT16_MAX = -32768, 32767
 
-# voxels per chunk for the float64 path and for the lookup-table index buffer (8 MiB of float64)
-_CHUNK_VOXELS = 1 << 20
+# voxels per chunk for the float64 path and for the lookup-table index buffer (2 MiB of float64 or
+# intp: small enough to stay in the CPU cache while a slab is converted)
+_CHUNK_VOXELS = 1 << 18
 # native dtypes small enough for a lookup table over every value
 _LUT_DTYPES = ("int8", "uint8", "int16", "uint16")
 
