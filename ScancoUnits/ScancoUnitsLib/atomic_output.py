@@ -211,6 +211,15 @@ def install_signal_cleanup(signals=None) -> dict:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _discard_temp(temp: Path) -> None:
+    """Remove one of our temporary files, if it exists, and forget it."""
+    try:
+        os.unlink(temp)
+    except OSError:
+        pass
+    _unregister(str(temp))
+
+
 def _hidden_sibling(final: Path, mark: str) -> Path:
     return final.with_name(f".{final.name}{mark}{secrets.token_hex(4)}")
 
@@ -303,15 +312,10 @@ class AtomicOutputSet:
                 if isinstance(exc, FileExistsError):
                     _unregister(str(temp))
                     continue
-                if not isinstance(exc, OSError):
-                    # interrupted (signal): the file may exist already; its random O_EXCL name is ours
-                    try:
-                        os.unlink(temp)
-                    except OSError:
-                        pass
-                _unregister(str(temp))
                 if isinstance(exc, OSError):
+                    _unregister(str(temp))
                     raise output_error_from(final, exc) from exc
+                _discard_temp(temp)  # interrupted by a signal: the file may exist; its O_EXCL name is ours
                 raise
             break
         else:  # pragma: no cover - 100 random collisions
@@ -340,11 +344,7 @@ class AtomicOutputSet:
             # forget this output only; the rest of the set is untouched
             self._entries.remove(entry)
             del self._by_final[str(entry.final)]
-            try:
-                os.unlink(temp)
-            except OSError:
-                pass
-            _unregister(str(temp))
+            _discard_temp(temp)
             if isinstance(exc, OSError):
                 raise output_error_from(entry.final, exc) from exc
             raise
