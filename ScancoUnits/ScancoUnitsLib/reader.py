@@ -151,13 +151,11 @@ class VoxelSource:
         if self._vax:
             out.reshape(-1)[:] = vax_f_array_to_float32(out.reshape(-1).view(np.uint8))
 
-    def _ensure_decoder(self, restart: bool = False) -> None:
+    def _ensure_decoder(self) -> None:
         from .aim_compression import CompressedVoxelDecoder
 
-        if self._decoder is not None and not restart:
-            return
         if self._decoder is not None:
-            self._decoder.close()
+            return
         h = self.header
         self._decoder = CompressedVoxelDecoder(
             self._file, h.data_offset, h.data_size, h.dimensions, h.compression,

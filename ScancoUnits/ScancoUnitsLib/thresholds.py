@@ -178,6 +178,7 @@ class ResolvedThresholds:
                 out[...] = 0
                 return out
             low, high = max(low, int(info.min)), min(high, int(info.max))
+            return _integer_range_mask(np.ascontiguousarray(native).reshape(-1), low, high, out)
         low, high = native.dtype.type(low), native.dtype.type(high)
         src = np.ascontiguousarray(native).reshape(-1)
         dst = out.reshape(-1).view(np.bool_)
@@ -189,6 +190,22 @@ class ResolvedThresholds:
             np.less_equal(src[start:stop], high, out=dst[start:stop])
             np.logical_and(dst[start:stop], part, out=dst[start:stop])
         return out
+
+
+def _integer_range_mask(src: np.ndarray, low: int, high: int, out: np.ndarray) -> np.ndarray:
+    """``low <= v <= high`` for integer voxels in two passes: ``v - low`` wraps around in the
+    voxels' own width, so read as unsigned it is at most ``high - low`` exactly inside the range."""
+    unsigned = np.dtype(f"u{src.dtype.itemsize}")
+    offset = src.dtype.type(low)  # low is inside the dtype's range (clamped by the caller)
+    span = unsigned.type(high - low)
+    dst = out.reshape(-1).view(np.bool_)
+    shifted = np.empty(min(_MASK_CHUNK_VOXELS, src.size), dtype=src.dtype)
+    for start in range(0, src.size, _MASK_CHUNK_VOXELS):
+        stop = min(start + _MASK_CHUNK_VOXELS, src.size)
+        part = shifted[: stop - start]
+        np.subtract(src[start:stop], offset, out=part)  # modular arithmetic, no overflow error for arrays
+        np.less_equal(part.view(unsigned), span, out=dst[start:stop])
+    return out
 
 
 def _mask_output(shape, out):

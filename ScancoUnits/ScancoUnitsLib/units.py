@@ -231,7 +231,9 @@ class UnitConverter:
             stop = min(start + _CHUNK_VOXELS, src.size)
             idx = buffer[: stop - start]
             idx[...] = indices[start:stop]
-            np.take(table, idx, out=dst[start:stop], mode="clip")
+            # the indices are a bit pattern, always inside the table: "wrap" never wraps, and it is
+            # about ten times faster than "clip" here
+            np.take(table, idx, out=dst[start:stop], mode="wrap")
             if below is not None:
                 clipped += int(np.count_nonzero(src[start:stop] <= below))
             if above is not None:
