@@ -249,10 +249,12 @@ class _Itk:
         for key, value in meta.items():
             self.set_meta(md, key, value)
 
-    def op_itk_write_isq(self, req, out_dir, index):
-        img, arr = self._image(req)
-        meta = dict(req.get("metadata") or {})
-        patches = []
+    @staticmethod
+    def _put_calibration(req, meta):
+        """Put the request's calibration into the ITK metadata ``meta``. Returns the mu_scaling to
+        patch into the written file afterwards, or None when ITK was given the real value: in
+        "native" mode ITK gets MuScaling 1 whenever it would otherwise treat the voxels as HU
+        (ScancoImageIO::Write -> RescaleToScanco)."""
         mode = req.get("calibration_mode", "native")
         cal = req.get("calibration")
         mu_scaling = req.get("mu_scaling")
@@ -260,14 +262,21 @@ class _Itk:
             meta.update(_calibration_to_itk_meta(cal))
             if cal.get("mu_scaling") is not None:
                 mu_scaling = cal["mu_scaling"]
-        if mu_scaling is not None:
-            if mode == "native" and _itk_would_rescale(meta, mu_scaling):
-                # Keep MuScaling at 1 so the writer does not treat the voxels as HU (ScancoImageIO::
-                # Write -> RescaleToScanco); byte 88 gets the real value afterwards.
-                meta["MuScaling"] = 1.0
-                patches.append(("mu_scaling", 88, int(mu_scaling)))
-            else:
-                meta["MuScaling"] = float(mu_scaling)
+        if mu_scaling is None:
+            return None
+        if mode == "native" and _itk_would_rescale(meta, mu_scaling):
+            meta["MuScaling"] = 1.0
+            return int(mu_scaling)
+        meta["MuScaling"] = float(mu_scaling)
+        return None
+
+    def op_itk_write_isq(self, req, out_dir, index):
+        img, arr = self._image(req)
+        meta = dict(req.get("metadata") or {})
+        patches = []
+        mu_scaling_patch = self._put_calibration(req, meta)
+        if mu_scaling_patch is not None:
+            patches.append(("mu_scaling", 88, mu_scaling_patch))  # byte 88 gets the real value afterwards
         meta.setdefault("CreationDate", req.get("creation_date") or "24-NOV-2026 10:11:12.340")
         self._apply_metadata(img, meta)
         path = os.path.abspath(req["path"])
@@ -290,7 +299,7 @@ class _Itk:
             "file_size": os.path.getsize(path),
             "metadata_given": _jsonable(meta),
             "byte_patches": [list(p) for p in patches],
-            "calibration_mode": mode,
+            "calibration_mode": req.get("calibration_mode", "native"),
         }
         return info, None
 
@@ -311,20 +320,7 @@ class _Itk:
             meta["Version"] = "AIMDATA_V020   "
         elif version != 30:
             raise ValueError("ITK writes AIM v020 or v030 only")
-        mode = req.get("calibration_mode", "native")
-        cal = req.get("calibration")
-        mu_scaling = req.get("mu_scaling")
-        log_patch = None
-        if cal:
-            meta.update(_calibration_to_itk_meta(cal))
-            if cal.get("mu_scaling") is not None:
-                mu_scaling = cal["mu_scaling"]
-        if mu_scaling is not None:
-            if mode == "native" and _itk_would_rescale(meta, mu_scaling):
-                meta["MuScaling"] = 1.0
-                log_patch = int(mu_scaling)
-            else:
-                meta["MuScaling"] = float(mu_scaling)
+        log_patch = self._put_calibration(req, meta)
         self._apply_metadata(img, meta)
         path = os.path.abspath(req["path"])
         self.itk.imwrite(img, path)
@@ -337,7 +333,7 @@ class _Itk:
             "origin_given_to_itk": origin,
             "metadata_given": _jsonable(meta),
             "byte_patches": patches,
-            "calibration_mode": mode,
+            "calibration_mode": req.get("calibration_mode", "native"),
         }
         return info, None
 
