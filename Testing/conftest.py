@@ -17,3 +17,11 @@ def real_data() -> Path:
     if not (REAL_DATA / "README.md").exists():
         pytest.skip("real SCANCO files (../shared/data/real) are not available")
     return REAL_DATA
+
+
+@pytest.fixture()
+def in_process_cli(monkeypatch):
+    """In-process CLI runs must not replace pytest's own SIGTERM handler."""
+    from ScancoUnitsLib import atomic_output
+
+    monkeypatch.setattr(atomic_output, "install_signal_cleanup", lambda *a, **k: {})

@@ -20,32 +20,15 @@ import numpy as np
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib import atomic_output, cli
 from ScancoUnitsLib.header import Calibration
+
+from cli_harness import error_lines, run_cli as run
+
+pytestmark = pytest.mark.usefixtures("in_process_cli")
 
 CAL = Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, density_intercept=-196.6,
                   density_unit="mg HA/ccm", calibration_type=2, calibration_text="70 kVp, CLI test")
 VOLUME = (np.arange(4 * 6 * 10, dtype=np.int16).reshape(4, 6, 10) - 60) * 97
-
-
-@pytest.fixture(autouse=True)
-def no_process_signal_handlers(monkeypatch):
-    """In-process runs must not replace pytest's own SIGTERM handler."""
-    monkeypatch.setattr(atomic_output, "install_signal_cleanup", lambda *a, **k: {})
-
-
-def run(capsys, *argv):
-    """Run the CLI in-process; return (exit status, stdout, stderr)."""
-    try:
-        status = cli.main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def error_lines(err: str):
-    return [line for line in err.splitlines() if line.startswith("scanco-units: error:")]
 
 
 def snapshot(folder: Path):

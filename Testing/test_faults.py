@@ -36,10 +36,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib import atomic_output, cli, nrrd_writer
+from ScancoUnitsLib import atomic_output, nrrd_writer
 from ScancoUnitsLib.convert import convert_file
 from ScancoUnitsLib.errors import CalibrationMissingError, ScancoFormatError
 from ScancoUnitsLib.header import Calibration
+
+from cli_harness import error_lines, run_cli
+
+pytestmark = pytest.mark.usefixtures("in_process_cli")
 from ScancoUnitsLib.reader import read_header
 from ScancoUnitsLib.vms_encoding import float_to_vax_f
 
@@ -48,25 +52,6 @@ CAL = Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, 
 VOLUME = np.concatenate([np.array([-32768, -1, 0, 1, 32767], np.int16),
                          np.arange(-2000, 9000, 80, dtype=np.int16)])[:5 * 4 * 6].reshape(5, 4, 6)
 ALL_OUTPUTS = ("hu", "density", "mu", "mask", "native")
-
-
-@pytest.fixture(autouse=True)
-def no_process_signal_handlers(monkeypatch):
-    """In-process CLI runs must not replace pytest's own SIGTERM handler."""
-    monkeypatch.setattr(atomic_output, "install_signal_cleanup", lambda *a, **k: {})
-
-
-def run_cli(capsys, *argv):
-    try:
-        status = cli.main([str(a) for a in argv])
-    except SystemExit as exc:
-        status = exc.code
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
-def error_lines(err: str):
-    return [line for line in err.splitlines() if line.startswith("scanco-units: error:")]
 
 
 def fingerprint(path: Path):
