@@ -212,7 +212,7 @@ def install_signal_cleanup(signals=None) -> dict:
 
 
 def _discard_temp(temp: Path) -> None:
-    """Remove one of our temporary files, if it exists, and forget it."""
+    """Remove one of our temporary or backup files, if it exists, and forget it."""
     try:
         os.unlink(temp)
     except OSError:
@@ -432,7 +432,7 @@ class AtomicOutputSet:
                     pass
             _unregister(str(entry.temp))
             if backup is not None:
-                self._drop_backup(backup)
+                _discard_temp(backup)
         if self.fsync:
             self._sync_folders()
 
@@ -465,17 +465,9 @@ class AtomicOutputSet:
             os.replace(entry.temp, entry.final)
         except BaseException:
             if backup is not None:
-                self._drop_backup(backup)
+                _discard_temp(backup)
             raise
         return (entry, backup, had_previous)
-
-    @staticmethod
-    def _drop_backup(backup: Path) -> None:
-        try:
-            os.unlink(backup)
-        except OSError:
-            pass
-        _unregister(str(backup))
 
     def _rollback(self, placed) -> None:
         for entry, backup, had_previous in reversed(placed):
