@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic_output import AtomicOutputSet, OutputError, output_error_from
+from .volume_writers import VolumeFormat, VolumeSpec, register_format
 
 try:  # optional speed-up
     from isal import isal_zlib as _isal_zlib
@@ -639,3 +640,22 @@ def write_nrrd(path, volume_zyx, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_v
         writer.write_slab(volume)
     return writer.path
 
+
+
+# ---- registration in the writer seam ------------------------------------------------------------
+def _nrrd_paths(spec: VolumeSpec) -> list[Path]:
+    base = Path(spec.base_path)
+    if spec.detached:
+        header = base.with_name(base.name + ".nhdr")
+        return [header, header.with_name(base.name + (".raw.gz" if spec.compress else ".raw"))]
+    return [base.with_name(base.name + ".nrrd")]
+
+
+def _open_nrrd(spec: VolumeSpec, atomic: AtomicOutputSet) -> NrrdVolumeWriter:
+    return NrrdVolumeWriter(_nrrd_paths(spec)[0], spec.shape_zyx, spec.dtype, spacing_mm=spec.spacing_mm,
+                            origin_mm=spec.origin_mm, key_values=dict(spec.key_values),
+                            encoding="gzip" if spec.compress else "raw", detached=spec.detached,
+                            threads=spec.threads, atomic=atomic)
+
+
+register_format(VolumeFormat("nrrd", "NRRD (3D Slicer, ITK, pynrrd)", _nrrd_paths, _open_nrrd))

@@ -1,0 +1,100 @@
+"""The writer seam: one small interface for every output volume format.
+
+A format is a :class:`VolumeFormat` registered by name (``nrrd``, later ``nifti``, ``ome-zarr``,
+``aim``). The engine gives each writer a :class:`VolumeSpec` (geometry, voxel type, key/values,
+the quantity it holds and the source header) and the :class:`~ScancoUnitsLib.atomic_output.AtomicOutputSet`
+the file (or directory) joins; then slabs in z order; then ``close()`` (or ``abort()``).
+
+Adding a format is one new module that defines a writer class and calls :func:`register_format`,
+plus its name in :data:`_FORMAT_MODULES` so that it is imported on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Protocol, Tuple
+
+import numpy as np
+
+from .atomic_output import AtomicOutputSet
+from .header import ScancoHeader
+
+
+@dataclass(frozen=True)
+class VolumeSpec:
+    """Everything a writer needs to know about the volume it writes.
+
+    ``base_path``: output folder / ``<stem><suffix>`` without extension (the format adds its own).
+    Geometry is SCANCO's: LPS, ``spacing_mm`` and ``origin_mm`` in (x, y, z) order, slabs (z, y, x).
+    ``quantity``: the registry key of what the voxels hold (``hu``, ``density_g_cc``, ``mask`` ...).
+    ``derivation``: lines that say how the volume was derived (thresholds, formula), for formats
+    that keep a processing log (AIM).
+    """
+
+    base_path: Path
+    shape_zyx: Tuple[int, int, int]
+    dtype: np.dtype
+    spacing_mm: Tuple[float, float, float]
+    origin_mm: Tuple[float, float, float]
+    quantity: str
+    unit_label: str
+    description: str
+    key_values: Mapping[str, str] = field(default_factory=dict)
+    source: Optional[ScancoHeader] = None
+    derivation: Tuple[str, ...] = ()
+    compress: bool = False
+    detached: bool = False
+    threads: int = 2
+
+
+class VolumeWriter(Protocol):
+    """What the engine calls. ``output_paths``: the final paths (files or directories) it makes."""
+
+    output_paths: List[Path]
+
+    def write_slab(self, array: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class VolumeFormat:
+    """A registered output format.
+
+    ``paths(spec)``: the final paths the writer will create (known before any voxel is read, so
+    collisions are found first). ``open(spec, atomic)``: a :class:`VolumeWriter`.
+    ``quantities``: the quantities it can hold (None: all); asking for another is a usage error.
+    """
+
+    name: str
+    title: str
+    paths: Callable[[VolumeSpec], List[Path]]
+    open: Callable[[VolumeSpec, AtomicOutputSet], VolumeWriter]
+    quantities: Optional[Tuple[str, ...]] = None
+
+    def accepts(self, quantity: str) -> bool:
+        return self.quantities is None or quantity in self.quantities
+
+
+_FORMATS: Dict[str, VolumeFormat] = {}
+#: format name -> module that registers it (imported on first use: optional dependencies stay lazy)
+_FORMAT_MODULES = {"nrrd": "nrrd_writer"}
+FORMAT_NAMES = tuple(_FORMAT_MODULES)
+DEFAULT_FORMAT = "nrrd"
+
+
+def register_format(fmt: VolumeFormat) -> VolumeFormat:
+    _FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def get_format(name: str) -> VolumeFormat:
+    if name not in _FORMAT_MODULES:
+        raise ValueError(f"unknown output format {name!r}; expected one of {', '.join(FORMAT_NAMES)}")
+    if name not in _FORMATS:
+        importlib.import_module(f"{__package__}.{_FORMAT_MODULES[name]}")
+    return _FORMATS[name]
