@@ -82,7 +82,12 @@ class VolumeFormat:
 
 _FORMATS: Dict[str, VolumeFormat] = {}
 #: format name -> module that registers it (imported on first use: optional dependencies stay lazy)
-_FORMAT_MODULES = {"nrrd": "nrrd_writer"}
+_FORMAT_MODULES = {
+    "nrrd": "nrrd_writer",
+    "nifti": "nifti_writer",
+    "ome-zarr": "ome_zarr_writer",
+    "aim": "aim_writer",
+}
 FORMAT_NAMES = tuple(_FORMAT_MODULES)
 DEFAULT_FORMAT = "nrrd"
 
