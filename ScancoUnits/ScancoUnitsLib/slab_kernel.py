@@ -1,0 +1,516 @@
+"""Fused slab kernel: one pass over a slab of native values writes every requested output.
+
+::
+
+    kernel = SlabKernel(calibration, [KernelOutput("hu", "hu", "int16"),
+                                      KernelOutput("density", "density_g_cc", "float32"),
+                                      KernelOutput("mask", "mask", "uint8")],
+                        native_dtype="int16", mask_native_range=(8192, 32767))
+    stats = kernel.new_stats()                       # one per worker thread
+    for native in slabs:
+        kernel.run(native, {"hu": hu_buf, "density": rho_buf, "mask": mask_buf}, stats)
+    total = stats_a.merge(stats_b)                   # workers' statistics together
+
+The values are bit-identical to the per-output functions they replace:
+
+* ``mu``, ``hu``, ``density_mg_ha_ccm``, ``density_g_cc``: :meth:`units.UnitConverter.convert` (int16 HU
+  rounded half to even and clipped, or float32 HU; float32 µ and densities). 8/16-bit natives go through
+  a table over every native value, built by ``UnitConverter.convert`` itself; wider natives (int32,
+  float32...) through the float64 reference formula of units.py, voxel by voxel.
+* ``mask``: :meth:`thresholds.ResolvedThresholds.mask` with ``mask_native_range = (native_low,
+  native_high)`` (inclusive; bounds outside an integer dtype's range are clamped the same way);
+  ``char_mask``: :func:`thresholds.mask_from_char` (non-zero -> 1). Both uint8 0/1.
+* ``native``: the native values themselves (the native dtype); ``float``: the natives cast to a float
+  dtype (float32 or float64).
+
+Statistics (:class:`KernelStats`, one object per worker, :meth:`KernelStats.merge` at the end): exact
+min/max of every output (NaN and +-inf excluded and counted in ``nonfinite_voxels``), int16 HU voxels
+that were clipped, mask voxels (ones), and for 8/16-bit natives the exact native histogram (int64 count
+per native value, bin 0 = the dtype's minimum, the layout of :class:`histogram.NativeHistogram`). For
+8/16-bit natives every statistic is computed from that histogram and the tables, so it costs nothing
+per voxel beyond the count.
+
+Backends: ``"numba"`` (the ``fast`` extra; compiled once and cached on disk, releases the GIL: the
+whole slab, every output, in one loop with the native block in the L1 cache) and ``"numpy"`` (no
+dependency: the index array of a chunk is built once and serves every table lookup, masks are integer
+comparisons). ``"auto"`` takes numba when it can be imported; the environment variable
+``SCANCO_UNITS_KERNEL=numpy|numba`` overrides ``"auto"``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .thresholds import mask_from_char
+from .units import INT16_MAX, INT16_MIN, UnitConverter
+
+__all__ = ["KernelOutput", "KernelStats", "SlabKernel", "KERNEL_QUANTITIES", "numba_kernels",
+           "numba_available"]
+
+UNIT_QUANTITIES = ("mu", "hu", "density_mg_ha_ccm", "density_g_cc")  # computed by UnitConverter
+KERNEL_QUANTITIES = UNIT_QUANTITIES + ("native", "mask", "char_mask", "float")
+BACKENDS = ("auto", "numba", "numpy")
+KERNEL_ENV = "SCANCO_UNITS_KERNEL"
+
+_LUT_DTYPES = ("int8", "uint8", "int16", "uint16")  # a table over every value
+_CHUNK_VOXELS = 1 << 16    # numpy path: index buffer of 512 KiB (intp), stays in L2
+_NUMBA_BLOCK = 2048        # numba path: index block, stays in L1
+
+
+@dataclass(frozen=True)
+class KernelOutput:
+    """One output of the kernel: its name (the key in ``outs`` and in the statistics), quantity, dtype."""
+
+    name: str
+    quantity: str
+    dtype: np.dtype
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"output name must be a non-empty string, not {self.name!r}")
+        if self.quantity not in KERNEL_QUANTITIES:
+            raise ValueError(f"unknown kernel quantity {self.quantity!r}; expected one of "
+                             f"{', '.join(KERNEL_QUANTITIES)}")
+        object.__setattr__(self, "dtype", np.dtype(self.dtype).newbyteorder("="))
+
+
+@dataclass
+class KernelStats:
+    """Statistics of the slabs one worker ran; see the module docstring.
+
+    ``min``/``max``: per output name, Python int (integer outputs) or float, None while no finite
+    value was seen. ``nonfinite_voxels``: per output name (0 for integer outputs). ``native_histogram``:
+    int64 counts per native value (bin 0 = dtype minimum) when the kernel was asked for it and the
+    natives are 8/16-bit integers, else None.
+    """
+
+    min: Dict[str, Optional[float]] = field(default_factory=dict)
+    max: Dict[str, Optional[float]] = field(default_factory=dict)
+    nonfinite_voxels: Dict[str, int] = field(default_factory=dict)
+    hu_clipped_voxels: int = 0
+    mask_voxels: int = 0
+    voxels: int = 0
+    native_histogram: Optional[np.ndarray] = None
+    _counts: Optional[np.ndarray] = field(default=None, repr=False)  # always kept for 8/16-bit natives
+
+    def merge(self, other: "KernelStats") -> "KernelStats":
+        """Add ``other`` (another worker of the same kernel) into this object; returns self."""
+        for name, value in other.min.items():
+            mine = self.min.get(name)
+            self.min[name] = value if mine is None else mine if value is None else min(mine, value)
+        for name, value in other.max.items():
+            mine = self.max.get(name)
+            self.max[name] = value if mine is None else mine if value is None else max(mine, value)
+        for name, value in other.nonfinite_voxels.items():
+            self.nonfinite_voxels[name] = self.nonfinite_voxels.get(name, 0) + value
+        self.hu_clipped_voxels += other.hu_clipped_voxels
+        self.mask_voxels += other.mask_voxels
+        self.voxels += other.voxels
+        if other._counts is not None:
+            if self._counts is None:
+                self._counts = other._counts.copy()
+            else:
+                self._counts += other._counts
+            if self.native_histogram is not None or other.native_histogram is not None:
+                self.native_histogram = self._counts
+        return self
+
+
+def numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def numba_kernels():
+    """The compiled kernels module (imports numba); ImportError naming the extra when it is missing."""
+    try:
+        from . import slab_kernel_numba
+    except ImportError as exc:
+        raise ImportError("the numba slab kernel needs numba: pip install 'scanco-units[fast]'") from exc
+    return slab_kernel_numba
+
+
+def _choose_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
+    if backend == "auto":
+        env = os.environ.get(KERNEL_ENV, "").strip().lower()
+        if env in ("numba", "numpy"):
+            backend = env
+        elif env not in ("", "auto"):
+            raise ValueError(f"{KERNEL_ENV} must be numba, numpy or auto, not {env!r}")
+    if backend == "auto":
+        return "numba" if numba_available() else "numpy"
+    if backend == "numba":
+        numba_kernels()
+    return backend
+
+
+def _as_bounds(mask_native_range) -> Optional[Tuple[int, int]]:
+    if mask_native_range is None:
+        return None
+    if hasattr(mask_native_range, "native_low"):  # a ResolvedThresholds
+        return int(mask_native_range.native_low), int(mask_native_range.native_high)
+    low, high = mask_native_range
+    return int(low), int(high)
+
+
+class SlabKernel:
+    """Converts slabs of one native dtype into every output in one pass; see the module docstring.
+
+    ``calibration``: a :class:`header.Calibration` (None: only native/mask/char_mask/float outputs).
+    ``mask_native_range``: ``(native_low, native_high)`` or a ``ResolvedThresholds``; required by a
+    ``mask`` output. One kernel may be shared by several threads (each with its own stats).
+    """
+
+    def __init__(self, calibration, outputs: Sequence[KernelOutput], *, native_dtype,
+                 mask_native_range=None, histogram: bool = True, backend: str = "auto", path=None):
+        self.outputs = tuple(outputs)
+        if not self.outputs:
+            raise ValueError("the kernel needs at least one output")
+        names = [o.name for o in self.outputs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"output names must be unique, got {names}")
+        self.native_dtype = np.dtype(native_dtype).newbyteorder("=")
+        if self.native_dtype.kind not in "iuf":
+            raise ValueError(f"native voxels must be integers or floats, not {self.native_dtype}")
+        self.converter = UnitConverter(calibration, path=path)
+        self.bounds = _as_bounds(mask_native_range)
+        self.histogram = bool(histogram)
+        self.uses_tables = self.native_dtype.name in _LUT_DTYPES
+        for out in self.outputs:
+            self._check_output(out)
+        self.backend_name = _choose_backend(backend)
+        self._local = threading.local()
+        if self.uses_tables:
+            self._build_tables()
+        else:
+            self._build_wide()
+
+    # ---- set-up ----------------------------------------------------------------------------------
+    def _check_output(self, out: KernelOutput) -> None:
+        q, dt = out.quantity, out.dtype
+        if q in UNIT_QUANTITIES:
+            self.converter.require(q)
+            if q == "hu":
+                ok = dt in (np.dtype("int16"), np.dtype("float32"))
+            else:
+                ok = dt == UnitConverter.output_dtype(q)
+        elif q in ("mask", "char_mask"):
+            ok = dt == np.uint8
+            if q == "mask" and self.bounds is None:
+                raise ValueError(f"output {out.name!r}: a mask needs mask_native_range")
+        elif q == "native":
+            ok = dt == self.native_dtype
+        else:  # float
+            ok = dt in (np.dtype("float32"), np.dtype("float64"))
+        if not ok:
+            raise ValueError(f"output {out.name!r}: quantity {q} cannot be written as {dt.name}")
+
+    def _table_of(self, out: KernelOutput, natives: np.ndarray) -> np.ndarray:
+        """The output for every native value (natives in ascending order), by the reference functions."""
+        q = out.quantity
+        if q in UNIT_QUANTITIES:
+            converter = UnitConverter(self.converter.calibration)
+            return converter.convert(natives, q, hu_dtype=out.dtype.name if q == "hu" else "int16")
+        if q == "mask":
+            return self._mask_numpy(natives, np.empty(natives.shape, np.uint8))
+        if q == "char_mask":
+            return mask_from_char(natives)
+        return natives.astype(out.dtype)
+
+    def _build_tables(self) -> None:
+        dt = self.native_dtype
+        info = np.iinfo(dt)
+        bits = 8 * dt.itemsize
+        self._index_dtype = np.dtype(f"u{dt.itemsize}")
+        self._flip = (1 << (bits - 1)) if dt.kind == "i" else 0
+        natives = np.arange(int(info.min), int(info.max) + 1, dtype=np.int64).astype(dt)
+        self._tables = {o.name: self._table_of(o, natives) for o in self.outputs}
+        self._clip_tables = {}
+        for o in self.outputs:
+            if o.quantity == "hu" and o.dtype == np.int16:
+                reference = np.rint(self.converter.native_to(natives, "hu"))
+                self._clip_tables[o.name] = (reference < INT16_MIN) | (reference > INT16_MAX)
+        if self.backend_name == "numba":
+            groups = {1: [], 2: [], 4: []}
+            self._numba_fallback = [o for o in self.outputs if o.dtype.itemsize not in groups]
+            for o in self.outputs:
+                if o.dtype.itemsize in groups:
+                    groups[o.dtype.itemsize].append(o)
+            self._groups = {}
+            for size, members in groups.items():
+                udt = np.dtype(f"u{size}")
+                if members:
+                    luts = np.stack([self._tables[o.name].view(udt) for o in members])
+                else:
+                    luts = np.zeros((1, 1), udt)
+                self._groups[size] = ([o.name for o in members], luts, np.zeros(0, udt))
+
+    def _build_wide(self) -> None:
+        cal = self.converter.calibration
+        self._constants = None
+        if any(o.quantity in UNIT_QUANTITIES for o in self.outputs):
+            ms = float(cal.mu_scaling)
+            mw = float(cal.mu_water_per_cm) if cal.mu_water_per_cm is not None else float("nan")
+            slope = float(cal.density_slope) if cal.density_slope is not None else float("nan")
+            intercept = float(cal.density_intercept) if cal.density_intercept is not None else float("nan")
+            self._constants = (ms, ms * mw, slope, intercept)
+
+    # ---- statistics ------------------------------------------------------------------------------
+    def new_stats(self) -> KernelStats:
+        stats = KernelStats(min={o.name: None for o in self.outputs}, max={o.name: None for o in self.outputs},
+                            nonfinite_voxels={o.name: 0 for o in self.outputs})
+        if self.uses_tables:
+            stats._counts = np.zeros(1 << (8 * self.native_dtype.itemsize), dtype=np.int64)
+            if self.histogram:
+                stats.native_histogram = stats._counts
+        return stats
+
+    def _derive(self, stats: KernelStats) -> None:
+        """Every statistic of a table kernel from the cumulative native histogram."""
+        counts = stats._counts
+        present = np.flatnonzero(counts)
+        weights = counts[present]
+        stats.voxels = int(weights.sum())
+        stats.hu_clipped_voxels = 0
+        stats.mask_voxels = 0
+        for o in self.outputs:
+            values = self._tables[o.name][present]
+            if o.dtype.kind == "f":
+                finite = np.isfinite(values)
+                stats.nonfinite_voxels[o.name] = int(weights[~finite].sum())
+                values = values[finite]
+            if values.size:
+                lo, hi = values.min(), values.max()
+                stats.min[o.name], stats.max[o.name] = lo.item(), hi.item()
+            else:
+                stats.min[o.name] = stats.max[o.name] = None
+            if o.name in self._clip_tables:
+                stats.hu_clipped_voxels += int(weights[self._clip_tables[o.name][present]].sum())
+            if o.quantity in ("mask", "char_mask"):
+                stats.mask_voxels += int(weights[values.astype(bool)].sum()) if values.size else 0
+
+    # ---- running ---------------------------------------------------------------------------------
+    def _prepare(self, native_slab, outs: Mapping[str, np.ndarray]):
+        native = np.asarray(native_slab)
+        if native.dtype.newbyteorder("=") != self.native_dtype:
+            raise ValueError(f"slab dtype {native.dtype} is not the kernel's native dtype {self.native_dtype}")
+        if not native.dtype.isnative:
+            native = native.astype(self.native_dtype)
+        src = np.ascontiguousarray(native).reshape(-1)
+        flat = {}
+        for o in self.outputs:
+            arr = outs.get(o.name)
+            if not isinstance(arr, np.ndarray) or arr.shape != native.shape or arr.dtype != o.dtype \
+                    or not arr.flags.c_contiguous or not arr.flags.writeable:
+                raise ValueError(
+                    f"outs[{o.name!r}] must be a writeable C-contiguous array of shape {native.shape} and "
+                    f"dtype {o.dtype}, got {getattr(arr, 'shape', None)} "
+                    f"{getattr(arr, 'dtype', type(arr).__name__)}")
+            flat[o.name] = arr.reshape(-1)
+        return src, flat
+
+    def run(self, native_slab, outs: Mapping[str, np.ndarray], stats: KernelStats) -> None:
+        """Write every output of ``native_slab`` into ``outs[name]`` and add the slab to ``stats``."""
+        src, flat = self._prepare(native_slab, outs)
+        if src.size == 0:
+            return
+        if self.uses_tables:
+            if self.backend_name == "numba":
+                self._run_tables_numba(src, flat, stats._counts)
+            else:
+                self._run_tables_numpy(src, flat, stats._counts)
+            self._derive(stats)
+        elif self.backend_name == "numba":
+            self._run_wide_numba(src, flat, stats)
+        else:
+            self._run_wide_numpy(src, flat, stats)
+
+    def _scratch(self, name: str, size: int, dtype) -> np.ndarray:
+        buf = getattr(self._local, name, None)
+        if buf is None or buf.size < size:
+            buf = np.empty(size, dtype=dtype)
+            setattr(self._local, name, buf)
+        return buf[:size]
+
+    # -- 8/16-bit natives --
+    def _run_tables_numba(self, src, flat, counts) -> None:
+        kernels = numba_kernels()
+        index = src.view(self._index_dtype)
+        idx = self._scratch("numba_idx", _NUMBA_BLOCK, np.intp)
+        args = []
+        for size in (1, 2, 4):
+            names, luts, dummy = self._groups[size]
+            udt = np.dtype(f"u{size}")
+            arrays = tuple(flat[n].view(udt) for n in names) or (dummy,)
+            args += [luts, arrays, len(names)]
+        kernels.lut_slab(index, self._flip, counts, idx, *args)
+        for o in self._numba_fallback:
+            np.take(self._tables[o.name], self._scratch_index(index), out=flat[o.name], mode="wrap")
+
+    def _scratch_index(self, index):  # only for outputs of another item size (none today)
+        idx = index.astype(np.intp)
+        if self._flip:
+            idx ^= self._flip
+        return idx
+
+    def _run_tables_numpy(self, src, flat, counts) -> None:
+        index = src.view(self._index_dtype)
+        bins = counts.size
+        buffer = self._scratch("numpy_idx", min(_CHUNK_VOXELS, src.size), np.intp)
+        gathers = [o for o in self.outputs if o.quantity in UNIT_QUANTITIES]
+        for start in range(0, src.size, _CHUNK_VOXELS):
+            stop = min(start + _CHUNK_VOXELS, src.size)
+            idx = buffer[: stop - start]
+            idx[...] = index[start:stop]
+            if self._flip:
+                np.bitwise_xor(idx, self._flip, out=idx)
+            counts += np.bincount(idx, minlength=bins)
+            for o in gathers:
+                # indices are native - minimum, always inside the table: "wrap" never wraps (and is fast)
+                np.take(self._tables[o.name], idx, out=flat[o.name][start:stop], mode="wrap")
+        for o in self.outputs:
+            if o.quantity not in UNIT_QUANTITIES:
+                self._direct_numpy(o, src, flat[o.name])
+
+    def _direct_numpy(self, o: KernelOutput, src, dst) -> None:
+        """Outputs that need no table: masks by comparison, natives by copy or cast."""
+        if o.quantity == "mask":
+            self._mask_numpy(src, dst)
+        elif o.quantity == "char_mask":
+            mask_from_char(src, out=dst)
+        else:
+            np.copyto(dst, src, casting="unsafe")
+
+    def _mask_numpy(self, src, dst) -> np.ndarray:
+        """``ResolvedThresholds.mask`` with this kernel's bounds (same clamping, same comparisons)."""
+        low, high = self.bounds
+        flat_dst = dst.reshape(-1).view(np.bool_)
+        flat_src = src.reshape(-1)
+        if src.dtype.kind in "iu":
+            info = np.iinfo(src.dtype)
+            if low > info.max or high < info.min:
+                flat_dst[...] = False
+                return dst
+            low, high = max(low, int(info.min)), min(high, int(info.max))
+            unsigned = np.dtype(f"u{src.dtype.itemsize}")
+            offset, span = src.dtype.type(low), unsigned.type(high - low)
+            shifted = self._scratch(f"mask_{src.dtype.name}", min(_CHUNK_VOXELS, flat_src.size), src.dtype)
+            for start in range(0, flat_src.size, _CHUNK_VOXELS):
+                stop = min(start + _CHUNK_VOXELS, flat_src.size)
+                part = shifted[: stop - start]
+                np.subtract(flat_src[start:stop], offset, out=part)  # wraps: unsigned <= span inside
+                np.less_equal(part.view(unsigned), span, out=flat_dst[start:stop])
+            return dst
+        low, high = src.dtype.type(low), src.dtype.type(high)
+        above = self._scratch("mask_above", min(_CHUNK_VOXELS, flat_src.size), np.bool_)
+        for start in range(0, flat_src.size, _CHUNK_VOXELS):
+            stop = min(start + _CHUNK_VOXELS, flat_src.size)
+            part = above[: stop - start]
+            np.greater_equal(flat_src[start:stop], low, out=part)
+            np.less_equal(flat_src[start:stop], high, out=flat_dst[start:stop])
+            np.logical_and(flat_dst[start:stop], part, out=flat_dst[start:stop])
+        return dst
+
+    # -- wide natives --
+    def _run_wide_numpy(self, src, flat, stats: KernelStats) -> None:
+        converter = UnitConverter(self.converter.calibration)
+        for o in self.outputs:
+            dst = flat[o.name]
+            if o.quantity in UNIT_QUANTITIES:
+                converter.convert(src, o.quantity, out=dst, hu_dtype=o.dtype.name if o.quantity == "hu" else "int16")
+                if o.quantity == "hu" and o.dtype == np.int16:
+                    stats.hu_clipped_voxels += converter.last_hu_clipped_voxels
+            else:
+                self._direct_numpy(o, src, dst)
+            if o.quantity in ("mask", "char_mask"):
+                stats.mask_voxels += int(np.count_nonzero(dst))
+            self._track(stats, o, dst)
+        stats.voxels += src.size
+
+    def _track(self, stats: KernelStats, o: KernelOutput, dst: np.ndarray) -> None:
+        if o.dtype.kind == "f":
+            finite = np.isfinite(dst)
+            bad = dst.size - int(np.count_nonzero(finite))
+            if bad:
+                stats.nonfinite_voxels[o.name] += bad
+                dst = dst[finite]
+        if dst.size:
+            self._merge_range(stats, o.name, dst.min().item(), dst.max().item())
+
+    @staticmethod
+    def _merge_range(stats: KernelStats, name: str, lo, hi) -> None:
+        mine = stats.min[name]
+        stats.min[name] = lo if mine is None else min(mine, lo)
+        mine = stats.max[name]
+        stats.max[name] = hi if mine is None else max(mine, hi)
+
+    _CODES = {"mu": 0, "hu": 1, "density_mg_ha_ccm": 2, "density_g_cc": 3}
+
+    def _run_wide_numba(self, src, flat, stats: KernelStats) -> None:
+        kernels = numba_kernels()
+        f32 = [o for o in self.outputs if o.dtype == np.float32 and o.quantity in UNIT_QUANTITIES]
+        h16 = [o for o in self.outputs if o.quantity == "hu" and o.dtype == np.int16]
+        masks = [o for o in self.outputs if o.quantity in ("mask", "char_mask")]
+        masks = masks[:1]  # one mask in the loop (its statistics come from the loop's count)
+        rest = [o for o in self.outputs if o not in f32 and o not in h16 and o not in masks]
+        ms, msmw, slope, intercept = self._constants or (1.0, 1.0, 0.0, 0.0)
+        mins_f = np.full(max(1, len(f32)), np.inf)
+        maxs_f = np.full(max(1, len(f32)), -np.inf)
+        nonfinite_f = np.zeros(max(1, len(f32)), np.int64)
+        mins_h = np.full(max(1, len(h16)), INT16_MAX + 1, np.int64)
+        maxs_h = np.full(max(1, len(h16)), INT16_MIN - 1, np.int64)
+        codes = np.array([self._CODES[o.quantity] for o in f32] or [0], np.int64)
+        outs_f = tuple(flat[o.name] for o in f32) or (np.zeros(0, np.float32),)
+        outs_h = tuple(flat[o.name] for o in h16) or (np.zeros(0, np.int16),)
+        outs_m = tuple(flat[o.name] for o in masks) or (np.zeros(0, np.uint8),)
+        mask_kind = 1 if masks and masks[0].quantity == "char_mask" else 0
+        low, high = self._wide_bounds(src.dtype) if mask_kind == 0 and masks else (0, 0)
+        if low is None:  # an empty range for this dtype: every mask voxel is 0
+            low, high = 1, 0
+        dt = src.dtype
+        clipped, ones, nan_hu = kernels.float_slab(
+            src, ms, msmw, slope, intercept, codes, outs_f, len(f32), mins_f, maxs_f, nonfinite_f,
+            outs_h, len(h16), mins_h, maxs_h, outs_m, len(masks), mask_kind,
+            dt.type(low), dt.type(high))
+        if nan_hu:
+            raise ValueError("native voxels contain NaN, which int16 HU cannot hold; "
+                             "ask for hu_dtype='float32'")
+        stats.hu_clipped_voxels += int(clipped)
+        stats.mask_voxels += int(ones)
+        for j, o in enumerate(f32):
+            stats.nonfinite_voxels[o.name] += int(nonfinite_f[j])
+            if mins_f[j] <= maxs_f[j]:
+                self._merge_range(stats, o.name, float(np.float32(mins_f[j])), float(np.float32(maxs_f[j])))
+        for j, o in enumerate(h16):
+            self._merge_range(stats, o.name, int(mins_h[j]), int(maxs_h[j]))
+        for j, o in enumerate(masks):
+            if ones:
+                self._merge_range(stats, o.name, 0 if ones < src.size else 1, 1)
+            else:
+                self._merge_range(stats, o.name, 0, 0)
+        for o in rest:
+            self._direct_numpy(o, src, flat[o.name])
+            if o.quantity in ("mask", "char_mask"):
+                stats.mask_voxels += int(np.count_nonzero(flat[o.name]))
+            self._track(stats, o, flat[o.name])
+        stats.voxels += src.size
+
+    def _wide_bounds(self, dtype):
+        """Mask bounds in the native dtype (integers clamped to its range), None when the range is empty."""
+        low, high = self.bounds
+        if dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            if low > info.max or high < info.min:
+                return None, None
+            return max(low, int(info.min)), min(high, int(info.max))
+        return low, high
