@@ -58,8 +58,8 @@ BACKENDS = ("auto", "numba", "numpy")
 KERNEL_ENV = "SCANCO_UNITS_KERNEL"
 
 _LUT_DTYPES = ("int8", "uint8", "int16", "uint16")  # a table over every value
-_CHUNK_VOXELS = 1 << 16    # numpy path: index buffer of 512 KiB (intp), stays in L2
-_NUMBA_BLOCK = 2048        # numba path: index block, stays in L1
+_CHUNK_VOXELS = 1 << 18    # numpy path: index buffer of 2 MiB (intp), as units.py
+_NUMBA_MAX_VOXELS = (1 << 32) - 1  # numba path: uint32 counts per call
 
 
 @dataclass(frozen=True)
@@ -235,11 +235,21 @@ class SlabKernel:
         self._flip = (1 << (bits - 1)) if dt.kind == "i" else 0
         natives = np.arange(int(info.min), int(info.max) + 1, dtype=np.int64).astype(dt)
         self._tables = {o.name: self._table_of(o, natives) for o in self.outputs}
-        self._clip_tables = {}
+        self._bit_order = np.arange(natives.size) ^ self._flip  # table index -> bit pattern, and back
+        self._bit_tables = {name: table[self._bit_order] for name, table in self._tables.items()}
+        self._clip_tables, self._clip_ends = {}, {}
         for o in self.outputs:
             if o.quantity == "hu" and o.dtype == np.int16:
                 reference = np.rint(self.converter.native_to(natives, "hu"))
-                self._clip_tables[o.name] = (reference < INT16_MIN) | (reference > INT16_MAX)
+                below, above = reference < INT16_MIN, reference > INT16_MAX
+                self._clip_tables[o.name] = below | above
+                # HU grows with native: the clipped natives are the two ends of the range
+                self._clip_ends[o.name] = (int(natives[below].max()) if below.any() else None,
+                                           int(natives[above].min()) if above.any() else None)
+        # numpy without a histogram: statistics from the slab's native min/max (tables are monotone:
+        # every formula is a chain of monotone IEEE operations), unless a table breaks that assumption
+        self._count_in_numpy = self.histogram or not all(
+            self._monotone(t) for name, t in self._tables.items())
         if self.backend_name == "numba":
             groups = {1: [], 2: [], 4: []}
             self._numba_fallback = [o for o in self.outputs if o.dtype.itemsize not in groups]
@@ -254,6 +264,34 @@ class SlabKernel:
                 else:
                     luts = np.zeros((1, 1), udt)
                 self._groups[size] = ([o.name for o in members], luts, np.zeros(0, udt))
+
+    @staticmethod
+    def _monotone(table: np.ndarray) -> bool:
+        if table.dtype.kind == "f" and not np.isfinite(table).all():
+            return False
+        steps = np.diff(table.astype(np.float64))
+        return bool((steps >= 0).all() or (steps <= 0).all())
+
+    def _stats_from_native_range(self, src, flat, stats: KernelStats) -> None:
+        """Statistics of a table kernel without a histogram (numpy backend, histogram=False)."""
+        lo_native, hi_native = src.min(), src.max()
+        ends = np.array([lo_native, hi_native], dtype=src.dtype)
+        for o in self.outputs:
+            table = self._tables[o.name]
+            if o.quantity in ("mask", "char_mask"):
+                ones = int(np.count_nonzero(flat[o.name]))
+                stats.mask_voxels += ones
+                self._merge_range(stats, o.name, 0 if ones < src.size else 1, 1 if ones else 0)
+                continue
+            values = table[ends.astype(np.int64) - int(np.iinfo(src.dtype).min)]
+            self._merge_range(stats, o.name, values.min().item(), values.max().item())
+            if o.name in self._clip_ends:
+                below, above = self._clip_ends[o.name]
+                if below is not None and lo_native <= below:
+                    stats.hu_clipped_voxels += int(np.count_nonzero(src <= below))
+                if above is not None and hi_native >= above:
+                    stats.hu_clipped_voxels += int(np.count_nonzero(src >= above))
+        stats.voxels += src.size
 
     def _build_wide(self) -> None:
         cal = self.converter.calibration
@@ -327,8 +365,12 @@ class SlabKernel:
         if self.uses_tables:
             if self.backend_name == "numba":
                 self._run_tables_numba(src, flat, stats._counts)
-            else:
+            elif self._count_in_numpy:
                 self._run_tables_numpy(src, flat, stats._counts)
+            else:
+                self._run_tables_numpy(src, flat, None)
+                self._stats_from_native_range(src, flat, stats)
+                return
             self._derive(stats)
         elif self.backend_name == "numba":
             self._run_wide_numba(src, flat, stats)
@@ -346,14 +388,18 @@ class SlabKernel:
     def _run_tables_numba(self, src, flat, counts) -> None:
         kernels = numba_kernels()
         index = src.view(self._index_dtype)
-        idx = self._scratch("numba_idx", _NUMBA_BLOCK, np.intp)
-        args = []
-        for size in (1, 2, 4):
-            names, luts, dummy = self._groups[size]
-            udt = np.dtype(f"u{size}")
-            arrays = tuple(flat[n].view(udt) for n in names) or (dummy,)
-            args += [luts, arrays, len(names)]
-        kernels.lut_slab(index, self._flip, counts, idx, *args)
+        small = self._scratch("numba_counts", counts.size, np.uint32)
+        for start in range(0, src.size, _NUMBA_MAX_VOXELS):
+            stop = min(start + _NUMBA_MAX_VOXELS, src.size)
+            args = []
+            for size in (1, 2, 4):
+                names, luts, dummy = self._groups[size]
+                udt = np.dtype(f"u{size}")
+                arrays = tuple(flat[n][start:stop].view(udt) for n in names) or (dummy,)
+                args += [luts, arrays, len(names)]
+            small[...] = 0
+            kernels.lut_slab(index[start:stop], self._flip, small, *args)
+            counts += small
         for o in self._numba_fallback:
             np.take(self._tables[o.name], self._scratch_index(index), out=flat[o.name], mode="wrap")
 
@@ -364,20 +410,26 @@ class SlabKernel:
         return idx
 
     def _run_tables_numpy(self, src, flat, counts) -> None:
+        # numpy indexes by bit pattern (no extra pass to flip the sign bit): its tables and its
+        # histogram are permuted, the histogram back to native order once per slab
         index = src.view(self._index_dtype)
-        bins = counts.size
+        bins = 1 << (8 * src.dtype.itemsize)
         buffer = self._scratch("numpy_idx", min(_CHUNK_VOXELS, src.size), np.intp)
+        bit_counts = self._scratch("numpy_counts", bins, np.int64) if counts is not None else None
+        if bit_counts is not None:
+            bit_counts[...] = 0
         gathers = [o for o in self.outputs if o.quantity in UNIT_QUANTITIES]
         for start in range(0, src.size, _CHUNK_VOXELS):
             stop = min(start + _CHUNK_VOXELS, src.size)
             idx = buffer[: stop - start]
             idx[...] = index[start:stop]
-            if self._flip:
-                np.bitwise_xor(idx, self._flip, out=idx)
-            counts += np.bincount(idx, minlength=bins)
+            if bit_counts is not None:
+                bit_counts += np.bincount(idx, minlength=bins)
             for o in gathers:
-                # indices are native - minimum, always inside the table: "wrap" never wraps (and is fast)
-                np.take(self._tables[o.name], idx, out=flat[o.name][start:stop], mode="wrap")
+                # indices are bit patterns, always inside the table: "wrap" never wraps (and is fast)
+                np.take(self._bit_tables[o.name], idx, out=flat[o.name][start:stop], mode="wrap")
+        if counts is not None:
+            counts += bit_counts[self._bit_order]
         for o in self.outputs:
             if o.quantity not in UNIT_QUANTITIES:
                 self._direct_numpy(o, src, flat[o.name])

@@ -13,38 +13,25 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def lut_slab(src, flip, counts, idx, luts1, outs1, n1, luts2, outs2, n2, luts4, outs4, n4):
+def lut_slab(src, flip, counts, luts1, outs1, n1, luts2, outs2, n2, luts4, outs4, n4):
     """One pass over a slab of 8/16-bit natives: histogram and every output through its table.
 
     ``src``: the natives' bit patterns (uint8/uint16, 1-D); the table index of a voxel is
-    ``bit pattern ^ flip`` (= native - dtype minimum). ``counts`` (int64) gains one per voxel at that
-    index. ``lutsK`` (2-D, K-byte unsigned) hold one table per row; ``outsK`` (a tuple of 1-D arrays of
-    the same unsigned type, the first ``nK`` are real) get ``table[index]``. ``idx``: scratch (intp),
-    its length is the block that stays in the L1 cache while the outputs are filled.
+    ``bit pattern ^ flip`` (= native - dtype minimum). ``counts`` (uint32: half the cache footprint
+    of int64; the caller keeps a slab below 2**32 voxels) gains one per voxel at that index.
+    ``lutsK`` (2-D, K-byte unsigned) hold one table per row; ``outsK`` (a tuple of 1-D arrays of the
+    same unsigned type, the first ``nK`` are real) get ``table[index]``. Voxel by voxel, every output
+    at once: measured faster than blocks of voxels output by output.
     """
-    n = src.shape[0]
-    block = idx.shape[0]
-    for b0 in range(0, n, block):
-        m = min(block, n - b0)
-        for i in range(m):
-            k = np.intp(src[b0 + i]) ^ flip
-            idx[i] = k
-            counts[k] += 1
+    for i in range(src.shape[0]):
+        k = np.intp(src[i]) ^ flip
+        counts[k] += 1
         for j in range(n1):
-            out = outs1[j]
-            table = luts1[j]
-            for i in range(m):
-                out[b0 + i] = table[idx[i]]
+            outs1[j][i] = luts1[j, k]
         for j in range(n2):
-            out = outs2[j]
-            table = luts2[j]
-            for i in range(m):
-                out[b0 + i] = table[idx[i]]
+            outs2[j][i] = luts2[j, k]
         for j in range(n4):
-            out = outs4[j]
-            table = luts4[j]
-            for i in range(m):
-                out[b0 + i] = table[idx[i]]
+            outs4[j][i] = luts4[j, k]
 
 
 # quantity codes of float_slab (SlabKernel builds them)
