@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ScancoUnitsLib import atomic_output, nrrd_writer
+from ScancoUnitsLib import atomic_output, nrrd_writer, parallel_gzip
 from ScancoUnitsLib.atomic_output import AtomicOutputSet, OutputError, OutputExistsError
 from ScancoUnitsLib.nrrd_writer import (
     NrrdVolumeWriter,
@@ -227,8 +227,8 @@ def gzip_member_info(payload: bytes):
 @pytest.mark.parametrize("threads", [1, 3])
 def test_gzip_single_member_many_chunks(tmp_path, monkeypatch, backend, threads):
     if backend == "zlib":
-        monkeypatch.setattr(nrrd_writer, "_isal_zlib", None)
-    elif nrrd_writer._isal_zlib is None:
+        monkeypatch.setattr(parallel_gzip, "_isal_zlib", None)
+    elif parallel_gzip._isal_zlib is None:
         pytest.skip("python-isal not installed")
     monkeypatch.setattr(nrrd_writer, "_GZIP_CHUNK_BYTES", 1000)  # many chunks for a small volume
     volume = make_volume((9, 17, 23), np.float32, seed=3)
