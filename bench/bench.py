@@ -1,33 +1,33 @@
-"""Benchmark: ``scanco-units convert`` against the seed notebook pipeline, and against plain writes.
+"""Benchmark: ``scanco-units convert`` against the disk's speed and against the seed notebook pipeline.
 
-    make bench                                   # 1 GiB scan: floor, ours (raw, --compress), seed
-    make bench BENCH_ARGS="--size 4G --skip-seed"
+    make bench                                   # 1 GiB scan, medians of 3
+    make bench BENCH_ARGS="--size 1G,4G --repeat 3"
     .venv/bin/python bench/bench.py --size 1G,4G --skip-seed --repeat 3
 
 For every size, a synthetic ISQ (1024 x 1024 slices of the ScancoUnitsLib.phantom scan, int16, with
 a realistic calibration in its header) is written under ``--dir`` (default ``bench-output/``, removed
-at the end unless ``--keep``). Then each pipeline runs as a child process on the same file:
+at the end unless ``--keep``). Then each pipeline runs as a child process, interleaved, ``--repeat``
+times (medians reported):
 
-* ``floor``  -- plain sequential writes (1 MiB ``os.write`` calls from one buffer, like
-  ``dd if=/dev/zero bs=1M``) of exactly as many bytes, into as many files, as ``ours`` writes with raw
-  NRRD output;
-* ``ours``   -- ``scanco-units convert FILE -o DIR`` (default outputs: int16 HU, float32 density in
-  g/cc, uint8 mask);
-* ``ours --compress`` -- the same with gzip NRRD;
-* ``seed``   -- ``bench/seed_pipeline.py`` (itk.imread, ITK threshold filter, numpy density in
+* ``dd floor``     -- ``dd if=/dev/zero bs=1M`` of exactly as many bytes, into as many files in the same
+  folder, as ``ours`` writes with raw NRRD output (no fsync, like every pipeline here);
+* ``python floor`` -- the same bytes written by Python in 1 MiB ``os.write`` calls from one buffer;
+* ``ours numpy``   -- ``scanco-units convert FILE -o DIR`` with ``SCANCO_UNITS_KERNEL=numpy`` (default
+  outputs: int16 HU, float32 density in g/cc, uint8 mask);
+* ``ours fast``    -- the same with ``SCANCO_UNITS_KERNEL=numba`` (the ``fast`` extra; skipped without numba);
+* ``ours --compress`` -- the fast path with gzip NRRD;
+* ``seed``         -- ``bench/seed_pipeline.py`` (itk.imread, ITK threshold filter, numpy density in
   float64, three ``itk.imwrite`` NRRDs; with itk-ioscanco 1.0.1 that is int16 HU, float64 density and
   an int16 mask, 12 bytes a voxel against our 7 (2 + 4 + 1)). Skipped with ``--skip-seed`` or when the
   machine has less available memory than about 11 times the input.
 
 Before each run the previous outputs are deleted, dirty pages are flushed (``sync``) and the input is
-read once so it sits in the page cache (warm cache); nothing is fsync'ed by any pipeline, so the
-written files' page-cache state is alike for all of them. One untimed run of ``ours`` comes first.
-``--cold`` waits before each run instead, until memory freed by the previous run has gone back to the
-host of a virtual machine with free page reporting (there, filling the page cache costs several times
-more in cold memory; see ``prepare``). Reported per run: wall time of the child
-process, its peak RSS (``ru_maxrss`` from ``os.wait4``, what ``/usr/bin/time -v`` prints as "Maximum
-resident set size"), MB/s of input, bytes written, and ratios to the seed pipeline and to the floor.
-With ``--repeat N`` each pipeline runs N times (interleaved) and the median is reported.
+read once so it sits in the page cache (warm cache). One untimed run of ``ours`` comes first. ``--cold``
+waits before each run instead, until memory freed by the previous run has gone back to the host of a
+virtual machine with free page reporting (see ``prepare``). Reported per pipeline: median and best wall
+time of the child process, its CPU time, its peak RSS (VmHWM of the child itself, read from
+``/proc/<pid>/status``: by the Python children at exit, by polling for dd), MB/s of input and of
+uncompressed output, bytes written, and ratios to the seed pipeline and to both floors.
 MB = 10^6 bytes, GiB = 2^30 bytes.
 """
 
@@ -37,10 +37,12 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,16 +144,82 @@ class Run:
     log: str = ""
 
 
-def run_child(cmd: List[str], log_path: Path) -> tuple:
+# Python children run through this wrapper: at exit it writes its own VmHWM (peak resident set of the
+# process itself, not inherited across fork/exec as ru_maxrss is) to the file named by BENCH_HWM_FILE.
+_HWM_WRAPPER = r"""
+import atexit, os, runpy, sys
+def _hwm():
+    try:
+        with open("/proc/self/status") as f:
+            kib = next(int(l.split()[1]) for l in f if l.startswith("VmHWM:"))
+        with open(os.environ["BENCH_HWM_FILE"], "w") as f:
+            f.write(str(kib * 1024))
+    except Exception:
+        pass
+atexit.register(_hwm)
+if sys.argv[1] == "-m":
+    sys.argv = sys.argv[2:]
+    runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)
+else:
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def python_child(args: List[str]) -> List[str]:
+    """Command that runs ``python ARGS`` (a script path or ``-m module ...``) and reports its VmHWM."""
+    return [sys.executable, "-c", _HWM_WRAPPER] + args
+
+
+def _poll_hwm(pid: int, box: list, stop: threading.Event) -> None:
+    """Largest VmHWM seen in /proc/<pid>/status and its children's (for non-Python children such as dd)."""
+    while not stop.is_set():
+        for p in [pid] + _children(pid):
+            try:
+                with open(f"/proc/{p}/status") as f:
+                    for line in f:
+                        if line.startswith("VmHWM:"):
+                            box[0] = max(box[0], int(line.split()[1]) * 1024)
+            except OSError:
+                pass
+        stop.wait(0.02)
+
+
+def _children(pid: int) -> List[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
+
+
+def run_child(cmd: List[str], log_path: Path, env: Dict[str, str] = None) -> tuple:
     """Run *cmd*; return (wall seconds, peak RSS bytes, CPU seconds, return code).
+
+    Peak RSS: the VmHWM the child reported at exit (Python children started through
+    :func:`python_child`), else the largest VmHWM seen while polling it and its children.
     stdout/stderr go to *log_path*."""
+    hwm_file = log_path.with_suffix(".hwm")
+    if hwm_file.exists():
+        hwm_file.unlink()
+    child_env = dict(os.environ, BENCH_HWM_FILE=str(hwm_file), **(env or {}))
+    box, stop = [0], threading.Event()
     with open(log_path, "wb") as log:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO), env=child_env)
+        poller = threading.Thread(target=_poll_hwm, args=(proc.pid, box, stop), daemon=True)
+        poller.start()
         _pid, status, usage = os.wait4(proc.pid, 0)
         wall = time.perf_counter() - start
+        stop.set()
+        poller.join()
     proc.returncode = os.waitstatus_to_exitcode(status)  # Popen must not wait again
-    rss = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    rss = box[0]
+    if hwm_file.exists():
+        try:
+            rss = int(hwm_file.read_text())
+        except ValueError:
+            pass
     return wall, rss, usage.ru_utime + usage.ru_stime, proc.returncode
 
 
@@ -163,13 +231,6 @@ def clear_folder(folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-
-
-def scanco_units_command() -> List[str]:
-    script = Path(sys.executable).with_name("scanco-units")
-    if script.exists():
-        return [str(script)]
-    return [sys.executable, "-c", "import sys; from ScancoUnitsLib.cli import main; sys.exit(main())"]
 
 
 def prepare(out: Path, isq: Path, cold: bool) -> None:
@@ -187,22 +248,26 @@ def prepare(out: Path, isq: Path, cold: bool) -> None:
     warm(isq)
 
 
-def run_ours(isq: Path, out: Path, logs: Path, compress: bool, cold: bool = False) -> Run:
+KERNELS = ("numpy", "numba")
+
+
+def run_ours(isq: Path, out: Path, logs: Path, compress: bool, kernel: str = "numba", cold: bool = False) -> Run:
     prepare(out, isq, cold)
-    cmd = scanco_units_command() + ["convert", str(isq), "-o", str(out), "-q"]
-    name = "ours"
+    cmd = python_child(["-m", "ScancoUnitsLib.cli", "convert", str(isq), "-o", str(out), "-q"])
+    name = "ours numpy" if kernel == "numpy" else "ours fast"
     if compress:
         cmd.append("--compress")
-        name = "ours --compress"
-    log = logs / ("ours_gzip.log" if compress else "ours_raw.log")
-    wall, rss, cpu, rc = run_child(cmd, log)
+        name += " --compress"
+    log = logs / (name.replace(" ", "_").replace("-", "") + ".log")
+    wall, rss, cpu, rc = run_child(cmd, log, env={"SCANCO_UNITS_KERNEL": kernel,
+                                                  "PYTHONPATH": str(REPO / "ScancoUnits")})
     return Run(name, wall, rss, cpu, folder_bytes(out), rc, log.read_text(errors="replace")[-2000:])
 
 
 def run_seed(isq: Path, out: Path, logs: Path, cold: bool = False) -> Run:
     prepare(out, isq, cold)
     log = logs / "seed.log"
-    wall, rss, cpu, rc = run_child([sys.executable, str(REPO / "bench" / "seed_pipeline.py"), str(isq), str(out)],
+    wall, rss, cpu, rc = run_child(python_child([str(REPO / "bench" / "seed_pipeline.py"), str(isq), str(out)]),
                                    log)
     return Run("seed notebook", wall, rss, cpu, folder_bytes(out), rc, log.read_text(errors="replace")[-2000:])
 
@@ -221,13 +286,28 @@ for i, size in enumerate(int(s) for s in sys.argv[3:]):
 """
 
 
-def run_floor(isq: Path, out: Path, logs: Path, sizes: List[int], block_bytes: int = FLOOR_BLOCK_BYTES,
-              cold: bool = False) -> Run:
+def run_python_floor(isq: Path, out: Path, logs: Path, sizes: List[int], block_bytes: int = FLOOR_BLOCK_BYTES,
+                     cold: bool = False) -> Run:
+    script = logs / "python_floor.py"
+    script.write_text(_FLOOR_CHILD)
     prepare(out, isq, cold)
-    log = logs / "floor.log"
-    cmd = [sys.executable, "-S", "-c", _FLOOR_CHILD, str(block_bytes), str(out)] + [str(s) for s in sizes]
+    log = logs / "python_floor.log"
+    cmd = python_child([str(script), str(block_bytes), str(out)] + [str(s) for s in sizes])
     wall, rss, cpu, rc = run_child(cmd, log)
-    return Run("floor (sequential writes)", wall, rss, cpu, folder_bytes(out, "floor_*.bin"), rc,
+    return Run("python floor", wall, rss, cpu, folder_bytes(out, "floor_*.bin"), rc,
+               log.read_text(errors="replace")[-2000:])
+
+
+def run_dd_floor(isq: Path, out: Path, logs: Path, sizes: List[int], block_bytes: int = FLOOR_BLOCK_BYTES,
+                 cold: bool = False) -> Run:
+    """``dd if=/dev/zero bs=1M`` of each output's byte count into the output folder (GNU dd:
+    ``iflag=count_bytes`` counts bytes, so the sizes match exactly)."""
+    prepare(out, isq, cold)
+    log = logs / "dd_floor.log"
+    script = "; ".join(f"dd if=/dev/zero of={shlex.quote(str(out / f'floor_{i}.bin'))} bs={block_bytes} "
+                       f"count={size} iflag=count_bytes status=none || exit 1" for i, size in enumerate(sizes))
+    wall, rss, cpu, rc = run_child(["sh", "-c", script], log)
+    return Run("dd floor", wall, rss, cpu, folder_bytes(out, "floor_*.bin"), rc,
                log.read_text(errors="replace")[-2000:])
 
 
@@ -268,34 +348,36 @@ class Row:
 
 
 def print_table(rows: List[Row], input_bytes: Dict[int, int], out=sys.stdout) -> None:
-    header = (f"{'input':>7s}  {'pipeline':26s} {'wall s':>7s} {'best s':>7s} {'CPU s':>6s} {'peak RSS MB':>11s} "
-              f"{'in MB/s':>8s} {'out MB/s':>8s} {'written MB':>10s} {'x seed':>6s} {'/ floor':>7s}")
+    header = (f"{'input':>7s}  {'pipeline':22s} {'wall s':>7s} {'best s':>7s} {'CPU s':>6s} {'peak RSS MB':>11s} "
+              f"{'in MB/s':>8s} {'out MB/s':>8s} {'written MB':>10s} {'x seed':>6s} {'/ dd':>5s} {'/ py':>5s}")
     print(header, file=out)
     print("-" * len(header), file=out)
     for size in sorted({r.size_bytes for r in rows}):
         group = [r for r in rows if r.size_bytes == size]
         seed = next((r for r in group if r.name.startswith("seed") and r.ok), None)
-        floor = next((r for r in group if r.name.startswith("floor") and r.ok), None)
-        raw = next((r for r in group if r.name == "ours" and r.ok), None)
+        dd = next((r for r in group if r.name == "dd floor" and r.ok), None)
+        py = next((r for r in group if r.name == "python floor" and r.ok), None)
+        raw = next((r for r in group if r.name.startswith("ours") and "compress" not in r.name and r.ok), None)
         for r in group:
             if not r.ok:
                 rc = r.runs[-1].returncode if r.runs else "?"
-                print(f"{size_label(size):>7s}  {r.name:26s} FAILED (exit code {rc})", file=out)
+                print(f"{size_label(size):>7s}  {r.name:22s} FAILED (exit code {rc})", file=out)
                 continue
             in_rate = input_bytes[size] / 1e6 / r.wall_s
             # output rate: uncompressed volume bytes per second (for --compress: the raw output's size)
             out_bytes = raw.written_bytes if (raw is not None and r.name.startswith("ours")) else r.written_bytes
             vs_seed = f"{seed.wall_s / r.wall_s:6.1f}" if seed is not None and r is not seed else f"{'':6s}"
-            vs_floor = (f"{r.wall_s / floor.wall_s:7.2f}" if floor is not None and r.name == "ours" else f"{'':7s}")
-            print(f"{size_label(size):>7s}  {r.name:26s} {r.wall_s:7.2f} {r.best_s:7.2f} {r.cpu_s:6.1f} "
+            vs_dd = f"{r.wall_s / dd.wall_s:5.2f}" if dd is not None and r is not dd else f"{'':5s}"
+            vs_py = f"{r.wall_s / py.wall_s:5.2f}" if py is not None and r is not py else f"{'':5s}"
+            print(f"{size_label(size):>7s}  {r.name:22s} {r.wall_s:7.2f} {r.best_s:7.2f} {r.cpu_s:6.1f} "
                   f"{r.max_rss_bytes / 1e6:11.0f} {in_rate:8.0f} {out_bytes / 1e6 / r.wall_s:8.0f} "
-                  f"{r.written_bytes / 1e6:10.0f} {vs_seed} {vs_floor}", file=out)
+                  f"{r.written_bytes / 1e6:10.0f} {vs_seed} {vs_dd} {vs_py}", file=out)
     print(file=out)
     print("wall s: median wall time over the runs; best s: fastest run; CPU s: user + system time of the child "
-          "(median);\npeak RSS: largest ru_maxrss of the child over the runs; in MB/s: input voxel bytes / median "
+          "(median);\npeak RSS: largest VmHWM of the child over the runs; in MB/s: input voxel bytes / median "
           "wall;\nout MB/s: uncompressed output bytes / median wall (for --compress: the size of the raw output); "
-          "written MB: bytes on disk;\nx seed: seed wall / this wall (medians); / floor: this wall / floor wall "
-          "(medians; floor = the same bytes written sequentially).", file=out)
+          "written MB: bytes on disk;\nx seed: seed wall / this wall; / dd, / py: this wall / the dd or Python "
+          "floor's wall (medians; floors = the same bytes written sequentially).", file=out)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -310,7 +392,7 @@ def main(argv=None) -> int:
                    help="input size(s), comma-separated, e.g. 1G or 1G,4G (default 1G)")
     p.add_argument("--skip-seed", action="store_true", help="do not run the seed pipeline")
     p.add_argument("--no-compress", action="store_true", help="do not run ours with --compress")
-    p.add_argument("--repeat", type=int, default=1, help="runs per pipeline; the median is reported")
+    p.add_argument("--repeat", type=int, default=3, help="runs per pipeline; the median is reported (default 3)")
     p.add_argument("--dir", default=str(REPO / "bench-output"), help="work folder (default bench-output/)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (inputs and outputs)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
@@ -329,6 +411,9 @@ def main(argv=None) -> int:
     if args.repeat < 1:
         p.error("--repeat must be at least 1")
 
+    import importlib.util
+
+    numba_ok = importlib.util.find_spec("numba") is not None
     work = Path(args.dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     logs = work / "logs"
@@ -349,8 +434,10 @@ def main(argv=None) -> int:
             input_bytes[size] = shape[0] * shape[1] * shape[2] * 2
             print(f"\n{size_label(size)}: wrote {isq.name} {shape[2]}x{shape[1]}x{shape[0]} int16 "
                   f"({isq.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - started:.1f} s", flush=True)
-            floor_row, raw_row = Row(size, "floor (sequential writes)"), Row(size, "ours")
-            gzip_row, seed_row = Row(size, "ours --compress"), Row(size, "seed notebook")
+            kernels = [k for k in KERNELS if k == "numpy" or numba_ok]
+            rows_now = {name: Row(size, name) for name in
+                        ["dd floor", "python floor"] + [f"ours {'numpy' if k == 'numpy' else 'fast'}" for k in kernels]
+                        + ([] if args.no_compress else ["ours --compress"]) + ["seed notebook"]}
             run_seed_now = not args.skip_seed
             if run_seed_now:
                 need = SEED_MEMORY_FACTOR * input_bytes[size]
@@ -361,31 +448,31 @@ def main(argv=None) -> int:
                     run_seed_now = False
             out = work / "out"
             cold = args.cold
+            best_kernel = kernels[-1]
             if not cold:  # untimed: the first run after writing the input would start from other memory
-                run_ours(isq, out, logs, compress=False)
-            for i in range(args.repeat):
-                raw = run_ours(isq, out, logs, compress=False, cold=cold)
-                raw_row.runs.append(raw)
-                raw_sizes = sorted((q.stat().st_size for q in out.glob("*.nrrd")), reverse=True)
-                print(f"  run {i + 1}: ours {raw.wall_s:.2f} s, {raw.max_rss_bytes / 1e6:.0f} MB peak RSS"
-                      + ("" if raw.returncode == 0 else f" FAILED:\n{raw.log}"), flush=True)
-                floor = run_floor(isq, out, logs, raw_sizes, args.floor_block, cold=cold)
-                floor_row.runs.append(floor)
-                print(f"  run {i + 1}: floor {floor.wall_s:.2f} s for {floor.written_bytes / 1e6:.0f} MB",
+                run_ours(isq, out, logs, compress=False, kernel=best_kernel)
+
+            def record(name, run):
+                rows_now[name].runs.append(run)
+                extra = "" if run.returncode == 0 else f" FAILED:\n{run.log}"
+                print(f"  run {i + 1}: {name:16s} {run.wall_s:6.2f} s, {run.cpu_s:5.1f} s CPU, "
+                      f"{run.max_rss_bytes / 1e6:5.0f} MB peak RSS, {run.written_bytes / 1e6:.0f} MB written{extra}",
                       flush=True)
+
+            for i in range(args.repeat):
+                raw_sizes = None
+                for k in kernels:
+                    run = run_ours(isq, out, logs, compress=False, kernel=k, cold=cold)
+                    record(f"ours {'numpy' if k == 'numpy' else 'fast'}", run)
+                    raw_sizes = sorted((q.stat().st_size for q in out.glob("*.nrrd")), reverse=True)
+                record("dd floor", run_dd_floor(isq, out, logs, raw_sizes, args.floor_block, cold=cold))
+                record("python floor", run_python_floor(isq, out, logs, raw_sizes, args.floor_block, cold=cold))
                 if not args.no_compress:
-                    gz = run_ours(isq, out, logs, compress=True, cold=cold)
-                    gzip_row.runs.append(gz)
-                    print(f"  run {i + 1}: ours --compress {gz.wall_s:.2f} s, "
-                          f"{gz.max_rss_bytes / 1e6:.0f} MB peak RSS, {gz.written_bytes / 1e6:.0f} MB written"
-                          + ("" if gz.returncode == 0 else f" FAILED:\n{gz.log}"), flush=True)
+                    record("ours --compress", run_ours(isq, out, logs, compress=True, kernel=best_kernel, cold=cold))
                 if run_seed_now:
-                    seed = run_seed(isq, out, logs, cold=cold)
-                    seed_row.runs.append(seed)
-                    print(f"  run {i + 1}: seed {seed.wall_s:.2f} s, {seed.max_rss_bytes / 1e6:.0f} MB peak RSS"
-                          + ("" if seed.returncode == 0 else f" FAILED:\n{seed.log}"), flush=True)
+                    record("seed notebook", run_seed(isq, out, logs, cold=cold))
                 clear_folder(out)
-            rows += [r for r in (floor_row, raw_row, gzip_row, seed_row) if r.runs]
+            rows += [r for r in rows_now.values() if r.runs]
             isq.unlink()
             settle()
     finally:
