@@ -33,7 +33,8 @@ from .errors import ScancoError
 from .header import ScancoHeader
 from .histogram import NativeHistogram
 from .thresholds import PERMILLE_FULL_SCALE, ResolvedThresholds, mask_from_char
-from .units import QUANTITY_UNITS, UnitConverter
+from .quantities import QUANTITIES, UNIT_LABELS, density_quantity
+from .units import UnitConverter
 
 #: size of the picture in pixels (width, height)
 REPORT_SIZE_PX = (1600, 1000)
@@ -44,14 +45,6 @@ HISTOGRAM_DRAW_BINS = 512
 _MASK_COLOUR = "#ff8c00"
 _LINE_COLOURS = {"low": "#e8590c", "high": "#c2255c"}
 _HIST_COLOUR = "#4a6fa5"
-_DENSITY_QUANTITY = {"g/cc": "density_g_cc", "mgHA/ccm": "density_mg_ha_ccm"}
-_QUANTITY_TITLE = {
-    "density_g_cc": "density",
-    "density_mg_ha_ccm": "density",
-    "hu": "HU",
-    "mu": "linear attenuation",
-    "native": "native values",
-}
 # largest plane side drawn as a contour without subsampling
 _CONTOUR_MAX_SIDE = 900
 
@@ -133,7 +126,7 @@ class ReportBuilder:
             return "float"
         converter = UnitConverter(self.header.calibration)
         density_unit = getattr(self.options, "density_unit", "g/cc")
-        density = _DENSITY_QUANTITY.get(density_unit, "density_g_cc")
+        density = density_quantity(density_unit)
         by_role = {"density": density, "hu": "hu", "mu": "mu"}
         asked = tuple(getattr(self.options, "outputs", ()) or ())
         for role in ("density", "hu", "mu"):
@@ -152,7 +145,7 @@ class ReportBuilder:
             return "float image as stored"
         if self.quantity == "native":
             return "native values"
-        return f"{_QUANTITY_TITLE[self.quantity]} [{QUANTITY_UNITS[self.quantity]}]"
+        return QUANTITIES[self.quantity].axis_label()
 
     def planes(self) -> List[Tuple[str, np.ndarray, Optional[np.ndarray], Tuple[float, float]]]:
         """The three mid-planes: ``(name, values, mask or None, (row mm, column mm))``.
@@ -536,7 +529,7 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
-_UNIT_WORDS = {"permille": "‰", "native": "native", "mu": "1/cm", "hu": "HU", "density": "mg HA/ccm"}
+_UNIT_WORDS = dict(UNIT_LABELS, permille="‰", density=UNIT_LABELS["mgHA/ccm"])
 
 
 def _text(value) -> str:
