@@ -86,7 +86,11 @@ def check(kernel, native, cal, resolved, hist=True):
     assert stats.hu_clipped_voxels == clipped
     masks = [o.name for o in kernel.outputs if o.quantity in ("mask", "char_mask")]
     assert stats.mask_voxels == sum(int(np.count_nonzero(ref[m])) for m in masks)
+    assert stats.mask_voxels_of == {o.name: int(np.count_nonzero(ref[o.name])) if o.name in masks else 0
+                                    for o in kernel.outputs}
     assert stats.voxels == native.size
+    if kernel.uses_tables:
+        assert (stats.native_min, stats.native_max) == (native.min().item(), native.max().item())
     if kernel.uses_tables and hist:
         info = np.iinfo(native.dtype)
         expected_hist = np.bincount((native.astype(np.int64) - int(info.min)).ravel(),
@@ -291,6 +295,8 @@ def test_package_import_does_not_import_numba():
 
 
 def test_stats_merge_of_empty():
-    a, b = KernelStats(min={"x": None}, max={"x": None}), KernelStats(min={"x": 3}, max={"x": 5})
+    a, b = KernelStats(["x"]), KernelStats(["x"])
+    b._min["x"], b._max["x"], b._ones["x"] = 3, 5, 7
     a.merge(b)
-    assert (a.min["x"], a.max["x"]) == (3, 5)
+    assert (a.min["x"], a.max["x"], a.mask_voxels, a.mask_voxels_of) == (3, 5, 7, {"x": 7})
+    assert a.native_histogram is None and a.native_min is None

@@ -41,13 +41,13 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .thresholds import mask_from_char
-from .units import INT16_MAX, INT16_MIN, UnitConverter
+from .units import INT16_MAX, INT16_MIN, UnitConverter, calibration_constants
 
 __all__ = ["KernelOutput", "KernelStats", "SlabKernel", "KERNEL_QUANTITIES", "numba_kernels",
            "numba_available"]
@@ -79,45 +79,77 @@ class KernelOutput:
         object.__setattr__(self, "dtype", np.dtype(self.dtype).newbyteorder("="))
 
 
-@dataclass
 class KernelStats:
     """Statistics of the slabs one worker ran; see the module docstring.
 
     ``min``/``max``: per output name, Python int (integer outputs) or float, None while no finite
-    value was seen. ``nonfinite_voxels``: per output name (0 for integer outputs). ``native_histogram``:
+    value was seen. ``nonfinite_voxels``, ``mask_voxels_of``, ``hu_clipped_voxels_of``: per output
+    name; ``mask_voxels`` and ``hu_clipped_voxels``: their sums over the outputs. ``native_histogram``:
     int64 counts per native value (bin 0 = dtype minimum) when the kernel was asked for it and the
-    natives are 8/16-bit integers, else None.
+    natives are 8/16-bit integers, else None; ``native_min``/``native_max`` come from it (None for
+    wider natives). For 8/16-bit natives the statistics are computed from the histogram when they
+    are read, not per slab.
     """
 
-    min: Dict[str, Optional[float]] = field(default_factory=dict)
-    max: Dict[str, Optional[float]] = field(default_factory=dict)
-    nonfinite_voxels: Dict[str, int] = field(default_factory=dict)
-    hu_clipped_voxels: int = 0
-    mask_voxels: int = 0
-    voxels: int = 0
-    native_histogram: Optional[np.ndarray] = None
-    _counts: Optional[np.ndarray] = field(default=None, repr=False)  # always kept for 8/16-bit natives
+    def __init__(self, names: Sequence[str] = (), *, counts: Optional[np.ndarray] = None,
+                 histogram: bool = False, kernel: "Optional[SlabKernel]" = None):
+        self._min: Dict[str, Optional[float]] = {n: None for n in names}
+        self._max: Dict[str, Optional[float]] = {n: None for n in names}
+        self._nonfinite: Dict[str, int] = {n: 0 for n in names}
+        self._ones: Dict[str, int] = {n: 0 for n in names}
+        self._clipped: Dict[str, int] = {n: 0 for n in names}
+        self._voxels = 0
+        self._native_range = (None, None)
+        self._counts = counts        # always kept for 8/16-bit natives (the statistics come from it)
+        self._histogram = histogram  # whether native_histogram shows it
+        self._kernel = kernel
+        self._stale = False
+
+    def _fresh(self) -> "KernelStats":
+        if self._stale and self._kernel is not None:
+            self._kernel._derive(self)
+        self._stale = False
+        return self
+
+    min = property(lambda self: self._fresh()._min)
+    max = property(lambda self: self._fresh()._max)
+    nonfinite_voxels = property(lambda self: self._fresh()._nonfinite)
+    mask_voxels_of = property(lambda self: self._fresh()._ones)
+    hu_clipped_voxels_of = property(lambda self: self._fresh()._clipped)
+    mask_voxels = property(lambda self: sum(self._fresh()._ones.values()))
+    hu_clipped_voxels = property(lambda self: sum(self._fresh()._clipped.values()))
+    voxels = property(lambda self: self._fresh()._voxels)
+    native_min = property(lambda self: self._fresh()._native_range[0])
+    native_max = property(lambda self: self._fresh()._native_range[1])
+
+    @property
+    def native_histogram(self) -> Optional[np.ndarray]:
+        return self._counts if self._histogram else None
 
     def merge(self, other: "KernelStats") -> "KernelStats":
         """Add ``other`` (another worker of the same kernel) into this object; returns self."""
-        for name, value in other.min.items():
-            mine = self.min.get(name)
-            self.min[name] = value if mine is None else mine if value is None else min(mine, value)
-        for name, value in other.max.items():
-            mine = self.max.get(name)
-            self.max[name] = value if mine is None else mine if value is None else max(mine, value)
-        for name, value in other.nonfinite_voxels.items():
-            self.nonfinite_voxels[name] = self.nonfinite_voxels.get(name, 0) + value
-        self.hu_clipped_voxels += other.hu_clipped_voxels
-        self.mask_voxels += other.mask_voxels
-        self.voxels += other.voxels
+        other._fresh()
+        self._fresh()
+        for name, value in other._min.items():
+            mine = self._min.get(name)
+            self._min[name] = value if mine is None else mine if value is None else min(mine, value)
+        for name, value in other._max.items():
+            mine = self._max.get(name)
+            self._max[name] = value if mine is None else mine if value is None else max(mine, value)
+        for mine, theirs in ((self._nonfinite, other._nonfinite), (self._ones, other._ones),
+                             (self._clipped, other._clipped)):
+            for name, value in theirs.items():
+                mine[name] = mine.get(name, 0) + value
+        self._voxels += other._voxels
+        lo = [v for v in (self._native_range[0], other._native_range[0]) if v is not None]
+        hi = [v for v in (self._native_range[1], other._native_range[1]) if v is not None]
+        self._native_range = (min(lo) if lo else None, max(hi) if hi else None)
         if other._counts is not None:
             if self._counts is None:
                 self._counts = other._counts.copy()
             else:
                 self._counts += other._counts
-            if self.native_histogram is not None or other.native_histogram is not None:
-                self.native_histogram = self._counts
+            self._histogram = self._histogram or other._histogram
         return self
 
 
@@ -280,7 +312,7 @@ class SlabKernel:
             table = self._tables[o.name]
             if o.quantity in ("mask", "char_mask"):
                 ones = int(np.count_nonzero(flat[o.name]))
-                stats.mask_voxels += ones
+                stats._ones[o.name] += ones
                 self._merge_range(stats, o.name, 0 if ones < src.size else 1, 1 if ones else 0)
                 continue
             values = table[ends.astype(np.int64) - int(np.iinfo(src.dtype).min)]
@@ -288,54 +320,54 @@ class SlabKernel:
             if o.name in self._clip_ends:
                 below, above = self._clip_ends[o.name]
                 if below is not None and lo_native <= below:
-                    stats.hu_clipped_voxels += int(np.count_nonzero(src <= below))
+                    stats._clipped[o.name] += int(np.count_nonzero(src <= below))
                 if above is not None and hi_native >= above:
-                    stats.hu_clipped_voxels += int(np.count_nonzero(src >= above))
-        stats.voxels += src.size
+                    stats._clipped[o.name] += int(np.count_nonzero(src >= above))
+        lo, hi = stats._native_range
+        stats._native_range = (int(lo_native) if lo is None else min(lo, int(lo_native)),
+                               int(hi_native) if hi is None else max(hi, int(hi_native)))
+        stats._voxels += src.size
 
     def _build_wide(self) -> None:
-        cal = self.converter.calibration
         self._constants = None
         if any(o.quantity in UNIT_QUANTITIES for o in self.outputs):
-            ms = float(cal.mu_scaling)
-            mw = float(cal.mu_water_per_cm) if cal.mu_water_per_cm is not None else float("nan")
-            slope = float(cal.density_slope) if cal.density_slope is not None else float("nan")
-            intercept = float(cal.density_intercept) if cal.density_intercept is not None else float("nan")
-            self._constants = (ms, ms * mw, slope, intercept)
+            c = calibration_constants(self.converter.calibration)
+            # mu_scaling * mu_water is one float64 product, computed first (as in the HU formula)
+            self._constants = (c.mu_scaling, c.mu_scaling * c.mu_water_per_cm, c.density_slope,
+                               c.density_intercept, c.mg_per_unit)
 
     # ---- statistics ------------------------------------------------------------------------------
     def new_stats(self) -> KernelStats:
-        stats = KernelStats(min={o.name: None for o in self.outputs}, max={o.name: None for o in self.outputs},
-                            nonfinite_voxels={o.name: 0 for o in self.outputs})
+        """Statistics for one worker (merge the workers' at the end)."""
+        counts = None
         if self.uses_tables:
-            stats._counts = np.zeros(1 << (8 * self.native_dtype.itemsize), dtype=np.int64)
-            if self.histogram:
-                stats.native_histogram = stats._counts
-        return stats
+            counts = np.zeros(1 << (8 * self.native_dtype.itemsize), dtype=np.int64)
+        return KernelStats([o.name for o in self.outputs], counts=counts, histogram=self.histogram,
+                           kernel=self if self.uses_tables else None)
 
     def _derive(self, stats: KernelStats) -> None:
         """Every statistic of a table kernel from the cumulative native histogram."""
         counts = stats._counts
         present = np.flatnonzero(counts)
         weights = counts[present]
-        stats.voxels = int(weights.sum())
-        stats.hu_clipped_voxels = 0
-        stats.mask_voxels = 0
+        stats._voxels = int(weights.sum())
+        low = int(np.iinfo(self.native_dtype).min)
+        stats._native_range = (int(present[0]) + low, int(present[-1]) + low) if present.size else (None, None)
         for o in self.outputs:
             values = self._tables[o.name][present]
             if o.dtype.kind == "f":
                 finite = np.isfinite(values)
-                stats.nonfinite_voxels[o.name] = int(weights[~finite].sum())
+                stats._nonfinite[o.name] = int(weights[~finite].sum())
                 values = values[finite]
             if values.size:
                 lo, hi = values.min(), values.max()
-                stats.min[o.name], stats.max[o.name] = lo.item(), hi.item()
+                stats._min[o.name], stats._max[o.name] = lo.item(), hi.item()
             else:
-                stats.min[o.name] = stats.max[o.name] = None
+                stats._min[o.name] = stats._max[o.name] = None
             if o.name in self._clip_tables:
-                stats.hu_clipped_voxels += int(weights[self._clip_tables[o.name][present]].sum())
+                stats._clipped[o.name] = int(weights[self._clip_tables[o.name][present]].sum())
             if o.quantity in ("mask", "char_mask"):
-                stats.mask_voxels += int(weights[values.astype(bool)].sum()) if values.size else 0
+                stats._ones[o.name] = int(weights[values.astype(bool)].sum()) if values.size else 0
 
     # ---- running ---------------------------------------------------------------------------------
     def _prepare(self, native_slab, outs: Mapping[str, np.ndarray]):
@@ -481,41 +513,41 @@ class SlabKernel:
             if o.quantity in UNIT_QUANTITIES:
                 converter.convert(src, o.quantity, out=dst, hu_dtype=o.dtype.name if o.quantity == "hu" else "int16")
                 if o.quantity == "hu" and o.dtype == np.int16:
-                    stats.hu_clipped_voxels += converter.last_hu_clipped_voxels
+                    stats._clipped[o.name] += converter.last_hu_clipped_voxels
             else:
                 self._direct_numpy(o, src, dst)
             if o.quantity in ("mask", "char_mask"):
-                stats.mask_voxels += int(np.count_nonzero(dst))
+                stats._ones[o.name] += int(np.count_nonzero(dst))
             self._track(stats, o, dst)
-        stats.voxels += src.size
+        stats._voxels += src.size
 
     def _track(self, stats: KernelStats, o: KernelOutput, dst: np.ndarray) -> None:
         if o.dtype.kind == "f":
             finite = np.isfinite(dst)
             bad = dst.size - int(np.count_nonzero(finite))
             if bad:
-                stats.nonfinite_voxels[o.name] += bad
+                stats._nonfinite[o.name] += bad
                 dst = dst[finite]
         if dst.size:
             self._merge_range(stats, o.name, dst.min().item(), dst.max().item())
 
     @staticmethod
     def _merge_range(stats: KernelStats, name: str, lo, hi) -> None:
-        mine = stats.min[name]
-        stats.min[name] = lo if mine is None else min(mine, lo)
-        mine = stats.max[name]
-        stats.max[name] = hi if mine is None else max(mine, hi)
+        mine = stats._min[name]
+        stats._min[name] = lo if mine is None else min(mine, lo)
+        mine = stats._max[name]
+        stats._max[name] = hi if mine is None else max(mine, hi)
 
     _CODES = {"mu": 0, "hu": 1, "density_mg_ha_ccm": 2, "density_g_cc": 3}
 
     def _run_wide_numba(self, src, flat, stats: KernelStats) -> None:
         kernels = numba_kernels()
         f32 = [o for o in self.outputs if o.dtype == np.float32 and o.quantity in UNIT_QUANTITIES]
-        h16 = [o for o in self.outputs if o.quantity == "hu" and o.dtype == np.int16]
+        h16 = [o for o in self.outputs if o.quantity == "hu" and o.dtype == np.int16][:1]
         masks = [o for o in self.outputs if o.quantity in ("mask", "char_mask")]
         masks = masks[:1]  # one mask in the loop (its statistics come from the loop's count)
         rest = [o for o in self.outputs if o not in f32 and o not in h16 and o not in masks]
-        ms, msmw, slope, intercept = self._constants or (1.0, 1.0, 0.0, 0.0)
+        ms, msmw, slope, intercept, mg_per_unit = self._constants or (1.0, 1.0, 0.0, 0.0, 1.0)
         mins_f = np.full(max(1, len(f32)), np.inf)
         maxs_f = np.full(max(1, len(f32)), -np.inf)
         nonfinite_f = np.zeros(max(1, len(f32)), np.int64)
@@ -531,16 +563,18 @@ class SlabKernel:
             low, high = 1, 0
         dt = src.dtype
         clipped, ones, nan_hu = kernels.float_slab(
-            src, ms, msmw, slope, intercept, codes, outs_f, len(f32), mins_f, maxs_f, nonfinite_f,
+            src, ms, msmw, slope, intercept, mg_per_unit, codes, outs_f, len(f32), mins_f, maxs_f, nonfinite_f,
             outs_h, len(h16), mins_h, maxs_h, outs_m, len(masks), mask_kind,
             dt.type(low), dt.type(high))
         if nan_hu:
             raise ValueError("native voxels contain NaN, which int16 HU cannot hold; "
                              "ask for hu_dtype='float32'")
-        stats.hu_clipped_voxels += int(clipped)
-        stats.mask_voxels += int(ones)
+        if h16:
+            stats._clipped[h16[0].name] += int(clipped)  # one int16 HU output at most in practice
+        if masks:
+            stats._ones[masks[0].name] += int(ones)
         for j, o in enumerate(f32):
-            stats.nonfinite_voxels[o.name] += int(nonfinite_f[j])
+            stats._nonfinite[o.name] += int(nonfinite_f[j])
             if mins_f[j] <= maxs_f[j]:
                 self._merge_range(stats, o.name, float(np.float32(mins_f[j])), float(np.float32(maxs_f[j])))
         for j, o in enumerate(h16):
@@ -553,9 +587,9 @@ class SlabKernel:
         for o in rest:
             self._direct_numpy(o, src, flat[o.name])
             if o.quantity in ("mask", "char_mask"):
-                stats.mask_voxels += int(np.count_nonzero(flat[o.name]))
+                stats._ones[o.name] += int(np.count_nonzero(flat[o.name]))
             self._track(stats, o, flat[o.name])
-        stats.voxels += src.size
+        stats._voxels += src.size
 
     def _wide_bounds(self, dtype):
         """Mask bounds in the native dtype (integers clamped to its range), None when the range is empty."""

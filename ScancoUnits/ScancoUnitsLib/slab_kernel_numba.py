@@ -39,8 +39,8 @@ Q_MU, Q_HU, Q_DENSITY_MG, Q_DENSITY_G, Q_FLOAT = 0, 1, 2, 3, 4
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _reference(x, code, ms, msmw, slope, intercept):
-    """The float64 reference formula of units.py, operation by operation."""
+def _reference(x, code, ms, msmw, slope, intercept, mg_per_unit):
+    """The float64 reference formulas of quantities.py, operation by operation."""
     if code == 0:
         return x / ms
     if code == 1:
@@ -48,13 +48,15 @@ def _reference(x, code, ms, msmw, slope, intercept):
     if code == 4:
         return x
     density = (x / ms) * slope + intercept
+    if mg_per_unit != 1.0:
+        density = density * mg_per_unit
     if code == 3:
         return density / 1000.0
     return density
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def float_slab(src, ms, msmw, slope, intercept,
+def float_slab(src, ms, msmw, slope, intercept, mg_per_unit,
                codes_f, outs_f, n_f, mins_f, maxs_f, nonfinite_f,
                outs_h, n_h, mins_h, maxs_h,
                outs_m, n_m, mask_kind, low, high):
@@ -75,7 +77,7 @@ def float_slab(src, ms, msmw, slope, intercept,
         v = src[i]
         x = np.float64(v)
         for j in range(n_f):
-            r = np.float32(_reference(x, codes_f[j], ms, msmw, slope, intercept))
+            r = np.float32(_reference(x, codes_f[j], ms, msmw, slope, intercept, mg_per_unit))
             outs_f[j][i] = r
             if np.isfinite(r):
                 if r < mins_f[j]:
