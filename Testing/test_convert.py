@@ -190,18 +190,18 @@ def test_no_clobber_overwrite_and_nothing_left_on_error(calibrated_isq, tmp_path
     convert_file(path, out, overwrite=True, thresholds=ThresholdSpec(100, 900))
     assert json.loads(first["metadata"].read_text())["thresholds"]["spec"]["low"] == 100
 
-    from ScancoUnitsLib import units
+    from ScancoUnitsLib import slab_kernel
 
     calls = {"n": 0}
-    real_convert = units.UnitConverter.convert
+    real_run = slab_kernel.SlabKernel.run  # the engine converts every slab through it
 
     def failing(self, *a, **k):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("simulated failure mid-file")
-        return real_convert(self, *a, **k)
+        return real_run(self, *a, **k)
 
-    monkeypatch.setattr(units.UnitConverter, "convert", failing)
+    monkeypatch.setattr(slab_kernel.SlabKernel, "run", failing)
     fresh = tmp_path / "fresh"
     with pytest.raises(RuntimeError):
         convert_file(path, fresh, slab_slices=1)

@@ -12,8 +12,13 @@ Memory is a few slabs per output whatever the file size. A sink is anything with
 slab is read-only and valid only during the call (its buffer is reused).
 
 Threads (2 cores are the design point): one reader fills native buffers ahead; workers each take a
-whole slab through every output into a buffer set of their own; one writer hands the converted
-slabs to observers and sinks in z order. Numpy, file reads and writes release the GIL.
+whole slab through every output in one pass of the fused :class:`~ScancoUnitsLib.slab_kernel.SlabKernel`
+(numba when installed, numpy otherwise; ``SCANCO_UNITS_KERNEL`` chooses) into a buffer set taken from a
+pool; one writer hands the converted slabs to observers and sinks in z order. Every buffer is
+allocated once, page-aligned, and reused; nothing is allocated per slab but small Python objects.
+The kernel, file reads and writes release the GIL. Statistics (min/max, mask and clipped voxels, the
+exact native histogram of 8/16-bit data) come from the kernel: for 8/16-bit data they are computed
+once, from the histogram, at the end.
 """
 
 from __future__ import annotations
@@ -28,13 +33,13 @@ import numpy as np
 
 from .errors import ConversionCancelled
 from .header import ScancoHeader
-from .quantities import QUANTITIES
-from .thresholds import ResolvedThresholds, mask_from_char
-from .units import UnitConverter
+from .slab_kernel import KernelOutput, SlabKernel
+from .thresholds import ResolvedThresholds
 
 #: about 1 Mi voxels a slab (2 MB of int16, 4 MB of float32): stays in the CPU cache
 TARGET_SLAB_VOXELS = 1 << 20
-_LUT_DTYPES = ("int8", "uint8", "int16", "uint16")
+_PASS_THROUGH = ("native", "float")  # outputs that are the native slab itself (no buffer, no kernel)
+_PAGE_BYTES = 4096
 
 
 class Sink(Protocol):
@@ -75,10 +80,14 @@ class OutputStatistics:
 
 @dataclass
 class EngineResult:
+    """``native_histogram``: int64 count per native value (bin 0 = the dtype's minimum, the layout of
+    :class:`~ScancoUnitsLib.histogram.NativeHistogram`) for 8/16-bit integer data, else None."""
+
     statistics: Dict[str, OutputStatistics]
     slices_read: int
     native_min: Optional[float] = None
     native_max: Optional[float] = None
+    native_histogram: Optional[np.ndarray] = None
 
 
 def slab_slices_for(header: ScancoHeader, slab_slices: Optional[int] = None) -> int:
@@ -88,56 +97,14 @@ def slab_slices_for(header: ScancoHeader, slab_slices: Optional[int] = None) -> 
     return max(1, min(z, TARGET_SLAB_VOXELS // max(1, x * y)))
 
 
-class _RangeShortcut:
-    """Exact min/max of converted slabs without scanning them.
-
-    For small integer native types a conversion is a lookup table. When that table is monotone in
-    the native value (it is for every real calibration: each step of the formula, and the final
-    rounding, preserves order) and finite, the smallest and largest output of a slab are the
-    outputs of its smallest and largest native values, which are in the slab. One cheap min/max
-    pass over the native slab then gives every output's range exactly.
-    """
-
-    def __init__(self, header: ScancoHeader, hu_dtype: str, quantities: Sequence[str] = ()):
-        self._dtype = np.dtype(header.voxel_type)
-        self._hu_dtype = hu_dtype
-        self._enabled = self._dtype.name in _LUT_DTYPES
-        # a converter of its own: probing must not add to the real ones' clipped-voxel counts
-        self._probe = UnitConverter(header.calibration, path=header.path) if self._enabled else None
-        self._lock = threading.Lock()
-        self._monotone: Dict[str, bool] = {}
-        if self._enabled:
-            for quantity in dict.fromkeys(quantities):
-                self._monotone[quantity] = self._check_monotone(quantity)
-
-    def native_range(self, native: np.ndarray):
-        if not self._enabled or native.size == 0:
-            return None
-        return native.min(), native.max()
-
-    def _check_monotone(self, quantity: str) -> bool:
-        info = np.iinfo(self._dtype)
-        natives = np.arange(int(info.min), int(info.max) + 1, dtype=np.int64).astype(self._dtype)
-        values = self._probe.convert(natives, quantity, hu_dtype=self._hu_dtype)
-        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-            return False
-        step = np.diff(values.astype(np.float64))
-        return bool(np.all(step >= 0) or np.all(step <= 0))
-
-    def output_range(self, quantity: str, native_range):
-        """(min, max) of this slab's output, or None when it must be scanned."""
-        if native_range is None:
-            return None
-        lo, hi = native_range
-        if quantity in ("native", "float"):
-            return int(lo), int(hi)
-        if not self._monotone.get(quantity, False):
-            return None
-        with self._lock:
-            ends = self._probe.convert(np.array([lo, hi], dtype=self._dtype), quantity, hu_dtype=self._hu_dtype)
-        if ends.dtype.kind == "f":
-            return float(ends.min()), float(ends.max())
-        return int(ends.min()), int(ends.max())
+def page_aligned_empty(shape, dtype) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts on a page boundary (whole pages are
+    copied to the page cache by write(2), and O_DIRECT-style writers need it)."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + _PAGE_BYTES, dtype=np.uint8)
+    skip = (-raw.ctypes.data) % _PAGE_BYTES
+    return raw[skip:skip + nbytes].view(dtype).reshape(shape)
 
 
 def _scan_range(stat: OutputStatistics, data: np.ndarray) -> None:
@@ -153,54 +120,34 @@ def _scan_range(stat: OutputStatistics, data: np.ndarray) -> None:
 
 
 class _Worker:
-    """Converts a native slab into every output (one converter per worker: its clipped-voxel
-    count is only touched by this worker's thread)."""
+    """Takes a native slab through every output with the shared kernel; its statistics are its own
+    (no locks), merged at the end."""
 
-    def __init__(self, header: ScancoHeader, outputs: Sequence[EngineOutput], thresholds, hu_dtype: str):
+    def __init__(self, kernel: Optional[SlabKernel], outputs: Sequence[EngineOutput]):
+        self.kernel = kernel
         self.outputs = outputs
-        self.thresholds = thresholds
-        self.hu_dtype = hu_dtype
-        self.converter = UnitConverter(header.calibration, path=header.path)
-        self.stats = {o.role: OutputStatistics() for o in outputs}
+        self.kernel_stats = kernel.new_stats() if kernel is not None else None
+        self.stats = {o.role: OutputStatistics() for o in outputs}  # pass-through outputs
         self.native = OutputStatistics()
+        self.exact_native = kernel is not None and kernel.uses_tables  # native range from the histogram
 
-    def convert(self, native: np.ndarray, buffers: Dict[str, np.ndarray], native_range,
-                ranges: _RangeShortcut) -> Dict[str, np.ndarray]:
+    def convert(self, native: np.ndarray, buffers: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
         n = native.shape[0]
         views = {}
-        if native_range is not None:
-            self.native.merge_range(int(native_range[0]), int(native_range[1]))
-        elif native.dtype.kind in "iu":
+        if self.kernel is not None:
+            for o in self.kernel.outputs:
+                views[o.name] = buffers[o.name][:n]
+            self.kernel.run(native, views, self.kernel_stats)
+        if not self.exact_native and native.dtype.kind in "iu":
             _scan_range(self.native, native)
         for out in self.outputs:
-            stat = self.stats[out.role]
-            q = out.quantity
-            if q in ("native", "float"):
-                data = native
-                if q == "float":
-                    stat.nonfinite_voxels += int(np.count_nonzero(~np.isfinite(data)))
-            else:
-                data = buffers[out.role][:n]
-                if q == "mask":
-                    self.thresholds.mask(native, out=data)
-                elif q == "char_mask":
-                    mask_from_char(native, out=data)
-                else:
-                    before = self.converter.hu_clipped_voxels
-                    self.converter.convert(native, q, out=data, hu_dtype=self.hu_dtype)
-                    stat.hu_clipped_voxels += self.converter.hu_clipped_voxels - before
-            if q in ("mask", "char_mask"):
-                count = int(np.count_nonzero(data))
-                stat.mask_voxels += count
-                if data.size:
-                    stat.merge_range(0 if count < data.size else 1, 1 if count else 0)
-            else:
-                known = ranges.output_range(q, native_range)
-                if known is None:
-                    _scan_range(stat, data)
-                else:
-                    stat.merge_range(*known)
-            views[out.role] = data
+            if out.quantity in _PASS_THROUGH:
+                views[out.role] = native
+                stat = self.stats[out.role]
+                if out.quantity == "float":
+                    stat.nonfinite_voxels += int(np.count_nonzero(~np.isfinite(native)))
+                if not self.exact_native:
+                    _scan_range(stat, native)
         return views
 
 
@@ -232,19 +179,26 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     step = z_selection.step
     blocks = [z_selection[i:i + slab] for i in range(0, len(z_selection), slab)]
     total = len(z_selection)
-    ranges = _RangeShortcut(header, hu_dtype, [o.quantity for o in outputs if QUANTITIES[o.quantity].is_calibrated])
     workers = max(1, min(int(workers), len(blocks) or 1))
     native_dtype = np.dtype(header.voxel_type)
-    worker_states = [_Worker(header, outputs, thresholds, hu_dtype) for _ in range(workers)]
+    kernel_outputs = [KernelOutput(o.role, o.quantity, o.dtype) for o in outputs if o.quantity not in _PASS_THROUGH]
+    kernel = None
+    if kernel_outputs:
+        if any(o.quantity == "mask" for o in kernel_outputs):
+            thresholds.mask(np.zeros(0, dtype=native_dtype))  # the mask's own refusals (char data...)
+        kernel = SlabKernel(header.calibration, kernel_outputs, native_dtype=native_dtype,
+                            mask_native_range=thresholds if any(o.quantity == "mask" for o in kernel_outputs)
+                            else None, path=header.path)
+    worker_states = [_Worker(kernel, outputs) for _ in range(workers)]
 
     # buffers: native slabs in flight, and one set of converted slabs per slab in flight
     in_flight = workers + 2
     native_pool: "queue.Queue[np.ndarray]" = queue.Queue()
     buffer_pool: "queue.Queue[Dict[str, np.ndarray]]" = queue.Queue()
     for _ in range(in_flight):
-        native_pool.put(np.empty((slab, ny, nx), dtype=native_dtype))
-        buffer_pool.put({o.role: np.empty((slab, ny, nx), dtype=o.dtype) for o in outputs
-                         if o.quantity not in ("native", "float")})
+        native_pool.put(page_aligned_empty((slab, ny, nx), native_dtype))
+        buffer_pool.put({o.role: page_aligned_empty((slab, ny, nx), o.dtype) for o in outputs
+                         if o.quantity not in _PASS_THROUGH})
 
     stop = threading.Event()
     failure: List[BaseException] = []
@@ -282,7 +236,7 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
             if stop.is_set():
                 raise _Stopped()
             buffers = buffer_pool.get()
-            views = state.convert(native, buffers, ranges.native_range(native), ranges)
+            views = state.convert(native, buffers)
         finally:
             free_workers.put(state)
         return native_buf, native, buffers, views
@@ -342,20 +296,43 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
         for pool in (reader, convert_pool, writer):
             pool.shutdown(wait=True, cancel_futures=True)
 
-    stats = {o.role: OutputStatistics() for o in outputs}
+    return _result(worker_states, outputs, done_slices)
+
+
+def _result(worker_states: Sequence[_Worker], outputs: Sequence[EngineOutput], done_slices: int) -> EngineResult:
+    """The workers' statistics together."""
+    kernel_stats = None
     for state in worker_states:
-        for role, s in state.stats.items():
-            total_stat = stats[role]
-            if s.min is not None:
-                total_stat.merge_range(s.min, s.max)
-            total_stat.mask_voxels += s.mask_voxels
-            total_stat.nonfinite_voxels += s.nonfinite_voxels
-            total_stat.hu_clipped_voxels += s.hu_clipped_voxels
+        if state.kernel_stats is not None:
+            kernel_stats = state.kernel_stats if kernel_stats is None else kernel_stats.merge(state.kernel_stats)
     native = OutputStatistics()
-    for state in worker_states:
-        if state.native.min is not None:
-            native.merge_range(state.native.min, state.native.max)
-    return EngineResult(stats, done_slices, native.min, native.max)
+    exact_native = worker_states[0].exact_native if worker_states else False
+    if exact_native:
+        if kernel_stats.native_min is not None:
+            native.merge_range(kernel_stats.native_min, kernel_stats.native_max)
+    else:
+        for state in worker_states:
+            if state.native.min is not None:
+                native.merge_range(state.native.min, state.native.max)
+    stats = {o.role: OutputStatistics() for o in outputs}
+    for out in outputs:
+        total = stats[out.role]
+        if out.quantity in _PASS_THROUGH:
+            for state in worker_states:
+                s = state.stats[out.role]
+                if s.min is not None:
+                    total.merge_range(s.min, s.max)
+                total.nonfinite_voxels += s.nonfinite_voxels
+            if exact_native and native.min is not None:
+                total.merge_range(native.min, native.max)
+            continue
+        if kernel_stats.min[out.role] is not None:
+            total.merge_range(kernel_stats.min[out.role], kernel_stats.max[out.role])
+        total.mask_voxels = kernel_stats.mask_voxels_of[out.role]
+        total.nonfinite_voxels = kernel_stats.nonfinite_voxels[out.role]
+        total.hu_clipped_voxels = kernel_stats.hu_clipped_voxels_of[out.role]
+    histogram = kernel_stats.native_histogram if kernel_stats is not None else None
+    return EngineResult(stats, done_slices, native.min, native.max, histogram)
 
 
 class _Stopped(Exception):

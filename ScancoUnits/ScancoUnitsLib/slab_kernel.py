@@ -47,7 +47,7 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .thresholds import mask_from_char
-from .units import INT16_MAX, INT16_MIN, UnitConverter, calibration_constants
+from .units import _LUT_DTYPES, INT16_MAX, INT16_MIN, UnitConverter, calibration_constants  # noqa: F401
 
 __all__ = ["KernelOutput", "KernelStats", "SlabKernel", "KERNEL_QUANTITIES", "numba_kernels",
            "numba_available"]
@@ -57,7 +57,7 @@ KERNEL_QUANTITIES = UNIT_QUANTITIES + ("native", "mask", "char_mask", "float")
 BACKENDS = ("auto", "numba", "numpy")
 KERNEL_ENV = "SCANCO_UNITS_KERNEL"
 
-_LUT_DTYPES = ("int8", "uint8", "int16", "uint16")  # a table over every value
+
 _CHUNK_VOXELS = 1 << 18    # numpy path: index buffer of 2 MiB (intp), as units.py
 _NUMBA_MAX_VOXELS = (1 << 32) - 1  # numba path: uint32 counts per call
 
