@@ -403,7 +403,7 @@ class SlabKernel:
                 self._run_tables_numpy(src, flat, None)
                 self._stats_from_native_range(src, flat, stats)
                 return
-            self._derive(stats)
+            stats._stale = True  # the statistics are derived from the histogram when read
         elif self.backend_name == "numba":
             self._run_wide_numba(src, flat, stats)
         else:
