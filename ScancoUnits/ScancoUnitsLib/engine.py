@@ -164,12 +164,15 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
                slab_slices: Optional[int] = None, z_selection: Optional[range] = None,
                observers: Sequence[SlabObserver] = (),
                progress: Optional[Callable[[int, int], Optional[bool]]] = None,
-               cancel=None, workers: int = 2) -> EngineResult:
+               cancel=None, workers: int = 2, histogram: Optional[bool] = None) -> EngineResult:
     """Stream ``source`` (a :class:`~ScancoUnitsLib.reader.VoxelSource` of ``header``) through every output.
 
     ``z_selection``: the file slices to read (default all; a step reads only the kept slices).
     ``progress(done, total)`` after each slab (returning False cancels); ``cancel`` (a callable or an
-    Event) is checked before each slab. Cancelling raises :class:`ConversionCancelled`; any error
+    Event) is checked before each slab. ``histogram``: compute the exact native histogram of 8/16-bit
+    data (``EngineResult.native_histogram``); None: when it is nearly free (the numba kernel), not with
+    the numpy kernel, which then stays as fast as the per-output conversion. Cancelling raises
+    :class:`ConversionCancelled`; any error
     stops every thread before it propagates. Observers are called as
     ``observer(z0, native_slab, {role: converted slab})`` in z order.
     """
@@ -186,9 +189,12 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     if kernel_outputs:
         if any(o.quantity == "mask" for o in kernel_outputs):
             thresholds.mask(np.zeros(0, dtype=native_dtype))  # the mask's own refusals (char data...)
+        mask_range = thresholds if any(o.quantity == "mask" for o in kernel_outputs) else None
         kernel = SlabKernel(header.calibration, kernel_outputs, native_dtype=native_dtype,
-                            mask_native_range=thresholds if any(o.quantity == "mask" for o in kernel_outputs)
-                            else None, path=header.path)
+                            mask_native_range=mask_range, histogram=histogram is not False, path=header.path)
+        if histogram is None and kernel.backend_name == "numpy" and kernel.uses_tables:
+            kernel = SlabKernel(header.calibration, kernel_outputs, native_dtype=native_dtype,
+                                mask_native_range=mask_range, histogram=False, path=header.path)
     worker_states = [_Worker(kernel, outputs) for _ in range(workers)]
 
     # buffers: native slabs in flight, and one set of converted slabs per slab in flight
