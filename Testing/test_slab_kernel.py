@@ -300,3 +300,46 @@ def test_stats_merge_of_empty():
     a.merge(b)
     assert (a.min["x"], a.max["x"], a.mask_voxels, a.mask_voxels_of) == (3, 5, 7, {"x": 7})
     assert a.native_histogram is None and a.native_min is None
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_engine_statistics_and_histogram(tmp_path, monkeypatch, backend):
+    import ScancoUnitsLib as S
+    from ScancoUnitsLib.engine import EngineOutput, run_engine
+    from ScancoUnitsLib.reader import open_voxels, read_header
+
+    monkeypatch.setenv("SCANCO_UNITS_KERNEL", backend)
+    cal = CALIBRATIONS["clipping"]
+    native = np.random.default_rng(8).integers(-32768, 32768, size=(7, 12, 10)).astype(np.int16)
+    path = S.write_isq(tmp_path / "e.isq", native, voxel_size_mm=(0.03, 0.03, 0.03), calibration=cal)
+    header = read_header(path)
+    resolved = resolve_thresholds(ThresholdSpec(250, 1000), cal)
+
+    class Collect:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, z, slab):
+            self.parts.append(np.array(slab))
+
+    sinks = {role: Collect() for role in ("hu", "rho", "mask", "native")}
+    outputs = [EngineOutput("hu", "hu", np.dtype("int16"), [sinks["hu"]]),
+               EngineOutput("rho", "density_g_cc", np.dtype("float32"), [sinks["rho"]]),
+               EngineOutput("mask", "mask", np.dtype("uint8"), [sinks["mask"]]),
+               EngineOutput("native", "native", np.dtype("int16"), [sinks["native"]])]
+    with open_voxels(header) as source:
+        result = run_engine(header, source, outputs, thresholds=resolved, slab_slices=2, histogram=True)
+    conv = UnitConverter(cal)
+    hu = conv.convert(native, "hu")
+    expected = {"hu": hu, "rho": conv.convert(native, "density_g_cc"), "mask": resolved.mask(native),
+                "native": native}
+    for role, ref in expected.items():
+        got = np.concatenate(sinks[role].parts)
+        assert got.tobytes() == ref.tobytes()
+        st = result.statistics[role]
+        assert (st.min, st.max) == (ref.min().item(), ref.max().item())
+    assert result.statistics["mask"].mask_voxels == int(resolved.mask(native).sum())
+    assert result.statistics["hu"].hu_clipped_voxels == conv.hu_clipped_voxels > 0
+    assert (result.native_min, result.native_max) == (native.min(), native.max())
+    np.testing.assert_array_equal(result.native_histogram,
+                                  np.bincount(native.ravel().astype(np.int64) + 32768, minlength=65536))
