@@ -20,6 +20,8 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# make bench BENCH_ARGS="--size 1G,4G --repeat 3"   (bench/bench.py --help for the options)
+BENCH_ARGS ?= --size 1G --repeat 3
 bench: $(STAMP)
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
