@@ -23,6 +23,7 @@ once, from the histogram, at the end.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -33,7 +34,7 @@ import numpy as np
 
 from .errors import ConversionCancelled
 from .header import ScancoHeader
-from .slab_kernel import KernelOutput, SlabKernel
+from .slab_kernel import KERNEL_ENV, KernelOutput, SlabKernel
 from .thresholds import ResolvedThresholds
 
 #: about 1 Mi voxels a slab (2 MB of int16, 4 MB of float32): stays in the CPU cache
@@ -164,15 +165,17 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
                slab_slices: Optional[int] = None, z_selection: Optional[range] = None,
                observers: Sequence[SlabObserver] = (),
                progress: Optional[Callable[[int, int], Optional[bool]]] = None,
-               cancel=None, workers: int = 2, histogram: Optional[bool] = None) -> EngineResult:
+               cancel=None, workers: int = 2, histogram: bool = False) -> EngineResult:
     """Stream ``source`` (a :class:`~ScancoUnitsLib.reader.VoxelSource` of ``header``) through every output.
 
     ``z_selection``: the file slices to read (default all; a step reads only the kept slices).
     ``progress(done, total)`` after each slab (returning False cancels); ``cancel`` (a callable or an
-    Event) is checked before each slab. ``histogram``: compute the exact native histogram of 8/16-bit
-    data (``EngineResult.native_histogram``); None: when it is free (the numba kernel always counts it:
-    its loop with the count was measured faster than one that tracks ranges instead), not with the
-    numpy kernel, which then stays as fast as the per-output conversion. Cancelling raises
+    Event) is checked before each slab. ``histogram``: True to compute the exact native histogram of
+    8/16-bit data (``EngineResult.native_histogram``). The kernel (``SCANCO_UNITS_KERNEL`` overrides):
+    without a histogram the numpy one (on the 2-core design machine it converts as fast as numba's once
+    the slabs are in memory, and numba costs about 1 s of CPU to start and 130 MB of resident memory);
+    with a histogram numba when installed (it counts in the same loop, numpy needs a bincount pass).
+    Cancelling raises
     :class:`ConversionCancelled`; any error
     stops every thread before it propagates. Observers are called as
     ``observer(z0, native_slab, {role: converted slab})`` in z order.
@@ -191,11 +194,10 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
         if any(o.quantity == "mask" for o in kernel_outputs):
             thresholds.mask(np.zeros(0, dtype=native_dtype))  # the mask's own refusals (char data...)
         mask_range = thresholds if any(o.quantity == "mask" for o in kernel_outputs) else None
+        backend = "auto" if histogram or os.environ.get(KERNEL_ENV, "").strip() else "numpy"
         kernel = SlabKernel(header.calibration, kernel_outputs, native_dtype=native_dtype,
-                            mask_native_range=mask_range, histogram=histogram is not False, path=header.path)
-        if histogram is None and kernel.backend_name == "numpy" and kernel.uses_tables:
-            kernel = SlabKernel(header.calibration, kernel_outputs, native_dtype=native_dtype,
-                                mask_native_range=mask_range, histogram=False, path=header.path)
+                            mask_native_range=mask_range, histogram=bool(histogram), backend=backend,
+                            path=header.path)
     worker_states = [_Worker(kernel, outputs) for _ in range(workers)]
 
     # buffers: native slabs in flight, and one set of converted slabs per slab in flight
