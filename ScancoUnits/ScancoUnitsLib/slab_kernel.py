@@ -27,14 +27,21 @@ Statistics (:class:`KernelStats`, one object per worker, :meth:`KernelStats.merg
 min/max of every output (NaN and +-inf excluded and counted in ``nonfinite_voxels``), int16 HU voxels
 that were clipped, mask voxels (ones), and for 8/16-bit natives the exact native histogram (int64 count
 per native value, bin 0 = the dtype's minimum, the layout of :class:`histogram.NativeHistogram`). For
-8/16-bit natives every statistic is computed from that histogram and the tables, so it costs nothing
-per voxel beyond the count.
+8/16-bit natives the statistics are computed from that histogram and the tables when they are read;
+the numpy backend without a histogram (``histogram=False``) takes them from each slab's native min/max
+instead (every table is monotone; checked when the kernel is built, with the histogram as fallback).
 
 Backends: ``"numba"`` (the ``fast`` extra; compiled once and cached on disk, releases the GIL: the
-whole slab, every output, in one loop with the native block in the L1 cache) and ``"numpy"`` (no
-dependency: the index array of a chunk is built once and serves every table lookup, masks are integer
-comparisons). ``"auto"`` takes numba when it can be imported; the environment variable
+whole slab, voxel by voxel, every output and the histogram count in one loop; it always counts, as
+that loop was measured faster than one tracking ranges) and ``"numpy"`` (no dependency: the index
+array of a chunk is built once and serves every table lookup, masks are integer comparisons).
+``"auto"`` takes numba when it can be imported; the environment variable
 ``SCANCO_UNITS_KERNEL=numpy|numba`` overrides ``"auto"``.
+
+Measured on the 2-core design machine, one thread, HU + density + mask of int16 data: numba 2.5 to
+3.6 ns a voxel with the histogram (hot buffers), numpy 4 to 5 ns without it and 5.3 to 6.9 ns with it;
+once the output buffers are out of the cache both are bound by memory bandwidth. numba also costs
+about 1 s of CPU to start (import, loading the cached code) and about 130 MB of resident memory.
 """
 
 from __future__ import annotations
