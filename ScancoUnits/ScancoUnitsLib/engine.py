@@ -53,6 +53,8 @@ class EngineOutput:
     quantity: str
     dtype: np.dtype
     sinks: List[Sink] = field(default_factory=list)
+    #: an array of (len(z_selection), ny, nx) to convert straight into (a Slicer node's own voxels)
+    target: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -165,7 +167,7 @@ class _Worker:
         self.native = OutputStatistics()
 
     def convert(self, native: np.ndarray, buffers: Dict[str, np.ndarray], native_range,
-                ranges: _RangeShortcut) -> Dict[str, np.ndarray]:
+                ranges: _RangeShortcut, row0: int = 0) -> Dict[str, np.ndarray]:
         n = native.shape[0]
         views = {}
         if native_range is not None:
@@ -177,10 +179,13 @@ class _Worker:
             q = out.quantity
             if q in ("native", "float"):
                 data = native
+                if out.target is not None:
+                    data = out.target[row0:row0 + n]
+                    np.copyto(data, native)
                 if q == "float":
                     stat.nonfinite_voxels += int(np.count_nonzero(~np.isfinite(data)))
             else:
-                data = buffers[out.role][:n]
+                data = buffers[out.role][:n] if out.target is None else out.target[row0:row0 + n]
                 if q == "mask":
                     self.thresholds.mask(native, out=data)
                 elif q == "char_mask":
@@ -244,7 +249,7 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     for _ in range(in_flight):
         native_pool.put(np.empty((slab, ny, nx), dtype=native_dtype))
         buffer_pool.put({o.role: np.empty((slab, ny, nx), dtype=o.dtype) for o in outputs
-                         if o.quantity not in ("native", "float")})
+                         if o.quantity not in ("native", "float") and o.target is None})
 
     stop = threading.Event()
     failure: List[BaseException] = []
@@ -282,7 +287,8 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
             if stop.is_set():
                 raise _Stopped()
             buffers = buffer_pool.get()
-            views = state.convert(native, buffers, ranges.native_range(native), ranges)
+            row0 = (z.start - z_selection.start) // step
+            views = state.convert(native, buffers, ranges.native_range(native), ranges, row0)
         finally:
             free_workers.put(state)
         return native_buf, native, buffers, views

@@ -67,6 +67,27 @@ def _read_header_from(f, path: str, size: int) -> ScancoHeader:
     return parse(first, path, size)
 
 
+def sniff_format(path) -> Optional[str]:
+    """``"ISQ"``, ``"AIM v030"``, ``"AIM v020"`` from the first 16 bytes, or None (never raises).
+
+    ISQ: ``CTDATA-HEADER_V1``; AIM v030: ``AIMDATA_V030``; AIM v020: little-endian int32 20 and 140
+    at bytes 0 and 4. Only the magic is checked; :func:`~ScancoUnitsLib.reader.read_header` does the rest.
+    """
+    try:
+        with open(os.fspath(path), "rb") as f:
+            head = f.read(16)
+    except (OSError, TypeError, ValueError):
+        return None
+    if head[:16] == ISQ_MAGIC:
+        return "ISQ"
+    version = detect_aim_version(head)
+    if version == 30:
+        return "AIM v030"
+    if version == 20:
+        return "AIM v020"
+    return None
+
+
 def read_header(path: PathLike) -> ScancoHeader:
     """Read and check the header of a SCANCO ISQ or AIM file."""
     f, size = _open_input(path)

@@ -34,6 +34,7 @@ from .header import ScancoHeader
 from .histogram import NativeHistogram
 from .thresholds import PERMILLE_FULL_SCALE, ResolvedThresholds, mask_from_char
 from .quantities import QUANTITIES, UNIT_LABELS, density_quantity
+from .summaries import header_summary
 from .units import UnitConverter
 
 #: size of the picture in pixels (width, height)
@@ -275,23 +276,7 @@ class ReportBuilder:
         name = os.path.basename(h.path)
         fig.text(0.05, 0.965, name, fontsize=19, fontweight="bold", va="top", ha="left")
         fig.text(0.985, 0.965, "ScancoUnits QC report", fontsize=12, color="#555555", va="top", ha="right")
-        x, y, z = h.dimensions
-        sx, sy, sz = h.voxel_size_mm
-        if max(sx, sy, sz) - min(sx, sy, sz) <= 1e-6 * max(sx, 1e-12):
-            voxel = f"voxel {sx * 1000:.4g} µm"
-        else:
-            voxel = f"voxel {sx * 1000:.4g} × {sy * 1000:.4g} × {sz * 1000:.4g} µm"
-        scanner = []
-        if s.scanner_id is not None or s.scanner_type is not None:
-            scanner.append(f"scanner {_text(s.scanner_id)} (type {_text(s.scanner_type)})")
-        if s.energy_v:
-            scanner.append(f"{s.energy_v / 1000:.4g} kVp")
-        if s.intensity_ua:
-            scanner.append(f"{s.intensity_ua:.4g} µA")
-        if s.creation_date:
-            scanner.append(str(s.creation_date)[:10])
-        kind = h.data_type_name if h.data_type_name.startswith(h.format) else f"{h.format} {h.data_type_name}"
-        line1 = "   ·   ".join(scanner + [voxel, f"{x} × {y} × {z} voxels (x, y, z)", kind])
+        line1 = header_summary(h).one_line()
         fig.text(0.05, 0.922, _shorten(line1, 150), fontsize=10.5, va="top", ha="left")
         if self.is_char or self.is_float:  # never rescaled: the calibration is information only
             calibration = _calibration_text(c) if c.has_mu else "none in the file (not needed: values shown as stored)"
