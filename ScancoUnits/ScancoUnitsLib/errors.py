@@ -33,3 +33,13 @@ class CalibrationMissingError(ScancoError, ValueError):
             f"{self.path}: cannot compute {quantity}: the file has no usable "
             + ", ".join(self.missing_fields)
         )
+
+
+class MaskExportError(ScancoError, ValueError):
+    """A Slicer mask (labelmap or segment) cannot be saved as a SCANCO AIM: wrong node, no source scan,
+    or a grid that is not the source's (rotated, resampled, shifted by a fraction of a voxel)."""
+
+    def __init__(self, name, problem: str):
+        self.name = str(name)
+        self.problem = problem
+        super().__init__(f"{self.name}: {problem}")
