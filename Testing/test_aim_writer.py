@@ -156,6 +156,13 @@ def test_version_30_when_position_needs_it_and_float_native(tmp_path):
         writer.write_slab(np.ones((2, 2, 2), np.uint8))
     header = read_header(path)
     assert header.version == "AIMDATA_V030" and header.position_voxels == (0, 0, 1 << 32)
+    with pytest.raises(ValueError, match="needs AIM v030"):
+        AimVolumeWriter(tmp_path / "v20.AIM", (2, 2, 2), np.uint8, voxel_size_mm=SIZE, version=20,
+                        position_voxels=(0, 0, 1 << 32), mask=True)
+    with pytest.raises(ValueError, match="VAX"):
+        with AimVolumeWriter(tmp_path / "inf.AIM", (1, 2, 2), np.float32, voxel_size_mm=SIZE) as writer:
+            writer.write_slab(np.full((1, 2, 2), np.inf, np.float32))
+    assert not (tmp_path / "v20.AIM").exists() and not (tmp_path / "inf.AIM").exists()
     np.testing.assert_array_equal(read_volume(header), np.full((2, 2, 2), 127, np.int8))
 
 

@@ -214,6 +214,8 @@ class AimVolumeWriter:
             raise ValueError(f"AIM version must be 20 or 30, not {version!r}")
         if version == 20 and worst_block > _V020_MAX_BLOCK:
             raise ValueError(f"{self.path}: {voxels} voxels need AIM v030 (v020 holds at most 2 GiB)")
+        if version == 20 and not all(_INT32[0] <= p <= _INT32[1] for p in self.position_voxels):
+            raise ValueError(f"{self.path}: position {self.position_voxels} needs AIM v030 (v020 stores int32)")
         self.version = version
         if type_code is None:
             type_code = _D1T_FLOAT_VAX if version == 20 else _D1T_FLOAT_IEEE
@@ -275,7 +277,10 @@ class AimVolumeWriter:
             if self.mask:
                 data = self._encoder.feed(arr)
             elif self.type_code == _D1T_FLOAT_VAX:
-                data = _float32_to_vax_bytes(arr)
+                try:
+                    data = _float32_to_vax_bytes(arr)
+                except ValueError as exc:
+                    raise ValueError(f"{self.path}: {exc} (AIM v020 stores VAX floats; write version 30)") from None
             else:
                 data = memoryview(np.ascontiguousarray(arr, self.dtype.newbyteorder("<"))).cast("B")
             if len(data):
