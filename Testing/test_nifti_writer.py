@@ -178,6 +178,10 @@ def test_wrong_slabs_are_refused(tmp_path):
     with pytest.raises(ValueError, match="does not match"):
         writer.write_slab(np.zeros((1, 2, 3), np.int16))
     writer.abort()
+    big = VolumeSpec(base_path=tmp_path / "big", shape_zyx=(1, 1, 40000), dtype=np.dtype(np.uint8),
+                     spacing_mm=SPACING, origin_mm=ORIGIN, quantity="mask", unit_label="", description="")
+    with pytest.raises(ValueError, match="at most 32767 voxels"):
+        get_format("nifti").open(big, AtomicOutputSet())
     assert list(tmp_path.iterdir()) == []
 
 

@@ -39,6 +39,7 @@ NIFTI_XFORM_CODE = 1
 NIFTI_VOX_OFFSET = 352
 _NIFTI_INTENT_LABEL = 1002
 _DESCRIP_BYTES = 80
+_NIFTI1_MAX_DIM = 32767  # dim[] are int16 in NIfTI-1
 _ASCII_SPELLINGS = {"µ": "u", "³": "3", "²": "2", "°": "deg", "‰": "per mille"}
 
 _NIFTI_DTYPES = {np.dtype(t) for t in ("uint8", "int8", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f4", "<f8")}
@@ -82,6 +83,9 @@ def nifti_header(shape_zyx, dtype, *, spacing_mm, origin_mm, description: str = 
     nz, ny, nx = (int(n) for n in shape_zyx)
     if min(nx, ny, nz) < 1:
         raise ValueError(f"shape_zyx must be 3 positive integers, not {shape_zyx!r}")
+    if max(nx, ny, nz) > _NIFTI1_MAX_DIM:
+        raise ValueError(f"NIfTI-1 holds at most {_NIFTI1_MAX_DIM} voxels along an axis; the volume is "
+                         f"{nx} x {ny} x {nz} (use NRRD or OME-Zarr)")
     spacing = tuple(float(v) for v in spacing_mm)
     if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
         raise ValueError(f"spacing_mm must be three positive numbers, not {spacing_mm!r}")
