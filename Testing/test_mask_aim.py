@@ -96,6 +96,9 @@ def test_edited_labelmap_and_segment_round_trip(tmp_path, scene, files):
     assert segmentation.GetName() in seg_log
     assert segmentation.GetSegmentation().GetNthSegment(0).GetName() in seg_log
     assert labelmap.GetName() in read_header(lab_path).processing_log
+    items = read_header(seg_path).processing_log_items
+    assert ("Loaded with threshold [native]", "8192 32767") in items
+    assert ("Loaded with threshold [permille]", "250 1000") in items
     # no temporary node was left in the scene
     assert scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 1
 

@@ -195,6 +195,12 @@ def save_mask_as_aim(node, path, *, source=None, segment_id=None, overwrite: boo
                  ("Slicer node", name)]
         if segment_name is not None:
             lines.append(("Segment", segment_name))
+        low, high, unit, native = (node.GetAttribute(_ATTRIBUTE_PREFIX + key) for key in
+                                   ("ThresholdLow", "ThresholdHigh", "ThresholdUnit", "ThresholdNative"))
+        if low and high and unit:  # the thresholds the mask was made with when loaded (before any edit)
+            lines.append((f"Loaded with threshold [{unit}]", f"{low} {high}"))
+        if native:
+            lines.append(("Loaded with threshold [native]", native))
         lines += [("Offset to source [voxels]", " ".join(str(v) for v in offset)),
                   ("Mask rule", "non-zero label -> 127")]
         log = derived_log_text(header, [(k, v.replace("  ", " ")) for k, v in lines])
