@@ -108,6 +108,7 @@ def _calibration_attributes(header: ScancoHeader) -> Dict[str, object]:
     c = header.calibration
     return {
         "SourceFile": os.path.basename(header.path),
+        "SourcePath": os.path.abspath(header.path),
         "Format": f"{header.format} {header.version}",
         "DataType": header.data_type_name,
         "MuScaling": _fmt(c.mu_scaling, 17) if c.mu_scaling is not None else None,
