@@ -463,8 +463,9 @@ class NrrdVolumeWriter:
 
     *path* ends with ``.nrrd`` (attached) or, with ``detached=True``, ``.nhdr``; the data then goes to
     ``<stem>.raw`` (``.raw.gz`` for gzip) next to it. *atomic*: an :class:`AtomicOutputSet` to join (the
-    set's owner commits it; any failure of this writer aborts the whole set). Without one, the writer
-    uses its own set (with *overwrite*, *fsync*) and commits it in :meth:`close`.
+    set's owner commits it; a failure of this writer marks the set failed, so it cannot commit, and the
+    owner's abort removes every file once its writers stopped). Without one, the writer uses its own
+    set (with *overwrite*, *fsync*) and commits it in :meth:`close`.
 
     *threads*: compression threads for gzip (default: the CPUs this process may use).
     """
@@ -521,10 +522,10 @@ class NrrdVolumeWriter:
             else:
                 self._stream = _RawStream(self._data_file, _write_all)
         except BaseException as exc:
-            self._closed = True
-            self._set.abort()
-            if isinstance(exc, OSError):
-                raise output_error_from(current, exc) from exc
+            error = output_error_from(current, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
             raise
         self._set.on_commit(self.close)
 
