@@ -22,14 +22,12 @@ import errno
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +47,7 @@ from ScancoUnitsLib.atomic_output import (
     sweep_stale_partials,
     writer_id,
 )
-from ScancoUnitsLib.convert import ConversionOptions, convert_file
+from ScancoUnitsLib.convert import convert_file
 from ScancoUnitsLib.errors import ScancoFormatError
 from ScancoUnitsLib.header import Calibration
 from ScancoUnitsLib.reader import open_voxels, read_header
@@ -111,7 +109,7 @@ def test_sigkilled_writer_is_swept_and_live_writers_are_not(tmp_path):
             killed.wait(timeout=20)
             assert killed.returncode == -signal.SIGKILL
             left = [n for n in names(tmp_path) if n.startswith(".killed_")]
-            assert len(left) == 2 and all(f".partial-" in n for n in left)
+            assert len(left) == 2 and all(".partial-" in n for n in left)
             assert all(f"-{killed.pid}-" in n for n in left)  # the name says who wrote it
 
             removed = sweep_stale_partials(tmp_path)

@@ -42,7 +42,6 @@ import secrets
 import shutil
 import signal
 import socket
-import stat
 import sys
 import threading
 import warnings
