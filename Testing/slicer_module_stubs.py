@@ -156,3 +156,20 @@ class ReaderParent:
     def messages(self):
         return [(self._messages.GetNthMessageType(i), self._messages.GetNthMessageText(i))
                 for i in range(self._messages.GetNumberOfMessages())]
+
+
+class WriterParent:
+    """What a scripted file writer's ``parent`` (qSlicerScriptedFileWriter) offers: userMessages, writtenNodes."""
+
+    def __init__(self):
+        import slicer
+
+        self._messages = slicer.vtkMRMLMessageCollection()
+        self.writtenNodes = []
+
+    def userMessages(self):
+        return self._messages
+
+    def messages(self):
+        return [(self._messages.GetNthMessageType(i), self._messages.GetNthMessageText(i))
+                for i in range(self._messages.GetNumberOfMessages())]

@@ -919,13 +919,9 @@ def _segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, com
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
             raise RuntimeError(f"could not import the mask labelmap into segmentation {name!r}")
         seg = segmentation.GetSegmentation()
-        if seg.GetNumberOfSegments() == 0:  # empty mask: keep a named, empty segment on the mask's grid
-            empty = slicer.vtkSegment()
-            empty.SetName(label_name)
-            empty.AddRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName(),
-                                    slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
-                                        labelmap))
-            seg.AddSegment(empty)
+        if seg.GetNumberOfSegments() == 0:  # empty mask: keep a named, empty segment (grid: reference geometry)
+            if not seg.AddEmptySegment("", label_name, list(MASK_COLOR_RGB)):
+                raise RuntimeError(f"could not add an empty segment to segmentation {name!r}")
         segment = seg.GetNthSegment(0)
         segment.SetName(label_name)
         segment.SetColor(*MASK_COLOR_RGB)
