@@ -252,8 +252,10 @@ def _parameter_node_fields():
 def test_module_file_defines_the_classes_slicer_looks_up():
     tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
-    for name in ("ScancoUnits", "ScancoUnitsWidget", "ScancoUnitsLogic", "ScancoUnitsFileReader", "ScancoUnitsTest",
-                 "ScancoUnitsParameterNode"):
+    # Slicer looks up <module>FileReader and <module>FileWriter in the module file
+    # (qSlicerScriptedFileWriter::setPythonSource: className = moduleName + "FileWriter")
+    for name in ("ScancoUnits", "ScancoUnitsWidget", "ScancoUnitsLogic", "ScancoUnitsFileReader",
+                 "ScancoUnitsFileWriter", "ScancoUnitsTest", "ScancoUnitsParameterNode"):
         assert name in classes, name
 
 

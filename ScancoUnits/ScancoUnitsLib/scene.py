@@ -920,7 +920,18 @@ def _segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, com
             raise RuntimeError(f"could not import the mask labelmap into segmentation {name!r}")
         seg = segmentation.GetSegmentation()
         if seg.GetNumberOfSegments() == 0:  # empty mask: keep a named, empty segment (grid: reference geometry)
-            if not seg.AddEmptySegment("", label_name, list(MASK_COLOR_RGB)):
+            # The empty binary labelmap vtkSegmentation::AddEmptySegment would take from the converter factory
+            # (an image with no extent, unsigned char), made here: Python owns it (no leaked copy of the
+            # mask), and it needs no conversion rules registered (slicer-core registers none).
+            import vtk
+
+            image = slicer.vtkOrientedImageData()
+            image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+            empty = slicer.vtkSegment()
+            empty.SetName(label_name)
+            empty.AddRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName(),
+                                    image)
+            if not seg.AddSegment(empty):
                 raise RuntimeError(f"could not add an empty segment to segmentation {name!r}")
         segment = seg.GetNthSegment(0)
         segment.SetName(label_name)
