@@ -405,6 +405,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                           maximum=1000)
         progressDialog.windowModality = qt.Qt.ApplicationModal
         progressDialog.minimumDuration = 0
+        progressDialog.show()  # modal before the first processEvents, not only after the first value
 
         def onProgress(fraction, text=None):
             progressDialog.value = int(round(1000 * min(max(fraction, 0.0), 1.0)))
@@ -822,7 +823,8 @@ class ScancoUnitsFileReader:
     mask), no threshold mask: the mask needs thresholds chosen in the panel (the default 250-1000 per mille
     is empty on XtremeCT II data, mu_scaling 8192). The Add Data dialog shows no options for this reader:
     qSlicerScriptedFileReader forwards only description, fileType, extensions, canLoadFile,
-    canLoadFileConfidence and load to Python (no ``options``). Scripting: ``slicer.util.loadNodeFromFile(path, "ScancoUnitsFile", {"units": "hu density",
+    canLoadFileConfidence and load to Python (no ``options``). Scripting asks for more:
+    ``slicer.util.loadNodeFromFile(path, "ScancoUnitsFile", {"units": "hu density",
     "thresholds": "250 1000 permille", "mask": "both"})``; see
     ScancoUnitsLib.scene.reader_options_from_properties for every key.
     """
@@ -1171,3 +1173,24 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(loaded)
         self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("scripted density"))
         self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("scripted mask segmentation"))
+
+        self.delayDisplay("Export to file offers SCANCO AIM for masks (the registered ScancoUnitsFileWriter)")
+        ioManager = slicer.app.coreIOManager()
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        scalar = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        self.assertIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(labelmap))
+        self.assertNotIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(scalar))
+        self.assertNotEqual(ioManager.fileWriterExtensions(labelmap)[0], "SCANCO AIM (.aim)")  # NRRD stays default
+        self.assertEqual(ioManager.fileWriterFileType(labelmap, "SCANCO AIM (.aim)"), WRITER_FILE_TYPE)
+        try:
+            import ScancoUnitsLib.mask_aim  # noqa: F401
+        except ImportError:
+            return
+        slicer.util.loadNodeFromFile(path, READER_FILE_TYPE, {"units": "hu", "mask": "labelmap", "name": "exported",
+                                                               "show": False})
+        maskNode = slicer.mrmlScene.GetFirstNodeByName("exported mask")
+        aimPath = os.path.join(self.tempDir, "EXPORTED.AIM")
+        self.assertTrue(slicer.util.exportNode(maskNode, aimPath, {"fileFormat": "SCANCO AIM (.aim)"}))
+        from ScancoUnitsLib.reader import read_volume
+
+        np.testing.assert_array_equal(read_volume(aimPath) != 0, slicer.util.arrayFromVolume(maskNode) != 0)

@@ -339,7 +339,8 @@ def test_path_fields_let_any_name_through():
 def test_mask_selector_offers_the_writer_node_classes():
     tree = _ui_tree()
     selector = next(w for w in tree.iter("widget") if w.get("name") == "maskNodeSelector")
-    node_types = [s.text for p in selector.findall("property") if p.get("name") == "nodeTypes" for s in p.iter("string")]
+    node_types = [s.text for p in selector.findall("property") if p.get("name") == "nodeTypes"
+                  for s in p.iter("string")]
     module = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     classes = next(ast.literal_eval(node.value) for node in module.body if isinstance(node, ast.Assign)
                    and any(getattr(t, "id", None) == "MASK_NODE_CLASSES" for t in node.targets))
