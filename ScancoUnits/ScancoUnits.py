@@ -1139,6 +1139,26 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.assertEqual(len(progress), 1)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
 
+    def test_empty_mask_and_histogram(self):
+        self.delayDisplay("Empty mask: a named empty segment; histogram read once, plotted against its X column")
+        volume = self._volume()
+        low = np.clip(volume, 0, 8000).astype(np.int16)   # below 250 per mille (native 8192), as on XtremeCT II
+        path = self._writeIsq(low, "low.isq")
+        logic = ScancoUnitsLogic()
+        nodes = logic.loadScan(path, outputs=["mask_segmentation"])
+        segmentation = nodes["mask_segmentation"].GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
+        self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Bone 250-1000 per mille")
+        header = logic.readHeader(path)
+        progress = []
+        histogram = logic.histogramOf(header, progressCallback=lambda f, text: progress.append(f), cancel=lambda: False)
+        self.assertEqual(histogram.total, low.size)
+        self.assertEqual(progress[-1], 1.0)
+        self.assertIs(logic.histogramOf(header), histogram)
+        chart, table, series = logic.showHistogram(header, logic.resolveThresholds(header, 250, 1000, "permille"))
+        for node in series.values():
+            self.assertTrue(node.IsXColumnRequired())
+
     def test_export_matches_nodes(self):
         self.delayDisplay("Full-resolution NRRD export holds what the nodes hold")
         volume = self._volume()
