@@ -84,11 +84,15 @@ def test_empty_mask_load_gives_a_named_empty_segment(files):
     assert segment.GetColor() == pytest.approx(lib.MASK_COLOR_RGB)
     assert _segment_voxels(nodes["mask_segmentation"], segmentation.GetNthSegmentID(0)) == 0
     assert nodes["mask_segmentation"].GetAttribute("ScancoUnits.SegmentName") == "Bone 250-1000 per mille"
-    # no full-size image behind the empty segment (the old path made an un-owned, leaked copy of the mask)
+    # no copy behind the segment (the old path made an un-owned, leaked copy of the mask): the segment's
+    # binary labelmap is the labelmap node's own voxel buffer
     representation = segment.GetRepresentation(
         slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
-    extent = representation.GetExtent()
-    assert extent[1] < extent[0] and representation.GetScalarType() == vtk.VTK_UNSIGNED_CHAR
+    assert representation.GetScalarType() == vtk.VTK_UNSIGNED_CHAR
+    from vtk.util import numpy_support
+
+    shared = numpy_support.vtk_to_numpy(representation.GetPointData().GetScalars())
+    assert shared.__array_interface__["data"][0] == labelmap.__array_interface__["data"][0]
 
 
 def test_empty_mask_of_a_real_xtremect2_scan(real_data):

@@ -353,13 +353,18 @@ def _aim_paths(spec: VolumeSpec) -> list:
     return [base.with_name(base.name + ".AIM")]
 
 
+#: quantities that are stored as one of AIM_QUANTITIES (a char file's mask, a float file as stored)
+_AS_AIM = {"char_mask": "mask", "float": "native"}
+
+
 def _open_aim(spec: VolumeSpec, atomic: AtomicOutputSet) -> AimVolumeWriter:
-    if spec.quantity not in AIM_QUANTITIES:
+    quantity = _AS_AIM.get(spec.quantity, spec.quantity)
+    if quantity not in AIM_QUANTITIES:
         raise ValueError(f"AIM output holds native values or masks only, not {spec.quantity!r}")
     position, sizes = aim_position_for(spec.source, spec.spacing_mm, spec.origin_mm)
     return AimVolumeWriter(_aim_paths(spec)[0], spec.shape_zyx, spec.dtype, voxel_size_mm=sizes,
                            position_voxels=position, processing_log=derived_log_text(spec.source, spec.derivation),
-                           mask=spec.quantity == "mask", atomic=atomic)
+                           mask=quantity == "mask", atomic=atomic)
 
 
 register_format(VolumeFormat("aim", "SCANCO AIM (IPL, native values and masks)", _aim_paths, _open_aim,

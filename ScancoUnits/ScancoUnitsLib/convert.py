@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from . import __version__
-from .atomic_output import AtomicOutputSet, OutputError, OutputExistsError
+from .atomic_output import AtomicOutputSet, previous_outputs, sweep_stale_partials
 from .engine import EngineOutput, SlabObserver, run_engine  # noqa: F401 - SlabObserver is public here
 from .errors import ConversionCancelled, RequestError  # noqa: F401 - ConversionCancelled is public here
 from .header import ScancoHeader
@@ -98,9 +98,9 @@ def plan_files(plan: RequestPlan, out_dir: Path, stem: str) -> List[PlannedFile]
     request, header = plan.request, plan.header
     common = _calibration_key_values(header)
     formats = [get_format(name) for name in request.formats]
+    stored_as = {"char_mask": "mask", "float": "native"}
     refused = [f"{o.role} as {fmt.name}" for fmt in formats for o in plan.outputs
-               if not fmt.accepts(o.quantity if o.quantity not in ("char_mask",) else "mask")
-               and not (fmt.accepts("native") and o.quantity in ("float",))]
+               if not fmt.accepts(stored_as.get(o.quantity, o.quantity))]
     if refused:
         raise RequestError(header.path, f"cannot write {', '.join(refused)}: "
                                         f"{', '.join(f.name for f in formats if f.quantities)} holds only "
@@ -127,22 +127,6 @@ def plan_files(plan: RequestPlan, out_dir: Path, stem: str) -> List[PlannedFile]
                               compress=request.compress, detached=request.detached, threads=request.threads)
             files.append(PlannedFile(out.role, fmt.name, spec, fmt.paths(spec)))
     return files
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
-def _check_outputs_free(header: ScancoHeader, paths: Sequence[Path], overwrite: bool) -> None:
-    """Before any voxel is read: no output may be an input, and without ``overwrite`` none may exist."""
-    for path in paths:
-        if os.path.lexists(path) and _same_file(path, Path(header.path)):
-            raise OutputError(path, f"it is the input file {header.path}; an input is never written over")
-        if not overwrite and os.path.lexists(path):
-            raise OutputExistsError(path)
 
 
 class _WriterSink:
@@ -196,9 +180,17 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
     files = plan_files(plan, out_dir, stem)
     meta_path = out_dir / f"{stem}_metadata.json"
     report_path = out_dir / f"{stem}_report.png" if request.report else None
-    _check_outputs_free(header, [p for f in files for p in f.paths] + [meta_path] +
-                        ([report_path] if report_path else []), request.overwrite)
+    # every collision is found before any voxel is read; with --overwrite the earlier set of this stem
+    # (every file its metadata lists) is replaced as a whole; an input is never written over
+    stale = previous_outputs(meta_path) if request.overwrite else []
+    if request.overwrite and os.path.lexists(meta_path) and not stale:
+        plan = replace(plan, warnings=plan.warnings + (
+            f"{meta_path}: unreadable; only outputs with the same names are replaced",))
+    output_set = AtomicOutputSet(overwrite=request.overwrite, protected=[header.path], replace_also=stale)
+    output_set.check_free([p for f in files for p in f.paths] + [meta_path] +
+                          ([report_path] if report_path else []))
     out_dir.mkdir(parents=True, exist_ok=True)
+    removed = sweep_stale_partials(out_dir, stem=stem)
 
     observers = list(observers)
     report_builder = None
@@ -208,8 +200,11 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
         report_builder = ReportBuilder(header, request, plan.thresholds)
         observers.append(report_builder.observe)
     caught: List[str] = list(plan.warnings)
+    if removed:
+        caught.append(f"{out_dir}: removed {len(removed)} temporary file(s) left by a killed run: "
+                      + ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
 
-    with AtomicOutputSet(overwrite=request.overwrite) as output_set, open_voxels(header) as source:
+    with output_set, open_voxels(header) as source:
         engine_outputs = {o.role: EngineOutput(o.role, o.quantity, o.dtype) for o in plan.outputs}
         for f in files:
             writer = get_format(f.format).open(f.spec, output_set)
