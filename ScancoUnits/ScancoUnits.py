@@ -127,11 +127,16 @@ class ThresholdUnit(enum.Enum):
     density = "density"
 
     def label(self):
-        return {"permille": _("per mille"), "native": _("native"), "mu": "1/cm", "hu": "HU",
-                "density": "mg HA/ccm"}[self.value]
+        from ScancoUnitsLib.quantities import threshold_unit_label
+
+        # the panel's density thresholds are IPL's mg HA/ccm, whatever the density output's unit
+        text = threshold_unit_label(self.value, "mgHA/ccm")
+        return _(text) if self.value in ("permille", "native") else text
 
 
 class DensityUnit(enum.Enum):
+    """Values are accepted by ScancoUnitsLib.quantities.canonical_density_unit."""
+
     mg_ha_ccm = "mg HA/ccm"
     g_cc = "g/cc"
 
@@ -158,7 +163,7 @@ class ScancoUnitsParameterNode:
     upperThreshold: float = 1000.0
     createHU: bool = True
     createDensity: bool = True
-    densityUnit: DensityUnit = DensityUnit.mg_ha_ccm
+    densityUnit: DensityUnit = DensityUnit.g_cc   # the one default (quantities.DEFAULT_DENSITY_UNIT)
     createAttenuation: bool = False
     createNative: bool = False
     createMaskLabelmap: bool = True
@@ -443,7 +448,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 try:
                     nodes, files = self.logic.process(p.inputFilePath, exportDirectory=exportDirectory,
                                                       progressCallback=onProgress, cancel=cancelled,
-                                                      overwrite=True, **options)
+                                                      overwrite=True, header=self._header, **options)
                 except self.logic.lib.LoadCancelled:
                     slicer.util.showStatusMessage(_("Cancelled: nothing was added or written."), 5000)
                     return
@@ -748,7 +753,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
                                  "update the extension.")) from exc
         return save_mask_as_aim(node, path, source=source, segment_id=segmentId)
 
-    def loadScan(self, path, outputs=None, thresholds=None, densityUnit="mg HA/ccm", subsampleStep=1, region=None,
+    def loadScan(self, path, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
                  progressCallback=None, cancel=None, name=None, huDtype="int16", warn=None, scene=None):
         """Create the nodes of ``path``; returns ``{role: node}``. See ScancoUnitsLib.scene.load_scan_into_scene."""
         return self.lib.load_scan_into_scene(
@@ -756,49 +761,43 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
             hu_dtype=huDtype, subsample_step=subsampleStep, region=region, name=name, progress=progressCallback,
             cancel=cancel, warn=warn)
 
-    def exportScan(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="mg HA/ccm",
+    def exportScan(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="g/cc",
                    huDtype="int16", compress=True, overwrite=False, progressCallback=None, cancel=None):
         """Write the outputs of ``path`` as NRRD files at full resolution (streamed); returns ``{role: path}``."""
         return self.lib.export_scan(path, outputDirectory, outputs, thresholds=thresholds, density_unit=densityUnit,
                                     hu_dtype=huDtype, compress=compress, overwrite=overwrite,
                                     progress=progressCallback, cancel=cancel)
 
-    def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="mg HA/ccm",
+    def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="g/cc",
                             **_ignored):
         planned = self.lib.planned_export_files(path, outputDirectory, outputs, thresholds=thresholds,
                                                 density_unit=densityUnit)
         return [str(p) for p in planned if os.path.exists(p)]
 
-    def process(self, path, outputs=None, thresholds=None, densityUnit="mg HA/ccm", subsampleStep=1, region=None,
-                exportDirectory=None, progressCallback=None, cancel=None, overwrite=False, huDtype="int16"):
-        """Load into the scene and, when ``exportDirectory`` is given, export at full resolution.
+    def process(self, path, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
+                exportDirectory=None, progressCallback=None, cancel=None, overwrite=False, huDtype="int16",
+                header=None):
+        """Load into the scene and, when ``exportDirectory`` is given, export at full resolution, in ONE pass
+        over the file (ScancoUnitsLib.scene.load_scan with export_dir). The pass also records the file's
+        native histogram for "Show histogram" (no second read).
 
         Returns ``(nodes, files)``. ``progressCallback(fraction, text)``; ``cancel()`` -> True stops (raises
         ScancoUnitsLib.scene.LoadCancelled; nodes created by this call are removed, no file is left).
         """
-        loadShare = 0.5 if exportDirectory else 1.0
+        text = _("Loading and writing files...") if exportDirectory else _("Loading into the scene...")
 
-        def loadProgress(fraction):
+        def onProgress(fraction):
             if progressCallback:
-                progressCallback(fraction * loadShare, _("Loading into the scene..."))
+                progressCallback(fraction, text)
 
-        def exportProgress(fraction):
-            if progressCallback:
-                progressCallback(loadShare + fraction * (1.0 - loadShare), _("Writing NRRD files..."))
-
-        nodes = self.loadScan(path, outputs=outputs, thresholds=thresholds, densityUnit=densityUnit,
-                              subsampleStep=subsampleStep, region=region, progressCallback=loadProgress,
-                              cancel=cancel, huDtype=huDtype)
-        files = {}
-        if exportDirectory:
-            try:
-                files = self.exportScan(path, exportDirectory, outputs=outputs, thresholds=thresholds,
-                                        densityUnit=densityUnit, huDtype=huDtype, overwrite=overwrite,
-                                        progressCallback=exportProgress, cancel=cancel)
-            except BaseException:
-                self.lib.remove_loaded_nodes(slicer.mrmlScene, nodes)
-                raise
-        return nodes, files
+        result = self.lib.load_scan(
+            slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds, density_unit=densityUnit,
+            hu_dtype=huDtype, subsample_step=subsampleStep, region=region, progress=onProgress, cancel=cancel,
+            header=header, export_dir=exportDirectory, overwrite=overwrite, histogram=True)
+        if result.histogram is not None:
+            self.recordHistogram(path, result.histogram)
+        files = dict(result.exported.outputs) if result.exported is not None else {}
+        return result.nodes, files
 
     def showNodes(self, nodes):
         """Show the first calibrated volume as background and the labelmap as label layer (GUI only)."""
@@ -1055,8 +1054,9 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.assertEqual(sorted(nodes), ["density", "hu", "mask_labelmap", "mask_segmentation"])
         converter = UnitConverter(header.calibration)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["hu"]), converter.convert(volume, "hu"))
+        # density in g/cc: the one default of the command line, the Python API and Slicer
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["density"]),
-                                      converter.convert(volume, "density_mg_ha_ccm"))
+                                      converter.convert(volume, "density_g_cc"))
         for role in ("hu", "density", "mask_labelmap"):
             self._checkGeometry(nodes[role], header)
         expectedMask = (volume >= 8192) & (volume <= 32767)   # 250..1000 per mille
@@ -1065,7 +1065,7 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentation.GetNumberOfSegments(), 1)
         self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Bone 250-1000 per mille")
         self.assertEqual(nodes["hu"].GetVoxelValueUnits().GetCodeValue(), "[hnsf'U]")
-        self.assertEqual(nodes["density"].GetVoxelValueUnits().GetCodeValue(), "mg/cm3")
+        self.assertEqual(nodes["density"].GetVoxelValueUnits().GetCodeValue(), "g/cm3")
         self.assertEqual(nodes["density"].GetAttribute("ScancoUnits.MuScaling"), "8192")
 
     def test_logic_aim_position_and_options(self):

@@ -100,11 +100,7 @@ class HeaderSummary:
 def header_summary(header: ScancoHeader) -> HeaderSummary:
     h, c, s = header, header.calibration, header.scanner
     x, y, z = h.dimensions
-    sizes_um = [v * 1000.0 for v in h.voxel_size_mm]
-    if max(sizes_um) - min(sizes_um) <= 1e-6 * max(sizes_um[0], 1e-12):
-        voxel = f"{_fmt(sizes_um[0], 5)} µm"
-    else:
-        voxel = " x ".join(_fmt(v, 5) for v in sizes_um) + " µm"
+    voxel = " x ".join(_fmt(v * 1000.0, 5) for v in h.voxel_size_mm) + " µm"
     scanner = []
     if s.scanner_type is not None or s.scanner_id is not None:
         scanner.append(f"type {_fmt(s.scanner_type)}, id {_fmt(s.scanner_id)}")
