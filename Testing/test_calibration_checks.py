@@ -24,7 +24,7 @@ import ScancoUnitsLib as S
 from ScancoUnitsLib.aim_log import build_log, format_line
 from ScancoUnitsLib.convert import convert_file
 from ScancoUnitsLib.errors import CalibrationMissingError
-from ScancoUnitsLib.header import Calibration, CalibrationConflict, density_mg_per_unit
+from ScancoUnitsLib.header import Calibration, CalibrationConflict, density_mg_per_unit, scaling_in_calibration_text
 from ScancoUnitsLib.info_text import format_header_summary
 from ScancoUnitsLib.isq_format import VAX_G_MIN_MAGNITUDE
 from ScancoUnitsLib.thresholds import ThresholdSpec
@@ -54,7 +54,8 @@ def _reference_mg(vol, cal):
 
 @pytest.mark.parametrize("text, factor", [
     ("mg HA/ccm", 1.0), ("mg HA/cm3", 1.0), ("mgHA/ccm", 1.0), ("MG ha / CCM", 1.0), (" mg  HA/cm3 ", 1.0),
-    ("mg/cm3", 1.0), ("mg/ccm", 1.0), ("g HA/ccm", 1000.0), ("g HA/cm3", 1000.0), ("gHA/ccm", 1000.0),
+    ("mg/cm3", 1.0), ("mg/ccm", 1.0), ("mg HA/cm³", 1.0), ("mg HA/cm^3", 1.0), ("g/ml", 1000.0),
+    ("g HA/ccm", 1000.0), ("g HA/cm3", 1000.0), ("gHA/ccm", 1000.0),
     ("G HA/CCM", 1000.0), ("g/cm3", 1000.0), ("g/ccm", 1000.0), (None, 1.0), ("", 1.0), ("   ", 1.0),
     ("1/cm", None), ("HU", None), ("kg/m3", None), ("mg HA", None), ("mgHA/ccmx", None), ("per mille", None),
 ])
@@ -271,6 +272,16 @@ def test_isq_header_scaling_against_calibration_text(tmp_path):
     assert set(convert_file(path, tmp_path / "n", outputs=("native", "mask"))) == {"native", "mask", "metadata"}
     consistent = _write("isq", tmp_path, "ok", vol, MG)
     assert S.read_header(consistent).calibration.conflicts == ()
+
+
+@pytest.mark.parametrize("text, scaling", [
+    ("68 kVp, BH: 200 mg HA/ccm, Scaling 8192, 0.2 CU", 8192.0), ("45 kVp, 0.5mm Al, BH: 1200mg HA/ccm, Scaling 4096",
+                                                                 4096.0),
+    ("scaling: 1000.", 1000.0), ("Scaling 4096 / scaling 4096", 4096.0), ("Scaling 4096, Scaling 8192", None),
+    ("Rescaling 2", None), ("70 kVp", None), ("", None), (None, None), ("Scaling factor", None),
+])
+def test_scaling_in_calibration_text(text, scaling):
+    assert scaling_in_calibration_text(text) == scaling
 
 
 def test_conflicts_are_immutable_and_json_safe():

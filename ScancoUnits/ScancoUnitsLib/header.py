@@ -8,8 +8,8 @@ Never a silent wrong number:
 * **Density unit.** The file's density unit text (ISQ calibration block +648, AIM log
   ``Density: unit``) is read case- and space-insensitively (:func:`density_mg_per_unit`):
   ``mg HA/ccm``, ``mg HA/cm3``, ``mgHA/ccm``, ``mg/cm3``, ``mg/ccm``, ``mg/cc`` are 1 mg HA/ccm per
-  unit; ``g HA/ccm``, ``g HA/cm3``, ``g/cm3``, ``g/ccm``, ``g/cc`` are 1000. An absent unit is taken
-  as mg HA/ccm (what every SCANCO file seen so far states, and what this library assumed before).
+  unit; ``g HA/ccm``, ``g HA/cm3``, ``g/cm3``, ``g/ccm``, ``g/cc`` are 1000 (``cm^3``, ``cm³`` and
+  ``ml`` are accepted for the cubic centimetre too). An absent unit is taken as mg HA/ccm (what every SCANCO file seen so far states, and what this library assumed before).
   Any other text (``1/cm``, ``HU``, ``kg/m3``...) refuses density with a message naming the text;
   µ, HU, native values and masks do not depend on it.
 * **Contradictory calibration.** When the header states one constant twice with different values
@@ -46,12 +46,12 @@ def _is_finite_number(value) -> bool:
 
 
 #: mg HA/ccm per unit of each recognised density unit, keyed by the unit text in lower case without
-#: spaces ("mg HA/ccm" -> "mgha/ccm"). "ccm", "cc", "cm3" and "cm^3" all mean cubic centimetre.
+#: spaces ("mg HA/ccm" -> "mgha/ccm"). "ccm", "cc", "cm3", "cm^3", "cm³" and "ml" all mean cubic centimetre.
 DENSITY_UNIT_MG_PER_UNIT = {
     f"{mass}{ha}/{volume}": factor
     for mass, factor in (("mg", 1.0), ("g", 1000.0))
     for ha in ("ha", "")
-    for volume in ("ccm", "cc", "cm3", "cm^3", "cm\u00b3")
+    for volume in ("ccm", "cc", "cm3", "cm^3", "cm\u00b3", "ml")
 }
 #: the unit an absent density unit is taken to be
 DEFAULT_DENSITY_UNIT = "mg HA/ccm"
