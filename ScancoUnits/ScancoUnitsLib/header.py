@@ -9,7 +9,8 @@ Never a silent wrong number:
   ``Density: unit``) is read case- and space-insensitively (:func:`density_mg_per_unit`):
   ``mg HA/ccm``, ``mg HA/cm3``, ``mgHA/ccm``, ``mg/cm3``, ``mg/ccm``, ``mg/cc`` are 1 mg HA/ccm per
   unit; ``g HA/ccm``, ``g HA/cm3``, ``g/cm3``, ``g/ccm``, ``g/cc`` are 1000 (``cm^3``, ``cm³`` and
-  ``ml`` are accepted for the cubic centimetre too). An absent unit is taken as mg HA/ccm (what every SCANCO file seen so far states, and what this library assumed before).
+  ``ml`` are accepted for the cubic centimetre too). An absent unit is taken as mg HA/ccm (what
+  every SCANCO file seen so far states, and what this library assumed before).
   Any other text (``1/cm``, ``HU``, ``kg/m3``...) refuses density with a message naming the text;
   µ, HU, native values and masks do not depend on it.
 * **Contradictory calibration.** When the header states one constant twice with different values
