@@ -185,7 +185,7 @@ def parse_aim_header(head: bytes, path: str, file_size: int) -> ScancoHeader:
 
     log_text = decode_log(head[log_at:data_offset])
     items = parse_log(log_text)
-    calibration = calibration_from_log(items)
+    calibration = calibration_from_log(items, dtype.voxel_type)
     scanner = scanner_from_log(items)
     min_value, max_value = data_range_from_log(items)
     origin_mm = tuple(float(p) * size for p, size in zip(pos, voxel_size_mm))
