@@ -60,16 +60,16 @@ else:
     t0 = time.perf_counter()
     nodes = load_scan_into_scene(scene, path, outputs=["hu"] if case == "hu" else None)
     seconds = time.perf_counter() - t0
-    own = 0
+    buffers = {}   # data address -> bytes: a segment that shares the labelmap's voxels counts once
     for role, node in nodes.items():
-        if node.IsA("vtkMRMLVolumeNode"):
-            own += numpy_support.vtk_to_numpy(node.GetImageData().GetPointData().GetScalars()).nbytes
-        else:
-            seg = node.GetSegmentation()
-            for i in range(seg.GetNumberOfSegments()):
-                image = seg.GetNthSegment(i).GetRepresentation("Binary labelmap")
-                if image is not None and image.GetPointData().GetScalars() is not None:
-                    own += numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).nbytes
+        images = [node.GetImageData()] if node.IsA("vtkMRMLVolumeNode") else [
+            node.GetSegmentation().GetNthSegment(i).GetRepresentation("Binary labelmap")
+            for i in range(node.GetSegmentation().GetNumberOfSegments())]
+        for image in images:
+            if image is not None and image.GetPointData().GetScalars() is not None:
+                a = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+                buffers[a.__array_interface__["data"][0]] = a.nbytes
+    own = sum(buffers.values())
 print(json.dumps({{"seconds": seconds, "peak_above_base_bytes": (rss_kib("VmHWM") - base) * 1024,
                   "node_bytes": own}}))
 """

@@ -137,7 +137,7 @@ class _WriterSink:
         self.writer.write_slab(slab)
 
 
-def _mask_coverage_warning(header: ScancoHeader, plan: RequestPlan, mask_voxels: int,
+def mask_coverage_warning(header: ScancoHeader, plan: RequestPlan, mask_voxels: int,
                            native_min, native_max) -> Optional[str]:
     """A warning when the threshold mask is empty or holds every voxel (thresholds and data range in
     per mille and mg HA/ccm), else None."""
@@ -157,8 +157,12 @@ def _mask_coverage_warning(header: ScancoHeader, plan: RequestPlan, mask_voxels:
 
     what = "empty: no voxel is" if mask_voxels == 0 else "full: every voxel is"
     data = both(native_min, native_max) if native_min is not None else "unknown"
-    return (f"{header.path}: the mask is {what} inside the thresholds {both(r.native_low, r.native_high)}; "
+    return (f"{header.path}: {MASK_COVERAGE_MARK}{what} inside the thresholds {both(r.native_low, r.native_high)}; "
             f"the data range is {data}. Choose thresholds inside the data range (--low/--high).")
+
+
+#: where the mask-coverage sentence starts in its warning (the report shows it without the path)
+MASK_COVERAGE_MARK = "the mask is "
 
 
 def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRequest] = None, *,
@@ -229,13 +233,15 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
         if nonfinite:
             caught.append(f"{header.path}: the float image holds {nonfinite} NaN or infinite voxels "
                           "(written as stored)")
-        coverage = _mask_coverage_warning(header, plan, mask_voxels, result.native_min, result.native_max) \
+        coverage = mask_coverage_warning(header, plan, mask_voxels, result.native_min, result.native_max) \
             if plan.output("mask") is not None else None
         if coverage:
             caught.append(coverage)
         for text in caught[len(plan.warnings):]:
             warnings.warn(text, stacklevel=2)
         metadata = _metadata(header, plan, files, stats, mask_voxels, hu_clipped, result, caught)
+        if coverage:
+            metadata["mask_coverage"] = coverage[coverage.index(MASK_COVERAGE_MARK):]
         if report_builder is not None:
             with output_set.add(report_path, "wb") as f:
                 report_builder.save(f, metadata)

@@ -24,19 +24,15 @@ import numpy as np
 
 from .header import Calibration
 from .histogram import NativeHistogram
+from .quantities import QUANTITIES
 from .thresholds import PERMILLE_FULL_SCALE, VALUE_UNITS, ResolvedThresholds
 from .units import UnitConverter
 
 #: x-axis units of the chart (the keys of ResolvedThresholds.values)
 CHART_UNITS = VALUE_UNITS
-UNIT_LABELS = {
-    "native": "native value",
-    "permille": "per mille (‰, 1000 ‰ = native 32767)",
-    "mu": "linear attenuation µ [1/cm]",
-    "hu": "HU",
-    "density_mg_ha_ccm": "density [mg HA/ccm]",
-    "density_g_cc": "density [g HA/cc]",
-}
+#: axis titles: the quantity registry's axis labels, plus per mille (a threshold unit, not a quantity)
+UNIT_LABELS = {unit: QUANTITIES[unit].axis_label(short=True) for unit in CHART_UNITS if unit in QUANTITIES}
+UNIT_LABELS.update(native="native value", permille="per mille (‰, 1000 ‰ = native 32767)")
 # table columns
 COLUMN_NATIVE = "native"
 COLUMN_X = "x"

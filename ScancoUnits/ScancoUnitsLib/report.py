@@ -277,7 +277,7 @@ class ReportBuilder:
         fig.text(0.05, 0.965, name, fontsize=19, fontweight="bold", va="top", ha="left")
         fig.text(0.985, 0.965, "ScancoUnits QC report", fontsize=12, color="#555555", va="top", ha="right")
         line1 = header_summary(h).one_line()
-        fig.text(0.05, 0.922, _shorten(line1, 150), fontsize=10.5, va="top", ha="left")
+        fig.text(0.05, 0.922, _shorten(line1, 175), fontsize=10.5, va="top", ha="left")
         if self.is_char or self.is_float:  # never rescaled: the calibration is information only
             calibration = _calibration_text(c) if c.has_mu else "none in the file (not needed: values shown as stored)"
             colour = "#222222"
@@ -504,7 +504,14 @@ class ReportBuilder:
         if outputs:
             parts.append("outputs: " + ", ".join(str(v.get("file", k)) for k, v in outputs.items()))
         fig.text(0.05, 0.012, "   ·   ".join(parts), fontsize=8.5, color="#555555", ha="left", va="bottom")
-        warnings = metadata.get("warnings") if isinstance(metadata, dict) else None
+        warnings = list(metadata.get("warnings") or []) if isinstance(metadata, dict) else []
+        coverage = metadata.get("mask_coverage") if isinstance(metadata, dict) else None
+        if coverage:  # an empty or full mask is the first thing to see: its own line, in full
+            import textwrap
+
+            fig.text(0.745, 0.135, textwrap.fill("MASK " + coverage, 58), fontsize=8.5, fontweight="bold",
+                     color="#b00020", ha="left", va="top", linespacing=1.25)
+            warnings = [w for w in warnings if coverage not in str(w)]
         if warnings:
             fig.text(0.05, 0.034, "warning: " + " | ".join(str(w) for w in warnings)[:260], fontsize=8.5,
                      color="#b00020", ha="left", va="bottom")

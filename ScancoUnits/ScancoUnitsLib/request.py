@@ -54,7 +54,7 @@ from .quantities import (
 )
 from .thresholds import PERMILLE_REFERENCES, ResolvedThresholds, ThresholdSpec, resolve_thresholds
 from .units import UnitConverter
-from .volume_writers import DEFAULT_FORMAT, FORMAT_NAMES
+from .volume_writers import DEFAULT_FORMAT, FORMAT_NAMES, get_format
 
 DEFAULT_THRESHOLDS = ThresholdSpec(*DEFAULT_THRESHOLDS_PERMILLE, unit="permille")
 
@@ -181,8 +181,6 @@ class ConversionRequest:
 
 
 def _aim_roles() -> Tuple[str, ...]:
-    from .volume_writers import get_format
-
     return tuple(get_format("aim").quantities or ())
 
 

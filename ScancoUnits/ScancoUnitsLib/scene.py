@@ -23,13 +23,16 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .engine import EngineOutput, run_engine, slab_slices_for
+from .convert import convert_header, mask_coverage_warning, output_stem, plan_files
+from .engine import EngineOutput, run_engine
 from .errors import ConversionCancelled
 from .header import ScancoHeader
+from .histogram import NativeHistogram
 from .quantities import DEFAULT_DENSITY_UNIT, DEFAULT_NODE_ROLES, NODE_ROLES, QUANTITIES, canonical_density_unit
 from .reader import open_voxels, read_header, sniff_format  # noqa: F401 - sniff_format: public here
 from .request import ConversionRequest, RequestPlan, normalise_roles, plan_request, threshold_spec_from
 from .sampling import SamplingPlan, ijk_to_ras_matrix, plan_sampling  # noqa: F401 - public here
+from .units import UnitConverter
 from .summaries import (  # noqa: F401 - the panel helpers have always been importable from here
     _fmt,
     calibration_warning,
@@ -55,7 +58,7 @@ make_threshold_spec = threshold_spec_from
 
 _ATTRIBUTE_PREFIX = "ScancoUnits."
 MASK_COLOR_RGB = (0.90, 0.85, 0.55)   # bone-ivory segment and label colour
-_SLAB_VOXELS = 4 << 20   # about 4 Mi voxels read and converted at a time (8 MB of int16)
+_SLAB_VOXELS = 1 << 20   # about 1 Mi voxels read and converted at a time (2 MB of int16): little memory beside the nodes
 
 ProgressCallback = Callable[[float], None]
 
@@ -410,8 +413,6 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
                 attributes = dict(common)
                 attributes.update({"Quantity": out.quantity, "Unit": quantity.unit_label})
                 if quantity.is_calibrated:
-                    from .units import UnitConverter
-
                     entry = UnitConverter(header.calibration).describe()["quantities"][out.quantity]
                     attributes.update({"Formula": entry["formula"], "Scale": _fmt(entry["scale"], 17),
                                        "Offset": _fmt(entry["offset"], 17)})
@@ -428,8 +429,6 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
         observers = []
         native_histogram = None
         if histogram:
-            from .histogram import NativeHistogram
-
             native_histogram = NativeHistogram(header.voxel_type)
             observers.append(lambda z0, native, views: native_histogram.accumulate(native))
         total_fraction = 0.95
@@ -443,8 +442,6 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
             raise LoadCancelled(path)
         exported = None
         if export_dir is not None:
-            from .convert import convert_header
-
             extra = {role: o.sinks for role, o in engine_outputs.items()}
             exported = convert_header(header, export_dir, request, progress=on_progress, observers=observers,
                                       cancel=cancel, extra_sinks=extra,
@@ -469,11 +466,9 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
         if exported is not None and "mask" in nodes:
             mask_voxels = exported.metadata.get("mask_voxels")
         if mask_voxels is not None and resolved is not None and not char_mask and full:
-            from .convert import _mask_coverage_warning
-
             native_range = (result.native_min, result.native_max) if stats else \
                 tuple(exported.metadata.get("native_range") or (None, None))
-            text = _mask_coverage_warning(header, plan, mask_voxels, *native_range)
+            text = mask_coverage_warning(header, plan, mask_voxels, *native_range)
             if text:
                 nodes["mask"].SetAttribute(_ATTRIBUTE_PREFIX + "MaskWarning", text)
                 warning(text)
@@ -566,8 +561,6 @@ def export_request(header: ScancoHeader, outputs=None, *, thresholds=None, densi
 
 def planned_export_files(path, out_dir, outputs=None, *, header: Optional[ScancoHeader] = None, **options):
     """Paths :func:`export_scan` would write (to ask before overwriting), metadata JSON included."""
-    from .convert import output_stem, plan_files
-
     header = header or read_header(path)
     _request, plan = export_request(header, outputs, **options)
     stem = output_stem(header.path)
@@ -584,8 +577,6 @@ def export_scan(path, out_dir, outputs=None, *, thresholds=None, density_unit: s
     Options have the meaning of :func:`load_scan_into_scene` (both mask roles map to the one mask file).
     ``progress(fraction)``; ``cancel`` as there: raises :class:`LoadCancelled` and leaves no file.
     """
-    from .convert import convert_header
-
     header = header or read_header(path)
     request, plan = export_request(header, outputs, thresholds=thresholds, density_unit=density_unit,
                                    hu_dtype=hu_dtype, compress=compress, overwrite=overwrite)

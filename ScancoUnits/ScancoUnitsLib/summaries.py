@@ -83,12 +83,14 @@ class HeaderSummary:
     format: str
     scanner: str
     dimensions: str
+    data_size: str
     voxel_size: str
     origin: str
     calibration: str
 
     def rows(self) -> Tuple[Tuple[str, str], ...]:
-        return (("Format", self.format), ("Scanner", self.scanner), ("Dimensions", self.dimensions),
+        return (("Format", self.format), ("Scanner", self.scanner),
+                ("Dimensions", f"{self.dimensions} ({self.data_size})"),
                 ("Voxel size", self.voxel_size), ("Origin", self.origin), ("Calibration", self.calibration))
 
     def one_line(self) -> str:
@@ -124,8 +126,8 @@ def header_summary(header: ScancoHeader) -> HeaderSummary:
         name=os.path.basename(h.path),
         format=f"{h.format} ({h.version}), {h.data_type_name}" + (f", {h.compression}" if h.compression else ""),
         scanner=", ".join(scanner) if scanner else "not in header",
-        dimensions=f"{x} x {y} x {z} voxels (x, y, z), "
-                   f"{_human_bytes(h.voxel_count * np.dtype(h.voxel_type).itemsize)}",
+        dimensions=f"{x} x {y} x {z} voxels (x, y, z)",
+        data_size=_human_bytes(h.voxel_count * np.dtype(h.voxel_type).itemsize),
         voxel_size=voxel,
         origin=" ".join(_fmt(v, 6) for v in h.origin_mm) + " mm (LPS)",
         calibration="; ".join(cal))
