@@ -270,3 +270,33 @@ def test_peak_memory_is_flat(tmp_path):
     group = zarr.open_group(str(tmp_path / "full.ome.zarr"), mode="r")
     assert [group[k].shape for k in ("0", "1", "2")] == [(256, 256, 256), (128, 128, 128), (64, 64, 64)]
     assert float(group["0"][255, 3, 5]) == 255 + 1.5 + 5
+
+
+def test_real_aim_hu_through_the_seam(tmp_path, real_data):
+    """A real calibrated AIM, converted to HU slab by slab, through the registered format's spec."""
+    from ScancoUnitsLib.reader import iter_slabs, read_header, read_volume
+    from ScancoUnitsLib.units import UnitConverter
+
+    header = read_header(real_data / "CALLUS_1237.AIM")
+    converter = UnitConverter(header.calibration, path=header.path)
+    dtype = converter.output_dtype("hu")
+    x, y, z = header.dimensions
+    spec = VolumeSpec(base_path=tmp_path / "CALLUS_1237_HU", shape_zyx=(z, y, x), dtype=dtype,
+                      spacing_mm=header.voxel_size_mm, origin_mm=header.origin_mm, quantity="hu",
+                      unit_label="HU", description="Hounsfield units", source=header,
+                      key_values={"ScancoUnits_unit": "HU"})
+    with AtomicOutputSet() as outputs:
+        writer = OmeZarrVolumeWriter.from_spec(spec, outputs, pyramid_top_size=16, chunk_size=16)
+        for native in iter_slabs(header, slices=5):
+            writer.write_slab(converter.convert(native, "hu"))
+    expected = converter.convert(read_volume(header), "hu")
+    group = zarr.open_group(str(tmp_path / "CALLUS_1237_HU.ome.zarr"), mode="r")
+    np.testing.assert_array_equal(group["0"][:], expected)
+    np.testing.assert_array_equal(group["1"][:], reference_2x(expected, "mean"))
+    own = group.attrs[ATTRIBUTES_KEY]
+    assert own["calibration"] == header.calibration.to_dict()
+    assert own["provenance"]["source_file"] == str(header.path)
+    assert own["provenance"]["processing_log"] == header.processing_log
+    first = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    assert first[1]["translation"] == list(reversed(header.origin_mm))
+    assert first[0]["scale"] == list(reversed(header.voxel_size_mm))
