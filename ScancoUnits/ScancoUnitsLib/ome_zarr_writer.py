@@ -30,7 +30,8 @@ voxels that exist; its nominal centre stays on the regular grid of that level.
 Streaming in flat memory: each level keeps one z-chunk-row (``chunk_z`` slices of that level) and at most
 one unpaired slice. A z-chunk-row is written (compressed, Blosc zstd) once full, and pairs of slices go
 down to the next level as they arrive, so the memory held is about ``chunk_z * ny * nx * itemsize * 4/3``
-whatever the number of slices. The directory is built in the hidden temporary directory given by
+whatever the number of slices. Chunks that hold only zeros are not stored (zarr's default; readers fill
+them with the fill value 0), which keeps masks small. The directory is built in the hidden temporary directory given by
 :meth:`~ScancoUnitsLib.atomic_output.AtomicOutputSet.add_directory` and appears complete or not at all.
 
 zarr (and numcodecs) are imported lazily: without them :class:`OmeZarrUnavailableError` names the
@@ -39,11 +40,10 @@ zarr (and numcodecs) are imported lazily: without them :class:`OmeZarrUnavailabl
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import List, Mapping, Optional, Tuple
 
 import numpy as np
 
