@@ -110,7 +110,9 @@ def test_scale_and_translation_per_level(tmp_path):
     attrs = json.loads((path / ".zattrs").read_text())
     (multiscale,) = attrs["multiscales"]
     assert multiscale["version"] == "0.4"
-    assert multiscale["axes"] == [{"name": n, "type": "space", "unit": "millimeter"} for n in "zyx"]
+    lps = {"x": "right-to-left", "y": "anterior-to-posterior", "z": "inferior-to-superior"}  # NGFF RFC-4
+    assert multiscale["axes"] == [{"name": n, "type": "space", "unit": "millimeter",
+                                   "orientation": {"type": "anatomical", "value": lps[n]}} for n in "zyx"]
     sx, sy, sz = SPACING_XYZ
     ox, oy, oz = ORIGIN_XYZ
     for k, dataset in enumerate(multiscale["datasets"]):

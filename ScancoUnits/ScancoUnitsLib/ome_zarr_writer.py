@@ -17,8 +17,10 @@ lack. 0.5 is one keyword away for readers that prefer it.
 Geometry: axes ``z, y, x`` (the array order), ``type: space``, ``unit: millimeter``. Level *k* has
 ``scale = voxel size * 2**k`` and ``translation = origin + (2**k - 1) * voxel size / 2`` (the centre of its
 first voxel, which averages level-0 voxels 0 .. 2**k - 1), in SCANCO's LPS frame as in the NRRD output
-(x towards the patient's left, y posterior, z superior; origin = centre of voxel (0, 0, 0)). NGFF has no
-anatomical orientation field, so the frame is stated in the ``scanco_units`` attributes.
+(x towards the patient's left, y posterior, z superior; origin = centre of voxel (0, 0, 0)). NGFF 0.4/0.5
+have no anatomical orientation field: each axis carries the ``orientation`` of NGFF RFC-4 (``right-to-left``,
+``anterior-to-posterior``, ``inferior-to-superior``, as ngff-zarr and ITK write and read it; other readers
+ignore the extra key) and the frame is also stated in the ``scanco_units`` attributes.
 
 Downsampling (level k+1 from level k, 2x2x2 blocks): the mean computed in float64 for every quantity but
 masks, then cast back to the level's voxel type (float32 rounded to nearest; integer types such as int16
@@ -82,6 +84,8 @@ ATTRIBUTES_KEY = "scanco_units"
 AXIS_UNIT = "millimeter"
 COORDINATE_FRAME = "LPS"
 AXES_ZYX = ("z", "y", "x")
+#: RFC-4 anatomical orientation of LPS axes (the direction in which each axis increases)
+AXIS_ORIENTATION_LPS = {"x": "right-to-left", "y": "anterior-to-posterior", "z": "inferior-to-superior"}
 # float64 voxels of one downsampling step (pairs of slices are processed in groups of about this size)
 _DOWNSAMPLE_VOXELS = 1 << 22
 
@@ -396,7 +400,9 @@ class OmeZarrVolumeWriter:
                     f"float64 mean rounded half to even (numpy.rint), clipped to {self.dtype.name}")
         multiscale = {
             "name": self.path.name[:-len(OME_ZARR_SUFFIX)],
-            "axes": [{"name": name, "type": "space", "unit": AXIS_UNIT} for name in AXES_ZYX],
+            "axes": [{"name": name, "type": "space", "unit": AXIS_UNIT,
+                      "orientation": {"type": "anatomical", "value": AXIS_ORIENTATION_LPS[name]}}
+                     for name in AXES_ZYX],
             "datasets": [{"path": level.path, "coordinateTransformations": level.coordinate_transformations()}
                          for level in self.levels],
             "type": "local_max" if self.downsampling == "max" else "local_mean",
