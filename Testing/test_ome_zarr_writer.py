@@ -302,3 +302,43 @@ def test_real_aim_hu_through_the_seam(tmp_path, real_data):
     first = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
     assert first[1]["translation"] == list(reversed(header.origin_mm))
     assert first[0]["scale"] == list(reversed(header.voxel_size_mm))
+
+
+@pytest.mark.parametrize("failure, failing", [("disk full", "chunk"), ("interrupt", "chunk"),
+                                              ("disk full", "metadata")])
+def test_failure_during_a_write_waits_for_the_others_then_removes_all(tmp_path, monkeypatch, failure, failing):
+    """One chunk write fails while others are in flight: they finish before the tree is removed, so no
+    late write recreates the temporary directory."""
+    import asyncio
+    import errno
+    import itertools
+    import time
+
+    from zarr.storage import LocalStore
+
+    from ScancoUnitsLib.atomic_output import OutputError
+
+    calls = itertools.count()
+    original = LocalStore.set
+
+    async def slow_failing_set(self, key, value):
+        if failing == "chunk" and key.count("/") == 3:
+            failing_now = next(calls) == 6  # the 7th chunk: level 0, second chunk row
+        else:
+            failing_now = failing == "metadata" and key.endswith("0/.zarray")
+        if failing_now:
+            if failure == "interrupt":
+                raise KeyboardInterrupt
+            raise OSError(errno.ENOSPC, "No space left on device")
+        await asyncio.sleep(0.05)  # still in flight when the failure is raised
+        return await original(self, key, value)
+
+    monkeypatch.setattr(LocalStore, "set", slow_failing_set)
+    volume, unit = volumes()["hu"]
+    expected = KeyboardInterrupt if failure == "interrupt" else OutputError
+    with pytest.raises(expected) as caught:
+        write(tmp_path / "scan.ome.zarr", volume, "hu", unit, chunk_size=8)
+    if failure == "disk full":
+        assert "scan.ome.zarr: cannot write output: No space left on device" in str(caught.value)
+    time.sleep(0.2)
+    assert names(tmp_path) == [] and live_partials() == []

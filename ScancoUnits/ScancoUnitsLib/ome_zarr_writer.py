@@ -42,7 +42,9 @@ zarr (and numcodecs) are imported lazily: without them :class:`OmeZarrUnavailabl
 
 from __future__ import annotations
 
+import asyncio
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Mapping, Optional, Tuple
@@ -99,6 +101,7 @@ def _require_zarr():
     try:
         import numcodecs  # noqa: F401
         import zarr
+        import zarr.api.asynchronous  # noqa: F401
     except ImportError as exc:
         raise OmeZarrUnavailableError(
             "OME-Zarr output needs zarr: pip install scanco-units[zarr]") from exc
@@ -231,11 +234,64 @@ def downsample_2x(slices: np.ndarray, method: str) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------
 
 
+class _WriteRunner:
+    """Runs zarr's asynchronous chunk writes on an event loop of the calling thread.
+
+    zarr's synchronous API hands the work to its own I/O thread; an exception (Ctrl-C, SIGTERM as
+    :class:`~ScancoUnitsLib.atomic_output.Interrupted`, disk full on one chunk) would leave the other chunk
+    writes of that call running, and they could recreate files after the temporary directory was removed.
+    Here every write is a task of our loop: on any exception :meth:`drain` waits for all of them (and for
+    the encoding threads) before the caller removes anything. *threads*: encoding/writing threads.
+    """
+
+    def __init__(self, threads: int):
+        self.loop = asyncio.new_event_loop()
+        self.loop.set_default_executor(ThreadPoolExecutor(max_workers=max(1, int(threads)),
+                                                          thread_name_prefix="ome-zarr"))
+
+    def run(self, coroutine):
+        task = self.loop.create_task(coroutine)
+        try:
+            return self.loop.run_until_complete(task)
+        except BaseException:
+            self.drain()
+            raise
+
+    def drain(self) -> None:
+        """Wait until no task and no thread of ours still works.
+
+        A task that failed with KeyboardInterrupt re-raises it out of the loop (and so does each task
+        awaiting it), so this keeps running the loop until nothing is pending, a bounded number of times
+        (a real second Ctrl-C ends up here too: then we stop waiting).
+        """
+        if self.loop.is_closed():
+            return
+        for _attempt in range(64):
+            pending = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
+            try:
+                if pending:
+                    self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+                self.loop.run_until_complete(self.loop.shutdown_default_executor())
+                break
+            except BaseException:
+                continue
+        for task in asyncio.all_tasks(self.loop):  # their failure is the one being raised already
+            if task.done() and not task.cancelled():
+                task.exception()
+
+    def close(self) -> None:
+        self.drain()
+        if not self.loop.is_closed():
+            self.loop.close()
+
+
 class _LevelStream:
     """One level: buffers a z-chunk-row, writes it when full, sends pairs of slices down."""
 
-    def __init__(self, array, level: PyramidLevel, dtype: np.dtype, method: str, below: Optional["_LevelStream"]):
-        self.array = array
+    def __init__(self, array, runner: _WriteRunner, level: PyramidLevel, dtype: np.dtype, method: str,
+                 below: Optional["_LevelStream"]):
+        self.array = array  # a zarr.AsyncArray: its writes run on the writer's own loop
+        self.runner = runner
         self.level = level
         self.method = method
         self.below = below
@@ -276,7 +332,8 @@ class _LevelStream:
         # bounds its extra memory to a band instead of the whole chunk row
         band = self.level.chunks_zyx[1]
         for y0 in range(0, self.level.shape_zyx[1], band):
-            self.array[z0:z1, y0:y0 + band] = self.buffer[:self.filled, y0:y0 + band]
+            self.runner.run(self.array.setitem((slice(z0, z1), slice(y0, y0 + band)),
+                                               self.buffer[:self.filled, y0:y0 + band]))
         self.z_written += self.filled
         self.filled = 0
 
@@ -342,7 +399,7 @@ class OmeZarrVolumeWriter:
                  calibration: Optional[Mapping] = None, provenance: Optional[Mapping] = None,
                  ngff_version: str = DEFAULT_NGFF_VERSION, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  pyramid_top_size: int = DEFAULT_PYRAMID_TOP_SIZE, compress_level: int = DEFAULT_COMPRESS_LEVEL,
-                 downsampling: Optional[str] = None, atomic: AtomicOutputSet | None = None,
+                 downsampling: Optional[str] = None, threads: int = 2, atomic: AtomicOutputSet | None = None,
                  overwrite: bool = False):
         self.path = Path(os.path.abspath(os.fspath(path)))
         if not self.path.name.lower().endswith(OME_ZARR_SUFFIX):
@@ -367,13 +424,14 @@ class OmeZarrVolumeWriter:
         self._closed = False
         self._slices_written = 0
         self._streams: List[_LevelStream] = []
+        self._runner = None
         try:
+            self._runner = _WriteRunner(threads)
             self.temp_path = self._set.add_directory(self.path)
             attributes = self._attributes(description, key_values, calibration, provenance, spacing_mm, origin_mm)
             self._create(zarr, attributes, int(compress_level))
         except BaseException as exc:
-            self._closed = True
-            self._set.abort()
+            self._fail()
             if isinstance(exc, OSError):
                 raise output_error_from(self.path, exc) from exc
             raise
@@ -391,7 +449,7 @@ class OmeZarrVolumeWriter:
         return cls(_ome_zarr_paths(spec)[0], spec.shape_zyx, spec.dtype, spacing_mm=spec.spacing_mm,
                    origin_mm=spec.origin_mm, quantity=spec.quantity, unit_label=spec.unit_label,
                    description=spec.description, key_values=dict(spec.key_values), calibration=calibration,
-                   provenance=provenance, atomic=atomic, **options)
+                   provenance=provenance, threads=options.pop("threads", spec.threads), atomic=atomic, **options)
 
     # -- metadata -----------------------------------------------------------------------------------
     def _attributes(self, description, key_values, calibration, provenance, spacing_mm, origin_mm) -> dict:
@@ -450,16 +508,21 @@ class OmeZarrVolumeWriter:
                 "compressors": [BloscCodec(cname="zstd", clevel=compress_level, shuffle="bitshuffle")],
                 "dimension_names": list(AXES_ZYX),
             }
-        group = zarr.open_group(store=str(self.temp_path), mode="w-", zarr_format=zarr_format)
+
+        async def create():
+            group = await zarr.api.asynchronous.open_group(store=str(self.temp_path), mode="w-",
+                                                           zarr_format=zarr_format, attributes=attributes)
+            return [await group.create_array(level.path, shape=level.shape_zyx, chunks=level.chunks_zyx,
+                                             dtype=self.dtype, fill_value=0, **array_options)
+                    for level in self.levels]
+
+        arrays = self._runner.run(create())  # metadata too: nothing runs on after a failure
         below = None
         streams = []
-        for level in reversed(self.levels):
-            array = group.create_array(level.path, shape=level.shape_zyx, chunks=level.chunks_zyx,
-                                       dtype=self.dtype, fill_value=0, **array_options)
-            below = _LevelStream(array, level, self.dtype, self.downsampling, below)
+        for array, level in zip(reversed(arrays), reversed(self.levels)):
+            below = _LevelStream(array, self._runner, level, self.dtype, self.downsampling, below)
             streams.append(below)
         self._streams = streams[::-1]
-        group.attrs.update(attributes)
 
     # -- properties ---------------------------------------------------------------------------------
     @property
@@ -525,6 +588,7 @@ class OmeZarrVolumeWriter:
         finally:
             for stream in self._streams:
                 stream.release()
+            self._stop_runner()
         if self._own_set:
             self._set.commit()
 
@@ -536,7 +600,12 @@ class OmeZarrVolumeWriter:
         self._closed = True
         for stream in self._streams:
             stream.release()
+        self._stop_runner()  # first: no chunk write may still be running when the tree is removed
         self._set.abort()
+
+    def _stop_runner(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
 
     def __enter__(self):
         return self
