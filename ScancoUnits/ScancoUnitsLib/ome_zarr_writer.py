@@ -391,7 +391,9 @@ class OmeZarrVolumeWriter:
     *overwrite*) and commits it in :meth:`close`. *key_values*, *description*, *calibration* (a dict,
     e.g. ``Calibration.to_dict()``) and *provenance* (a JSON-able dict) go into the ``scanco_units``
     attributes. *downsampling*: ``"mean"`` or ``"max"`` (default: from *quantity*, see
-    :func:`downsampling_method`).
+    :func:`downsampling_method`). *threads*: threads that compress and write chunks (zarr's writes run
+    on an event loop owned by this writer, so a failure or Ctrl-C waits for the chunks in flight before
+    the temporary directory is removed).
     """
 
     def __init__(self, path, shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), quantity: str = "",
