@@ -9,18 +9,19 @@ format 3)::
         1/  ...                   level 1: 2x downsampling of level 0 in every axis
         ...                       until the largest side is <= ``pyramid_top_size`` (256)
 
-Why 0.4 on Zarr 2 by default: every OME-Zarr reader of 2026 opens it (ome-zarr-py 0.18 and napari's
-ome-zarr plugin built on it, ngff-zarr, Neuroglancer, Fiji/BigDataViewer n5-zarr, Bio-Formats/QuPath,
-ITK's OME-Zarr IO), while NGFF 0.5 needs Zarr 3 support that several of them (Bio-Formats, ITK) still
-lack. 0.5 is one keyword away for readers that prefer it.
+Why 0.4 on Zarr 2 by default: every OME-Zarr reader opens it (checked: ome-zarr-py 0.18, which napari's
+ome-zarr plugin uses, and ngff-zarr 0.50; also read by Neuroglancer, Fiji/BigDataViewer and Bio-Formats),
+while NGFF 0.5 needs Zarr 3, which readers built on older Zarr libraries lack. ome-zarr-py 0.18 and
+ngff-zarr read 0.5 too: it is one keyword away.
 
 Geometry: axes ``z, y, x`` (the array order), ``type: space``, ``unit: millimeter``. Level *k* has
 ``scale = voxel size * 2**k`` and ``translation = origin + (2**k - 1) * voxel size / 2`` (the centre of its
 first voxel, which averages level-0 voxels 0 .. 2**k - 1), in SCANCO's LPS frame as in the NRRD output
 (x towards the patient's left, y posterior, z superior; origin = centre of voxel (0, 0, 0)). NGFF 0.4/0.5
-have no anatomical orientation field: each axis carries the ``orientation`` of NGFF RFC-4 (``right-to-left``,
-``anterior-to-posterior``, ``inferior-to-superior``, as ngff-zarr and ITK write and read it; other readers
-ignore the extra key) and the frame is also stated in the ``scanco_units`` attributes.
+have no anatomical orientation field: each axis carries the ``orientation`` of NGFF RFC-4
+(``right-to-left``, ``anterior-to-posterior``, ``inferior-to-superior``, as ngff-zarr writes and reads it;
+ome-zarr-py and the NGFF validators accept the extra key) and the frame is also stated in the
+``scanco_units`` attributes.
 
 Downsampling (level k+1 from level k, 2x2x2 blocks): the mean computed in float64 for every quantity but
 masks, then cast back to the level's voxel type (float32 rounded to nearest; integer types such as int16
@@ -33,8 +34,10 @@ Streaming in flat memory: each level keeps one z-chunk-row (``chunk_z`` slices o
 one unpaired slice. A z-chunk-row is written (compressed, Blosc zstd) once full, and pairs of slices go
 down to the next level as they arrive, so the memory held is about ``chunk_z * ny * nx * itemsize * 4/3``
 whatever the number of slices. Chunks that hold only zeros are not stored (zarr's default; readers fill
-them with the fill value 0), which keeps masks small. The directory is built in the hidden temporary directory given by
-:meth:`~ScancoUnitsLib.atomic_output.AtomicOutputSet.add_directory` and appears complete or not at all.
+them with the fill value 0), which keeps masks small. The directory is built in the hidden temporary
+directory given by :meth:`~ScancoUnitsLib.atomic_output.AtomicOutputSet.add_directory` and appears
+complete or not at all; zarr's writes run on an event loop of the writer, so after a failure (disk full,
+Ctrl-C) every chunk write in flight ends before that directory is removed.
 
 zarr (and numcodecs) are imported lazily: without them :class:`OmeZarrUnavailableError` names the
 ``zarr`` extra.
