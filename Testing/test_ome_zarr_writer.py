@@ -342,3 +342,17 @@ def test_failure_during_a_write_waits_for_the_others_then_removes_all(tmp_path, 
         assert "scan.ome.zarr: cannot write output: No space left on device" in str(caught.value)
     time.sleep(0.2)
     assert names(tmp_path) == [] and live_partials() == []
+
+
+def test_works_where_an_event_loop_runs_already(tmp_path):
+    """Jupyter runs an asyncio loop in the main thread: the writer then runs its own loop in a helper."""
+    import asyncio
+
+    volume, unit = volumes()["hu"]
+
+    async def cell():
+        return write(tmp_path / "scan.ome.zarr", volume, "hu", unit)
+
+    path = asyncio.run(cell())
+    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][:], volume)
+    assert names(tmp_path) == ["scan.ome.zarr"]

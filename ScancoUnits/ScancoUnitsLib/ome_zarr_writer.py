@@ -238,52 +238,75 @@ def downsample_2x(slices: np.ndarray, method: str) -> np.ndarray:
 
 
 class _WriteRunner:
-    """Runs zarr's asynchronous chunk writes on an event loop of the calling thread.
+    """Runs zarr's asynchronous chunk writes on an event loop owned by the writer.
 
     zarr's synchronous API hands the work to its own I/O thread; an exception (Ctrl-C, SIGTERM as
     :class:`~ScancoUnitsLib.atomic_output.Interrupted`, disk full on one chunk) would leave the other chunk
     writes of that call running, and they could recreate files after the temporary directory was removed.
     Here every write is a task of our loop: on any exception :meth:`drain` waits for all of them (and for
     the encoding threads) before the caller removes anything. *threads*: encoding/writing threads.
+
+    The loop runs in the calling thread, or, where that thread already runs an event loop (Jupyter), in
+    one helper thread; there a Ctrl-C in the caller makes :meth:`drain` wait for the call in flight.
     """
 
     def __init__(self, threads: int):
         self.loop = asyncio.new_event_loop()
         self.loop.set_default_executor(ThreadPoolExecutor(max_workers=max(1, int(threads)),
                                                           thread_name_prefix="ome-zarr"))
+        self._host = None  # one-thread executor that runs our loop when the caller's thread runs one
+
+    def _needs_host(self) -> bool:
+        if self._host is None:
+            try:
+                asyncio.get_running_loop()
+            except RuntimeError:
+                return False
+            self._host = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ome-zarr-loop")
+        return True
 
     def run(self, coroutine):
-        task = self.loop.create_task(coroutine)
         try:
-            return self.loop.run_until_complete(task)
+            if self._needs_host():
+                return self._host.submit(self.loop.run_until_complete, coroutine).result()
+            return self.loop.run_until_complete(coroutine)
         except BaseException:
             self.drain()
             raise
 
-    def drain(self) -> None:
-        """Wait until no task and no thread of ours still works.
-
-        A task that failed with KeyboardInterrupt re-raises it out of the loop (and so does each task
-        awaiting it), so this keeps running the loop until nothing is pending, a bounded number of times
-        (a real second Ctrl-C ends up here too: then we stop waiting).
-        """
-        if self.loop.is_closed():
-            return
+    def _drain_here(self) -> None:
+        # A task that failed with KeyboardInterrupt re-raises it out of the loop (and so does each task
+        # awaiting it): run the loop until nothing is pending, a bounded number of times (a real second
+        # Ctrl-C ends up here too: then we stop waiting).
         for _attempt in range(64):
             pending = [task for task in asyncio.all_tasks(self.loop) if not task.done()]
             try:
                 if pending:
                     self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 self.loop.run_until_complete(self.loop.shutdown_default_executor())
-                break
+                return
             except BaseException:
                 continue
-        for task in asyncio.all_tasks(self.loop):  # their failure is the one being raised already
-            if task.done() and not task.cancelled():
-                task.exception()
+
+    def drain(self) -> None:
+        """Wait until no task and no thread of ours still works."""
+        if self.loop.is_closed():
+            return
+        if self._host is None:
+            self._drain_here()
+            return
+        done = self._host.submit(self._drain_here)  # runs after the call in flight, in the same thread
+        for _attempt in range(64):
+            try:
+                done.result()
+                return
+            except BaseException:
+                continue
 
     def close(self) -> None:
         self.drain()
+        if self._host is not None:
+            self._host.shutdown(wait=True)
         if not self.loop.is_closed():
             self.loop.close()
 
