@@ -166,3 +166,22 @@ def test_remove_all_partials_removes_temporary_trees(tmp_path):
     assert temp in remove_all_partials()
     assert names(tmp_path) == []
     outputs.abort()
+
+
+def test_replace_also_removes_a_previous_directory_output_all_or_nothing(tmp_path):
+    old = tmp_path / "scan_RHO.ome.zarr"  # a directory output of an earlier set, not made again
+    old.mkdir()
+    fill(old, "old")
+    outputs = AtomicOutputSet(overwrite=True, replace_also=[old])
+    fill(outputs.add_directory(tmp_path / "scan_HU.ome.zarr"), "new")
+    outputs.add(tmp_path / "scan.nrrd").write(b"new nrrd")
+    (tmp_path / "scan.nrrd").mkdir()  # the file member cannot be placed: everything is put back
+    with pytest.raises(OutputError):
+        outputs.commit()
+    assert names(tmp_path) == ["scan.nrrd", "scan_RHO.ome.zarr"]
+    assert content(old) == {"sub/chunk": "old", "top.json": "old"}
+
+    (tmp_path / "scan.nrrd").rmdir()
+    with AtomicOutputSet(overwrite=True, replace_also=[old]) as outputs:
+        fill(outputs.add_directory(tmp_path / "scan_HU.ome.zarr"), "new")
+    assert names(tmp_path) == ["scan_HU.ome.zarr"]

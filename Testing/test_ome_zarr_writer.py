@@ -356,3 +356,18 @@ def test_works_where_an_event_loop_runs_already(tmp_path):
     path = asyncio.run(cell())
     np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][:], volume)
     assert names(tmp_path) == ["scan.ome.zarr"]
+
+
+def test_failure_in_a_shared_set_marks_the_set_failed_and_its_owner_removes_everything(tmp_path):
+    volume, unit = volumes()["hu"]
+    outputs = AtomicOutputSet()
+    outputs.add(tmp_path / "scan.nrrd").write(b"another writer's file")
+    writer = OmeZarrVolumeWriter(tmp_path / "scan.ome.zarr", volume.shape, volume.dtype, spacing_mm=SPACING_XYZ,
+                                 atomic=outputs)
+    writer.write_slab(volume[:10])
+    with pytest.raises(ValueError, match="only 10 of 37 slices"):
+        writer.close()
+    assert writer.temp_path.is_dir()  # other writers may still run: the owner aborts
+    with pytest.raises(RuntimeError, match="only 10 of 37 slices"):
+        outputs.commit()
+    assert names(tmp_path) == [] and live_partials() == []

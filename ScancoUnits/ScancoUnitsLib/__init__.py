@@ -38,6 +38,9 @@ _EXPORTS = {
     "convert_header": "convert",
     "ConversionOptions": "convert",
     "load_scan_into_scene": "scene",
+    "NiftiVolumeWriter": "nifti_writer",
+    "AimVolumeWriter": "aim_writer",
+    "save_mask_as_aim": "mask_aim",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

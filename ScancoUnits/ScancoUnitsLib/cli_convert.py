@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
 from .errors import ScancoError
-from .thresholds import PERMILLE_REFERENCES, UNITS, ThresholdSpec
+from .request import add_request_arguments, request_from_args
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # SIGTERM: 143 (128 + 15)
 _SCANCO_NAME = re.compile(r"\.(isq|aim)(;\d*)?$", re.IGNORECASE)
@@ -84,14 +84,7 @@ class Progress:
 
 
 def _options_from_args(args):
-    from .convert import ConversionOptions
-
-    outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
-    spec = ThresholdSpec(args.low, args.high, args.threshold_unit, args.permille_reference)
-    return ConversionOptions(outputs=outputs, thresholds=spec, density_unit=args.density_unit,
-                             hu_dtype=args.hu_dtype, compress=args.compress, detached=args.detached,
-                             overwrite=args.overwrite, slab_slices=args.slab_slices, threads=args.threads,
-                             report=getattr(args, "report", False))
+    return request_from_args(args)
 
 
 def _convert_one(path: Path, out_dir: Path, options, stem: str, show_progress: bool):
@@ -408,23 +401,7 @@ def _summary(rows, problems, not_started) -> None:
 
 def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--outputs", default="hu,density,mask",
-                   help="comma-separated: hu, density, mask, mu, native (default hu,density,mask)")
-    p.add_argument("--low", type=float, default=250.0, help="lower threshold (default 250 per mille)")
-    p.add_argument("--high", type=float, default=1000.0, help="upper threshold (default 1000 per mille)")
-    p.add_argument("--threshold-unit", choices=UNITS, default="permille",
-                   help="unit of --low/--high (density in mg HA/ccm; default permille)")
-    p.add_argument("--permille-reference", choices=PERMILLE_REFERENCES, default="32767",
-                   help="1000 per mille = native 32767 (IPL, default) or the header's Maximum data value "
-                        "(the seed notebook's reading)")
-    p.add_argument("--density-unit", choices=("g/cc", "mgHA/ccm"), default="g/cc")
-    p.add_argument("--hu-dtype", choices=("int16", "float32"), default="int16")
-    p.add_argument("--compress", action="store_true", help="gzip-compressed NRRD (what Slicer writes)")
-    p.add_argument("--detached", action="store_true", help="write .nhdr + .raw pairs")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--report", action="store_true",
-                   help="also write <name>_report.png: mid-slices with the mask outline and the histogram with "
-                        "the thresholds (needs matplotlib: pip install scanco-units[report])")
+    add_request_arguments(p)
     p.add_argument("--jobs", type=int, default=1, help="convert several files at once")
     p.add_argument("--threads", type=int, default=2, help="compression threads per output")
     p.add_argument("--slab-slices", type=int, default=None, help=argparse.SUPPRESS)

@@ -1,107 +1,49 @@
-"""One SCANCO file -> calibrated NRRD volumes, a threshold mask and a metadata JSON, streamed.
+"""One SCANCO file -> calibrated volumes (NRRD and the other registered formats), a metadata JSON, streamed.
 
-Data flow: header + :class:`~ScancoUnitsLib.reader.VoxelSource` -> slabs of native values ->
-per-output conversion into reused buffers -> one :class:`~ScancoUnitsLib.nrrd_writer.NrrdVolumeWriter`
-per output, all inside one :class:`~ScancoUnitsLib.atomic_output.AtomicOutputSet` (every output of a
-file appears together, or none does). Reading, converting and writing overlap in threads: numpy and
-file I/O release the GIL.
+Data flow: header (read once) + :class:`~ScancoUnitsLib.request.ConversionRequest` ->
+:func:`~ScancoUnitsLib.request.plan_request` (which volumes, thresholds, refusals) -> one writer per
+volume and format (:mod:`volume_writers`) as sinks of :func:`~ScancoUnitsLib.engine.run_engine`, all
+inside one :class:`~ScancoUnitsLib.atomic_output.AtomicOutputSet` (every output of a file appears
+together, or none does). Every final path is known, and checked, before any voxel is read.
 """
 
 from __future__ import annotations
 
-import collections
 import json
 import os
-import queue
 import re
-import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Callable, Dict, List, Optional, Sequence
 
 from . import __version__
-from .atomic_output import AtomicOutputSet
-from .errors import CalibrationMissingError, ScancoError
+from .atomic_output import AtomicOutputSet, previous_outputs, sweep_stale_partials
+from .engine import EngineOutput, SlabObserver, run_engine  # noqa: F401 - SlabObserver is public here
+from .errors import ConversionCancelled, RequestError  # noqa: F401 - ConversionCancelled is public here
 from .header import ScancoHeader
-from .nrrd_writer import NrrdVolumeWriter
+from .quantities import QUANTITIES, threshold_unit_label
 from .reader import open_voxels, read_header
-from .thresholds import ResolvedThresholds, ThresholdSpec, mask_from_char, resolve_thresholds
+from .request import ConversionOptions, ConversionRequest, RequestPlan, plan_request  # noqa: F401
+from .thresholds import permille_of_native
 from .units import UnitConverter, describe_calibration
+from .volume_writers import VolumeSpec, get_format
 
-# role -> (file suffix, what it holds)
-OUTPUT_SUFFIXES = {
-    "hu": "_HU",
-    "density": "_RHO",
-    "mask": "_BWmask",
-    "mu": "_MU",
-    "native": "_native",
-    "char_mask": "_mask",
-    "float": "_float",
-}
-CALIBRATED_ROLES = ("hu", "density", "mu")
-SELECTABLE_ROLES = ("hu", "density", "mask", "mu", "native")
-DEFAULT_OUTPUTS = ("hu", "density", "mask")
-DENSITY_UNITS = {"g/cc": "density_g_cc", "mgHA/ccm": "density_mg_ha_ccm"}
-_DENSITY_LABEL = {"g/cc": "g HA/ccm", "mgHA/ccm": "mg HA/ccm"}
-_TARGET_SLAB_VOXELS = 1 << 20  # ~1 Mi voxels a slab (2 MB of int16, 4 MB of float32): stays in the CPU cache
-
-
-class ConversionCancelled(ScancoError):
-    """The progress callback asked to stop; nothing was written."""
-
-
-@dataclass(frozen=True)
-class ConversionOptions:
-    """What to write. Defaults follow the seed notebook: HU, density in g/cc, 250-1000 per mille mask."""
-
-    outputs: Tuple[str, ...] = DEFAULT_OUTPUTS
-    thresholds: ThresholdSpec = ThresholdSpec(250, 1000, "permille")
-    density_unit: str = "g/cc"              # or "mgHA/ccm"
-    hu_dtype: str = "int16"                 # or "float32"
-    compress: bool = False                  # gzip NRRD
-    detached: bool = False                  # .nhdr + .raw
-    overwrite: bool = False
-    slab_slices: Optional[int] = None       # None: about 1 Mi voxels a slab
-    threads: int = 2                        # gzip threads per output
-    output_stem: Optional[str] = None       # default: input name without extension and ;N
-    report: bool = False                    # QC picture <stem>_report.png (needs matplotlib)
-
-    def __post_init__(self):
-        outputs = tuple(dict.fromkeys(self.outputs))
-        unknown = [o for o in outputs if o not in SELECTABLE_ROLES]
-        if unknown or not outputs:
-            raise ValueError(f"unknown output(s) {', '.join(unknown) or '(none)'}; "
-                             f"choose from {', '.join(SELECTABLE_ROLES)}")
-        object.__setattr__(self, "outputs", outputs)
-        if self.density_unit not in DENSITY_UNITS:
-            raise ValueError(f"density unit must be one of {', '.join(DENSITY_UNITS)}, not {self.density_unit!r}")
-        if self.hu_dtype not in ("int16", "float32"):
-            raise ValueError(f"HU dtype must be int16 or float32, not {self.hu_dtype!r}")
-        if self.slab_slices is not None and self.slab_slices < 1:
-            raise ValueError("slab_slices must be at least 1")
-        if not isinstance(self.thresholds, ThresholdSpec):
-            raise ValueError("thresholds must be a ThresholdSpec")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["outputs"] = list(self.outputs)
-        return d
+#: role -> file suffix (from the quantity registry)
+OUTPUT_SUFFIXES = {role: QUANTITIES[q].file_suffix for role, q in
+                   (("hu", "hu"), ("density", "density_g_cc"), ("mask", "mask"), ("mu", "mu"),
+                    ("native", "native"), ("char_mask", "char_mask"), ("float", "float"))}
 
 
 @dataclass
-class OutputPlan:
+class PlannedFile:
+    """One volume in one format: the spec its writer gets and the final paths it makes."""
+
     role: str
-    path: Path
-    dtype: np.dtype
-    quantity: Optional[str]      # units.py quantity, or None
-    unit_label: str
-    description: str
-    key_values: Dict[str, str] = field(default_factory=dict)
+    format: str
+    spec: VolumeSpec
+    paths: List[Path]
 
 
 @dataclass
@@ -122,82 +64,6 @@ def output_stem(path) -> str:
     return stem if dot and stem else name
 
 
-def _slab_slices(header: ScancoHeader, options: ConversionOptions) -> int:
-    if options.slab_slices:
-        return options.slab_slices
-    x, y, z = header.dimensions
-    return max(1, min(z, _TARGET_SLAB_VOXELS // max(1, x * y)))
-
-
-def plan_outputs(header: ScancoHeader, options: ConversionOptions, out_dir: Path,
-                 stem: Optional[str] = None) -> Tuple[List[OutputPlan], Optional[ResolvedThresholds], List[str]]:
-    """Decide the output files for one header; raise CalibrationMissingError when a calibrated unit
-    is asked of a file that cannot give it. Returns (plans, resolved thresholds or None, notes)."""
-    stem = stem or options.output_stem or output_stem(header.path)
-    ext = ".nhdr" if options.detached else ".nrrd"
-    notes: List[str] = []
-    cal = header.calibration
-    converter = UnitConverter(cal, path=header.path)
-    common = _calibration_key_values(header)
-
-    def plan(role, dtype, quantity, unit_label, description, extra=None):
-        kv = dict(common)
-        kv.update({"ScancoUnits_quantity": description, "ScancoUnits_unit": unit_label})
-        kv.update(extra or {})
-        return OutputPlan(role, out_dir / f"{stem}{OUTPUT_SUFFIXES[role]}{ext}", np.dtype(dtype), quantity,
-                          unit_label, description, kv)
-
-    if header.voxel_type in ("int8", "uint8"):
-        notes.append("char AIM: written as a 0/1 mask (non-zero -> 1), never rescaled to physical units")
-        return [plan("char_mask", "uint8", None, "1", "mask from SCANCO char image (non-zero -> 1)")], None, notes
-    if header.voxel_type.startswith("float"):
-        notes.append("float AIM: written as stored (already converted by IPL), never rescaled")
-        return [plan("float", header.voxel_type, None, "as stored", "float image as stored in the AIM")], None, notes
-
-    missing = {}
-    for role in options.outputs:
-        if role in CALIBRATED_ROLES:
-            quantity = _quantity(role, options)
-            gaps = converter.missing_for(quantity)
-            if gaps:
-                missing.update(dict.fromkeys(gaps))
-    if missing:
-        wanted = ", ".join(r for r in options.outputs if r in CALIBRATED_ROLES)
-        raise CalibrationMissingError(
-            header.path, f"{wanted} (no usable calibration; native and mask outputs still work: "
-                         f"--outputs native,mask)", list(missing))
-
-    resolved = None
-    if "mask" in options.outputs:
-        resolved = resolve_thresholds(options.thresholds, cal,
-                                      header_max_data_value=header.raw_field("max_data_value"),
-                                      path=header.path)
-
-    plans = []
-    for role in options.outputs:
-        if role == "hu":
-            plans.append(plan("hu", options.hu_dtype, "hu", "HU", "Hounsfield units"))
-        elif role == "density":
-            label = _DENSITY_LABEL[options.density_unit]
-            plans.append(plan("density", "float32", DENSITY_UNITS[options.density_unit], label,
-                              f"bone mineral density ({cal.density_unit or 'mg HA/ccm'} calibration)"))
-        elif role == "mu":
-            plans.append(plan("mu", "float32", "mu", "1/cm", "linear attenuation"))
-        elif role == "native":
-            plans.append(plan("native", header.voxel_type, None, "native", "native SCANCO values"))
-        elif role == "mask":
-            r = resolved
-            extra = {"ScancoUnits_threshold_native": f"{r.native_low} {r.native_high}",
-                     "ScancoUnits_threshold_spec": f"{r.spec.low:g} {r.spec.high:g} {r.spec.unit}",
-                     "ScancoUnits_mask_rule": "native_low <= native <= native_high"}
-            plans.append(plan("mask", "uint8", None, "1", "binary threshold mask", extra))
-    return plans, resolved, notes
-
-
-def _quantity(role: str, options: ConversionOptions) -> str:
-    return DENSITY_UNITS[options.density_unit] if role == "density" else role
-
-
 def _calibration_key_values(header: ScancoHeader) -> Dict[str, str]:
     c = header.calibration
     kv = {"ScancoUnits_source_file": os.path.basename(header.path),
@@ -212,77 +78,175 @@ def _calibration_key_values(header: ScancoHeader) -> Dict[str, str]:
     return kv
 
 
-def _buffers(count: int, shape, dtype) -> "queue.Queue[np.ndarray]":
-    pool: "queue.Queue[np.ndarray]" = queue.Queue()
-    for _ in range(count):
-        pool.put(np.empty(shape, dtype=dtype))
-    return pool
+def _derivation(plan: RequestPlan, role: str) -> List[str]:
+    """Lines saying how a volume was derived (for formats that keep a processing log)."""
+    lines = [f"ScancoUnits {__version__}: {QUANTITIES[plan.output(role).quantity].title}"]
+    r = plan.thresholds
+    if role == "mask" and r is not None:
+        lines.append(f"threshold {r.spec.low:g} {r.spec.high:g} "
+                     f"{threshold_unit_label(r.spec.unit, plan.request.density_unit)} -> native "
+                     f"{r.native_low} {r.native_high} (per mille {r.values['permille'][0]:.4f} "
+                     f"{r.values['permille'][1]:.4f}); mask = native_low <= native <= native_high")
+    elif role == "char_mask":
+        lines.append("mask = native != 0")
+    return lines
 
 
-SlabObserver = Callable[[int, np.ndarray, Dict[str, np.ndarray]], None]
+def plan_files(plan: RequestPlan, out_dir: Path, stem: str) -> List[PlannedFile]:
+    """Every volume file of ``plan`` in every requested format (RequestError for a format that cannot
+    hold a quantity, e.g. HU as AIM)."""
+    request, header = plan.request, plan.header
+    common = _calibration_key_values(header)
+    formats = [get_format(name) for name in request.formats]
+    stored_as = {"char_mask": "mask", "float": "native"}
+    refused = [f"{o.role} as {fmt.name}" for fmt in formats for o in plan.outputs
+               if not fmt.accepts(stored_as.get(o.quantity, o.quantity))]
+    if refused:
+        raise RequestError(header.path, f"cannot write {', '.join(refused)}: "
+                                        f"{', '.join(f.name for f in formats if f.quantities)} holds only "
+                                        f"{', '.join(sorted({q for f in formats for q in (f.quantities or ())}))}")
+    files = []
+    for out in plan.outputs:
+        quantity = QUANTITIES[out.quantity]
+        kv = dict(common)
+        kv.update({"ScancoUnits_quantity": quantity.title, "ScancoUnits_unit": quantity.unit_label})
+        if out.quantity == "density_mg_ha_ccm" or out.quantity == "density_g_cc":
+            kv["ScancoUnits_quantity"] = (f"bone mineral density "
+                                          f"({header.calibration.density_unit or 'mg HA/ccm'} calibration)")
+        if out.quantity == "mask" and plan.thresholds is not None:
+            r = plan.thresholds
+            kv.update({"ScancoUnits_threshold_native": f"{r.native_low} {r.native_high}",
+                       "ScancoUnits_threshold_spec": f"{r.spec.low:g} {r.spec.high:g} {r.spec.unit}",
+                       "ScancoUnits_mask_rule": "native_low <= native <= native_high"})
+        for fmt in formats:
+            spec = VolumeSpec(base_path=out_dir / f"{stem}{quantity.file_suffix}", shape_zyx=header.shape_zyx,
+                              dtype=out.dtype, spacing_mm=tuple(header.voxel_size_mm),
+                              origin_mm=tuple(header.origin_mm), quantity=out.quantity,
+                              unit_label=quantity.unit_label, description=kv["ScancoUnits_quantity"],
+                              key_values=kv, source=header, derivation=tuple(_derivation(plan, out.role)),
+                              compress=request.compress, detached=request.detached, threads=request.threads)
+            files.append(PlannedFile(out.role, fmt.name, spec, fmt.paths(spec)))
+    return files
 
 
-def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionOptions] = None, *,
+class _WriterSink:
+    def __init__(self, writer):
+        self.writer = writer
+
+    def write(self, z, slab) -> None:
+        self.writer.write_slab(slab)
+
+
+def _mask_coverage_warning(header: ScancoHeader, plan: RequestPlan, mask_voxels: int,
+                           native_min, native_max) -> Optional[str]:
+    """A warning when the threshold mask is empty or holds every voxel (thresholds and data range in
+    per mille and mg HA/ccm), else None."""
+    total = header.voxel_count
+    if plan.thresholds is None or 0 < mask_voxels < total:
+        return None
+    r = plan.thresholds
+    converter = UnitConverter(header.calibration, path=header.path)
+    mg = "density_mg_ha_ccm"
+
+    def both(native_low, native_high) -> str:
+        text = f"{permille_of_native(native_low):.1f} to {permille_of_native(native_high):.1f} per mille"
+        if converter.can_convert(mg):
+            lo, hi = (float(converter.native_to(v, mg)) for v in (native_low, native_high))
+            text += f" ({lo:.1f} to {hi:.1f} mg HA/ccm)"
+        return text
+
+    what = "empty: no voxel is" if mask_voxels == 0 else "full: every voxel is"
+    data = both(native_min, native_max) if native_min is not None else "unknown"
+    return (f"{header.path}: the mask is {what} inside the thresholds {both(r.native_low, r.native_high)}; "
+            f"the data range is {data}. Choose thresholds inside the data range (--low/--high).")
+
+
+def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRequest] = None, *,
                    stem: Optional[str] = None,
                    progress: Optional[Callable[[int, int], Optional[bool]]] = None,
-                   observers: Sequence[SlabObserver] = ()) -> ConversionResult:
+                   observers: Sequence[SlabObserver] = (), cancel=None,
+                   extra_sinks: Optional[Dict[str, list]] = None, plan: Optional[RequestPlan] = None
+                   ) -> ConversionResult:
     """Convert the file ``header`` describes. ``progress(done_slices, total_slices)`` is called after
     each slab; returning False cancels (nothing is left on disk). Each observer is called once per
     slab as ``observer(z0, native_slab, {role: converted_slab})`` (read-only views, valid only during
-    the call): this is how the QC report sees the data without a second pass."""
-    options = options or ConversionOptions()
+    the call): this is how the QC report sees the data without a second pass. ``extra_sinks``
+    (role -> sinks) receive the same slabs (Slicer nodes filled in the same pass as the files)."""
+    request = options or ConversionRequest()
     started = time.perf_counter()
     out_dir = Path(out_dir)
+    stem = stem or request.output_stem or output_stem(header.path)
+    plan = plan or plan_request(header, request)
+    files = plan_files(plan, out_dir, stem)
+    meta_path = out_dir / f"{stem}_metadata.json"
+    report_path = out_dir / f"{stem}_report.png" if request.report else None
+    # every collision is found before any voxel is read; with --overwrite the earlier set of this stem
+    # (every file its metadata lists) is replaced as a whole; an input is never written over
+    stale = previous_outputs(meta_path) if request.overwrite else []
+    if request.overwrite and os.path.lexists(meta_path) and not stale:
+        plan = replace(plan, warnings=plan.warnings + (
+            f"{meta_path}: unreadable; only outputs with the same names are replaced",))
+    output_set = AtomicOutputSet(overwrite=request.overwrite, protected=[header.path], replace_also=stale)
+    output_set.check_free([p for f in files for p in f.paths] + [meta_path] +
+                          ([report_path] if report_path else []))
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = stem or options.output_stem or output_stem(header.path)
-    plans, resolved, notes = plan_outputs(header, options, out_dir, stem)
+    removed = sweep_stale_partials(out_dir, stem=stem)
+
     observers = list(observers)
     report_builder = None
-    if options.report:
+    if request.report:
         from .report import ReportBuilder  # optional: needs matplotlib
 
-        report_builder = ReportBuilder(header, options, resolved)
+        report_builder = ReportBuilder(header, request, plan.thresholds)
         observers.append(report_builder.observe)
-    nz, ny, nx = header.shape_zyx
-    slab = _slab_slices(header, options)
-    caught: List[str] = []
-    lanes = {p.role: _OutputLane(p, header, options, resolved) for p in plans}
-    ranges = _RangeShortcut(header, options, [p.quantity for p in plans if p.quantity])
+    caught: List[str] = list(plan.warnings)
+    if removed:
+        caught.append(f"{out_dir}: removed {len(removed)} temporary file(s) left by a killed run: "
+                      + ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
 
-    with AtomicOutputSet(overwrite=options.overwrite) as outputs, \
-            open_voxels(header) as source:
-        for p in plans:
-            lanes[p.role].writer = NrrdVolumeWriter(
-                p.path, header.shape_zyx, p.dtype, spacing_mm=header.voxel_size_mm, origin_mm=header.origin_mm,
-                key_values=p.key_values, encoding="gzip" if options.compress else "raw",
-                detached=options.detached, threads=options.threads, atomic=outputs)
-        _stream_slabs(source, lanes, ranges, slab, observers, progress, header.path)
+    with output_set, open_voxels(header) as source:
+        engine_outputs = {o.role: EngineOutput(o.role, o.quantity, o.dtype) for o in plan.outputs}
+        for f in files:
+            writer = get_format(f.format).open(f.spec, output_set)
+            engine_outputs[f.role].sinks.append(_WriterSink(writer))
+        for role, sinks in (extra_sinks or {}).items():
+            engine_outputs[role].sinks.extend(sinks)
+        result = run_engine(header, source, list(engine_outputs.values()), thresholds=plan.thresholds,
+                            hu_dtype=request.hu_dtype, slab_slices=request.slab_slices, observers=observers,
+                            progress=progress, cancel=cancel)
+        for sink_list in engine_outputs.values():
+            for sink in sink_list.sinks:
+                if isinstance(sink, _WriterSink):
+                    sink.writer.close()
 
-        hu_clipped = sum(lane.converter.hu_clipped_voxels for lane in lanes.values())
-        nan_voxels = sum(lane.nan_voxels for lane in lanes.values())
-        mask_voxels = sum(lane.mask_voxels for lane in lanes.values())
-        stats = {role: lane.stats for role, lane in lanes.items()}
+        stats = result.statistics
+        hu_clipped = sum(s.hu_clipped_voxels for s in stats.values())
+        nonfinite = sum(s.nonfinite_voxels for s in stats.values())
+        mask_voxels = sum(s.mask_voxels for s in stats.values())
         if hu_clipped:
-            msg = (f"{header.path}: {hu_clipped} voxels were clipped to the int16 HU range "
-                   f"(use --hu-dtype float32 to keep them)")
-            warnings.warn(msg, stacklevel=2)
-            caught.append(msg)
-        if nan_voxels:
-            msg = f"{header.path}: the float image holds {nan_voxels} NaN or infinite voxels (written as stored)"
-            warnings.warn(msg, stacklevel=2)
-            caught.append(msg)
-        metadata = _metadata(header, options, plans, resolved, notes, caught, stats, mask_voxels, hu_clipped)
-        meta_path = out_dir / f"{stem}_metadata.json"
-        report_path = None
+            caught.append(f"{header.path}: {hu_clipped} voxels were clipped to the int16 HU range "
+                          f"(use --hu-dtype float32 to keep them)")
+        if nonfinite:
+            caught.append(f"{header.path}: the float image holds {nonfinite} NaN or infinite voxels "
+                          "(written as stored)")
+        coverage = _mask_coverage_warning(header, plan, mask_voxels, result.native_min, result.native_max) \
+            if plan.output("mask") is not None else None
+        if coverage:
+            caught.append(coverage)
+        for text in caught[len(plan.warnings):]:
+            warnings.warn(text, stacklevel=2)
+        metadata = _metadata(header, plan, files, stats, mask_voxels, hu_clipped, result, caught)
         if report_builder is not None:
-            report_path = out_dir / f"{stem}_report.png"
-            with outputs.add(report_path, "wb") as f:
+            with output_set.add(report_path, "wb") as f:
                 report_builder.save(f, metadata)
-        with outputs.add(meta_path, "w", encoding="utf-8") as f:
+        with output_set.add(meta_path, "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2, allow_nan=False)
             f.write("\n")
-        written = outputs.commit()
-    result_outputs = {p.role: p.path for p in plans}
+        output_set.commit()
+    result_outputs: Dict[str, Path] = {}
+    for f in files:
+        key = f.role if f.format == request.formats[0] else f"{f.role}_{f.format.replace('-', '_')}"
+        result_outputs[key] = f.paths[0]
     result_outputs["metadata"] = meta_path
     if report_path is not None:
         result_outputs["report"] = report_path
@@ -290,312 +254,64 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionOp
                             header.data_size, caught)
 
 
-# Threads of one conversion (2 cores are the design point; more are used when there):
-#   reader            reads slab k+1 into one of _NATIVE_BUFFERS buffers, and its native min/max
-#   main thread       hands slab k to every output, runs observers, reports progress
-#   per output: one converter thread (slab k -> one of the output's two buffers) and one writer
-#   thread (writes the previous slab of that output meanwhile).
-# Conversions of different outputs overlap each other and the writes; a native buffer goes back
-# to the reader as soon as every output has converted it. Memory: _NATIVE_BUFFERS native slabs
-# plus two slabs per output, whatever the file size.
-_NATIVE_BUFFERS = 4
-_OUTPUT_BUFFERS = 2
-
-
-class _OutputLane:
-    """One output: its converter, buffers, writer, statistics and threads."""
-
-    def __init__(self, plan: OutputPlan, header: ScancoHeader, options: ConversionOptions,
-                 resolved: Optional[ResolvedThresholds]):
-        self.plan = plan
-        self.role = plan.role
-        self.options = options
-        self.resolved = resolved
-        # one converter per output: its clipped-voxel counter is only touched by this output's thread
-        self.converter = UnitConverter(header.calibration, path=header.path)
-        self.writer: Optional[NrrdVolumeWriter] = None
-        self.buffers: Optional["queue.Queue[np.ndarray]"] = None
-        self.stats = {"min": None, "max": None}
-        self.mask_voxels = 0
-        self.nan_voxels = 0
-        self.convert_pool: Optional[ThreadPoolExecutor] = None
-        self.write_pool: Optional[ThreadPoolExecutor] = None
-
-    def start(self, slab_shape) -> None:
-        if self.role != "native":
-            self.buffers = _buffers(_OUTPUT_BUFFERS, slab_shape, self.plan.dtype)
-        self.convert_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"scanco-{self.role}")
-        self.write_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"scanco-{self.role}-write")
-
-    def convert(self, native: np.ndarray, native_range, ranges: "_RangeShortcut"):
-        """Convert ``native`` into a free buffer of this output; return (slab view, buffer or None)."""
-        role = self.role
-        if role == "native":
-            data, buf = native, None
-        else:
-            buf = self.buffers.get()
-            try:
-                data = self._convert_into(buf[: native.shape[0]], native)
-            except BaseException:
-                self.buffers.put(buf)
-                raise
-        if role in ("mask", "char_mask"):
-            count = int(np.count_nonzero(data))
-            self.mask_voxels += count
-            _merge_range(self.stats, 0 if count < data.size else 1, 1 if count else 0)
-        else:
-            known = ranges.output_range(self.plan, native_range)
-            if known is None:
-                _track_range(self.stats, data)
-            else:
-                _merge_range(self.stats, *known)
-        return data, buf
-
-    def _convert_into(self, data: np.ndarray, native: np.ndarray) -> np.ndarray:
-        role = self.role
-        if role == "mask":
-            self.resolved.mask(native, out=data)
-        elif role == "char_mask":
-            mask_from_char(native, out=data)
-        elif role == "float":
-            np.copyto(data, native)
-            self.nan_voxels += int(np.count_nonzero(~np.isfinite(data)))
-        else:
-            self.converter.convert(native, self.plan.quantity, out=data, hu_dtype=self.options.hu_dtype)
-        return data
-
-    def write(self, data: np.ndarray, buf, native_done: Optional["_Countdown"]) -> None:
-        """Writer thread: write one slab, then give its buffer back (and the native one, for 'native')."""
-        try:
-            self.writer.write_slab(data)
-        finally:
-            if buf is not None:
-                self.buffers.put(buf)
-            if native_done is not None:
-                native_done.release()
-
-    def convert_then_write(self, native, native_range, ranges, native_done: "_Countdown", pending) -> None:
-        """Converter thread, no observers: convert, queue the write, free the native slab."""
-        handed_over = False
-        try:
-            data, buf = self.convert(native, native_range, ranges)
-            if self.role == "native":  # the native slab is the data: freed once written
-                pending.append(self.write_pool.submit(self.write, data, None, native_done))
-                handed_over = True
-            else:
-                pending.append(self.write_pool.submit(self.write, data, buf, None))
-        finally:
-            if not handed_over:
-                native_done.release()
-
-    def stop(self) -> None:
-        # converters first: a running conversion may wait for a buffer that a write will free
-        for name in ("convert_pool", "write_pool"):
-            pool = getattr(self, name)
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)
-                setattr(self, name, None)
-
-
-class _Countdown:
-    """Calls ``action`` once ``count`` releases have happened (from any thread)."""
-
-    def __init__(self, count: int, action: Callable[[], None]):
-        self._count = count
-        self._action = action
-        self._lock = threading.Lock()
-
-    def release(self) -> None:
-        with self._lock:
-            self._count -= 1
-            fire = self._count == 0
-        if fire:
-            self._action()
-
-
-def _stream_slabs(source, lanes: Dict[str, _OutputLane], ranges: "_RangeShortcut", slab: int,
-                  observers, progress, path) -> None:
-    nz, ny, nx = source.shape
-    native_buffers = _buffers(_NATIVE_BUFFERS, (slab, ny, nx), source.dtype)
-    stop = threading.Event()
-    pending: "collections.deque" = collections.deque()  # futures of conversions and writes
-    reader_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanco-read")
-
-    def read(z0):
-        buf = native_buffers.get()
-        if stop.is_set():
-            return None
-        z1 = min(z0 + slab, nz)
-        try:
-            native = source.read_slab(z0, z1, out=buf[: z1 - z0])
-            return native, buf, ranges.native_range(native)
-        except BaseException:
-            native_buffers.put(buf)
-            raise
-
-    try:
-        for lane in lanes.values():
-            lane.start((slab, ny, nx))
-        future = reader_pool.submit(read, 0)
-        for z0 in range(0, nz, slab):
-            native, buf, native_range = future.result()
-            if z0 + slab < nz:
-                future = reader_pool.submit(read, z0 + slab)
-            native_done = _Countdown(len(lanes), lambda b=buf: native_buffers.put(b))
-            if observers:
-                # every output of the slab must exist at once for the observers: convert, observe, write
-                converting = {role: lane.convert_pool.submit(lane.convert, native, native_range, ranges)
-                              for role, lane in lanes.items()}
-                try:
-                    results = {role: f.result() for role, f in converting.items()}
-                except BaseException:
-                    for f in converting.values():
-                        f.cancel()
-                    raise
-                for observe in observers:
-                    observe(z0, native, {role: data for role, (data, _buf) in results.items()})
-                for role, lane in lanes.items():
-                    data, out_buf = results[role]
-                    if role == "native":
-                        pending.append(lane.write_pool.submit(lane.write, data, None, native_done))
-                    else:
-                        pending.append(lane.write_pool.submit(lane.write, data, out_buf, None))
-                        native_done.release()
-            else:
-                for lane in lanes.values():
-                    pending.append(lane.convert_pool.submit(lane.convert_then_write, native, native_range,
-                                                            ranges, native_done, pending))
-            while pending and pending[0].done():
-                pending.popleft().result()  # raises an output's error
-            for f in list(pending):
-                if f.done() and f.exception() is not None:
-                    raise f.exception()
-            if progress is not None and progress(min(z0 + slab, nz), nz) is False:
-                raise ConversionCancelled(f"{path}: conversion cancelled")
-        while pending:
-            pending.popleft().result()
-        for lane in lanes.values():
-            lane.writer.close()
-    finally:
-        stop.set()
-        for lane in lanes.values():
-            lane.stop()
-        # a read waiting for a buffer that a cancelled task would have returned: wake it up
-        native_buffers.put(np.empty((0, ny, nx), dtype=source.dtype))
-        reader_pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _merge_range(stat: dict, lo, hi) -> None:
-    stat["min"] = lo if stat["min"] is None else min(stat["min"], lo)
-    stat["max"] = hi if stat["max"] is None else max(stat["max"], hi)
-
-
-class _RangeShortcut:
-    """Exact min/max of converted slabs without scanning them.
-
-    For small integer native types a conversion is a lookup table. When that table is monotone in
-    the native value (it is for every real calibration: each step of the formula, and the final
-    rounding, preserves order) and finite, the smallest and largest output of a slab are the
-    outputs of its smallest and largest native values, which are in the slab. One cheap min/max
-    pass over the native slab then gives every output's range exactly.
-    """
-
-    def __init__(self, header: ScancoHeader, options: ConversionOptions, quantities: Sequence[str] = ()):
-        self._dtype = np.dtype(header.voxel_type)
-        self._options = options
-        self._enabled = self._dtype.name in ("int8", "uint8", "int16", "uint16")
-        # a converter of its own: probing must not add to the real ones' clipped-voxel counts
-        self._probe = UnitConverter(header.calibration, path=header.path) if self._enabled else None
-        self._lock = threading.Lock()  # output lanes ask from their own threads
-        self._monotone: Dict[str, bool] = {}
-        if self._enabled:
-            for quantity in dict.fromkeys(quantities):
-                self._monotone[quantity] = self._check_monotone(quantity)
-
-    def native_range(self, native: np.ndarray):
-        if not self._enabled or native.size == 0:
-            return None
-        return native.min(), native.max()
-
-    def _check_monotone(self, quantity: str) -> bool:
-        info = np.iinfo(self._dtype)
-        natives = np.arange(int(info.min), int(info.max) + 1, dtype=np.int64).astype(self._dtype)
-        values = self._probe.convert(natives, quantity, hu_dtype=self._options.hu_dtype)
-        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
-            return False
-        step = np.diff(values.astype(np.float64))
-        return bool(np.all(step >= 0) or np.all(step <= 0))
-
-    def output_range(self, plan: OutputPlan, native_range):
-        """(min, max) of this slab's output for ``plan``, or None when it must be scanned."""
-        if native_range is None:
-            return None
-        lo, hi = native_range
-        if plan.role == "native":
-            return int(lo), int(hi)
-        if plan.quantity is None or not self._monotone.get(plan.quantity, False):
-            return None
-        with self._lock:
-            ends = self._probe.convert(np.array([lo, hi], dtype=self._dtype), plan.quantity,
-                                       hu_dtype=self._options.hu_dtype)
-        if ends.dtype.kind == "f":
-            return float(ends.min()), float(ends.max())
-        return int(ends.min()), int(ends.max())
-
-
-def _track_range(stat: dict, data: np.ndarray) -> None:
-    if data.size == 0:
-        return
-    if data.dtype.kind == "f":
-        finite = data[np.isfinite(data)] if not np.all(np.isfinite(data)) else data
-        if finite.size == 0:
-            return
-        lo, hi = float(finite.min()), float(finite.max())
-    else:
-        lo, hi = int(data.min()), int(data.max())
-    stat["min"] = lo if stat["min"] is None else min(stat["min"], lo)
-    stat["max"] = hi if stat["max"] is None else max(stat["max"], hi)
-
-
-def _metadata(header, options, plans, resolved, notes, caught, stats, mask_voxels, hu_clipped) -> dict:
+def _metadata(header, plan: RequestPlan, files: List[PlannedFile], stats, mask_voxels, hu_clipped,
+              result, caught) -> dict:
+    outputs = {}
+    for out in plan.outputs:
+        mine = [f for f in files if f.role == out.role]
+        quantity = QUANTITIES[out.quantity]
+        outputs[out.role] = {"file": mine[0].paths[0].name if mine else None,
+                             "files": [p.name for f in mine for p in f.paths],
+                             "formats": [f.format for f in mine],
+                             "dtype": out.dtype.name, "unit": quantity.unit_label, "ucum": quantity.ucum,
+                             "quantity": mine[0].spec.description if mine else quantity.title,
+                             "formula": quantity.formula,
+                             "min": stats[out.role].min, "max": stats[out.role].max}
+    thresholds = None
+    if plan.thresholds is not None:
+        thresholds = plan.thresholds.to_dict()
+        thresholds["unit_label"] = threshold_unit_label(plan.thresholds.spec.unit, plan.request.density_unit)
     return {
         "software": {"name": "ScancoUnits", "version": __version__},
         "input": {"path": os.path.abspath(header.path), "bytes": header.file_size},
         "header": header.to_dict(),
         "formulas": {
-            "mu_per_cm": "native / mu_scaling",
-            "hu": "native * 1000 / (mu_scaling * mu_water) - 1000",
-            "density_mg_ha_ccm": "(native / mu_scaling) * density_slope + density_intercept",
+            "mu_per_cm": QUANTITIES["mu"].formula,
+            "hu": QUANTITIES["hu"].formula,
+            "density_mg_ha_ccm": QUANTITIES["density_mg_ha_ccm"].formula,
             "density_g_cc": "density_mg_ha_ccm / 1000",
             "computed_in": "float64 from native values; HU int16 rounded to nearest (half to even) and clipped",
         },
         "calibration": describe_calibration(header.calibration),
-        "thresholds": None if resolved is None else resolved.to_dict(),
-        "options": options.to_dict(),
-        "outputs": {p.role: {"file": p.path.name, "dtype": p.dtype.name, "unit": p.unit_label,
-                             "quantity": p.description, "min": stats[p.role]["min"],
-                             "max": stats[p.role]["max"]} for p in plans},
-        "mask_voxels": mask_voxels if any(p.role in ("mask", "char_mask") for p in plans) else None,
+        "thresholds": thresholds,
+        "options": plan.request.to_dict(),
+        "outputs": outputs,
+        "mask_voxels": mask_voxels if any(o.quantity in ("mask", "char_mask") for o in plan.outputs) else None,
         "hu_clipped_voxels": hu_clipped,
+        "native_range": [result.native_min, result.native_max],
         "geometry": {"space": "left-posterior-superior", "origin_mm": list(header.origin_mm),
                      "spacing_mm": list(header.voxel_size_mm),
                      "origin_convention": "ITKIOScanco: AIM position * element size; ISQ 0"},
-        "notes": notes,
-        "warnings": caught,
+        "notes": list(plan.notes),
+        "warnings": list(caught),
     }
 
 
-def convert_file(path, out_dir, options: Optional[ConversionOptions] = None, *,
+def convert_file(path, out_dir, options: Optional[ConversionRequest] = None, *,
                  progress: Optional[Callable[[int, int], Optional[bool]]] = None,
                  stem: Optional[str] = None, **option_values) -> Dict[str, Path]:
     """Convert one SCANCO file into ``out_dir``; return the written paths by role.
 
-    Options are a :class:`ConversionOptions` or its fields as keywords, e.g.
+    Options are a :class:`~ScancoUnitsLib.request.ConversionRequest` or its fields as keywords, e.g.
     ``convert_file(p, "out", outputs=("hu", "mask"), thresholds=ThresholdSpec(300, 1000))``.
     """
     if options is None:
-        options = ConversionOptions(**option_values)
+        options = ConversionRequest(**option_values)
     elif option_values:
         options = replace(options, **option_values)
     header = read_header(path)
     return convert_header(header, out_dir, options, stem=stem, progress=progress).outputs
+
+
+__all__ = ["ConversionOptions", "ConversionRequest", "ConversionResult", "ConversionCancelled", "convert_file",
+           "convert_header", "output_stem", "plan_files", "OUTPUT_SUFFIXES"]

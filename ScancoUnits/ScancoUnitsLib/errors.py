@@ -33,3 +33,36 @@ class CalibrationMissingError(ScancoError, ValueError):
             f"{self.path}: cannot compute {quantity}: the file has no usable "
             + ", ".join(self.missing_fields)
         )
+
+
+class RequestError(ScancoError, ValueError):
+    """What was asked of a file cannot be made from it (HU of a mask, a threshold without its reference...).
+
+    The message names the file and the reason in one line; nothing has been written.
+    """
+
+    def __init__(self, path, problem: str):
+        self.path = os.fspath(path) if path is not None else "<memory>"
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+class ConversionCancelled(ScancoError):
+    """The caller asked to stop (progress callback returned False, or a cancel check said so).
+
+    Nothing is left behind: no output file, and in Slicer no node created by the cancelled load.
+    """
+
+    def __init__(self, path=None, what: str = "conversion"):
+        self.path = os.fspath(path) if path is not None else "<memory>"
+        super().__init__(f"{self.path}: {what} cancelled")
+
+
+class MaskExportError(ScancoError, ValueError):
+    """A Slicer mask (labelmap or segment) cannot be saved as a SCANCO AIM: wrong node, no source scan,
+    or a grid that is not the source's (rotated, resampled, shifted by a fraction of a voxel)."""
+
+    def __init__(self, name, problem: str):
+        self.name = str(name)
+        self.problem = problem
+        super().__init__(f"{self.name}: {problem}")

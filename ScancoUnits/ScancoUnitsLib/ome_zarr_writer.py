@@ -413,8 +413,9 @@ class OmeZarrVolumeWriter:
                 writer.write_slab(slab)
 
     *path* ends with ``.ome.zarr``. *atomic*: an :class:`AtomicOutputSet` to join (its owner commits it;
-    any failure of this writer aborts the whole set); without one the writer uses its own set (with
-    *overwrite*) and commits it in :meth:`close`. *key_values*, *description*, *calibration* (a dict,
+    a failure of this writer marks the set failed, so it cannot commit, and the owner's abort removes
+    everything once its writers stopped); without one the writer uses its own set (with *overwrite*)
+    and commits it in :meth:`close`. *key_values*, *description*, *calibration* (a dict,
     e.g. ``Calibration.to_dict()``) and *provenance* (a JSON-able dict) go into the ``scanco_units``
     attributes. *downsampling*: ``"mean"`` or ``"max"`` (default: from *quantity*, see
     :func:`downsampling_method`). *threads*: threads that compress and write chunks (zarr's writes run
@@ -459,9 +460,10 @@ class OmeZarrVolumeWriter:
             attributes = self._attributes(description, key_values, calibration, provenance, spacing_mm, origin_mm)
             self._create(zarr, attributes, int(compress_level))
         except BaseException as exc:
-            self._fail()
-            if isinstance(exc, OSError):
-                raise output_error_from(self.path, exc) from exc
+            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
             raise
         self._set.on_commit(self.close)
 
@@ -590,9 +592,10 @@ class OmeZarrVolumeWriter:
         try:
             self._streams[0].push(arr)
         except BaseException as exc:
-            self._fail()
-            if isinstance(exc, OSError):
-                raise output_error_from(self.path, exc) from exc
+            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
             raise
         self._slices_written += count
 
@@ -602,16 +605,18 @@ class OmeZarrVolumeWriter:
             return
         nz = self.shape_zyx[0]
         if self._slices_written != nz:
-            self._fail()
-            raise ValueError(f"{self.path}: only {self._slices_written} of {nz} slices were written")
+            error = ValueError(f"{self.path}: only {self._slices_written} of {nz} slices were written")
+            self._fail(error)
+            raise error
         self._closed = True
         try:
             for stream in self._streams:
                 stream.finish()
         except BaseException as exc:
-            self._fail()
-            if isinstance(exc, OSError):
-                raise output_error_from(self.path, exc) from exc
+            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
             raise
         finally:
             for stream in self._streams:
@@ -624,12 +629,17 @@ class OmeZarrVolumeWriter:
         """Stop writing and remove the temporary directory (and the rest of its output set)."""
         self._fail()
 
-    def _fail(self) -> None:
+    def _fail(self, error: BaseException | None = None) -> None:
         self._closed = True
         for stream in self._streams:
             stream.release()
         self._stop_runner()  # first: no chunk write may still be running when the tree is removed
-        self._set.abort()
+        if self._own_set or error is None:
+            self._set.abort()
+        else:
+            # a shared set: other writers may be writing its other files in other threads right now;
+            # mark it failed, its owner aborts it (removing this tree too) once every writer stopped
+            self._set.fail(error)
 
     def _stop_runner(self) -> None:
         if self._runner is not None:

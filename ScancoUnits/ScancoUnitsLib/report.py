@@ -33,7 +33,9 @@ from .errors import ScancoError
 from .header import ScancoHeader
 from .histogram import NativeHistogram
 from .thresholds import PERMILLE_FULL_SCALE, ResolvedThresholds, mask_from_char
-from .units import QUANTITY_UNITS, UnitConverter
+from .quantities import QUANTITIES, UNIT_LABELS, density_quantity
+from .summaries import header_summary
+from .units import UnitConverter
 
 #: size of the picture in pixels (width, height)
 REPORT_SIZE_PX = (1600, 1000)
@@ -44,14 +46,6 @@ HISTOGRAM_DRAW_BINS = 512
 _MASK_COLOUR = "#ff8c00"
 _LINE_COLOURS = {"low": "#e8590c", "high": "#c2255c"}
 _HIST_COLOUR = "#4a6fa5"
-_DENSITY_QUANTITY = {"g/cc": "density_g_cc", "mgHA/ccm": "density_mg_ha_ccm"}
-_QUANTITY_TITLE = {
-    "density_g_cc": "density",
-    "density_mg_ha_ccm": "density",
-    "hu": "HU",
-    "mu": "linear attenuation",
-    "native": "native values",
-}
 # largest plane side drawn as a contour without subsampling
 _CONTOUR_MAX_SIDE = 900
 
@@ -133,7 +127,7 @@ class ReportBuilder:
             return "float"
         converter = UnitConverter(self.header.calibration)
         density_unit = getattr(self.options, "density_unit", "g/cc")
-        density = _DENSITY_QUANTITY.get(density_unit, "density_g_cc")
+        density = density_quantity(density_unit)
         by_role = {"density": density, "hu": "hu", "mu": "mu"}
         asked = tuple(getattr(self.options, "outputs", ()) or ())
         for role in ("density", "hu", "mu"):
@@ -152,7 +146,7 @@ class ReportBuilder:
             return "float image as stored"
         if self.quantity == "native":
             return "native values"
-        return f"{_QUANTITY_TITLE[self.quantity]} [{QUANTITY_UNITS[self.quantity]}]"
+        return QUANTITIES[self.quantity].axis_label()
 
     def planes(self) -> List[Tuple[str, np.ndarray, Optional[np.ndarray], Tuple[float, float]]]:
         """The three mid-planes: ``(name, values, mask or None, (row mm, column mm))``.
@@ -282,23 +276,7 @@ class ReportBuilder:
         name = os.path.basename(h.path)
         fig.text(0.05, 0.965, name, fontsize=19, fontweight="bold", va="top", ha="left")
         fig.text(0.985, 0.965, "ScancoUnits QC report", fontsize=12, color="#555555", va="top", ha="right")
-        x, y, z = h.dimensions
-        sx, sy, sz = h.voxel_size_mm
-        if max(sx, sy, sz) - min(sx, sy, sz) <= 1e-6 * max(sx, 1e-12):
-            voxel = f"voxel {sx * 1000:.4g} µm"
-        else:
-            voxel = f"voxel {sx * 1000:.4g} × {sy * 1000:.4g} × {sz * 1000:.4g} µm"
-        scanner = []
-        if s.scanner_id is not None or s.scanner_type is not None:
-            scanner.append(f"scanner {_text(s.scanner_id)} (type {_text(s.scanner_type)})")
-        if s.energy_v:
-            scanner.append(f"{s.energy_v / 1000:.4g} kVp")
-        if s.intensity_ua:
-            scanner.append(f"{s.intensity_ua:.4g} µA")
-        if s.creation_date:
-            scanner.append(str(s.creation_date)[:10])
-        kind = h.data_type_name if h.data_type_name.startswith(h.format) else f"{h.format} {h.data_type_name}"
-        line1 = "   ·   ".join(scanner + [voxel, f"{x} × {y} × {z} voxels (x, y, z)", kind])
+        line1 = header_summary(h).one_line()
         fig.text(0.05, 0.922, _shorten(line1, 150), fontsize=10.5, va="top", ha="left")
         if self.is_char or self.is_float:  # never rescaled: the calibration is information only
             calibration = _calibration_text(c) if c.has_mu else "none in the file (not needed: values shown as stored)"
@@ -536,7 +514,7 @@ def _shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
 
 
-_UNIT_WORDS = {"permille": "‰", "native": "native", "mu": "1/cm", "hu": "HU", "density": "mg HA/ccm"}
+_UNIT_WORDS = dict(UNIT_LABELS, permille="‰", density=UNIT_LABELS["mgHA/ccm"])
 
 
 def _text(value) -> str:

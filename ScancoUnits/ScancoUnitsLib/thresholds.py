@@ -33,18 +33,20 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from .errors import CalibrationMissingError
+from .errors import CalibrationMissingError, RequestError
 from .header import Calibration
+from .quantities import THRESHOLD_UNIT_QUANTITY, THRESHOLD_UNITS, THRESHOLD_VALUE_UNITS
 from .units import INT16_MAX, INT16_MIN, UnitConverter
 
 PERMILLE_FULL_SCALE = 32767
-UNITS = ("permille", "native", "mu", "hu", "density")
+#: threshold units (``density``: mg HA/ccm here; the command line maps it to its --density-unit)
+UNITS = THRESHOLD_UNITS
 PERMILLE_REFERENCES = ("32767", "header-max")
 
-# threshold unit -> UnitConverter quantity
-_QUANTITY = {"mu": "mu", "hu": "hu", "density": "density_mg_ha_ccm"}
+# threshold unit -> UnitConverter quantity ("density" without a unit is IPL's mg HA/ccm)
+_QUANTITY = dict(THRESHOLD_UNIT_QUANTITY, density="density_mg_ha_ccm")
 # every unit a resolved threshold is expressed in
-VALUE_UNITS = ("permille", "native", "mu", "hu", "density_mg_ha_ccm", "density_g_cc")
+VALUE_UNITS = THRESHOLD_VALUE_UNITS
 
 _MASK_CHUNK_VOXELS = 1 << 20
 
@@ -72,6 +74,10 @@ def _round_float(value: float) -> int:
 def _ipl_permille(native: int) -> float:
     """native / 32.767, correctly rounded (32767 -> exactly 1000.0)."""
     return float(Fraction(native * 1000, PERMILLE_FULL_SCALE))
+
+
+#: public name: the per-mille value IPL prints for a native value
+permille_of_native = _ipl_permille
 
 
 def _clip_int16(native: int) -> int:
@@ -244,9 +250,9 @@ def resolve_thresholds(spec: ThresholdSpec, calibration: Optional[Calibration], 
         value = header_max_data_value
         if value is None or isinstance(value, bool) or not isinstance(value, Real) \
                 or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{path if path is not None else '<memory>'}: per-mille reference "
-                             f"'header-max' needs the header's Maximum data value (a positive "
-                             f"number), got {value!r}")
+            raise RequestError(path, "--permille-reference header-max needs the header's 'Maximum data "
+                                     f"value' (a positive number), and this file has {value!r}; use the "
+                                     "default reference (1000 per mille = native 32767)")
         reference = float(value)
 
     if spec.unit == "permille":
