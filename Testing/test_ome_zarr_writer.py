@@ -371,3 +371,24 @@ def test_failure_in_a_shared_set_marks_the_set_failed_and_its_owner_removes_ever
     with pytest.raises(RuntimeError, match="only 10 of 37 slices"):
         outputs.commit()
     assert names(tmp_path) == [] and live_partials() == []
+
+
+def test_conversion_with_both_formats_writes_the_same_voxels(tmp_path, real_data):
+    """The engine (convert --format nrrd,ome-zarr): every OME-Zarr level 0 equals its NRRD."""
+    nrrd = pytest.importorskip("nrrd")
+    from ScancoUnitsLib.convert import convert_file
+    from ScancoUnitsLib.thresholds import ThresholdSpec
+
+    convert_file(real_data / "CALLUS_1237.AIM", tmp_path, formats=("nrrd", "ome-zarr"),
+                 outputs=("hu", "density", "mask", "native"), thresholds=ThresholdSpec(100, 200))
+    stores = sorted(p.name for p in tmp_path.glob("*.ome.zarr"))
+    assert stores == ["CALLUS_1237_BWmask.ome.zarr", "CALLUS_1237_HU.ome.zarr", "CALLUS_1237_RHO.ome.zarr",
+                      "CALLUS_1237_native.ome.zarr"]
+    for name in stores:
+        data, header = nrrd.read(str(tmp_path / name.replace(".ome.zarr", ".nrrd")), index_order="C")
+        group = zarr.open_group(str(tmp_path / name), mode="r")
+        np.testing.assert_array_equal(group["0"][:], data, err_msg=name)
+        translation = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][1]
+        assert translation["translation"] == list(reversed(header["space origin"].tolist()))
+    mask = zarr.open_group(str(tmp_path / "CALLUS_1237_BWmask.ome.zarr"), mode="r")
+    assert mask.attrs[ATTRIBUTES_KEY]["downsampling"] == "max" and mask["0"][:].max() == 1
