@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -456,6 +457,9 @@ class OmeZarrVolumeWriter:
         self._runner = None
         try:
             self._runner = _WriteRunner(threads)
+            # when only the output set is aborted (its owner's with block), nothing calls this writer
+            # again: its loop and threads are released once the writer is dropped (or at exit)
+            weakref.finalize(self, self._runner.close)
             self.temp_path = self._set.add_directory(self.path)
             attributes = self._attributes(description, key_values, calibration, provenance, spacing_mm, origin_mm)
             self._create(zarr, attributes, int(compress_level))
