@@ -1,8 +1,9 @@
 """Write output files atomically: temporary file in the target folder, then rename on commit.
 
 An :class:`AtomicOutputSet` groups the outputs made from one input file (``_HU.nrrd``, ``_RHO.nrrd``,
-``_metadata.json``, ``.nhdr`` + ``.raw`` pairs...). Each output is first written to a hidden temporary
-file next to its final name (``.<name>.partial-<random>``). :meth:`AtomicOutputSet.commit` renames all of
+``_metadata.json``, ``.nhdr`` + ``.raw`` pairs, ``.ome.zarr`` directories...). Each output is first
+written to a hidden temporary file (or directory, :meth:`AtomicOutputSet.add_directory`) next to its final
+name (``.<name>.partial-<random>``). :meth:`AtomicOutputSet.commit` renames all of
 them at once, and only when every one of them was written; on any failure (exception, Ctrl-C, SIGTERM
 turned into :class:`Interrupted`) no temporary file and no new final file remains.
 
@@ -220,7 +221,10 @@ def remove_all_partials() -> list[Path]:
     removed = []
     for path in paths:
         try:
-            os.unlink(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)  # a temporary directory from AtomicOutputSet.add_directory
+            else:
+                os.unlink(path)
             removed.append(Path(path))
         except FileNotFoundError:
             pass
@@ -534,18 +538,42 @@ def _discard_temp(temp: Path) -> None:
     _unregister(str(temp))
 
 
+def _discard_tree(temp: Path) -> None:
+    """Remove one of our temporary or backup directories (and everything in it) and forget it."""
+    shutil.rmtree(temp, ignore_errors=True)
+    _unregister(str(temp))
+
+
 def _create_exclusive(path: Path) -> int:
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
     return os.open(path, flags, 0o666)
 
 
 class _Entry:
-    __slots__ = ("final", "temp", "file")
+    __slots__ = ("final", "temp", "file", "is_dir")
 
-    def __init__(self, final: Path, temp: Path):
+    def __init__(self, final: Path, temp: Path, is_dir: bool = False):
         self.final = final
         self.temp = temp
         self.file = None
+        self.is_dir = is_dir
+
+
+def _sync_tree(folder: Path) -> None:
+    """fsync every file under *folder* and the folders themselves (for ``fsync=True`` sets)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files + [None]:
+            if name is None and sys.platform.startswith("win"):
+                continue  # Windows cannot open a folder for fsync
+            path = os.path.join(root, name) if name is not None else root
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                os.fsync(fd)
+            except OSError:
+                if name is not None:
+                    raise
+            finally:
+                os.close(fd)
 
 
 class AtomicOutputSet:
@@ -720,6 +748,52 @@ class AtomicOutputSet:
         self._by_final[key] = entry
         return temp
 
+    def add_directory(self, final_path) -> Path:
+        """Reserve the directory *final_path*; return an empty hidden temporary directory to fill.
+
+        The temporary directory sits beside the final one (``.<name>.partial-<writer>-<random>``) and is
+        renamed onto *final_path* by :meth:`commit`, together with the rest of the set; :meth:`abort`
+        removes it with everything in it. Without ``overwrite`` an existing *final_path* is an error
+        (checked here and again just before the rename); with ``overwrite`` an existing directory is
+        moved aside at commit, removed once the whole set is in place, and put back if the commit fails.
+        A file (or a link) with that name is never replaced by a directory.
+        """
+        self._check_open()
+        final = Path(os.path.abspath(os.fspath(final_path)))
+        key = str(final)
+        if key in self._by_final:
+            raise ValueError(f"{final}: added twice to the same output set")
+        self._refuse_protected(final)
+        folder = final.parent
+        if not folder.is_dir():
+            raise OutputError(final, f"the folder {folder} does not exist", errno.ENOENT)
+        if not self.overwrite and os.path.lexists(final):
+            raise OutputExistsError(final, "the folder exists already (pass overwrite=True to replace it)")
+        if self.overwrite and os.path.lexists(final) and (os.path.islink(final) or not final.is_dir()):
+            raise OutputError(final, "a file has this name; only a folder can be replaced by a folder",
+                              errno.ENOTDIR)
+        for _attempt in range(100):
+            temp = _hidden_sibling(final, _PARTIAL_MARK)
+            _register(str(temp))  # before creating it: a signal in between must not leak the folder
+            try:
+                os.mkdir(temp)
+            except BaseException as exc:
+                if isinstance(exc, FileExistsError):
+                    _unregister(str(temp))
+                    continue
+                if isinstance(exc, OSError):
+                    _unregister(str(temp))
+                    raise output_error_from(final, exc) from exc
+                _discard_tree(temp)  # interrupted by a signal: the folder may exist; its name is ours
+                raise
+            break
+        else:  # pragma: no cover - 100 random collisions
+            raise OutputError(final, "could not create a temporary folder name")
+        entry = _Entry(final, temp, is_dir=True)
+        self._entries.append(entry)
+        self._by_final[key] = entry
+        return temp
+
     def add(self, final_path, mode: str = "wb", *, buffering: int = -1, encoding=None, newline=None):
         """Reserve *final_path* and return an open file object writing its temporary file.
 
@@ -793,6 +867,10 @@ class AtomicOutputSet:
         return self.final_paths
 
     def _close_entry(self, entry: _Entry, sync: bool) -> None:
+        if entry.is_dir:
+            if sync:
+                _sync_tree(entry.temp)
+            return
         handle = entry.file
         if handle is None or handle.closed:
             if sync:
@@ -823,7 +901,9 @@ class AtomicOutputSet:
                 aside.append((stale, backup))
             for entry in self._entries:
                 self._refuse_protected(entry.final)
-                if self.overwrite:
+                if entry.is_dir:
+                    placed.append(self._place_directory(entry))
+                elif self.overwrite:
                     placed.append(self._place_replacing(entry))
                 else:
                     placed.append(self._place_exclusive(entry))
@@ -844,6 +924,11 @@ class AtomicOutputSet:
             raise
         # all placed: drop the temporary names (hard links) and backups
         for entry, backup, _had in placed:
+            if entry.is_dir:
+                _unregister(str(entry.temp))  # renamed onto the final name: nothing left to remove
+                if backup is not None:
+                    _discard_tree(backup)
+                continue
             if os.path.lexists(entry.temp):
                 try:
                     os.unlink(entry.temp)
@@ -893,8 +978,51 @@ class AtomicOutputSet:
             raise
         return (entry, backup, had_previous)
 
+    def _place_directory(self, entry: _Entry):
+        """Rename a temporary directory onto its final name; an old directory is moved aside first."""
+        backup = None
+        if os.path.lexists(entry.final):
+            if not self.overwrite:
+                raise FileExistsError(errno.EEXIST, "exists", str(entry.final))
+            if os.path.islink(entry.final) or not entry.final.is_dir():
+                raise OutputError(entry.final, "a file has this name; only a folder can be replaced by a "
+                                  "folder", errno.ENOTDIR)
+            backup = _hidden_sibling(entry.final, _BACKUP_MARK)
+            _register(str(backup))
+            try:
+                os.rename(entry.final, backup)
+            except BaseException:
+                _unregister(str(backup))
+                raise
+        try:
+            # rename() would replace an empty directory that appeared since the check above; the window
+            # is the time between two system calls (there is no portable "rename unless it exists").
+            os.rename(entry.temp, entry.final)
+        except BaseException:
+            if backup is not None:
+                try:
+                    os.rename(backup, entry.final)
+                    _unregister(str(backup))
+                except OSError:
+                    pass
+            raise
+        return (entry, backup, backup is not None)
+
+    def _rollback_directory(self, entry: _Entry, backup) -> None:
+        # the new tree goes back to its temporary name (abort removes it), the old one is put back
+        os.rename(entry.final, entry.temp)
+        if backup is not None:
+            os.rename(backup, entry.final)
+            _unregister(str(backup))
+
     def _rollback(self, placed) -> None:
         for entry, backup, had_previous in reversed(placed):
+            if entry.is_dir:
+                try:
+                    self._rollback_directory(entry, backup)
+                except OSError:
+                    pass
+                continue
             try:
                 if backup is not None:
                     os.replace(backup, entry.final)
@@ -930,6 +1058,9 @@ class AtomicOutputSet:
         self._state = "aborted"
         self._callbacks = []
         for entry in self._entries:
+            if entry.is_dir:
+                _discard_tree(entry.temp)
+                continue
             handle = entry.file
             if handle is not None and not handle.closed:
                 try:
