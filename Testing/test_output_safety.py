@@ -420,3 +420,20 @@ def test_not_regular_inputs_are_refused_at_once(tmp_path, func, kind, problem):
     error = _refused_quickly(func, path)
     assert isinstance(error, ScancoFormatError), error
     assert str(error) == f"{path}: {problem}"
+
+
+def test_overwrite_replaces_every_format_of_the_earlier_set(tmp_path):
+    """An earlier run wrote NRRD and NIfTI; a run with --overwrite and NRRD only leaves no stale NIfTI."""
+    pytest.importorskip("nibabel")
+    import numpy as np
+
+    from ScancoUnitsLib import Calibration, write_isq
+    from ScancoUnitsLib.convert import convert_file
+
+    cal = Calibration(mu_scaling=4096, mu_water_per_cm=0.24, density_slope=1600.0, density_intercept=-390.0)
+    src = write_isq(tmp_path / "in.isq", np.full((2, 3, 4), 9000, np.int16), voxel_size_mm=(0.03,) * 3,
+                    calibration=cal)
+    first = convert_file(src, tmp_path / "o", outputs=("hu", "mask"), formats=("nrrd", "nifti"))
+    assert (tmp_path / "o" / "in_HU.nii").exists() and "hu_nifti" in first
+    convert_file(src, tmp_path / "o", outputs=("hu",), overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["in_HU.nrrd", "in_metadata.json"]

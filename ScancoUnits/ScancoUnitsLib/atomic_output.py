@@ -471,8 +471,9 @@ def sweep_stale_partials(folder, stem: Optional[str] = None) -> List[Path]:
 def previous_outputs(metadata_json_path) -> List[Path]:
     """The existing files of the output set an earlier conversion recorded in *metadata_json_path*.
 
-    That is the ``_metadata.json`` itself, every ``"outputs": {role: {"file": name}}`` (with the data file
-    of a detached ``.nhdr``) and ``<stem>_report.png``, all in the JSON's folder. Tolerant: a missing,
+    That is the ``_metadata.json`` itself, every ``"outputs": {role: {"file": name, "files": [names]}}``
+    (every format of every output, with the data file of a detached ``.nhdr``) and ``<stem>_report.png``,
+    all in the JSON's folder. Tolerant: a missing,
     unreadable or broken JSON lists nothing (the caller may warn); names with a folder part are ignored.
     """
     meta = Path(os.path.abspath(os.fspath(metadata_json_path)))
@@ -487,14 +488,17 @@ def previous_outputs(metadata_json_path) -> List[Path]:
     found: List[Path] = [meta]
     outputs = document.get("outputs")
     for entry in (outputs.values() if isinstance(outputs, dict) else ()):
-        name = entry.get("file") if isinstance(entry, dict) else None
-        if not _plain_name(name):
+        if not isinstance(entry, dict):
             continue
-        found.append(folder / name)
-        if name.lower().endswith(".nhdr"):
-            data = _nhdr_data_file(folder / name)
-            if data is not None:
-                found.append(folder / data)
+        names = [entry.get("file")] + (entry.get("files") if isinstance(entry.get("files"), list) else [])
+        for name in names:
+            if not _plain_name(name):
+                continue
+            found.append(folder / name)
+            if name.lower().endswith(".nhdr"):
+                data = _nhdr_data_file(folder / name)
+                if data is not None:
+                    found.append(folder / data)
     if meta.name.endswith("_metadata.json"):
         found.append(folder / (meta.name[: -len("_metadata.json")] + "_report.png"))
     unique = list(dict.fromkeys(found))
