@@ -438,7 +438,8 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         options = dict(outputs=self._outputs(), thresholds=self._thresholdSpec(),
                        densityUnit=p.densityUnit.value, **self._logicSampling())
         if exportDirectory:
-            existing = self.logic.existingExportFiles(p.inputFilePath, exportDirectory, **options)
+            existing = self.logic.existingExportFiles(p.inputFilePath, exportDirectory, header=self._header,
+                                                      **options)
             if existing and not slicer.util.confirmOkCancelDisplay(
                     _("These files exist already and will be replaced:") + "\n" + "\n".join(existing)):
                 return
@@ -769,9 +770,10 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
                                     progress=progressCallback, cancel=cancel)
 
     def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="g/cc",
-                            **_ignored):
+                            header=None, **_ignored):
+        """Planned export files that exist already (``header``: the one read for this action, reused)."""
         planned = self.lib.planned_export_files(path, outputDirectory, outputs, thresholds=thresholds,
-                                                density_unit=densityUnit)
+                                                density_unit=densityUnit, header=header)
         return [str(p) for p in planned if os.path.exists(p)]
 
     def process(self, path, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
