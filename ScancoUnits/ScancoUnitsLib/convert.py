@@ -30,6 +30,7 @@ from .errors import CalibrationMissingError, ScancoError
 from .header import ScancoHeader
 from .nrrd_writer import NrrdVolumeWriter
 from .reader import open_voxels, read_header
+from .scan_statistics import ScanStatistics
 from .thresholds import ResolvedThresholds, ThresholdSpec, mask_from_char, resolve_thresholds
 from .units import UnitConverter, describe_calibration
 
@@ -243,6 +244,8 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionOp
 
         report_builder = ReportBuilder(header, options, resolved)
         observers.append(report_builder.observe)
+    statistics = ScanStatistics(header, resolved, options.thresholds)
+    observers.append(statistics.observe)
     nz, ny, nx = header.shape_zyx
     slab = _slab_slices(header, options)
     caught: List[str] = []
@@ -272,6 +275,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionOp
             warnings.warn(msg, stacklevel=2)
             caught.append(msg)
         metadata = _metadata(header, options, plans, resolved, notes, caught, stats, mask_voxels, hu_clipped)
+        metadata["statistics"] = statistics.to_dict()
         meta_path = out_dir / f"{stem}_metadata.json"
         report_path = None
         if report_builder is not None:
@@ -560,7 +564,8 @@ def _track_range(stat: dict, data: np.ndarray) -> None:
 def _metadata(header, options, plans, resolved, notes, caught, stats, mask_voxels, hu_clipped) -> dict:
     return {
         "software": {"name": "ScancoUnits", "version": __version__},
-        "input": {"path": os.path.abspath(header.path), "bytes": header.file_size},
+        "input": {"path": os.path.abspath(header.path), "bytes": header.file_size,
+                  "size_bytes": os.stat(header.path).st_size, "mtime_ns": os.stat(header.path).st_mtime_ns},
         "header": header.to_dict(),
         "formulas": {
             "mu_per_cm": "native / mu_scaling",
