@@ -79,7 +79,7 @@ def discover(paths: Sequence, recursive: bool = False) -> Discovery:
                 if _is_scanco(candidate):
                     inputs.append(candidate)
                 else:
-                    found.skipped.append(PathNote(str(candidate), NOT_SCANCO))
+                    found.skipped.append(PathNote(os.path.abspath(candidate), NOT_SCANCO))
             if len(inputs) == before:
                 found.problems.append(PathNote(raw, EMPTY_FOLDER + (" (searched recursively)" if recursive else "")))
         elif p.exists():
