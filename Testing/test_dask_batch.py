@@ -129,28 +129,33 @@ def test_running_scheduler_and_worker(tmp_path, capsys):
                 process.wait(timeout=20)
 
 
-def test_a_worker_killed_mid_file_is_retried_and_leaves_no_partial(tmp_path):
-    from ScancoUnitsLib.batch import Batch
-    from ScancoUnitsLib.dask_batch import run_on_dask
-    from ScancoUnitsLib.discovery import assign_stems
+@pytest.fixture(scope="module")
+def big_input(tmp_path_factory):
+    """in/big.isq: 32 MB, converting it takes about a second; in/a.isq, in/c.isq: tiny."""
     from ScancoUnitsLib.isq_format import IsqWriter
     from ScancoUnitsLib.phantom import PHANTOM_CALIBRATION, phantom_slabs
 
-    src = tmp_path / "in"
-    src.mkdir()
+    src = tmp_path_factory.mktemp("dask-big")
     slab = next(phantom_slabs((8, 512, 512), slices=8))
-    with IsqWriter(src / "big.isq", (512, 512, 128), voxel_size_mm=(0.02,) * 3,
+    with IsqWriter(src / "big.isq", (512, 512, 64), voxel_size_mm=(0.02,) * 3,
                    calibration=PHANTOM_CALIBRATION) as writer:
-        for _ in range(16):
+        for _ in range(8):
             writer.write_slab(slab)
+    for name in ("a", "c"):
+        S.write_isq(src / f"{name}.isq", np.zeros((4, 5, 6), np.int16), voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    return src
+
+
+def test_a_worker_killed_mid_file_is_retried_and_leaves_no_partial(tmp_path, big_input):
+    from ScancoUnitsLib.batch import Batch
+    from ScancoUnitsLib.dask_batch import run_on_dask, start_local_cluster
+    from ScancoUnitsLib.discovery import assign_stems
+
+    src = big_input
     out = tmp_path / "out"
     out.mkdir()
     killed = []
-    import dask
-
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None)
+    cluster = start_local_cluster(2)  # what --dask-local starts: a file is retried once
     try:
         with distributed.Client(cluster) as client:
             pids = client.run(os.getpid)  # worker address -> pid
@@ -198,3 +203,37 @@ def test_a_file_whose_workers_keep_dying_is_failed_without_partials(tmp_path):
     result = _outcome(Dead(), tmp_path / "big.isq", batch)
     assert result.status == "failed" and "died" in result.error and "big.isq" in result.error
     assert not leftover.exists()
+
+
+def test_ctrl_c_stops_the_tasks_and_leaves_no_partial(tmp_path, big_input):
+    """Ctrl-C in a terminal reaches the whole process group, cluster processes included."""
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-m", "ScancoUnitsLib.cli", "convert", str(big_input), "-o", str(out),
+               "--dask-local", "2", "--json"]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if any(n.startswith(".big_") and ".partial-" in n for n in os.listdir(out)):
+                break
+            time.sleep(0.005)
+        assert process.poll() is None, "the batch ended before it could be interrupted"
+        os.killpg(process.pid, signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and "interrupted by Ctrl-C" in stderr and "big.isq" in stderr
+    records = {Path(r["input"]).name: r for r in map(json.loads, stdout.splitlines())}
+    assert records["big.isq"]["status"] == "interrupted" and records["big.isq"]["seconds"] > 0
+    names = os.listdir(out)
+    assert not [n for n in names if ".partial-" in n or n.startswith("big_")], names
+    for name, r in records.items():  # whatever is reported converted is complete; nothing else is there
+        stem = name.split(".")[0]
+        mine = sorted(n for n in names if n.startswith(f"{stem}_"))
+        assert len(mine) == (4 if r["status"] == "converted" else 0), (name, r["status"], mine)

@@ -24,7 +24,7 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from .batch import Batch, FileResult, convert_one, remove_partials_of
+from .batch import NOT_STARTED, Batch, FileResult, convert_one, remove_partials_of
 from .errors import ScancoError
 
 EXTRA = "dask"
@@ -54,14 +54,12 @@ class _CancelWatch:
     def __init__(self, event_name: str):
         self.event_name = event_name
         self.event = None
-        self.last = time.monotonic()  # files done within the first interval never ask
+        self.last = time.monotonic()
         self.cancelled = False
 
-    def __call__(self, done: int, total: int):
-        now = time.monotonic()
-        if now - self.last < _CANCEL_CHECK_S:
-            return None
-        self.last = now
+    def check(self) -> bool:
+        """Ask the scheduler now; True once the batch was interrupted."""
+        self.last = time.monotonic()
         try:
             if self.event is None:
                 from distributed import Event
@@ -69,15 +67,22 @@ class _CancelWatch:
                 self.event = Event(self.event_name)
             self.cancelled = bool(self.event.is_set())
         except Exception:  # noqa: BLE001 - no scheduler reachable: go on, the client decides
+            pass
+        return self.cancelled
+
+    def __call__(self, done: int, total: int):
+        if time.monotonic() - self.last < _CANCEL_CHECK_S:
             return None
-        return False if self.cancelled else None
+        return False if self.check() else None
 
 
 def dask_task(path, out_dir, options, stem: str, skip_existing: bool, batch_started: float,
               event_name: str) -> FileResult:
     """One file on a worker (module-level: workers import it by name)."""
-    remove_partials_of(Path(out_dir), stem, newer_than=batch_started)  # an earlier attempt's, if any
     watch = _CancelWatch(event_name)
+    if watch.check():  # queued before an interrupt: do not start
+        return FileResult(str(path), "interrupted", error=f"{path}: {NOT_STARTED}")
+    remove_partials_of(Path(out_dir), stem, newer_than=batch_started)  # an earlier attempt's, if any
     started = time.perf_counter()
     result = convert_one(path, out_dir, options, stem, skip_existing=skip_existing, progress=watch)
     if watch.cancelled and result.status == "failed":
@@ -95,6 +100,27 @@ def _failure(path: Path, exc: BaseException) -> FileResult:
     return FileResult(str(path), "failed", error=f"{path}: {why}")
 
 
+def start_local_cluster(workers: int):
+    """A LocalCluster of ``workers`` processes, one thread each, files retried once when a worker
+    dies. Its processes ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and it
+    is this process that stops the tasks cleanly (then closes the cluster)."""
+    import signal
+    import threading
+
+    import dask
+    import distributed
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+    try:
+        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+            return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                            dashboard_address=None)
+    finally:
+        if main:
+            signal.signal(signal.SIGINT, previous)
+
+
 def run_on_dask(batch: Batch, scheduler: Optional[str] = None, local_workers: Optional[int] = None,
                 client=None) -> None:
     """Convert every input of ``batch`` on a cluster: ``client`` (an existing distributed.Client),
@@ -110,10 +136,9 @@ def run_on_dask(batch: Batch, scheduler: Optional[str] = None, local_workers: Op
         if scheduler:
             client = distributed.Client(scheduler, timeout="30s")
         else:
-            with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-                cluster = distributed.LocalCluster(n_workers=local_workers or 1, threads_per_worker=1,
-                                                   processes=True, dashboard_address=None)
+            cluster = start_local_cluster(local_workers or 1)
             client = distributed.Client(cluster)
+    stragglers: list = []
     token = uuid.uuid4().hex[:12]
     event_name = f"scanco-units-cancel-{token}"
     try:
@@ -140,7 +165,7 @@ def run_on_dask(batch: Batch, scheduler: Optional[str] = None, local_workers: Op
                 if not finished:
                     time.sleep(0.05)
         except KeyboardInterrupt:
-            _stop(client, futures, pending, by_key, batch, event_name)
+            stragglers = _stop(client, futures, pending, by_key, batch, event_name)
             raise
     finally:
         if own_client:
@@ -148,7 +173,9 @@ def run_on_dask(batch: Batch, scheduler: Optional[str] = None, local_workers: Op
                 client.close()
             finally:
                 if cluster is not None:
-                    cluster.close()
+                    cluster.close()  # its workers end: a task that did not stop ends with them
+        for path in stragglers:
+            remove_partials_of(batch.out_dir, batch.stems[path], newer_than=batch.started)
 
 
 def _outcome(future, path: Path, batch: Batch) -> FileResult:
@@ -170,33 +197,34 @@ def _mark_running(client, by_key, batch: Batch) -> None:
                 batch.mark_started(by_key[key])
 
 
-def _stop(client, futures, pending, by_key, batch: Batch, event_name: str) -> None:
+def _stop(client, futures, pending, by_key, batch: Batch, event_name: str) -> list:
+    """Tell every task to stop (running ones between slabs, queued ones before they start), collect
+    their results; cancel what does not answer in time. Returns the paths of those."""
     from distributed import Event
 
     from .batch import ignore_further_signals
 
     ignore_further_signals()
-    running = set()
     try:
         Event(event_name, client=client).set()
-        for keys in client.processing().values():
-            running.update(k for k in keys if k in by_key)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the cluster is gone: nothing runs any more
         pass
-    waiting = [f for f in pending if f.key not in running]
-    if waiting:
-        client.cancel(waiting)
-    stopping = [f for f in pending if f.key in running]
+    waiting = set(pending)
     deadline = time.monotonic() + _STOP_GRACE_S
-    while stopping and time.monotonic() < deadline:
-        for f in [f for f in stopping if f.done()]:
-            stopping.remove(f)
+    while waiting and time.monotonic() < deadline:
+        finished = [f for f in waiting if f.done()]
+        for f in finished:
+            waiting.discard(f)
             batch.add(futures[f], _outcome(f, futures[f], batch))
-        time.sleep(0.05)
-    if stopping:
-        client.cancel(stopping)
-        for f in stopping:
-            path = futures[f]
-            remove_partials_of(batch.out_dir, batch.stems[path], newer_than=batch.started)
-            batch.add(path, FileResult(str(path), "interrupted",
-                                       error=f"{path}: interrupted; its task did not stop in time and was cancelled"))
+        if not finished:
+            time.sleep(0.05)
+    stragglers = [futures[f] for f in waiting]
+    if waiting:
+        try:
+            client.cancel(list(waiting))
+        except Exception:  # noqa: BLE001
+            pass
+    for path in stragglers:
+        remove_partials_of(batch.out_dir, batch.stems[path], newer_than=batch.started)
+        batch.interrupted(path, KeyboardInterrupt())
+    return stragglers
