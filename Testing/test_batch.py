@@ -117,6 +117,7 @@ def test_study_json_lines_summary_and_skip_existing(tmp_path, capsys):
 
     rows = list(csv.DictReader(io.StringIO(summary.read_text())))
     assert len(rows) == len(records)
+    assert {r["reason"] for r in rows if Path(r["input"]).name in kinds["other"]} == {NOT_SCANCO}
     row = next(r for r in rows if r["input"].endswith("C0001.ISQ;1"))
     assert row["status"] == "converted" and (row["dim_x"], row["dim_y"], row["dim_z"]) == ("11", "14", "9")
     assert float(row["mu_scaling"]) == 4096 and float(row["threshold_low_permille"]) == pytest.approx(250, abs=0.02)

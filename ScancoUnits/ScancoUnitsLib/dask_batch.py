@@ -30,6 +30,15 @@ from .errors import ScancoError
 EXTRA = "dask"
 _CANCEL_CHECK_S = 0.5      # how often a running task asks whether the batch was interrupted
 _STOP_GRACE_S = 30.0       # how long an interrupted batch waits for running tasks to stop cleanly
+# A LocalCluster of ours: a file is retried once when its worker dies; no statistical profiler (it
+# samples every thread's stack 100 times a second, holding the GIL the conversion threads need); and
+# no MALLOC_TRIM_THRESHOLD_ in the workers' environment: a fixed threshold turns off glibc's dynamic
+# mmap threshold, so every slab buffer would be a fresh mmap with page faults on first touch.
+LOCAL_CLUSTER_CONFIG = {
+    "distributed.scheduler.allowed-failures": 1,
+    "distributed.worker.profile.enabled": False,
+    "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1},
+}
 
 
 class DaskUnavailableError(ScancoError):
@@ -113,7 +122,7 @@ def start_local_cluster(workers: int):
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
-        with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        with dask.config.set(LOCAL_CLUSTER_CONFIG):
             return distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                             dashboard_address=None)
     finally:
