@@ -222,6 +222,20 @@ def test_progress_line_counts_rate_eta_and_files_in_flight(tmp_path):
     assert stream.getvalue().endswith("a line\n\r\x1b[K" + live.line()) or "a line\n" in stream.getvalue()
 
 
+@pytest.fixture()
+def signal_handlers_restored():
+    """An interrupted in-process run ignores further signals; later subprocess tests inherit the
+    handlers of this process, so they are put back."""
+    import signal
+
+    names = [n for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    saved = {n: signal.getsignal(getattr(signal, n)) for n in names}
+    yield
+    for n, handler in saved.items():
+        signal.signal(getattr(signal, n), handler)
+
+
+@pytest.mark.usefixtures("signal_handlers_restored")
 def test_interrupted_file_reports_its_real_elapsed_time(tmp_path, capsys, monkeypatch):
     import signal
 

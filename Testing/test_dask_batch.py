@@ -212,8 +212,10 @@ def test_ctrl_c_stops_the_tasks_and_leaves_no_partial(tmp_path, big_input):
     command = [sys.executable, "-m", "ScancoUnitsLib.cli", "convert", str(big_input), "-o", str(out),
                "--dask-local", "2", "--json"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
+    # an in-process test that was interrupted may have left SIGINT ignored in this process: not the child
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                               start_new_session=True)
+                               start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and process.poll() is None:

@@ -239,7 +239,8 @@ def ignore_further_signals() -> None:
 
 
 # ---- worker processes (--jobs N) --------------------------------------------------------------------------
-_worker_state = {"busy": False, "stopping": False, "signalled": False}
+_worker_state = {"busy": False, "stopping": False, "signalled": False, "events": None}
+_EVENT_INTERVAL_S = 0.2  # a worker tells the parent how far it is at most this often
 
 
 def _worker_signal(signum, frame):  # pragma: no cover - runs in worker processes
@@ -254,7 +255,11 @@ def _worker_signal(signum, frame):  # pragma: no cover - runs in worker processe
         raise Interrupted(signum)
 
 
-def _worker_init() -> None:  # pragma: no cover - runs in worker processes
+def _worker_init(events=None) -> None:  # pragma: no cover - runs in worker processes
+    """``events``: a multiprocessing queue for ("start" | "fraction", path, done, total) tuples."""
+    if events is not None:
+        events.cancel_join_thread()  # never hang at exit on a queue the parent stopped reading
+        _worker_state["events"] = events
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _worker_signal)
@@ -266,8 +271,20 @@ def _worker_convert(path, out_dir, options, stem, skip_existing):  # pragma: no 
         return None, None
     _worker_state["busy"], _worker_state["stopping"] = True, False
     started = time.perf_counter()
+    events = _worker_state["events"]
+    report = None
+    if events is not None:
+        events.put(("start", str(path), 0, 1))
+        last = [started]
+
+        def report(done, total):
+            now = time.perf_counter()
+            if now - last[0] >= _EVENT_INTERVAL_S:
+                last[0] = now
+                events.put(("fraction", str(path), done, total))
+            return None
     try:
-        return convert_one(path, out_dir, options, stem, skip_existing=skip_existing), None
+        return convert_one(path, out_dir, options, stem, skip_existing=skip_existing, progress=report), None
     except KeyboardInterrupt as interrupt:
         from .atomic_output import remove_all_partials
 
@@ -363,16 +380,19 @@ class Batch:
         from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
         from concurrent.futures.process import BrokenProcessPool
 
-        pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
+        import multiprocessing
+
+        context = multiprocessing.get_context()
+        events = context.Queue() if getattr(self.progress, "live", False) else None
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
+                                   initargs=(events,))
         futures = {pool.submit(_worker_convert, i, self.out_dir, self.options, self.stems[i],
                                self.skip_existing): i for i in self.inputs}
         pending = set(futures)
         try:
             while pending:
                 done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                for f in futures:
-                    if f.running() and futures[f] not in self.in_flight and not f.done():
-                        self.mark_started(futures[f])
+                self._drain(events)
                 signalled = None
                 for f in done:
                     path = futures[f]
@@ -399,6 +419,24 @@ class Batch:
             self._stop_pool(pool, futures, interrupt)
             raise
         pool.shutdown(wait=True)
+
+    def _drain(self, events) -> None:
+        """Starts and progress the workers reported (for the files-in-flight display)."""
+        import queue
+
+        while events is not None:
+            try:
+                kind, path, done, total = events.get_nowait()
+            except (queue.Empty, OSError, ValueError, EOFError):
+                return
+            path = Path(path)
+            if path in self.reported:
+                continue
+            self.mark_started(path)
+            if kind == "fraction":
+                callback = self.progress.fraction_callback(path)
+                if callback is not None:
+                    callback(done, total)
 
     def _stop_pool(self, pool, futures, interrupt) -> None:
         from concurrent.futures import wait
@@ -527,8 +565,9 @@ class BatchProgress:
         try:
             width = os.get_terminal_size(self.stream.fileno()).columns
         except (OSError, AttributeError, ValueError):
-            width = 120
-        self.stream.write("\r\033[K" + text[: max(width - 1, 20)])
+            width = 0
+        width = width if width >= 40 else 120  # a pseudo-terminal may say 0
+        self.stream.write("\r\033[K" + text[: width - 1])
         self.stream.flush()
         self._drawn = True
 
