@@ -241,9 +241,13 @@ def _cmd_convert(args) -> int:
     try:
         with progress:
             if args.dask_scheduler or args.dask_local:
-                from .dask_batch import run_on_dask
+                from .dask_batch import DaskConnectionError, run_on_dask
 
-                run_on_dask(batch, scheduler=args.dask_scheduler, local_workers=args.dask_local)
+                try:
+                    run_on_dask(batch, scheduler=args.dask_scheduler, local_workers=args.dask_local)
+                except DaskConnectionError as exc:
+                    print(f"scanco-units: error: {exc}", file=sys.stderr)
+                    return EXIT_FAILED
             else:
                 batch.run(args.jobs)
     except KeyboardInterrupt as interrupt:

@@ -45,6 +45,10 @@ class DaskUnavailableError(ScancoError):
     """dask / distributed are not installed."""
 
 
+class DaskConnectionError(ScancoError):
+    """The Dask scheduler cannot be reached (or the local cluster cannot start)."""
+
+
 def require_dask():
     """Import distributed (and dask), or raise :class:`DaskUnavailableError` naming the extra."""
     try:
@@ -137,30 +141,37 @@ def run_on_dask(batch: Batch, scheduler: Optional[str] = None, local_workers: Op
     thread each). Calls ``batch.add`` as each file finishes; KeyboardInterrupt propagates after the
     running tasks were stopped and the unstarted ones cancelled."""
     distributed = require_dask()
-    import dask
 
     cluster = None
     own_client = client is None
     if own_client:
-        if scheduler:
-            client = distributed.Client(scheduler, timeout="30s")
-        else:
-            cluster = start_local_cluster(local_workers or 1)
-            client = distributed.Client(cluster)
+        try:
+            if scheduler:
+                client = distributed.Client(scheduler, timeout="30s")
+            else:
+                cluster = start_local_cluster(local_workers or 1)
+                client = distributed.Client(cluster)
+        except (OSError, TimeoutError, ValueError) as exc:
+            if cluster is not None:
+                cluster.close()
+            where = f"the Dask scheduler {scheduler}" if scheduler else "a local Dask cluster"
+            raise DaskConnectionError(f"cannot reach {where} ({type(exc).__name__}: "
+                                      f"{' '.join(str(exc).split())})") from exc
     stragglers: list = []
     token = uuid.uuid4().hex[:12]
     event_name = f"scanco-units-cancel-{token}"
+    futures = {}
+    pending: set = set()
     try:
-        futures = {}
-        for path in batch.inputs:
-            stem = batch.stems[path]
-            future = client.submit(dask_task, str(path), str(batch.out_dir), batch.options, stem,
-                                   batch.skip_existing, batch.started, event_name,
-                                   key=f"scanco-units-{stem}-{token}", pure=False)
-            futures[future] = path
-        pending = set(futures)
-        by_key = {f.key: futures[f] for f in futures}
         try:
+            for path in batch.inputs:
+                stem = batch.stems[path]
+                future = client.submit(dask_task, str(path), str(batch.out_dir), batch.options, stem,
+                                       batch.skip_existing, batch.started, event_name,
+                                       key=f"scanco-units-{stem}-{token}", pure=False)
+                futures[future] = path
+                pending.add(future)
+            by_key = {f.key: futures[f] for f in futures}
             last_poll = 0.0
             while pending:
                 now = time.monotonic()
@@ -174,7 +185,7 @@ def run_on_dask(batch: Batch, scheduler: Optional[str] = None, local_workers: Op
                 if not finished:
                     time.sleep(0.05)
         except KeyboardInterrupt:
-            stragglers = _stop(client, futures, pending, by_key, batch, event_name)
+            stragglers = _stop(client, futures, pending, batch, event_name)
             raise
     finally:
         if own_client:
@@ -206,7 +217,7 @@ def _mark_running(client, by_key, batch: Batch) -> None:
                 batch.mark_started(by_key[key])
 
 
-def _stop(client, futures, pending, by_key, batch: Batch, event_name: str) -> list:
+def _stop(client, futures, pending, batch: Batch, event_name: str) -> list:
     """Tell every task to stop (running ones between slabs, queued ones before they start), collect
     their results; cancel what does not answer in time. Returns the paths of those."""
     from distributed import Event
