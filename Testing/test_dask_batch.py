@@ -230,11 +230,15 @@ def test_ctrl_c_stops_the_tasks_and_leaves_no_partial(tmp_path, big_input):
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
     assert process.returncode == 130, stderr
-    assert "Traceback" not in stderr and "interrupted by Ctrl-C" in stderr and "big.isq" in stderr
+    assert "Traceback" not in stderr and "interrupted by Ctrl-C" in stderr
     records = {Path(r["input"]).name: r for r in map(json.loads, stdout.splitlines())}
-    assert records["big.isq"]["status"] == "interrupted" and records["big.isq"]["seconds"] > 0
+    assert sorted(records) == ["a.isq", "big.isq", "c.isq"]
+    # running tasks look at the stop signal twice a second: big.isq may just have finished
+    assert records["big.isq"]["status"] in ("interrupted", "converted")
+    if records["big.isq"]["status"] == "interrupted":
+        assert records["big.isq"]["seconds"] > 0 and "big.isq" in stderr
     names = os.listdir(out)
-    assert not [n for n in names if ".partial-" in n or n.startswith("big_")], names
+    assert not [n for n in names if ".partial-" in n], names
     for name, r in records.items():  # whatever is reported converted is complete; nothing else is there
         stem = name.split(".")[0]
         mine = sorted(n for n in names if n.startswith(f"{stem}_"))
