@@ -25,6 +25,7 @@ from .errors import ConversionCancelled, RequestError  # noqa: F401 - Conversion
 from .header import ScancoHeader
 from .quantities import QUANTITIES, threshold_unit_label
 from .reader import open_voxels, read_header
+from .scan_statistics import ScanStatistics
 from .request import ConversionOptions, ConversionRequest, RequestPlan, plan_request  # noqa: F401
 from .thresholds import permille_of_native
 from .units import UnitConverter, describe_calibration
@@ -203,6 +204,8 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
 
         report_builder = ReportBuilder(header, request, plan.thresholds)
         observers.append(report_builder.observe)
+    statistics = ScanStatistics(header, plan.thresholds, request.threshold_spec)
+    observers.append(statistics.observe)
     caught: List[str] = list(plan.warnings)
     if removed:
         caught.append(f"{out_dir}: removed {len(removed)} temporary file(s) left by a killed run: "
@@ -240,6 +243,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
         for text in caught[len(plan.warnings):]:
             warnings.warn(text, stacklevel=2)
         metadata = _metadata(header, plan, files, stats, mask_voxels, hu_clipped, result, caught)
+        metadata["statistics"] = statistics.to_dict()
         if coverage:
             metadata["mask_coverage"] = coverage[coverage.index(MASK_COVERAGE_MARK):]
         if report_builder is not None:
@@ -279,7 +283,7 @@ def _metadata(header, plan: RequestPlan, files: List[PlannedFile], stats, mask_v
         thresholds["unit_label"] = threshold_unit_label(plan.thresholds.spec.unit, plan.request.density_unit)
     return {
         "software": {"name": "ScancoUnits", "version": __version__},
-        "input": {"path": os.path.abspath(header.path), "bytes": header.file_size},
+        "input": _input_identity(header),
         "header": header.to_dict(),
         "formulas": {
             "mu_per_cm": QUANTITIES["mu"].formula,
@@ -301,6 +305,13 @@ def _metadata(header, plan: RequestPlan, files: List[PlannedFile], stats, mask_v
         "notes": list(plan.notes),
         "warnings": list(caught),
     }
+
+
+def _input_identity(header: ScancoHeader) -> dict:
+    """Where the input is and which version of it was read (size and mtime: --skip-existing)."""
+    st = os.stat(header.path)
+    return {"path": os.path.abspath(header.path), "bytes": header.file_size, "size_bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns}
 
 
 def convert_file(path, out_dir, options: Optional[ConversionRequest] = None, *,
