@@ -39,7 +39,7 @@ from .aim_format import _WRITE_TYPES, _float32_to_vax_bytes, aim_header_bytes
 from .aim_log import build_log, calibration_lines, format_line, scanner_lines
 from .atomic_output import AtomicOutputSet, output_error_from
 from .header import ScancoHeader
-from .volume_writers import VolumeFormat, VolumeSpec, register_format
+from .volume_writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
 from .vms_encoding import datetime_to_log_date
 
 __all__ = ["AimVolumeWriter", "derived_log_text", "aim_position_for", "AIM_QUANTITIES", "MASK_OBJECT_VALUE",
@@ -168,7 +168,7 @@ def aim_position_for(source: Optional[ScancoHeader], spacing_mm, origin_mm) -> T
 # ---------------------------------------------------------------------------------------------------
 
 
-class AimVolumeWriter:
+class AimVolumeWriter(SlabWriter):
     """Stream a (z, y, x) volume into an AIM file, slab by slab.
 
     * ``mask=True``: slabs of any integer/bool type, non-zero = object; stored as D1TbinCmp 0/127.
@@ -178,6 +178,8 @@ class AimVolumeWriter:
     * ``atomic``: the :class:`AtomicOutputSet` to join (its owner commits); without one the writer
       uses its own and commits it in :meth:`close`.
     """
+
+    kind = "AIM"
 
     def __init__(self, path, shape_zyx, dtype, *, voxel_size_mm, position_voxels=(0, 0, 0),
                  processing_log: str = "", mask: bool = False, version: Optional[int] = None,
@@ -246,33 +248,16 @@ class AimVolumeWriter:
             raise
         self._set.on_commit(self.close)
 
-    @property
-    def output_paths(self) -> list:
-        return [self.path]
-
-    @property
-    def slices_written(self) -> int:
-        return self._slices_written
-
     def write_slab(self, array) -> None:
         """Append the slices of ``array`` ((n, y, x) or (y, x))."""
-        if self._closed:
-            raise ValueError(f"{self.path}: the AIM writer is closed")
-        arr = np.asarray(array)
-        if arr.ndim == 2:
-            arr = arr[np.newaxis]
-        nz, ny, nx = self.shape_zyx
-        if arr.ndim != 3 or arr.shape[1:] != (ny, nx):
-            raise ValueError(f"{self.path}: slab shape {np.shape(array)} does not match slices of (y, x) = ({ny}, {nx})")
-        if self._slices_written + arr.shape[0] > nz:
-            raise ValueError(f"{self.path}: {self._slices_written + arr.shape[0]} slices written, the volume has {nz}")
+        arr = self._checked_slab(array, same_dtype=False)
+        if arr is None:
+            return
         if self.mask:
             if arr.dtype.kind not in "biu":
                 raise ValueError(f"{self.path}: mask slabs must be integer or bool, not {arr.dtype.name}")
         elif arr.dtype.newbyteorder("=") != self.dtype.newbyteorder("="):
             raise ValueError(f"{self.path}: slab has voxel type {arr.dtype.name}, the file holds {self.dtype.name}")
-        if arr.shape[0] == 0:
-            return
         try:
             if self.mask:
                 data = self._encoder.feed(arr)
@@ -335,16 +320,6 @@ class AimVolumeWriter:
     def _fail(self) -> None:
         self._closed = True
         self._set.abort()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self._fail()
-            return False
-        self.close()
-        return False
 
 
 # ---- registration in the writer seam ------------------------------------------------------------

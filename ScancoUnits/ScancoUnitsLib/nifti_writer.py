@@ -29,7 +29,7 @@ import numpy as np
 from .atomic_output import AtomicOutputSet, output_error_from
 # The parallel gzip stream: the one place it is imported (it moves to parallel_gzip.py later).
 from .nrrd_writer import _GzipStream, _RawStream, _write_all, default_threads
-from .volume_writers import VolumeFormat, VolumeSpec, register_format
+from .volume_writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
 
 __all__ = ["NiftiVolumeWriter", "nifti_header", "ras_affine", "NIFTI_XFORM_CODE", "NIFTI_VOX_OFFSET"]
 
@@ -111,12 +111,14 @@ def nifti_header(shape_zyx, dtype, *, spacing_mm, origin_mm, description: str = 
     return block + b"\x00\x00\x00\x00"
 
 
-class NiftiVolumeWriter:
+class NiftiVolumeWriter(SlabWriter):
     """Stream a (z, y, x) volume into a NIfTI-1 file (``.nii`` or, with ``compress``, ``.nii.gz``).
 
     ``atomic``: the :class:`AtomicOutputSet` to join (its owner commits); without one the writer uses
     its own and commits it in :meth:`close`. ``threads``: gzip threads.
     """
+
+    kind = "NIfTI"
 
     def __init__(self, path, shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0),
                  description: str = "", label: bool = False, compress: bool = False, threads=None,
@@ -150,32 +152,10 @@ class NiftiVolumeWriter:
             raise
         self._set.on_commit(self.close)
 
-    @property
-    def output_paths(self) -> list:
-        return [self.path]
-
-    @property
-    def slices_written(self) -> int:
-        return self._slices_written
-
     def write_slab(self, array) -> None:
         """Append the slices of ``array`` ((n, y, x) or (y, x), this writer's voxel type)."""
-        if self._closed:
-            raise ValueError(f"{self.path}: the NIfTI writer is closed")
-        arr = np.asarray(array)
-        if arr.ndim == 2:
-            arr = arr[np.newaxis]
-        nz, ny, nx = self.shape_zyx
-        if arr.ndim != 3 or arr.shape[1:] != (ny, nx):
-            raise ValueError(f"{self.path}: slab shape {np.shape(array)} does not match slices of (y, x) = ({ny}, {nx})")
-        if arr.dtype != self.dtype:
-            if arr.dtype.kind == self.dtype.kind and arr.dtype.itemsize == self.dtype.itemsize:
-                arr = arr.astype(self.dtype)
-            else:
-                raise ValueError(f"{self.path}: slab has voxel type {arr.dtype.name}, the file holds {self.dtype.name}")
-        if self._slices_written + arr.shape[0] > nz:
-            raise ValueError(f"{self.path}: {self._slices_written + arr.shape[0]} slices written, the volume has {nz}")
-        if arr.shape[0] == 0:
+        arr = self._checked_slab(array)
+        if arr is None:
             return
         arr = np.ascontiguousarray(arr)
         try:
@@ -218,16 +198,6 @@ class NiftiVolumeWriter:
             except BaseException:
                 pass
         self._set.abort()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self._fail()
-            return False
-        self.close()
-        return False
 
 
 # ---- registration in the writer seam ------------------------------------------------------------

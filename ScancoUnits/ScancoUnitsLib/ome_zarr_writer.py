@@ -58,7 +58,7 @@ import numpy as np
 from . import __version__
 from .atomic_output import AtomicOutputSet, output_error_from
 from .errors import ScancoError
-from .volume_writers import VolumeFormat, VolumeSpec, register_format
+from .volume_writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
 
 __all__ = [
     "OmeZarrUnavailableError",
@@ -403,7 +403,7 @@ def _little_endian(dtype) -> np.dtype:
     return dt.newbyteorder("<") if dt.byteorder == ">" else dt
 
 
-class OmeZarrVolumeWriter:
+class OmeZarrVolumeWriter(SlabWriter):
     """Stream a (z, y, x) volume into a multiscale OME-Zarr directory, slab by slab.
 
     ::
@@ -423,6 +423,8 @@ class OmeZarrVolumeWriter:
     on an event loop owned by this writer, so a failure or Ctrl-C waits for the chunks in flight before
     the temporary directory is removed).
     """
+
+    kind = "OME-Zarr"
 
     def __init__(self, path, shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), quantity: str = "",
                  unit_label: str = "", description: str = "", key_values: Optional[Mapping[str, str]] = None,
@@ -558,41 +560,16 @@ class OmeZarrVolumeWriter:
             streams.append(below)
         self._streams = streams[::-1]
 
-    # -- properties ---------------------------------------------------------------------------------
-    @property
-    def slices_written(self) -> int:
-        return self._slices_written
-
-    @property
-    def output_paths(self) -> List[Path]:
-        return [self.path]
-
     # -- writing ------------------------------------------------------------------------------------
     def write_slab(self, array) -> None:
         """Append the slices of *array* (shape ``(n, y, x)`` or ``(y, x)``, this writer's dtype).
 
         The array is not modified or kept: its buffer may be reused as soon as this returns.
         """
-        if self._closed:
-            raise ValueError(f"{self.path}: the OME-Zarr writer is closed")
-        arr = np.asarray(array)
-        if arr.ndim == 2:
-            arr = arr[np.newaxis]
-        nz, ny, nx = self.shape_zyx
-        if arr.ndim != 3 or arr.shape[1:] != (ny, nx):
-            raise ValueError(f"{self.path}: slab shape {np.shape(array)} does not match slices of "
-                             f"(y, x) = ({ny}, {nx})")
-        if arr.dtype != self.dtype:
-            if arr.dtype.kind == self.dtype.kind and arr.dtype.itemsize == self.dtype.itemsize:
-                arr = arr.astype(self.dtype)  # same type, other byte order
-            else:
-                raise ValueError(f"{self.path}: slab has voxel type {arr.dtype.name}, the output holds "
-                                 f"{self.dtype.name}")
-        count = arr.shape[0]
-        if self._slices_written + count > nz:
-            raise ValueError(f"{self.path}: {self._slices_written + count} slices written, the volume has {nz}")
-        if count == 0:
+        arr = self._checked_slab(array)
+        if arr is None:
             return
+        count = arr.shape[0]
         try:
             self._streams[0].push(arr)
         except BaseException as exc:
@@ -648,16 +625,6 @@ class OmeZarrVolumeWriter:
     def _stop_runner(self) -> None:
         if self._runner is not None:
             self._runner.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self._fail()
-            return False
-        self.close()
-        return False
 
     def __repr__(self):
         return (f"OmeZarrVolumeWriter({str(self.path)!r}, shape_zyx={self.shape_zyx}, dtype={self.dtype.name}, "

@@ -272,7 +272,7 @@ class ReportBuilder:
                               "Title": f"QC report of {os.path.basename(self.header.path)}"})
 
     def _draw_title(self, fig, metadata) -> None:
-        h, s, c = self.header, self.header.scanner, self.header.calibration
+        h, c = self.header, self.header.calibration
         name = os.path.basename(h.path)
         fig.text(0.05, 0.965, name, fontsize=19, fontweight="bold", va="top", ha="left")
         fig.text(0.985, 0.965, "ScancoUnits QC report", fontsize=12, color="#555555", va="top", ha="right")
