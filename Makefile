@@ -25,8 +25,12 @@ BENCH_ARGS ?= --size 1G --repeat 3
 bench: $(STAMP)
 	$(PY) bench/bench.py $(BENCH_ARGS)
 
+# random exploration: a new mutation seed (printed; SCANCO_FUZZ_SEED=N replays it) and the random
+# hypothesis profile (a failure prints its @reproduce_failure blob)
 fuzz-long: $(STAMP)
-	SCANCO_FUZZ_EXAMPLES=200000 $(PY) -m pytest -q Testing/test_fuzz.py
+	@seed=$${SCANCO_FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
+	echo "fuzz-long: SCANCO_FUZZ_SEED=$$seed HYPOTHESIS_PROFILE=explore"; \
+	SCANCO_FUZZ_EXAMPLES=200000 SCANCO_FUZZ_SEED=$$seed HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q Testing/test_fuzz.py
 
 clean:
 	rm -rf $(VENV) demo-output bench-output

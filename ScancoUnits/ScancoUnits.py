@@ -5,6 +5,7 @@ work is done: ScancoUnitsLib.scene (nodes), ScancoUnitsLib.convert (streamed NRR
 ScancoUnitsLib.thresholds and ScancoUnitsLib.units (conversions).
 """
 
+import contextlib
 import enum
 import html
 import logging
@@ -29,6 +30,9 @@ from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Minimum, WithinRange, parameterNodeWrapper
 
 READER_FILE_TYPE = "ScancoUnitsFile"
+WRITER_FILE_TYPE = "ScancoUnitsAimMaskFile"
+#: node classes that can be saved as a SCANCO mask AIM (panel selector and file writer)
+MASK_NODE_CLASSES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode")
 
 
 #
@@ -46,8 +50,16 @@ class ScancoUnits(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["ScancoUnits developers (ScancoUnits project)"]
         self.parent.helpText = _("""
-Open SCANCO micro-CT files (.ISQ, .AIM) as calibrated volumes: drag and drop a file onto Slicer
-(Hounsfield units by default), or pick a file here, choose thresholds and outputs, and press Apply.
+Open SCANCO micro-CT files (.ISQ, .AIM) as calibrated volumes.
+<ul>
+<li><b>Drag and drop</b> (or Add Data): one volume, fast: HU for a calibrated file, native values for an
+uncalibrated one, a labelmap for a SCANCO mask AIM. No mask: its thresholds are chosen here first (the default
+250-1000 per mille gives an empty mask on some scanners' data, e.g. XtremeCT II).</li>
+<li><b>This panel</b>: pick a file, check the thresholds against the histogram, choose the outputs (HU,
+density, 1/cm, native, mask labelmap and segmentation) and press Apply.</li>
+<li><b>Save mask as AIM</b>: a labelmap or segment (e.g. edited in Segment Editor) back to a SCANCO char AIM on
+the grid of its scan, for IPL; also offered as "SCANCO AIM" in Export to file.</li>
+</ul>
 <ul>
 <li><b>Attenuation</b> mu [1/cm] = native / mu_scaling (mu_scaling from the header).</li>
 <li><b>HU</b> = 1000 (mu - mu_water) / mu_water = native * 1000 / (mu_scaling * mu_water) - 1000;
@@ -115,11 +127,16 @@ class ThresholdUnit(enum.Enum):
     density = "density"
 
     def label(self):
-        return {"permille": _("per mille"), "native": _("native"), "mu": "1/cm", "hu": "HU",
-                "density": "mg HA/ccm"}[self.value]
+        from ScancoUnitsLib.quantities import threshold_unit_label
+
+        # the panel's density thresholds are IPL's mg HA/ccm, whatever the density output's unit
+        text = threshold_unit_label(self.value, "mgHA/ccm")
+        return _(text) if self.value in ("permille", "native") else text
 
 
 class DensityUnit(enum.Enum):
+    """Values are accepted by ScancoUnitsLib.quantities.canonical_density_unit."""
+
     mg_ha_ccm = "mg HA/ccm"
     g_cc = "g/cc"
 
@@ -146,7 +163,7 @@ class ScancoUnitsParameterNode:
     upperThreshold: float = 1000.0
     createHU: bool = True
     createDensity: bool = True
-    densityUnit: DensityUnit = DensityUnit.mg_ha_ccm
+    densityUnit: DensityUnit = DensityUnit.g_cc   # the one default (quantities.DEFAULT_DENSITY_UNIT)
     createAttenuation: bool = False
     createNative: bool = False
     createMaskLabelmap: bool = True
@@ -179,6 +196,9 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._header = None
         self._headerError = ""
+        self._headerPath = None  # the path self._header / self._headerError were read from
+        self._busy = False  # a load, export, histogram or save runs: its buttons stay disabled
+        self._observedMaskNode = None  # segmentation whose segment list the panel follows
         self._thresholdUnitShown = None
         self._updatingThresholds = False
         self._chart = None  # (chart node, table node, {role: series node}) of the histogram
@@ -195,11 +215,18 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
 
-        # paths are synchronised by hand (str in the parameter node, "" = not set)
-        self.ui.inputFileSelector.connect("currentPathChanged(QString)", self.onInputPathChanged)
-        self.ui.exportDirectorySelector.connect("currentPathChanged(QString)", self.onExportDirectoryChanged)
+        # Paths are synchronised by hand (str in the parameter node, "" = not set), from the text of the
+        # path's combo box: ctkPathLineEdit emits currentPathChanged only when its QRegularExpressionValidator
+        # accepts the text (ctkPathLineEdit::updateHasValidInput), and that validator refuses an empty field
+        # (pattern ".+") and, with nameFilters, names such as C0004255.ISQ;1. The .ui sets no nameFilters:
+        # any name is let through and the file is judged by its content (scene.sniff_format, read_header).
+        self.ui.inputFileSelector.comboBox().connect("editTextChanged(QString)", self.onInputPathChanged)
+        self.ui.exportDirectorySelector.comboBox().connect("editTextChanged(QString)", self.onExportDirectoryChanged)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.showHistogramButton.connect("clicked(bool)", self.onShowHistogram)
+        self.ui.maskNodeSelector.setMRMLScene(slicer.mrmlScene)
+        self.ui.maskNodeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onMaskNodeChanged)
+        self.ui.saveMaskAsAimButton.connect("clicked(bool)", self.onSaveMaskAsAim)
         self.ui.previewMaskCheckBox.connect("toggled(bool)", lambda checked: self._updateThresholdFeedback())
         self.ui.calibrationWarningLabel.visible = False
 
@@ -236,23 +263,24 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
             self._thresholdUnitShown = self._parameterNode.thresholdUnit
-            self._readHeader()
+            self._readHeader(force=True)
         self.updateGUIFromParameterNode()
 
     # ---- parameter node <-> panel -------------------------------------------------------------------
     def onInputPathChanged(self, path) -> None:
         if self._parameterNode and self._parameterNode.inputFilePath != path:
-            self._parameterNode.inputFilePath = path
-        self._readHeader()
-        self.updateGUIFromParameterNode()
+            self._parameterNode.inputFilePath = path  # -> updateGUIFromParameterNode, which reads the header
 
     def onExportDirectoryChanged(self, path) -> None:
         if self._parameterNode and self._parameterNode.exportDirectory != path:
             self._parameterNode.exportDirectory = path
 
-    def _readHeader(self) -> None:
-        self._header, self._headerError = None, ""
+    def _readHeader(self, force=False) -> None:
+        """Read the header of the parameter node's file when the path changed (or ``force``)."""
         path = self._parameterNode.inputFilePath if self._parameterNode else ""
+        if path == self._headerPath and not force:
+            return
+        self._header, self._headerError, self._headerPath = None, "", path
         if not path:
             return
         try:
@@ -283,6 +311,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if p is None:
             return
         lib = self.logic.lib
+        self._readHeader()
         self._followThresholdUnit()
         if self.ui.inputFileSelector.currentPath != p.inputFilePath:
             self.ui.inputFileSelector.currentPath = p.inputFilePath
@@ -323,8 +352,9 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         canApply = header is not None and bool(self._outputs())
         if p.exportEnabled and not p.exportDirectory:
             canApply = False
-        self.ui.applyButton.enabled = canApply
-        self.ui.showHistogramButton.enabled = header is not None
+        self.ui.applyButton.enabled = canApply and not self._busy
+        self.ui.showHistogramButton.enabled = header is not None and not self._busy
+        self._updateSaveMaskGui()
         self._updateThresholdFeedback()
         self.ui.applyButton.toolTip = (_("Read the file and create the selected outputs.") if canApply else
                                        _("Select a readable SCANCO file, at least one output and, for the export, "
@@ -360,21 +390,27 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                axis(p.regionXFirst, p.regionXLast))}
         return {}
 
-    # ---- Apply -------------------------------------------------------------------------------------
-    def onApplyButton(self) -> None:
-        p = self._parameterNode
-        exportDirectory = p.exportDirectory if p.exportEnabled else None
-        options = dict(outputs=self._outputs(), thresholds=self._thresholdSpec(),
-                       densityUnit=p.densityUnit.value, **self._logicSampling())
-        if exportDirectory:
-            existing = self.logic.existingExportFiles(p.inputFilePath, exportDirectory, **options)
-            if existing and not slicer.util.confirmOkCancelDisplay(
-                    _("These files exist already and will be replaced:") + "\n" + "\n".join(existing)):
-                return
-        progressDialog = slicer.util.createProgressDialog(
-            windowTitle=_("Scanco Units"), labelText=_("Reading {name}...").format(name=os.path.basename(p.inputFilePath)),
-            maximum=1000)
+    # ---- long tasks: modal progress, buttons disabled ----------------------------------------------
+    @contextlib.contextmanager
+    def _busyWithProgress(self, labelText):
+        """Run a long task behind an application-modal progress dialog with Cancel.
+
+        Yields ``(onProgress, cancelled)``: ``onProgress(fraction, text=None)`` and ``cancelled() -> bool``
+        for the Logic. Events are processed at each slab (to paint and to see Cancel); the dialog is made
+        application-modal because slicer.util.createProgressDialog returns a plain, modeless QProgressDialog,
+        so those events could otherwise reach Apply, Show histogram or Close Scene mid-load. The panel's
+        action buttons are disabled as well until the task ends.
+        """
+        import qt
+
+        self._busy = True
+        for button in (self.ui.applyButton, self.ui.showHistogramButton, self.ui.saveMaskAsAimButton):
+            button.enabled = False
+        progressDialog = slicer.util.createProgressDialog(windowTitle=_("Scanco Units"), labelText=labelText,
+                                                          maximum=1000)
+        progressDialog.windowModality = qt.Qt.ApplicationModal
         progressDialog.minimumDuration = 0
+        progressDialog.show()  # modal before the first processEvents, not only after the first value
 
         def onProgress(fraction, text=None):
             progressDialog.value = int(round(1000 * min(max(fraction, 0.0), 1.0)))
@@ -387,18 +423,45 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return progressDialog.wasCanceled
 
         try:
+            yield onProgress, cancelled
+        finally:
+            progressDialog.close()
+            self._busy = False
+            self.updateGUIFromParameterNode()
+
+    # ---- Apply -------------------------------------------------------------------------------------
+    def onApplyButton(self) -> None:
+        p = self._parameterNode
+        if self._busy or self._header is None:
+            return
+        exportDirectory = p.exportDirectory if p.exportEnabled else None
+        options = dict(outputs=self._outputs(), thresholds=self._thresholdSpec(),
+                       densityUnit=p.densityUnit.value, **self._logicSampling())
+        if exportDirectory:
+            existing = self.logic.existingExportFiles(p.inputFilePath, exportDirectory, header=self._header,
+                                                      **options)
+            if existing and not slicer.util.confirmOkCancelDisplay(
+                    _("These files exist already and will be replaced:") + "\n" + "\n".join(existing)):
+                return
+        labelText = _("Reading {name}...").format(name=os.path.basename(p.inputFilePath))
+        with self._busyWithProgress(labelText) as (onProgress, cancelled):
             with slicer.util.tryWithErrorDisplay(_("Failed to read the SCANCO file."), waitCursor=True):
                 try:
                     nodes, files = self.logic.process(p.inputFilePath, exportDirectory=exportDirectory,
                                                       progressCallback=onProgress, cancel=cancelled,
-                                                      overwrite=True, **options)
+                                                      overwrite=True, header=self._header, **options)
                 except self.logic.lib.LoadCancelled:
                     slicer.util.showStatusMessage(_("Cancelled: nothing was added or written."), 5000)
                     return
-        finally:
-            progressDialog.close()
+        # the file (and folder) were used: remember them in the path fields' history (settingKey in the .ui)
+        self.ui.inputFileSelector.addCurrentPathToHistory()
+        if exportDirectory:
+            self.ui.exportDirectorySelector.addCurrentPathToHistory()
         self.logic.showNodes(nodes)
         self._loadedNodes = dict(nodes)
+        maskNode = nodes.get("mask_segmentation") or nodes.get("mask_labelmap")
+        if maskNode is not None:
+            self.ui.maskNodeSelector.setCurrentNode(maskNode)
         self._updateThresholdFeedback()
         message = _("Created {count} node(s)").format(count=len(nodes))
         if files:
@@ -416,11 +479,78 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return None
 
     def onShowHistogram(self) -> None:
-        if self._header is None:
+        """Show the histogram: from the Logic's store when the file's voxels were already seen, else read once
+        behind the modal progress dialog (Cancel stops it); never a silent second read."""
+        header = self._header
+        if header is None or self._busy:
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to compute the histogram."), waitCursor=True):
+        histogram = self.logic.knownHistogram(header)
+        if histogram is None:
+            labelText = _("Histogram of {name}...").format(name=os.path.basename(header.path))
+            with self._busyWithProgress(labelText) as (onProgress, cancelled):
+                with slicer.util.tryWithErrorDisplay(_("Failed to compute the histogram."), waitCursor=True):
+                    try:
+                        histogram = self.logic.histogramOf(header, progressCallback=onProgress, cancel=cancelled)
+                    except self.logic.lib.LoadCancelled:
+                        slicer.util.showStatusMessage(_("Histogram cancelled."), 5000)
+                        return
+        with slicer.util.tryWithErrorDisplay(_("Failed to show the histogram."), waitCursor=True):
             self._removeChart()
-            self._chart = self.logic.showHistogram(self._header, self._resolvedThresholds())
+            self._chart = self.logic.showHistogram(header, self._resolvedThresholds(), histogram=histogram)
+
+    # ---- save mask as AIM ----------------------------------------------------------------------------
+    _SEGMENT_EVENTS = ("SegmentAdded", "SegmentRemoved", "SegmentModified")
+
+    def onMaskNodeChanged(self, node) -> None:
+        """Follow the selected segmentation's segment list (Segment Editor adds, renames, removes segments)."""
+        if self._observedMaskNode is not None:
+            for event in self._SEGMENT_EVENTS:
+                self.removeObserver(self._observedMaskNode, getattr(slicer.vtkSegmentation, event),
+                                    self._onMaskSegmentsChanged)
+            self._observedMaskNode = None
+        if node is not None and node.IsA("vtkMRMLSegmentationNode"):
+            for event in self._SEGMENT_EVENTS:
+                self.addObserver(node, getattr(slicer.vtkSegmentation, event), self._onMaskSegmentsChanged)
+            self._observedMaskNode = node
+        self._updateSaveMaskGui()
+
+    def _onMaskSegmentsChanged(self, caller=None, event=None) -> None:
+        self._updateSaveMaskGui()
+
+    def _updateSaveMaskGui(self) -> None:
+        """Fill the segment choice for the selected mask node; enable the button when there is a mask."""
+        node = self.ui.maskNodeSelector.currentNode()
+        combo = self.ui.maskSegmentComboBox
+        wasBlocking = combo.blockSignals(True)
+        try:
+            previous = combo.currentData
+            combo.clear()
+            for segmentId, name in self.logic.maskSegments(node):
+                combo.addItem(name, segmentId)
+            index = combo.findData(previous) if previous is not None else -1
+            combo.setCurrentIndex(max(index, 0) if combo.count else -1)
+        finally:
+            combo.blockSignals(wasBlocking)
+        isSegmentation = node is not None and node.IsA("vtkMRMLSegmentationNode")
+        combo.enabled = isSegmentation and combo.count > 1
+        self.ui.saveMaskAsAimButton.enabled = (node is not None and not self._busy
+                                               and (not isSegmentation or combo.count > 0))
+
+    def onSaveMaskAsAim(self) -> None:
+        import qt
+
+        node = self.ui.maskNodeSelector.currentNode()
+        if node is None or self._busy:
+            return
+        segmentId = self.ui.maskSegmentComboBox.currentData if node.IsA("vtkMRMLSegmentationNode") else None
+        suggested = self.logic.suggestedMaskAimPath(node, segmentId)
+        path = qt.QFileDialog.getSaveFileName(slicer.util.mainWindow(), _("Save mask as SCANCO AIM"), suggested,
+                                              _("SCANCO AIM (*.aim *.AIM);;All files (*)"))
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay(_("Failed to save the mask as AIM."), waitCursor=True):
+            written = self.logic.saveMaskAsAim(node, path, segmentId=segmentId)
+        slicer.util.showStatusMessage(_("Saved {path}").format(path=str(written)), 5000)
 
     def _removeChart(self) -> None:
         if self._chart is None:
@@ -474,8 +604,12 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         nodes["density"], nodes["mask_segmentation"]
     """
 
+    #: z slices read at a time when the histogram has to be read from the file
+    HISTOGRAM_SLAB_SLICES = 16
+
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self._histograms = {}  # file key (see _fileKey) -> NativeHistogram of every voxel of that file
 
     @property
     def lib(self):
@@ -512,20 +646,115 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         return resolve_thresholds(ThresholdSpec(low, high, unit), header.calibration,
                                   header_max_data_value=header.raw_field("max_data_value"), path=header.path)
 
-    def showHistogram(self, header, resolved=None):
-        """Read the file once, build the histogram chart (HU axis when calibrated) and show it in the layout."""
-        from ScancoUnitsLib.histogram import histogram_of_file
+    # ---- histogram: one store, filled by the load pass or by one read with progress and cancel ----------
+    @staticmethod
+    def _fileKey(path):
+        """Identity of a file's content for the histogram store: real path, size and modification time."""
+        stat = os.stat(path)
+        return (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
+
+    def recordHistogram(self, path, histogram) -> None:
+        """Keep the native histogram of every voxel of ``path`` (a ScancoUnitsLib.histogram.NativeHistogram),
+        e.g. accumulated by the pass that loaded the nodes, so that Show histogram does not read the file again."""
+        self._histograms[self._fileKey(path)] = histogram
+
+    def knownHistogram(self, header):
+        """The stored histogram of ``header``'s file, or None when its voxels have not been seen yet."""
+        try:
+            return self._histograms.get(self._fileKey(header.path))
+        except OSError:
+            return None
+
+    def histogramOf(self, header, progressCallback=None, cancel=None):
+        """Native histogram of every voxel of ``header``'s file (NativeHistogram).
+
+        From the store when known (:meth:`recordHistogram`); otherwise the file is read once, slab by slab,
+        with ``progressCallback(fraction, text)`` after each slab and ``cancel() -> True`` stopping it (raises
+        ScancoUnitsLib.scene.LoadCancelled), and the result is stored for the next call.
+        """
+        histogram = self.knownHistogram(header)
+        if histogram is None:
+            histogram = self._readHistogram(header, progressCallback, cancel)
+            self.recordHistogram(header.path, histogram)
+        return histogram
+
+    def _readHistogram(self, header, progressCallback=None, cancel=None):
+        from ScancoUnitsLib.histogram import NativeHistogram
+        from ScancoUnitsLib.reader import open_voxels
+
+        with open_voxels(header) as source:
+            histogram = NativeHistogram(source.dtype)
+            depth = max(int(source.shape[0]), 1)
+            done = 0
+            for slab in source.iter_slabs(self.HISTOGRAM_SLAB_SLICES):
+                if cancel is not None and cancel():
+                    raise self.lib.LoadCancelled(header.path)
+                histogram.accumulate(slab)
+                done += slab.shape[0]
+                if progressCallback is not None:
+                    progressCallback(done / depth, _("Histogram: {done} of {total} slices").format(
+                        done=done, total=depth))
+        return histogram
+
+    def showHistogram(self, header, resolved=None, histogram=None):
+        """Build the histogram chart (HU axis when calibrated) and show it in the layout.
+
+        ``histogram``: a NativeHistogram of the file; None takes :meth:`histogramOf` (reads the file when the
+        store does not know it). Returns ``(chart node, table node, {role: series node})``.
+        """
         from ScancoUnitsLib.histogram_chart import create_histogram_chart
 
+        if histogram is None:
+            histogram = self.histogramOf(header)
         calibration = header.calibration
         chart = create_histogram_chart(
-            slicer.mrmlScene, histogram_of_file(header), resolved,
+            slicer.mrmlScene, histogram, resolved,
             unit="hu" if calibration.has_hu else "native", calibration=calibration,
             name=f"{os.path.basename(header.path)} histogram")
-        slicer.modules.plots.logic().ShowChartInLayout(chart[0])
+        plots = getattr(getattr(slicer, "modules", None), "plots", None)
+        if plots is not None:  # headless (slicer-core) has no Plots module to show it with
+            plots.logic().ShowChartInLayout(chart[0])
         return chart
 
-    def loadScan(self, path, outputs=None, thresholds=None, densityUnit="mg HA/ccm", subsampleStep=1, region=None,
+    # ---- masks back to the scanner ---------------------------------------------------------------------
+    @staticmethod
+    def maskSegments(node):
+        """``[(segment ID, name)]`` of a segmentation node; ``[]`` for anything else (None, a labelmap)."""
+        if node is None or not node.IsA("vtkMRMLSegmentationNode"):
+            return []
+        segmentation = node.GetSegmentation()
+        return [(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i).GetName())
+                for i in range(segmentation.GetNumberOfSegments())]
+
+    @staticmethod
+    def suggestedMaskAimPath(node, segmentId=None):
+        """A file name for the AIM of ``node``: ``<source scan stem>_MASK.AIM`` next to the source scan when
+        the node came from a loaded scan (ScancoUnits.SourceFile / SourcePath attributes), else the node name."""
+        source = node.GetAttribute("ScancoUnits.SourcePath") or ""
+        sourceFile = node.GetAttribute("ScancoUnits.SourceFile") or os.path.basename(source)
+        stem = sourceFile.split(";")[0].rsplit(".", 1)[0] if sourceFile else node.GetName()
+        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "MASK"
+        folder = os.path.dirname(source) if source else ""
+        return os.path.join(folder, f"{stem}_MASK.AIM")
+
+    def saveMaskAsAim(self, node, path, segmentId=None, source=None):
+        """Save a labelmap volume node, or one segment of a segmentation node (``segmentId``; None: its only
+        segment), as a SCANCO char AIM on the grid of its source scan; returns the written path.
+
+        Calls ScancoUnitsLib.save_mask_as_aim (``source``: the scan's path when the node does not record
+        it); a grid that is not the scan's (rotated, resampled, half-voxel shift) is refused with a
+        ScancoError naming the problem. Nothing is written on failure.
+        """
+        if node is None or not any(node.IsA(c) for c in MASK_NODE_CLASSES):
+            raise ValueError(_("Select a labelmap volume or a segmentation to save as AIM."))
+        try:
+            from ScancoUnitsLib.mask_aim import save_mask_as_aim
+        except ImportError as exc:
+            raise RuntimeError(_("This ScancoUnitsLib cannot write masks as AIM (no mask_aim module): "
+                                 "update the extension.")) from exc
+        return save_mask_as_aim(node, path, source=source, segment_id=segmentId)
+
+    def loadScan(self, path, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
                  progressCallback=None, cancel=None, name=None, huDtype="int16", warn=None, scene=None):
         """Create the nodes of ``path``; returns ``{role: node}``. See ScancoUnitsLib.scene.load_scan_into_scene."""
         return self.lib.load_scan_into_scene(
@@ -533,49 +762,44 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
             hu_dtype=huDtype, subsample_step=subsampleStep, region=region, name=name, progress=progressCallback,
             cancel=cancel, warn=warn)
 
-    def exportScan(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="mg HA/ccm",
+    def exportScan(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="g/cc",
                    huDtype="int16", compress=True, overwrite=False, progressCallback=None, cancel=None):
         """Write the outputs of ``path`` as NRRD files at full resolution (streamed); returns ``{role: path}``."""
         return self.lib.export_scan(path, outputDirectory, outputs, thresholds=thresholds, density_unit=densityUnit,
                                     hu_dtype=huDtype, compress=compress, overwrite=overwrite,
                                     progress=progressCallback, cancel=cancel)
 
-    def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="mg HA/ccm",
-                            **_ignored):
+    def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="g/cc",
+                            header=None, **_ignored):
+        """Planned export files that exist already (``header``: the one read for this action, reused)."""
         planned = self.lib.planned_export_files(path, outputDirectory, outputs, thresholds=thresholds,
-                                                density_unit=densityUnit)
+                                                density_unit=densityUnit, header=header)
         return [str(p) for p in planned if os.path.exists(p)]
 
-    def process(self, path, outputs=None, thresholds=None, densityUnit="mg HA/ccm", subsampleStep=1, region=None,
-                exportDirectory=None, progressCallback=None, cancel=None, overwrite=False, huDtype="int16"):
-        """Load into the scene and, when ``exportDirectory`` is given, export at full resolution.
+    def process(self, path, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
+                exportDirectory=None, progressCallback=None, cancel=None, overwrite=False, huDtype="int16",
+                header=None):
+        """Load into the scene and, when ``exportDirectory`` is given, export at full resolution, in ONE pass
+        over the file (ScancoUnitsLib.scene.load_scan with export_dir). The pass also records the file's
+        native histogram for "Show histogram" (no second read).
 
         Returns ``(nodes, files)``. ``progressCallback(fraction, text)``; ``cancel()`` -> True stops (raises
         ScancoUnitsLib.scene.LoadCancelled; nodes created by this call are removed, no file is left).
         """
-        loadShare = 0.5 if exportDirectory else 1.0
+        text = _("Loading and writing files...") if exportDirectory else _("Loading into the scene...")
 
-        def loadProgress(fraction):
+        def onProgress(fraction):
             if progressCallback:
-                progressCallback(fraction * loadShare, _("Loading into the scene..."))
+                progressCallback(fraction, text)
 
-        def exportProgress(fraction):
-            if progressCallback:
-                progressCallback(loadShare + fraction * (1.0 - loadShare), _("Writing NRRD files..."))
-
-        nodes = self.loadScan(path, outputs=outputs, thresholds=thresholds, densityUnit=densityUnit,
-                              subsampleStep=subsampleStep, region=region, progressCallback=loadProgress,
-                              cancel=cancel, huDtype=huDtype)
-        files = {}
-        if exportDirectory:
-            try:
-                files = self.exportScan(path, exportDirectory, outputs=outputs, thresholds=thresholds,
-                                        densityUnit=densityUnit, huDtype=huDtype, overwrite=overwrite,
-                                        progressCallback=exportProgress, cancel=cancel)
-            except BaseException:
-                self.lib.remove_loaded_nodes(slicer.mrmlScene, nodes)
-                raise
-        return nodes, files
+        result = self.lib.load_scan(
+            slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds, density_unit=densityUnit,
+            hu_dtype=huDtype, subsample_step=subsampleStep, region=region, progress=onProgress, cancel=cancel,
+            header=header, export_dir=exportDirectory, overwrite=overwrite, histogram=True)
+        if result.histogram is not None:
+            self.recordHistogram(path, result.histogram)
+        files = dict(result.exported.outputs) if result.exported is not None else {}
+        return result.nodes, files
 
     def showNodes(self, nodes):
         """Show the first calibrated volume as background and the labelmap as label layer (GUI only)."""
@@ -596,8 +820,12 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 class ScancoUnitsFileReader:
     """Drag-and-drop / Add Data reader for SCANCO ISQ and AIM (v020, v030) files, recognised by content.
 
-    Loads HU by default (native values for an uncalibrated file, a labelmap for a SCANCO char mask).
-    Scripting: ``slicer.util.loadNodeFromFile(path, "ScancoUnitsFile", {"units": "hu density",
+    A drop loads one volume, fast: HU (native values for an uncalibrated file, a labelmap for a SCANCO char
+    mask), no threshold mask: the mask needs thresholds chosen in the panel (the default 250-1000 per mille
+    is empty on XtremeCT II data, mu_scaling 8192). The Add Data dialog shows no options for this reader:
+    qSlicerScriptedFileReader forwards only description, fileType, extensions, canLoadFile,
+    canLoadFileConfidence and load to Python (no ``options``). Scripting asks for more:
+    ``slicer.util.loadNodeFromFile(path, "ScancoUnitsFile", {"units": "hu density",
     "thresholds": "250 1000 permille", "mask": "both"})``; see
     ScancoUnitsLib.scene.reader_options_from_properties for every key.
     """
@@ -649,6 +877,82 @@ class ScancoUnitsFileReader:
                 ScancoUnitsLogic().showNodes(nodes)
             except Exception as exc:  # display is a convenience; the data are loaded
                 logging.debug(f"ScancoUnits: could not show the loaded nodes: {exc}")
+        return True
+
+
+#
+# ScancoUnitsFileWriter
+#
+
+
+class ScancoUnitsFileWriter:
+    """"SCANCO AIM" in Export to file... (and Save Data) for labelmap volumes and segmentations.
+
+    Registered by Slicer for every scripted module (qSlicerScriptedLoadableModule::registerIO looks up the
+    class ``<module name>FileWriter`` in the module file). Writes a char AIM through
+    ScancoUnitsLogic.saveMaskAsAim; a segmentation with several segments is refused (one AIM holds one
+    mask): use the panel's Save mask as AIM to choose the segment.
+
+    Export to file writes a copy of the node in a temporary scene (qSlicerCoreIOManager::exportNodes) and
+    ``write`` only gets its ``nodeID``; Python cannot reach the writer's scene (qSlicerIO::mrmlScene is not
+    scriptable). The IO manager asks ``extensions(node)`` with that very node just before ``write``
+    (qSlicerCoreIOManagerPrivate::writers), so the node seen there is used when its ID matches.
+    """
+
+    #: below the 0.5 of Slicer's own writers: NRRD / seg.nrrd stay the default, AIM is offered
+    CONFIDENCE = 0.3
+
+    def __init__(self, parent):
+        self.parent = parent
+        self._lastObject = None
+
+    def description(self):
+        return _("SCANCO AIM mask (ScancoUnits)")
+
+    def fileType(self):
+        return WRITER_FILE_TYPE
+
+    def extensions(self, obj):
+        if obj is not None:
+            self._lastObject = obj
+        return ["SCANCO AIM (.aim)"]
+
+    def canWriteObject(self, obj):
+        return bool(obj is not None and any(obj.IsA(c) for c in MASK_NODE_CLASSES))
+
+    def canWriteObjectConfidence(self, obj):
+        return float(self.CONFIDENCE) if self.canWriteObject(obj) else 0.0
+
+    def _node(self, nodeID):
+        last = self._lastObject
+        if last is not None and nodeID and last.GetID() == nodeID:
+            return last
+        return slicer.mrmlScene.GetNodeByID(nodeID) if nodeID else None
+
+    def write(self, properties):
+        filePath = properties.get("fileName", "")
+        nodeID = properties.get("nodeID", "")
+        try:
+            node = self._node(nodeID)
+            if node is None:
+                raise ValueError(_("no node with ID {id}").format(id=nodeID))
+            segmentId = None
+            if node.IsA("vtkMRMLSegmentationNode"):
+                segments = ScancoUnitsLogic.maskSegments(node)
+                if len(segments) != 1:
+                    raise ValueError(_("{name} has {count} segments; an AIM holds one mask: use Scanco Units > "
+                                       "Save mask as AIM to choose the segment").format(
+                                           name=node.GetName(), count=len(segments)))
+                segmentId = segments[0][0]
+            ScancoUnitsLogic().saveMaskAsAim(node, filePath, segmentId=segmentId)
+        except Exception as exc:
+            logging.error(f"ScancoUnits: failed to write {filePath}: {exc}")
+            self.parent.userMessages().AddMessage(vtk.vtkCommand.ErrorEvent, _(
+                "Failed to save {path} as SCANCO AIM: {error}").format(path=filePath, error=exc))
+            return False
+        finally:
+            self._lastObject = None
+        self.parent.writtenNodes = [nodeID]
         return True
 
 
@@ -752,8 +1056,9 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.assertEqual(sorted(nodes), ["density", "hu", "mask_labelmap", "mask_segmentation"])
         converter = UnitConverter(header.calibration)
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["hu"]), converter.convert(volume, "hu"))
+        # density in g/cc: the one default of the command line, the Python API and Slicer
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["density"]),
-                                      converter.convert(volume, "density_mg_ha_ccm"))
+                                      converter.convert(volume, "density_g_cc"))
         for role in ("hu", "density", "mask_labelmap"):
             self._checkGeometry(nodes[role], header)
         expectedMask = (volume >= 8192) & (volume <= 32767)   # 250..1000 per mille
@@ -762,7 +1067,7 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.assertEqual(segmentation.GetNumberOfSegments(), 1)
         self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Bone 250-1000 per mille")
         self.assertEqual(nodes["hu"].GetVoxelValueUnits().GetCodeValue(), "[hnsf'U]")
-        self.assertEqual(nodes["density"].GetVoxelValueUnits().GetCodeValue(), "mg/cm3")
+        self.assertEqual(nodes["density"].GetVoxelValueUnits().GetCodeValue(), "g/cm3")
         self.assertEqual(nodes["density"].GetAttribute("ScancoUnits.MuScaling"), "8192")
 
     def test_logic_aim_position_and_options(self):
@@ -836,6 +1141,26 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.assertEqual(len(progress), 1)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
 
+    def test_empty_mask_and_histogram(self):
+        self.delayDisplay("Empty mask: a named empty segment; histogram read once, plotted against its X column")
+        volume = self._volume()
+        low = np.clip(volume, 0, 8000).astype(np.int16)   # below 250 per mille (native 8192), as on XtremeCT II
+        path = self._writeIsq(low, "low.isq")
+        logic = ScancoUnitsLogic()
+        nodes = logic.loadScan(path, outputs=["mask_segmentation"])
+        segmentation = nodes["mask_segmentation"].GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
+        self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Bone 250-1000 per mille")
+        header = logic.readHeader(path)
+        progress = []
+        histogram = logic.histogramOf(header, progressCallback=lambda f, text: progress.append(f), cancel=lambda: False)
+        self.assertEqual(histogram.total, low.size)
+        self.assertEqual(progress[-1], 1.0)
+        self.assertIs(logic.histogramOf(header), histogram)
+        chart, table, series = logic.showHistogram(header, logic.resolveThresholds(header, 250, 1000, "permille"))
+        for node in series.values():
+            self.assertTrue(node.IsXColumnRequired())
+
     def test_export_matches_nodes(self):
         self.delayDisplay("Full-resolution NRRD export holds what the nodes hold")
         volume = self._volume()
@@ -870,3 +1195,24 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.assertIsNotNone(loaded)
         self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("scripted density"))
         self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("scripted mask segmentation"))
+
+        self.delayDisplay("Export to file offers SCANCO AIM for masks (the registered ScancoUnitsFileWriter)")
+        ioManager = slicer.app.coreIOManager()
+        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        scalar = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        self.assertIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(labelmap))
+        self.assertNotIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(scalar))
+        self.assertNotEqual(ioManager.fileWriterExtensions(labelmap)[0], "SCANCO AIM (.aim)")  # NRRD stays default
+        self.assertEqual(ioManager.fileWriterFileType(labelmap, "SCANCO AIM (.aim)"), WRITER_FILE_TYPE)
+        try:
+            import ScancoUnitsLib.mask_aim  # noqa: F401
+        except ImportError:
+            return
+        slicer.util.loadNodeFromFile(path, READER_FILE_TYPE, {"units": "hu", "mask": "labelmap", "name": "exported",
+                                                               "show": False})
+        maskNode = slicer.mrmlScene.GetFirstNodeByName("exported mask")
+        aimPath = os.path.join(self.tempDir, "EXPORTED.AIM")
+        self.assertTrue(slicer.util.exportNode(maskNode, aimPath, {"fileFormat": "SCANCO AIM (.aim)"}))
+        from ScancoUnitsLib.reader import read_volume
+
+        np.testing.assert_array_equal(read_volume(aimPath) != 0, slicer.util.arrayFromVolume(maskNode) != 0)

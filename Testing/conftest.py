@@ -1,4 +1,16 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures and the hypothesis profiles.
+
+Hypothesis profiles (``HYPOTHESIS_PROFILE`` picks one; ``deterministic`` when unset):
+
+* ``deterministic`` (``make test``): the same examples on every run (``derandomize=True``), no example
+  database (no state carried between runs), no deadline and no ``too_slow`` health check (timing
+  depends on the machine's load, not on the code). A red ``make test`` is a real failure and repeats.
+* ``explore`` (``make fuzz-long``): random examples, different on every run; a failure prints the
+  ``@reproduce_failure`` blob that replays it. Still no deadline and no example database.
+
+A test's own ``@settings`` override single values of the profile; the fuzz and round-trip tests set
+only their example counts and health checks, so the profile decides whether they are random.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +18,28 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REAL_DATA = Path(os.environ.get("SCANCO_REAL_DATA", REPO_ROOT.parent / "shared" / "data" / "real"))
+# ../shared/data/real from the project root; from a worktree (<root>/wt/<name>) ../../shared/data/real
+_REAL_DATA_CANDIDATES = [REPO_ROOT.parent / "shared" / "data" / "real",
+                         REPO_ROOT.parents[1] / "shared" / "data" / "real"]
+REAL_DATA = Path(os.environ.get("SCANCO_REAL_DATA") or next(
+    (p for p in _REAL_DATA_CANDIDATES if (p / "README.md").exists()), _REAL_DATA_CANDIDATES[0]))
+
+HYPOTHESIS_PROFILES = ("deterministic", "explore")
+settings.register_profile("deterministic", derandomize=True, database=None, deadline=None, print_blob=False,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("explore", derandomize=False, database=None, deadline=None, print_blob=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+_PROFILE = os.environ.get("HYPOTHESIS_PROFILE", "deterministic")
+if _PROFILE not in HYPOTHESIS_PROFILES:
+    raise pytest.UsageError(f"HYPOTHESIS_PROFILE={_PROFILE!r}: expected one of {', '.join(HYPOTHESIS_PROFILES)}")
+settings.load_profile(_PROFILE)
+
+
+def pytest_report_header(config):
+    return f"hypothesis profile: {_PROFILE}"
 
 
 @pytest.fixture(scope="session")

@@ -37,6 +37,18 @@ def _make_parameter_node_wrapper():
                 for name, value in defaults.items():
                     setattr(self, name, value)
 
+            def connectGui(self, ui):  # noqa: N802 - no widgets to bind headless
+                return object()
+
+            def disconnectGui(self, tag):  # noqa: N802
+                pass
+
+            def AddObserver(self, *args):  # noqa: N802 - like the real wrapper: the node's observers
+                return self.parameterNode.AddObserver(*args)
+
+            def RemoveObserver(self, *args):  # noqa: N802
+                return self.parameterNode.RemoveObserver(*args)
+
         Wrapped.__qualname__ = cls.__qualname__
         return Wrapped
 
@@ -149,6 +161,23 @@ class ReaderParent:
 
         self._messages = slicer.vtkMRMLMessageCollection()
         self.loadedNodes = []
+
+    def userMessages(self):
+        return self._messages
+
+    def messages(self):
+        return [(self._messages.GetNthMessageType(i), self._messages.GetNthMessageText(i))
+                for i in range(self._messages.GetNumberOfMessages())]
+
+
+class WriterParent:
+    """What a scripted file writer's ``parent`` (qSlicerScriptedFileWriter) offers: userMessages, writtenNodes."""
+
+    def __init__(self):
+        import slicer
+
+        self._messages = slicer.vtkMRMLMessageCollection()
+        self.writtenNodes = []
 
     def userMessages(self):
         return self._messages

@@ -100,6 +100,14 @@ class ctkPathLineEdit(QtWidgets.QWidget):
         self._setting_key = ""
         self._combo.editTextChanged.connect(self.currentPathChanged)
 
+    def comboBox(self):  # noqa: N802
+        return self._combo
+
+    def addCurrentPathToHistory(self):  # noqa: N802
+        path = self.getCurrentPath()
+        if path and self._combo.findText(path) < 0:
+            self._combo.insertItem(0, path)
+
     def getCurrentPath(self):  # noqa: N802
         return self._combo.currentText()
 
@@ -195,7 +203,15 @@ class qMRMLNodeComboBox(QtWidgets.QComboBox):
     def setMRMLScene(self, scene):  # noqa: N802
         pass
 
+    def _flag(name):
+        return QtCore.Property(bool, lambda self: bool(getattr(self, "_" + name, False)),
+                               lambda self, value: setattr(self, "_" + name, bool(value)))
+
     nodeTypes = QtCore.Property("QStringList", getNodeTypes, setNodeTypes)
+    noneEnabled = _flag("noneEnabled")
+    addEnabled = _flag("addEnabled")
+    removeEnabled = _flag("removeEnabled")
+    del _flag
 
 
 class qMRMLWidget(QtWidgets.QWidget):

@@ -143,6 +143,10 @@ def test_native_and_mask_still_work_for_uncalibrated_file(tmp_path, capsys):
     ["convert", "x.isq", "-o", "o", "--outputs", "hu,colour"],
     ["convert", "x.isq", "-o", "o", "--outputs", ","],
     ["convert", "x.isq", "-o", "o", "--slab-slices", "0"],
+    ["convert", "x.isq", "-o", "o", "--jobs", "0"],
+    ["convert", "x.isq", "-o", "o", "--threads", "0"],
+    ["convert", "x.isq", "-o", "o", "--dask-local", "0"],
+    ["convert", "x.isq", "-o", "x.isq"],                    # -o names an existing file
     ["frobnicate"],
 ])
 def test_usage_errors_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch, argv):
@@ -179,9 +183,10 @@ def test_output_folder_that_is_a_file(tmp_path, capsys):
     src = good_isq(tmp_path / "a.isq")
     (tmp_path / "o").write_text("a file")
     status, _, stderr = run(capsys, "convert", src, "-o", tmp_path / "o")
-    assert status == 1
+    assert status == 2  # a usage error (issue 10): -o names an existing file
+    assert stderr.startswith("usage:")
     [line] = error_lines(stderr)
-    assert "cannot create output folder" in line
+    assert "cannot create output folder" in line and "existing file" in line
     assert (tmp_path / "o").read_text() == "a file"
 
 

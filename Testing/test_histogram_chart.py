@@ -218,3 +218,32 @@ def test_preview_on_nodes_loaded_by_the_scene_module_matches_their_mask(tmp_path
     chart, table, series = create_histogram_chart(scene, histogram_of_file(path), resolved,
                                                   unit="density_g_cc", calibration=CAL)
     assert threshold_lines(table) == resolved.values["density_g_cc"]
+
+
+def test_every_series_is_drawn_against_its_x_column(histogram):
+    """Slicer's PlotTypeLine spaces points evenly and ignores X (vtkMRMLPlotSeriesNode::IsXColumnRequired is
+    true only for Scatter and ScatterBar): the histogram would be drawn against bin index and the threshold
+    lines as ramps. Every series must require its X column, and the lines must be vertical at the thresholds,
+    before and after the thresholds move."""
+    scene = slicer.vtkMRMLScene()
+    first = resolve_thresholds(ThresholdSpec(250, 1000), CAL)
+    chart, table, series = create_histogram_chart(scene, histogram, first, unit="hu", calibration=CAL)
+    for key, node in series.items():
+        assert node.IsXColumnRequired(), f"{key} series ignores its X column"
+        assert node.GetPlotType() == slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter
+        assert node.GetMarkerStyle() == slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone
+        assert node.GetLineStyle() != slicer.vtkMRMLPlotSeriesNode.LineStyleNone
+    # the histogram's x values increase with the bin (a line through the points, left to right)
+    assert np.all(np.diff(column(table, COLUMN_X)) > 0)
+    second = resolve_thresholds(ThresholdSpec(400, 900, "density"), CAL)
+    for resolved in (first, second):
+        update_threshold_lines(table, resolved, series_nodes=series)
+        for which, (x_name, y_name), value in (("low", (COLUMN_LOW_X, COLUMN_LOW_Y), resolved.values["hu"][0]),
+                                               ("high", (COLUMN_HIGH_X, COLUMN_HIGH_Y), resolved.values["hu"][1])):
+            x = column(table, series[which].GetXColumnName())
+            y = column(table, series[which].GetYColumnName())
+            assert (series[which].GetXColumnName(), series[which].GetYColumnName()) == (x_name, y_name)
+            assert np.all(x == value), which          # vertical: one x for every point of the line
+            assert y.min() <= 1.0 and y.max() > column(table, COLUMN_VOXELS).max()   # spans the plot
+            assert np.all(np.diff(y) > 0)
+    assert threshold_lines(table) != first.values["hu"]

@@ -221,7 +221,7 @@ def test_native_values_agree_with_itk(scene, files, itk_reference):
 
 @pytest.mark.parametrize("key", ["isq", "aim30"])
 def test_values_equal_the_lib_conversion_and_the_reference_formulas(scene, files, key):
-    nodes = lib.load_scan_into_scene(scene, files[key], outputs=["hu", "density", "mu", "native"],
+    nodes = lib.load_scan_into_scene(scene, files[key], outputs=["hu", "density", "mu", "native"], density_unit="mgHA/ccm",
                                      slab_slices=2)
     native = files["volume"]
     np.testing.assert_array_equal(array(nodes["native"]), native)
@@ -311,7 +311,7 @@ def test_empty_mask_still_gives_a_named_segment(scene, files):
 
 def test_units_attributes_display_and_hierarchy(scene, files):
     nodes = lib.load_scan_into_scene(scene, files["aim20"], outputs=["hu", "density", "mu", "native",
-                                                                     "mask_labelmap"])
+                                                                     "mask_labelmap"], density_unit="mgHA/ccm")
     codes = {role: nodes[role].GetVoxelValueUnits().GetCodeValue() for role in ("hu", "density", "mu")}
     assert codes == {"hu": "[hnsf'U]", "density": "mg/cm3", "mu": "/cm"}
     assert nodes["hu"].GetVoxelValueUnits().GetCodingSchemeDesignator() == "UCUM"
@@ -345,8 +345,9 @@ def test_units_attributes_display_and_hierarchy(scene, files):
 @pytest.mark.parametrize("storage_class", ["vtkMRMLVolumeArchetypeStorageNode", "vtkMRMLNRRDStorageNode"])
 def test_full_resolution_export_is_readable_by_slicer(scene, files, tmp_path, storage_class):
     nodes = lib.load_scan_into_scene(scene, files["aim30"], outputs=["hu", "density", "mask_labelmap"],
-                                     subsample_step=2)
-    written = lib.export_scan(files["aim30"], tmp_path, outputs=["hu", "density", "mask_labelmap"])
+                                     subsample_step=2, density_unit="mgHA/ccm")
+    written = lib.export_scan(files["aim30"], tmp_path, outputs=["hu", "density", "mask_labelmap"],
+                              density_unit="mgHA/ccm")
     assert {"hu", "density", "mask", "metadata"} <= set(written)
     converter = UnitConverter(CAL)
     native = files["volume"]

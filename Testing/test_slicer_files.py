@@ -252,8 +252,10 @@ def _parameter_node_fields():
 def test_module_file_defines_the_classes_slicer_looks_up():
     tree = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
-    for name in ("ScancoUnits", "ScancoUnitsWidget", "ScancoUnitsLogic", "ScancoUnitsFileReader", "ScancoUnitsTest",
-                 "ScancoUnitsParameterNode"):
+    # Slicer looks up <module>FileReader and <module>FileWriter in the module file
+    # (qSlicerScriptedFileWriter::setPythonSource: className = moduleName + "FileWriter")
+    for name in ("ScancoUnits", "ScancoUnitsWidget", "ScancoUnitsLogic", "ScancoUnitsFileReader",
+                 "ScancoUnitsFileWriter", "ScancoUnitsTest", "ScancoUnitsParameterNode"):
         assert name in classes, name
 
 
@@ -285,19 +287,64 @@ def test_ui_has_the_panel_the_issue_asks_for():
     widgets = _ui_widgets()
     assert widgets["ScancoUnits"] == "qMRMLWidget"
     assert widgets["inputFileSelector"] == "ctkPathLineEdit"
-    filters = [s.text for p in _ui_tree().iter("property") if p.get("name") == "nameFilters"
-               for s in p.iter("string")]
-    for pattern in ("*.isq", "*.ISQ", "*.aim", "*.AIM"):
-        assert any(pattern in f.split("(")[1] for f in filters if "(" in f), pattern
     for name in ("headerSummaryLabel", "calibrationWarningLabel", "thresholdUnitComboBox", "lowerThresholdSpinBox",
                  "upperThresholdSpinBox", "thresholdEquivalentsLabel", "createHUCheckBox", "createDensityCheckBox",
                  "densityUnitComboBox", "createAttenuationCheckBox", "createMaskLabelmapCheckBox",
                  "createMaskSegmentationCheckBox", "exportDirectorySelector", "applyButton", "loadModeComboBox",
-                 "subsampleStepSpinBox", "regionZFirstSpinBox", "histogramCollapsibleButton", "showHistogramButton"):
+                 "subsampleStepSpinBox", "regionZFirstSpinBox", "histogramCollapsibleButton", "showHistogramButton",
+                 "saveMaskCollapsibleButton", "maskNodeSelector", "maskSegmentComboBox", "saveMaskAsAimButton"):
         assert name in widgets, name
+    assert widgets["maskNodeSelector"] == "qMRMLNodeComboBox"
     customs = {c.find("class").text for c in _ui_tree().iter("customwidget")}
     used_custom = {cls for cls in widgets.values() if cls.startswith(("ctk", "qMRML"))}
     assert used_custom <= customs, used_custom - customs
+
+
+def _ctk_validator_pattern(name_filters):
+    """The pattern ctkPathLineEdit gives its QRegularExpressionValidator (CTK Libs/Core/ctkUtils.cpp
+    nameFiltersToRegExpPattern, nameFilterToExtensions and extensionToRegExp, transcribed)."""
+    parts = []
+    for name_filter in name_filters:
+        match = re.search(r"\(([^)]*)\)", name_filter)
+        for extension in (match.group(1).split() if match else []):
+            ext = re.match(r"\*\.(\w+)", extension)
+            if ext:
+                parts.append(".*\\." + ext.group(1) + "?$")
+    return "(" + "|".join(parts) + ")" if parts else ".+"
+
+
+def test_path_fields_let_any_name_through():
+    """ctkPathLineEdit turns nameFilters into a validator and emits currentPathChanged only for text it
+    accepts: with the filters the .ui once had, C0004255.ISQ;1, x.AIM;3, x.iSQ and an empty field were refused,
+    so Apply stayed disabled and the field could not be cleared. The .ui sets no nameFilters and the widget
+    follows the text of the path's combo box (every change, empty included) and judges the file by content."""
+    old_filters = ["SCANCO files (*.isq *.ISQ *.Isq *.aim *.AIM *.Aim *.isq;* *.ISQ;* *.aim;* *.AIM;*)",
+                   "All files (*)"]
+    old = re.compile(_ctk_validator_pattern(old_filters))
+    for name in ("C0004255.ISQ;1", "x.AIM;3", "x.iSQ", ""):
+        assert not old.fullmatch(name), name   # the bug, reproduced from CTK's rules
+    assert old.fullmatch("C0004255.ISQ")
+    for widget in _ui_tree().iter("widget"):
+        if widget.get("class") == "ctkPathLineEdit":
+            names = {p.get("name") for p in widget.findall("property")}
+            assert "nameFilters" not in names, f"{widget.get('name')}: nameFilters becomes a validator"
+            assert "settingKey" in names, widget.get("name")
+    code = MODULE_FILE.read_text(encoding="utf-8")
+    assert "currentPathChanged" not in code.replace("emits currentPathChanged", "")
+    for selector in ("inputFileSelector", "exportDirectorySelector"):
+        assert f'self.ui.{selector}.comboBox().connect("editTextChanged(QString)"' in code, selector
+        assert f"self.ui.{selector}.addCurrentPathToHistory()" in code, selector   # history is saved
+
+
+def test_mask_selector_offers_the_writer_node_classes():
+    tree = _ui_tree()
+    selector = next(w for w in tree.iter("widget") if w.get("name") == "maskNodeSelector")
+    node_types = [s.text for p in selector.findall("property") if p.get("name") == "nodeTypes"
+                  for s in p.iter("string")]
+    module = ast.parse(MODULE_FILE.read_text(encoding="utf-8"))
+    classes = next(ast.literal_eval(node.value) for node in module.body if isinstance(node, ast.Assign)
+                   and any(getattr(t, "id", None) == "MASK_NODE_CLASSES" for t in node.targets))
+    assert tuple(node_types) == classes
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -321,8 +368,9 @@ def test_panel_ui_loads_and_renders_with_pyside6(tmp_path):
     assert classes["inputCollapsibleButton"] == "ctkCollapsibleButton"
     assert classes["lowerThresholdSpinBox"] == "QDoubleSpinBox"
     assert summary["collapsible_titles"] == ["Input", "Thresholds (mask)", "Outputs", "Large volumes", "NRRD export",
-                                             "Histogram"]
+                                             "Histogram", "Save mask as AIM"]
     assert summary["collapsed"]["histogramCollapsibleButton"] is True
+    assert summary["collapsed"]["saveMaskCollapsibleButton"] is True
     assert summary["threshold_units"] == ["per mille", "native", "1/cm", "HU", "mg HA/ccm"]
     assert (summary["lower_threshold"], summary["upper_threshold"]) == (250.0, 1000.0)
     assert set(summary["parameter_names"]) == set(_ui_parameter_names())

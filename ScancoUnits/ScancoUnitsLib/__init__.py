@@ -38,6 +38,17 @@ _EXPORTS = {
     "convert_header": "convert",
     "ConversionOptions": "convert",
     "load_scan_into_scene": "scene",
+    "NiftiVolumeWriter": "nifti_writer",
+    "AimVolumeWriter": "aim_writer",
+    "save_mask_as_aim": "mask_aim",
+    "FileResult": "batch",
+    "Batch": "batch",
+    "convert_one": "batch",
+    "discover": "discovery",
+    "ScanStatistics": "scan_statistics",
+    "write_summary_csv": "batch_summary",
+    "run_on_dask": "dask_batch",
+    "to_dask": "lazy_volume",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

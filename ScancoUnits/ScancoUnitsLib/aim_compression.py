@@ -40,6 +40,7 @@ __all__ = [
     "encode_bin_cmp",
     "encode_char_cmp",
     "encode_bit8",
+    "BinCmpStreamEncoder",
     "normalise_kind",
 ]
 
@@ -792,3 +793,87 @@ def encode_bit8(volume) -> bytes:
     packed = np.packbits(cells, axis=-1, bitorder="little").reshape(-1)
     value_byte = np.array([value], dtype=np.int8).view(np.uint8)
     return packed.tobytes() + value_byte.tobytes()
+
+
+class BinCmpStreamEncoder:
+    """D1TbinCmp run bytes for a two-valued volume that arrives slab by slab (z ascending).
+
+    Voxels are "object" when non-zero (bool, 0/1 or 0/127 input alike) and are stored as
+    ``object_value`` (IPL: 127), the others as ``background_value`` (0). :meth:`feed` returns the run
+    bytes that are final so far (a run that reaches the end of the slab is held back: it may go on in
+    the next slab); :meth:`finish` returns the last run. Memory is proportional to one slab.
+
+    The block of the file is ``[length][value1][value2]`` + every byte returned, where
+    :meth:`block_header` gives the first part once the total is known. value1 is the first voxel's
+    value and value2 the other one, as :func:`encode_bin_cmp` writes them, so both produce the same
+    bytes for the same volume.
+    """
+
+    def __init__(self, object_value: int = 127, background_value: int = 0):
+        if object_value == background_value:
+            raise ValueError("binCmp object and background values must differ")
+        self._values = (int(background_value), int(object_value))  # indexed by "is object"
+        for v in self._values:
+            if not -128 <= v <= 255:
+                raise ValueError(f"binCmp values must fit a byte, not {v}")
+        self._first = None       # is the first voxel object?
+        self._current = None     # value of the run being built
+        self._pending = 0        # its length so far
+        self.run_bytes = 0       # run bytes returned so far
+        self.voxels = 0
+
+    @property
+    def values(self) -> Tuple[int, int]:
+        """(value1, value2): the first voxel's value and the other one (int8 meaning)."""
+        first = bool(self._first) if self._first is not None else False
+        pair = (self._values[first], self._values[not first])
+        return tuple(int(np.array(v).astype(np.uint8).view(np.int8)) for v in pair)
+
+    @staticmethod
+    def _encode(lengths: np.ndarray) -> bytes:
+        if lengths.size == 0:
+            return b""
+        records, last = _split_runs(lengths, _BIN_KEEP_RUN)
+        out = np.full(int(records.sum()), _BIN_KEEP_BYTE, dtype=np.uint8)
+        out[np.cumsum(records) - 1] = last
+        return out.tobytes()
+
+    def feed(self, slab) -> bytes:
+        flat = np.asarray(slab).reshape(-1)
+        if flat.size == 0:
+            return b""
+        objects = flat != 0
+        boundaries = np.flatnonzero(objects[1:] != objects[:-1]) + 1
+        starts = np.concatenate((np.zeros(1, dtype=np.int64), boundaries.astype(np.int64)))
+        lengths = np.diff(np.append(starts, objects.size))
+        first = bool(objects[0])
+        if self._first is None:
+            self._first = self._current = first
+        if first == self._current:
+            lengths[0] += self._pending
+        elif self._pending:
+            lengths = np.concatenate((np.array([self._pending], dtype=np.int64), lengths))
+        self._current = bool(objects[-1])
+        self._pending = int(lengths[-1])
+        self.voxels += objects.size
+        out = self._encode(lengths[:-1])
+        self.run_bytes += len(out)
+        return out
+
+    def finish(self) -> bytes:
+        """The bytes of the last run (call once, after the last slab)."""
+        if self._first is None:
+            raise ValueError("binCmp: no voxel was given")
+        out = self._encode(np.array([self._pending], dtype=np.int64)) if self._pending else b""
+        self._pending = 0
+        self.run_bytes += len(out)
+        return out
+
+    def block_header(self, length_field_bytes: int = 4) -> bytes:
+        """``[length][value1][value2]`` for the run bytes returned so far."""
+        length_field_bytes = _check_length_field_bytes(length_field_bytes)
+        total = length_field_bytes + 2 + self.run_bytes
+        if length_field_bytes == 4 and total > _INT32_MAX:
+            raise ValueError(f"binCmp data of {total} bytes does not fit a 4-byte length field; write AIM v030")
+        value1, value2 = self.values
+        return total.to_bytes(length_field_bytes, "little") + np.array([value1, value2], dtype=np.int8).tobytes()

@@ -185,7 +185,7 @@ def parse_aim_header(head: bytes, path: str, file_size: int) -> ScancoHeader:
 
     log_text = decode_log(head[log_at:data_offset])
     items = parse_log(log_text)
-    calibration = calibration_from_log(items)
+    calibration = calibration_from_log(items, dtype.voxel_type)
     scanner = scanner_from_log(items)
     min_value, max_value = data_range_from_log(items)
     origin_mm = tuple(float(p) * size for p, size in zip(pos, voxel_size_mm))
@@ -326,25 +326,9 @@ def write_aim(path, volume, *, version: int = 20, voxel_size_mm: Sequence[float]
             raise ValueError(f"unknown compression {compression!r} (binCmp or charCmp)")
 
     log = _log_text(processing_log, calibration, scanner).encode("latin-1", errors="replace") + b"\x00"
-    if version == 20:
-        if len(payload) >= 1 << 31:
-            raise ValueError("AIM v020 cannot hold more than 2 GiB of voxel data; write version 30")
-        pre = struct.pack("<5i", 20, 140, len(log), len(payload), 0)
-        body = bytearray(140)
-        struct.pack_into("<6i", body, 0, 16, 0, 0, 0, 0, type_code)
-        struct.pack_into("<3i", body, 24, *pos)
-        struct.pack_into("<3i", body, 36, x, y, z)
-        for i, size in enumerate(sizes):
-            body[108 + 4 * i: 112 + 4 * i] = float_to_vax_f(size)
-        head = pre + bytes(body)
-    else:
-        pre = AIM_V030_MAGIC + struct.pack("<5q", 40, 224, len(log), len(payload), 0)
-        body = bytearray(224)
-        struct.pack_into("<4i", body, 0, 24, 0, 0, type_code)
-        struct.pack_into("<3q", body, 16, *pos)
-        struct.pack_into("<3q", body, 40, x, y, z)
-        struct.pack_into("<3q", body, 184, *(round(s * 1e6) for s in sizes))
-        head = pre + bytes(body)
+    if version == 20 and len(payload) >= 1 << 31:
+        raise ValueError("AIM v020 cannot hold more than 2 GiB of voxel data; write version 30")
+    head = aim_header_bytes(version, type_code, (x, y, z), pos, sizes, len(log), len(payload))
     total = len(head) + len(log) + len(payload)
     with open(path, "wb") as f:
         f.write(head)
@@ -352,6 +336,34 @@ def write_aim(path, volume, *, version: int = 20, voxel_size_mm: Sequence[float]
         f.write(payload)
         f.write(b"\x00" * (-total % 512))  # VMS-style 512-byte records, as SCANCO's files (ITK needs >= 512)
     return os.fspath(path)
+
+
+def aim_header_bytes(version: int, type_code: int, dims_xyz: Sequence[int], position_voxels: Sequence[int],
+                     voxel_size_mm: Sequence[float], log_bytes: int, data_bytes: int) -> bytes:
+    """Pre-header and image struct of an AIM v020 / v030, SCANCO style (version words 16 / 24,
+    VAX-F element sizes in v020, nanometres rounded to nearest in v030); the processing log
+    (``log_bytes`` long, NUL included) and the voxel block (``data_bytes``) follow them."""
+    x, y, z = (int(n) for n in dims_xyz)
+    pos = tuple(int(p) for p in position_voxels)
+    sizes = tuple(float(s) for s in voxel_size_mm)
+    if version == 20:
+        pre = struct.pack("<5i", 20, 140, log_bytes, data_bytes, 0)
+        body = bytearray(140)
+        struct.pack_into("<6i", body, 0, 16, 0, 0, 0, 0, type_code)
+        struct.pack_into("<3i", body, 24, *pos)
+        struct.pack_into("<3i", body, 36, x, y, z)
+        for i, size in enumerate(sizes):
+            body[108 + 4 * i: 112 + 4 * i] = float_to_vax_f(size)
+        return pre + bytes(body)
+    if version != 30:
+        raise ValueError(f"AIM version must be 20 or 30, got {version!r}")
+    pre = AIM_V030_MAGIC + struct.pack("<5q", 40, 224, log_bytes, data_bytes, 0)
+    body = bytearray(224)
+    struct.pack_into("<4i", body, 0, 24, 0, 0, type_code)
+    struct.pack_into("<3q", body, 16, *pos)
+    struct.pack_into("<3q", body, 40, x, y, z)
+    struct.pack_into("<3q", body, 184, *(round(s * 1e6) for s in sizes))
+    return pre + bytes(body)
 
 
 def _float32_to_vax_bytes(volume: np.ndarray) -> bytes:

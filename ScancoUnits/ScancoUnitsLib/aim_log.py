@@ -2,6 +2,23 @@
 
 A key ends at the first run of two or more spaces; the value is the rest, trimmed. Lines starting
 with ``!`` are comments. Keys repeat: each IPL step appends its own parameters and statistics.
+
+Calibration keys (``Mu_Scaling``, ``HU: mu water``, ``Density: slope``, ``Density: intercept``,
+``Density: unit``) occur once in SCANCO logs. The first occurrence is the value; a later occurrence
+with a different value (numbers compared as numbers, so ``0.23660`` equals ``0.2366``; units compared
+as units, so ``mgHA/ccm`` equals ``mg HA/ccm``) is recorded as a refusing
+:class:`~ScancoUnitsLib.header.CalibrationConflict`. Two more cross-checks of ``Mu_Scaling``:
+
+* ``Scaled by factor`` (statistics blocks: the factor that turned the data into the µ statistics).
+  Only the **last** one is compared: each IPL step appends a statistics block, and earlier ones may
+  describe a parent image. For an integer grey image (int16, uint16, int32) a different factor is a
+  refusing conflict: the voxels were scaled by a factor other than the one the log gives. For char
+  masks and float images it is only a warning (``refuses=False``): their voxels are never rescaled
+  (masks) or no longer native units (floats), and their statistics routinely describe the grey parent
+  (TRAB_1240_SEG, a binary mask, carries the grey image's statistics). In every real file seen so far
+  (three AIMs) the factor equals Mu_Scaling.
+* ``Calibration Data`` text naming ``Scaling N`` (``68 kVp, BH: 200 mg HA/ccm, Scaling 8192``): the
+  scaling the calibration was made for. A different Mu_Scaling is a refusing conflict.
 """
 
 from __future__ import annotations
@@ -10,7 +27,7 @@ import math
 import re
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from .header import Calibration, ScannerInfo
+from .header import Calibration, CalibrationConflict, ScannerInfo, density_mg_per_unit, scaling_in_calibration_text
 from .vms_encoding import log_date_to_iso
 
 _KEY_VALUE = re.compile(r"^(\S(?:.*?\S)?)\s{2,}(.*?)\s*$")
@@ -26,6 +43,10 @@ CALIBRATION_TYPE = "Calib. default unit type"
 CALIBRATION_TEXT = "Calibration Data"
 MAX_DATA_VALUE = "Maximum data value"
 MIN_DATA_VALUE = "Minimum data value"
+SCALED_BY_FACTOR = "Scaled by factor"
+
+# voxel types whose native values are the scaled µ (Mu_Scaling vs Scaled by factor refuses for them)
+_SCALED_INTEGER_TYPES = ("int16", "uint16", "int32")
 
 
 def decode_log(raw: bytes) -> str:
@@ -83,16 +104,75 @@ def _integer(text: Optional[str]) -> Optional[int]:
     return int(value)
 
 
-def calibration_from_log(items) -> Calibration:
-    """Calibration keys occur once in SCANCO logs; the first occurrence is used."""
+def _stated_value(key: str, text: str):
+    """The value a calibration line states, for comparison: a number, else the trimmed text."""
+    if key == DENSITY_UNIT:
+        return text.strip()
+    number = _number(text)
+    return number if number is not None else text.strip()
+
+
+def _comparison_key(key: str, value):
+    if key == DENSITY_UNIT:
+        factor = density_mg_per_unit(value)
+        return ("factor", factor) if factor is not None else ("text", "".join(value.split()).lower())
+    return value
+
+
+def _repeated_key_conflict(items, key: str, field: str) -> Optional[CalibrationConflict]:
+    values, seen = [], set()
+    for k, v in items:
+        if k != key or not v.strip():
+            continue
+        value = _stated_value(key, v)
+        token = _comparison_key(key, value)
+        if token not in seen:
+            seen.add(token)
+            values.append(value)
+    if len(values) < 2:
+        return None
+    return CalibrationConflict(field, tuple(values), (key,) * len(values))
+
+
+def calibration_conflicts(items, mu_scaling: Optional[float], calibration_text: Optional[str],
+                          voxel_type: Optional[str] = None) -> Tuple[CalibrationConflict, ...]:
+    """Contradictions between the log's calibration statements (rules in the module docstring).
+    ``voxel_type`` (numpy dtype name of the voxels; None: treated as an integer grey image) decides
+    whether Mu_Scaling vs Scaled by factor refuses or only warns."""
+    conflicts = []
+    for key, field in ((MU_SCALING, "mu_scaling"), (MU_WATER, "mu_water_per_cm"),
+                       (DENSITY_SLOPE, "density_slope"), (DENSITY_INTERCEPT, "density_intercept"),
+                       (DENSITY_UNIT, "density_unit")):
+        conflict = _repeated_key_conflict(items, key, field)
+        if conflict is not None:
+            conflicts.append(conflict)
+    if mu_scaling is not None:
+        factor = _number(_last(items, SCALED_BY_FACTOR))
+        if factor is not None and factor != mu_scaling:
+            conflicts.append(CalibrationConflict(
+                "mu_scaling", (mu_scaling, factor), (MU_SCALING, f"last {SCALED_BY_FACTOR}"),
+                refuses=voxel_type is None or voxel_type in _SCALED_INTEGER_TYPES))
+        text_scaling = scaling_in_calibration_text(calibration_text)
+        if text_scaling is not None and text_scaling != mu_scaling:
+            conflicts.append(CalibrationConflict(
+                "mu_scaling", (mu_scaling, text_scaling), (MU_SCALING, f"{CALIBRATION_TEXT} text")))
+    return tuple(conflicts)
+
+
+def calibration_from_log(items, voxel_type: Optional[str] = None) -> Calibration:
+    """The first occurrence of each calibration key is its value; contradicting statements are
+    recorded in ``conflicts`` (see the module docstring)."""
+    mu_scaling = _number(_first(items, MU_SCALING))
+    calibration_text = _first(items, CALIBRATION_TEXT) or None
     return Calibration(
-        mu_scaling=_number(_first(items, MU_SCALING)),
+        mu_scaling=mu_scaling,
         mu_water_per_cm=_number(_first(items, MU_WATER)),
         density_slope=_number(_first(items, DENSITY_SLOPE)),
         density_intercept=_number(_first(items, DENSITY_INTERCEPT)),
         density_unit=_first(items, DENSITY_UNIT) or None,
         calibration_type=_integer(_first(items, CALIBRATION_TYPE)),
-        calibration_text=_first(items, CALIBRATION_TEXT) or None,
+        calibration_text=calibration_text,
+        conflicts=calibration_conflicts(items, mu_scaling, calibration_text, voxel_type),
     )
 
 

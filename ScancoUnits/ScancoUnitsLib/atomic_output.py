@@ -1,8 +1,9 @@
 """Write output files atomically: temporary file in the target folder, then rename on commit.
 
 An :class:`AtomicOutputSet` groups the outputs made from one input file (``_HU.nrrd``, ``_RHO.nrrd``,
-``_metadata.json``, ``.nhdr`` + ``.raw`` pairs...). Each output is first written to a hidden temporary
-file next to its final name (``.<name>.partial-<random>``). :meth:`AtomicOutputSet.commit` renames all of
+``_metadata.json``, ``.nhdr`` + ``.raw`` pairs, ``.ome.zarr`` directories...). Each output is first
+written to a hidden temporary file (or directory, :meth:`AtomicOutputSet.add_directory`) next to its final
+name (``.<name>.partial-<random>``). :meth:`AtomicOutputSet.commit` renames all of
 them at once, and only when every one of them was written; on any failure (exception, Ctrl-C, SIGTERM
 turned into :class:`Interrupted`) no temporary file and no new final file remains.
 
@@ -16,30 +17,56 @@ names the output path, after the temporary files have been removed.
 Every live temporary file is kept in a process-wide registry so that a signal handler can remove them:
 :func:`install_signal_cleanup` (called by the command-line tool, never at import) makes SIGTERM raise
 :class:`Interrupted`, so ``with`` blocks clean up; :func:`remove_all_partials` is the last-resort fallback.
+
+What no handler can clean up (SIGKILL, power loss) is found later by the temporary names themselves:
+``.<name>.partial-<writer>-<random>`` (backups: ``.previous-``), where ``<writer>`` is
+:func:`writer_id`: a hash of the host name (and PID namespace), a hash of the boot id, the process id
+and the process start time. :func:`sweep_stale_partials` removes the files whose writer is provably
+gone and leaves (and reports) the others. A final name too long for that suffix gets a shortened,
+hashed temporary name (``.<start of name>~<hash>.partial-...``), so any legal final name works.
+
+Safety checks for callers, all made before anything is written: ``protected=`` inputs are never
+written over (:class:`OutputIsInputError`, whatever ``overwrite`` says); :meth:`AtomicOutputSet.check_free`
+finds every collision up front; ``replace_also=`` (see :func:`previous_outputs`) removes an earlier
+output set's other files at commit, all or nothing.
 """
 
 from __future__ import annotations
 
 import atexit
 import errno
+import hashlib
+import json
 import os
+import re
 import secrets
+import shutil
 import signal
+import socket
 import sys
 import threading
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import List, Optional
 
 from .errors import ScancoError
 
 __all__ = [
     "OutputError",
     "OutputExistsError",
+    "OutputIsInputError",
     "Interrupted",
     "AtomicOutputSet",
     "atomic_output_file",
     "install_signal_cleanup",
     "remove_all_partials",
     "live_partials",
+    "writer_id",
+    "PartialScan",
+    "scan_partials",
+    "sweep_stale_partials",
+    "previous_outputs",
 ]
 
 _PARTIAL_MARK = ".partial-"
@@ -93,6 +120,18 @@ class OutputExistsError(OutputError):
         super().__init__(path, reason, os_errno)
 
 
+class OutputIsInputError(OutputError):
+    """An output name is (the same file as) an input: refused whatever ``overwrite`` says."""
+
+    def __init__(self, path, input_path, os_errno=errno.EEXIST):
+        self.input_path = os.fspath(input_path)
+        super().__init__(path, f"this is the input file {self.input_path}; an input is never overwritten",
+                         os_errno)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.input_path, self.errno))
+
+
 class Interrupted(KeyboardInterrupt):
     """Raised in the main thread when a signal installed by :func:`install_signal_cleanup` arrives.
 
@@ -118,13 +157,32 @@ def _reason_of(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
+_FULL_ERRNOS = {code: text for code, text in ((getattr(errno, "ENOSPC", None), "No space left on device"),
+                                               (getattr(errno, "EDQUOT", None), "Disk quota exceeded"))
+                if code is not None}
+
+
+def _folder_of(path) -> str:
+    text = os.fspath(path) if path is not None else ""
+    first = text.split(", ")[0]  # _guess_final may name several outputs
+    return os.path.dirname(os.path.abspath(first)) if first else "the output folder"
+
+
 def output_error_from(path, exc: BaseException) -> OutputError:
-    """Turn an :class:`OSError` raised while writing *path* into an :class:`OutputError`."""
+    """Turn an :class:`OSError` raised while writing *path* into an :class:`OutputError`.
+
+    A full disk (ENOSPC, EDQUOT) always says so and names the folder:
+    ``No space left on device in <folder>``.
+    """
     if isinstance(exc, OutputError):
         return exc
     if isinstance(exc, FileExistsError):
         return OutputExistsError(path)
-    return OutputError(path, _reason_of(exc), getattr(exc, "errno", None))
+    code = getattr(exc, "errno", None)
+    if code in _FULL_ERRNOS:
+        reason = f"{_FULL_ERRNOS[code]} in {_folder_of(path)} [errno {code}/{errno.errorcode[code]}]"
+        return OutputError(path, reason, code)
+    return OutputError(path, _reason_of(exc), code)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -163,7 +221,10 @@ def remove_all_partials() -> list[Path]:
     removed = []
     for path in paths:
         try:
-            os.unlink(path)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)  # a temporary directory from AtomicOutputSet.add_directory
+            else:
+                os.unlink(path)
             removed.append(Path(path))
         except FileNotFoundError:
             pass
@@ -207,6 +268,267 @@ def install_signal_cleanup(signals=None) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------
+# who wrote a temporary file: names that outlive their writer can be attributed and swept
+# ---------------------------------------------------------------------------------------------------
+
+_NAME_MAX_BYTES = 255  # NAME_MAX of ext4, xfs, btrfs, tmpfs, NTFS (in UTF-16 units), APFS
+_ID_PATTERN = re.compile(
+    r"^\.(?P<base>.+?)(?P<mark>\.partial-|\.previous-)"
+    r"(?P<host>[0-9a-f]{8})(?P<boot>[0-9a-f]{8})-(?P<pid>[0-9]+)-(?P<start>[0-9]+)-[0-9a-f]{8}$")
+# names of the releases before writer ids: ``.<name>.partial-<8 hex>``; their writer is unknown
+_LEGACY_PATTERN = re.compile(r"^\.(?P<base>.+)(?P<mark>\.partial-|\.previous-)[0-9a-f]{8}$")
+_SHORTENED_MARK = "~"
+_id_cache: dict = {}
+
+
+def _hash8(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id", "r", encoding="ascii") as f:
+            return f.read().strip()
+    except OSError:
+        return ""  # not Linux: every process counts as "this boot"
+
+
+def _host_key() -> str:
+    """Host name plus PID namespace: two containers sharing a folder must not judge each other's PIDs."""
+    try:
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        namespace = ""
+    return f"{socket.gethostname()}|{namespace}"
+
+
+def _proc_stat(pid: int):
+    """``(state, start time in clock ticks since boot)`` of *pid* from /proc, None if it does not exist,
+    ``"unknown"`` where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            text = f.read().decode("ascii", "replace")
+    except FileNotFoundError:
+        return None if os.path.isdir("/proc/self") else "unknown"
+    except ProcessLookupError:
+        return None
+    except OSError:
+        return "unknown"
+    fields = text[text.rfind(")") + 2:].split()  # the command name may hold spaces and parentheses
+    try:
+        return fields[0], int(fields[19])  # field 3: state, field 22: starttime
+    except (IndexError, ValueError):
+        return "unknown"
+
+
+@dataclass(frozen=True)
+class _Writer:
+    host: str   # 8 hex digits: hash of host name and PID namespace
+    boot: str   # 8 hex digits: hash of the boot id
+    pid: int
+    start: int  # start time of the process in clock ticks since boot (0 where unknown)
+
+    @property
+    def text(self) -> str:
+        return f"{self.host}{self.boot}-{self.pid}-{self.start}"
+
+
+def _this_writer() -> _Writer:
+    pid = os.getpid()  # a forked child is another writer
+    writer = _id_cache.get(pid)
+    if writer is None:
+        state = _proc_stat(pid)
+        start = state[1] if isinstance(state, tuple) else 0
+        writer = _Writer(_hash8(_host_key()), _hash8(_boot_id()), pid, start)
+        _id_cache.clear()
+        _id_cache[pid] = writer
+    return writer
+
+
+def writer_id() -> str:
+    """This process's writer id, as written into its temporary names: ``<host><boot>-<pid>-<start>``."""
+    return _this_writer().text
+
+
+def _writer_gone(writer: _Writer) -> Optional[bool]:
+    """True: provably not running any more; False: maybe running; None: written on another host."""
+    me = _this_writer()
+    if writer.host != me.host:
+        return None
+    if writer.boot != me.boot:
+        return True  # this host rebooted since: every process of the earlier boot is gone
+    if writer.pid == me.pid:
+        return writer.start != me.start
+    state = _proc_stat(writer.pid)
+    if state is None:
+        return True
+    if state == "unknown":  # no /proc: a running pid may be a reuse, so only "not running" is proof
+        try:
+            os.kill(writer.pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+    proc_state, start = state
+    if start != writer.start:
+        return True  # the pid was reused by a later process
+    return proc_state in ("Z", "X")  # a zombie writes nothing any more
+
+
+def _fit_name(name: str, suffix: str) -> str:
+    """``.<name><suffix>``, or ``.<start of name>~<hash><suffix>`` when that would exceed NAME_MAX bytes."""
+    full = f".{name}{suffix}"
+    if len(os.fsencode(full)) <= _NAME_MAX_BYTES:
+        return full
+    tag = _SHORTENED_MARK + _hash8(name)
+    room = _NAME_MAX_BYTES - len(os.fsencode(f".{tag}{suffix}"))
+    head = os.fsencode(name)[:max(room, 1)].decode("utf-8", "ignore") if os.name != "nt" else name[:room]
+    return f".{head}{tag}{suffix}"
+
+
+def _hidden_sibling(final: Path, mark: str) -> Path:
+    """A hidden name next to *final* that names its writer (see :func:`sweep_stale_partials`)."""
+    return final.with_name(_fit_name(final.name, f"{mark}{writer_id()}-{secrets.token_hex(4)}"))
+
+
+@dataclass
+class PartialScan:
+    """Temporary and backup files found in one folder by :func:`scan_partials`."""
+
+    folder: Path
+    stale: List[Path] = field(default_factory=list)    # their writer is provably gone: safe to remove
+    live: List[Path] = field(default_factory=list)     # their writer may still be running
+    foreign: List[Path] = field(default_factory=list)  # another host, or no writer id: never touched
+
+
+def _matches_stem(base: str, stem: Optional[str]) -> bool:
+    if stem is None:
+        return True
+    if base.startswith(stem):
+        return True
+    head, tag, digest = base.rpartition(_SHORTENED_MARK)  # a shortened name holds only a prefix
+    return bool(tag) and len(digest) == 8 and stem.startswith(head)
+
+
+def scan_partials(folder, stem: Optional[str] = None) -> PartialScan:
+    """Sort the ``.partial-`` / ``.previous-`` files of *folder* (of outputs starting with *stem*) by writer."""
+    folder = Path(folder)
+    scan = PartialScan(folder)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return scan
+    for name in names:
+        match = _ID_PATTERN.match(name)
+        if match is not None:
+            if not _matches_stem(match["base"], stem):
+                continue
+            writer = _Writer(match["host"], match["boot"], int(match["pid"]), int(match["start"]))
+            gone = _writer_gone(writer)
+            bucket = scan.foreign if gone is None else scan.stale if gone else scan.live
+            bucket.append(folder / name)
+            continue
+        legacy = _LEGACY_PATTERN.match(name)
+        if legacy is not None and _matches_stem(legacy["base"], stem):
+            scan.foreign.append(folder / name)
+    return scan
+
+
+def _remove_path(path: Path) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def sweep_stale_partials(folder, stem: Optional[str] = None) -> List[Path]:
+    """Remove the temporary and backup files in *folder* left by writers that are provably gone.
+
+    A writer is gone when it ran on this host in an earlier boot, or in this boot with a process id
+    that is no longer running with the same start time (so a reused pid is not taken for the writer).
+    Files of running writers are never touched; files written on another host (shared file system)
+    or without a writer id are left and reported with one :class:`UserWarning`. With *stem*, only the
+    files of outputs whose names start with *stem* are considered. Returns the removed paths.
+    """
+    scan = scan_partials(folder, stem)
+    removed = []
+    for path in scan.stale:
+        try:
+            _remove_path(path)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            continue
+        removed.append(path)
+    if scan.foreign:
+        shown = ", ".join(p.name for p in scan.foreign[:3]) + (" ..." if len(scan.foreign) > 3 else "")
+        warnings.warn(f"{scan.folder}: {len(scan.foreign)} temporary file(s) of another host or of an unknown "
+                      f"writer were left in place: {shown}", UserWarning, stacklevel=2)
+    return removed
+
+
+def previous_outputs(metadata_json_path) -> List[Path]:
+    """The existing files of the output set an earlier conversion recorded in *metadata_json_path*.
+
+    That is the ``_metadata.json`` itself, every ``"outputs": {role: {"file": name, "files": [names]}}``
+    (every format of every output, with the data file of a detached ``.nhdr``) and ``<stem>_report.png``,
+    all in the JSON's folder. Tolerant: a missing,
+    unreadable or broken JSON lists nothing (the caller may warn); names with a folder part are ignored.
+    """
+    meta = Path(os.path.abspath(os.fspath(metadata_json_path)))
+    folder = meta.parent
+    try:
+        with open(meta, "r", encoding="utf-8") as f:
+            document = json.load(f)
+    except (OSError, ValueError):
+        return []
+    if not isinstance(document, dict):
+        return []
+    found: List[Path] = [meta]
+    outputs = document.get("outputs")
+    for entry in (outputs.values() if isinstance(outputs, dict) else ()):
+        if not isinstance(entry, dict):
+            continue
+        names = [entry.get("file")] + (entry.get("files") if isinstance(entry.get("files"), list) else [])
+        for name in names:
+            if not _plain_name(name):
+                continue
+            found.append(folder / name)
+            if name.lower().endswith(".nhdr"):
+                data = _nhdr_data_file(folder / name)
+                if data is not None:
+                    found.append(folder / data)
+    if meta.name.endswith("_metadata.json"):
+        found.append(folder / (meta.name[: -len("_metadata.json")] + "_report.png"))
+    unique = list(dict.fromkeys(found))
+    return [p for p in unique if os.path.lexists(p)]
+
+
+def _plain_name(name) -> bool:
+    return (isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name
+            and "/" not in name and "\\" not in name and "\0" not in name)
+
+
+def _nhdr_data_file(header: Path) -> Optional[str]:
+    """The single ``data file:`` name of a detached NRRD header, None when absent or not a plain name."""
+    try:
+        with open(header, "rb") as f:
+            text = f.read(1 << 16).decode("utf-8", "replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if not line.strip():
+            break
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() in ("data file", "datafile"):
+            value = value.strip()
+            listed = value == "LIST" or value.startswith("LIST ") or "%" in value  # multi-file forms
+            return value if _plain_name(value) and not listed else None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------
 # the output set
 # ---------------------------------------------------------------------------------------------------
 
@@ -220,8 +542,10 @@ def _discard_temp(temp: Path) -> None:
     _unregister(str(temp))
 
 
-def _hidden_sibling(final: Path, mark: str) -> Path:
-    return final.with_name(f".{final.name}{mark}{secrets.token_hex(4)}")
+def _discard_tree(temp: Path) -> None:
+    """Remove one of our temporary or backup directories (and everything in it) and forget it."""
+    shutil.rmtree(temp, ignore_errors=True)
+    _unregister(str(temp))
 
 
 def _create_exclusive(path: Path) -> int:
@@ -230,12 +554,30 @@ def _create_exclusive(path: Path) -> int:
 
 
 class _Entry:
-    __slots__ = ("final", "temp", "file")
+    __slots__ = ("final", "temp", "file", "is_dir")
 
-    def __init__(self, final: Path, temp: Path):
+    def __init__(self, final: Path, temp: Path, is_dir: bool = False):
         self.final = final
         self.temp = temp
         self.file = None
+        self.is_dir = is_dir
+
+
+def _sync_tree(folder: Path) -> None:
+    """fsync every file under *folder* and the folders themselves (for ``fsync=True`` sets)."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files + [None]:
+            if name is None and sys.platform.startswith("win"):
+                continue  # Windows cannot open a folder for fsync
+            path = os.path.join(root, name) if name is not None else root
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+            try:
+                os.fsync(fd)
+            except OSError:
+                if name is not None:
+                    raise
+            finally:
+                os.close(fd)
 
 
 class AtomicOutputSet:
@@ -250,15 +592,31 @@ class AtomicOutputSet:
 
     Files returned by :meth:`add` are closed by :meth:`commit` if the caller did not close them.
     Callbacks registered with :meth:`on_commit` (writers use it to finish their data) run first.
+
+    *protected*: input paths; an output that is (the same file as) one of them is refused with
+    :class:`OutputIsInputError`, whatever *overwrite* says. *replace_also* (needs ``overwrite=True``):
+    files of an earlier output set (:func:`previous_outputs`) removed at commit together with the
+    replacement, all or nothing: they are moved aside first and put back if the commit fails.
     """
 
-    def __init__(self, overwrite: bool = False, *, fsync: bool = False):
+    def __init__(self, overwrite: bool = False, *, fsync: bool = False, protected=(), replace_also=()):
         self.overwrite = bool(overwrite)
         self.fsync = bool(fsync)
         self._entries: list[_Entry] = []
         self._by_final: dict[str, _Entry] = {}
         self._callbacks = []
         self._state = "open"  # open -> committing -> committed | aborted
+        self._failure: Optional[BaseException] = None
+        self._protected: list[Path] = []
+        self._replace_also: list[Path] = []
+        self.protect(protected)
+        if replace_also:
+            if not self.overwrite:
+                raise ValueError("replace_also needs overwrite=True")
+            stale = [Path(os.path.abspath(os.fspath(p))) for p in replace_also]
+            for path in stale:
+                self._refuse_protected(path)
+            self._replace_also = list(dict.fromkeys(stale))
 
     # -- bookkeeping --------------------------------------------------------------------------------
     @property
@@ -281,8 +639,75 @@ class AtomicOutputSet:
             raise ValueError(f"{final_path}: not part of this output set") from None
 
     def _check_open(self):
+        if self._failure is not None:
+            raise self._failure_error()
         if self._state != "open":
             raise RuntimeError(f"this output set is {self._state}; it cannot take more outputs")
+
+    # -- safety checks made before anything is written ----------------------------------------------
+    def protect(self, paths) -> None:
+        """Add input *paths* that no output of this set may be, whatever ``overwrite`` says."""
+        for path in paths:
+            absolute = Path(os.path.abspath(os.fspath(path)))
+            if absolute not in self._protected:
+                self._protected.append(absolute)
+        for entry in self._entries:
+            self._refuse_protected(entry.final)
+        for path in self._replace_also:
+            self._refuse_protected(path)
+
+    def _refuse_protected(self, final: Path) -> None:
+        if not self._protected:
+            return
+        names = {os.path.normcase(os.fspath(final)), os.path.normcase(os.path.realpath(final))}
+        try:
+            final_stat = os.stat(final)
+        except OSError:
+            final_stat = None
+        for protected in self._protected:
+            same = bool(names & {os.path.normcase(os.fspath(protected)),
+                                 os.path.normcase(os.path.realpath(protected))})
+            if not same and final_stat is not None:
+                try:
+                    same = os.path.samestat(final_stat, os.stat(protected))
+                except OSError:
+                    same = False
+            if same:
+                raise OutputIsInputError(final, protected)
+
+    def check_free(self, paths) -> None:
+        """Check every planned final path before anything is read or written.
+
+        Raises :class:`OutputIsInputError` for a path that is a protected input (always), and without
+        ``overwrite`` :class:`OutputExistsError` for the first path that exists already. Nothing is
+        reserved: :meth:`add` checks again, and commit never clobbers a file that appears meanwhile.
+        """
+        finals = [Path(os.path.abspath(os.fspath(p))) for p in paths]
+        for final in finals:
+            self._refuse_protected(final)
+        if not self.overwrite:
+            for final in finals:
+                if os.path.lexists(final):
+                    raise OutputExistsError(final)
+
+    def fail(self, exc: BaseException) -> None:
+        """Mark the set as failed because one of its writers failed with *exc*.
+
+        No file is closed or removed here (another thread may still be writing one): the owner's
+        :meth:`abort` (or the ``with`` block) does that once its writers stopped. :meth:`commit` and
+        :meth:`add` refuse from now on, with the first failure's reason.
+        """
+        if self._failure is None:
+            self._failure = exc
+
+    def _failure_error(self) -> BaseException:
+        exc = self._failure
+        if isinstance(exc, OutputError):
+            cls, args = exc.__reduce__()
+            return cls(*args)  # a fresh copy: the first one was raised in its writer's thread
+        if isinstance(exc, OSError):
+            return output_error_from(self._guess_final(exc), exc)
+        return RuntimeError(f"an output of this set failed earlier ({type(exc).__name__}: {exc})")
 
     # -- adding outputs -----------------------------------------------------------------------------
     def add_path(self, final_path) -> Path:
@@ -296,6 +721,7 @@ class AtomicOutputSet:
         key = str(final)
         if key in self._by_final:
             raise ValueError(f"{final}: added twice to the same output set")
+        self._refuse_protected(final)
         folder = final.parent
         if not folder.is_dir():
             raise OutputError(final, f"the folder {folder} does not exist", errno.ENOENT)
@@ -322,6 +748,52 @@ class AtomicOutputSet:
             raise OutputError(final, "could not create a temporary file name")
         os.close(fd)
         entry = _Entry(final, temp)
+        self._entries.append(entry)
+        self._by_final[key] = entry
+        return temp
+
+    def add_directory(self, final_path) -> Path:
+        """Reserve the directory *final_path*; return an empty hidden temporary directory to fill.
+
+        The temporary directory sits beside the final one (``.<name>.partial-<writer>-<random>``) and is
+        renamed onto *final_path* by :meth:`commit`, together with the rest of the set; :meth:`abort`
+        removes it with everything in it. Without ``overwrite`` an existing *final_path* is an error
+        (checked here and again just before the rename); with ``overwrite`` an existing directory is
+        moved aside at commit, removed once the whole set is in place, and put back if the commit fails.
+        A file (or a link) with that name is never replaced by a directory.
+        """
+        self._check_open()
+        final = Path(os.path.abspath(os.fspath(final_path)))
+        key = str(final)
+        if key in self._by_final:
+            raise ValueError(f"{final}: added twice to the same output set")
+        self._refuse_protected(final)
+        folder = final.parent
+        if not folder.is_dir():
+            raise OutputError(final, f"the folder {folder} does not exist", errno.ENOENT)
+        if not self.overwrite and os.path.lexists(final):
+            raise OutputExistsError(final, "the folder exists already (pass overwrite=True to replace it)")
+        if self.overwrite and os.path.lexists(final) and (os.path.islink(final) or not final.is_dir()):
+            raise OutputError(final, "a file has this name; only a folder can be replaced by a folder",
+                              errno.ENOTDIR)
+        for _attempt in range(100):
+            temp = _hidden_sibling(final, _PARTIAL_MARK)
+            _register(str(temp))  # before creating it: a signal in between must not leak the folder
+            try:
+                os.mkdir(temp)
+            except BaseException as exc:
+                if isinstance(exc, FileExistsError):
+                    _unregister(str(temp))
+                    continue
+                if isinstance(exc, OSError):
+                    _unregister(str(temp))
+                    raise output_error_from(final, exc) from exc
+                _discard_tree(temp)  # interrupted by a signal: the folder may exist; its name is ours
+                raise
+            break
+        else:  # pragma: no cover - 100 random collisions
+            raise OutputError(final, "could not create a temporary folder name")
+        entry = _Entry(final, temp, is_dir=True)
         self._entries.append(entry)
         self._by_final[key] = entry
         return temp
@@ -370,6 +842,10 @@ class AtomicOutputSet:
         """
         if self._state == "committed":
             return self.final_paths
+        if self._failure is not None and self._state == "open":
+            error = self._failure_error()
+            self.abort()
+            raise error
         self._check_open()
         self._state = "committing"
         current = None
@@ -377,6 +853,8 @@ class AtomicOutputSet:
             callbacks, self._callbacks = self._callbacks, []
             for callback in callbacks:
                 callback()
+            if self._failure is not None:
+                raise self._failure_error()
             for entry in self._entries:
                 current = entry
                 self._close_entry(entry, sync=self.fsync)
@@ -393,6 +871,10 @@ class AtomicOutputSet:
         return self.final_paths
 
     def _close_entry(self, entry: _Entry, sync: bool) -> None:
+        if entry.is_dir:
+            if sync:
+                _sync_tree(entry.temp)
+            return
         handle = entry.file
         if handle is None or handle.closed:
             if sync:
@@ -409,14 +891,35 @@ class AtomicOutputSet:
 
     def _place_all(self) -> None:
         placed = []  # (entry, backup path or None, had_previous)
+        aside = []   # (stale sibling, its hidden backup name)
+        entry = None
         try:
+            finals = {str(e.final) for e in self._entries}
+            for stale in self._replace_also:
+                if str(stale) in finals or not os.path.lexists(stale):
+                    continue
+                entry = _Entry(stale, stale)  # names the stale file in an error
+                self._refuse_protected(stale)
+                backup = _hidden_sibling(stale, _BACKUP_MARK)
+                os.rename(stale, backup)  # not registered: a signal handler must not delete the only copy
+                aside.append((stale, backup))
             for entry in self._entries:
-                if self.overwrite:
+                self._refuse_protected(entry.final)
+                if entry.is_dir:
+                    placed.append(self._place_directory(entry))
+                elif self.overwrite:
                     placed.append(self._place_replacing(entry))
                 else:
                     placed.append(self._place_exclusive(entry))
         except BaseException as exc:
             self._rollback(placed)
+            for stale, backup in reversed(aside):
+                try:
+                    os.rename(backup, stale)
+                except OSError:
+                    pass
+            if entry is None:
+                entry = _Entry(Path("<output>"), Path("<output>"))
             if isinstance(exc, FileExistsError):
                 raise OutputExistsError(entry.final, "the file appeared while it was being written "
                                         "(pass overwrite=True to replace it)") from exc
@@ -425,6 +928,11 @@ class AtomicOutputSet:
             raise
         # all placed: drop the temporary names (hard links) and backups
         for entry, backup, _had in placed:
+            if entry.is_dir:
+                _unregister(str(entry.temp))  # renamed onto the final name: nothing left to remove
+                if backup is not None:
+                    _discard_tree(backup)
+                continue
             if os.path.lexists(entry.temp):
                 try:
                     os.unlink(entry.temp)
@@ -433,6 +941,11 @@ class AtomicOutputSet:
             _unregister(str(entry.temp))
             if backup is not None:
                 _discard_temp(backup)
+        for _stale, backup in aside:
+            try:
+                _remove_path(backup)
+            except OSError:
+                pass
         if self.fsync:
             self._sync_folders()
 
@@ -469,8 +982,51 @@ class AtomicOutputSet:
             raise
         return (entry, backup, had_previous)
 
+    def _place_directory(self, entry: _Entry):
+        """Rename a temporary directory onto its final name; an old directory is moved aside first."""
+        backup = None
+        if os.path.lexists(entry.final):
+            if not self.overwrite:
+                raise FileExistsError(errno.EEXIST, "exists", str(entry.final))
+            if os.path.islink(entry.final) or not entry.final.is_dir():
+                raise OutputError(entry.final, "a file has this name; only a folder can be replaced by a "
+                                  "folder", errno.ENOTDIR)
+            backup = _hidden_sibling(entry.final, _BACKUP_MARK)
+            _register(str(backup))
+            try:
+                os.rename(entry.final, backup)
+            except BaseException:
+                _unregister(str(backup))
+                raise
+        try:
+            # rename() would replace an empty directory that appeared since the check above; the window
+            # is the time between two system calls (there is no portable "rename unless it exists").
+            os.rename(entry.temp, entry.final)
+        except BaseException:
+            if backup is not None:
+                try:
+                    os.rename(backup, entry.final)
+                    _unregister(str(backup))
+                except OSError:
+                    pass
+            raise
+        return (entry, backup, backup is not None)
+
+    def _rollback_directory(self, entry: _Entry, backup) -> None:
+        # the new tree goes back to its temporary name (abort removes it), the old one is put back
+        os.rename(entry.final, entry.temp)
+        if backup is not None:
+            os.rename(backup, entry.final)
+            _unregister(str(backup))
+
     def _rollback(self, placed) -> None:
         for entry, backup, had_previous in reversed(placed):
+            if entry.is_dir:
+                try:
+                    self._rollback_directory(entry, backup)
+                except OSError:
+                    pass
+                continue
             try:
                 if backup is not None:
                     os.replace(backup, entry.final)
@@ -506,6 +1062,9 @@ class AtomicOutputSet:
         self._state = "aborted"
         self._callbacks = []
         for entry in self._entries:
+            if entry.is_dir:
+                _discard_tree(entry.temp)
+                continue
             handle = entry.file
             if handle is not None and not handle.closed:
                 try:

@@ -19,27 +19,30 @@ EXIT_TERMINATED = 143
 
 
 def _cmd_info(args) -> int:
+    """Text: a readable summary per file. ``--json``: one JSON object per file and line (JSON Lines),
+    in the order given: ``{"input", "status": "ok", "error": null, ...the whole header...}``, or
+    ``{"input", "status": "failed", "error": "<one line>"}`` for a file that cannot be read."""
     from .info_text import format_header_summary
     from .reader import read_header
 
     status = EXIT_OK
-    results = []
     for path in args.files:
         try:
             header = read_header(path)
         except ScancoError as exc:
-            print(f"scanco-units: error: {exc}", file=sys.stderr)
+            message = " ".join(str(exc).split())
+            print(f"scanco-units: error: {message}", file=sys.stderr)
             status = EXIT_FAILED
+            if args.json:
+                print(json.dumps({"input": str(path), "status": "failed", "error": message}), flush=True)
             continue
         if args.json:
-            results.append(header.to_dict())
+            record = {"input": str(path), "status": "ok", "error": None}
+            record.update(header.to_dict())
+            print(json.dumps(record, allow_nan=False), flush=True)
         else:
             print(format_header_summary(header))
             print()
-    if args.json:
-        payload = results[0] if len(results) == 1 and len(args.files) == 1 else results
-        json.dump(payload, sys.stdout, indent=2)
-        sys.stdout.write("\n")
     return status
 
 
@@ -53,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="print a readable summary of the header")
     info.add_argument("files", nargs="+", metavar="FILE")
-    info.add_argument("--json", action="store_true", help="print the complete header as JSON")
+    info.add_argument("--json", action="store_true", help="one JSON object per file and line: the complete header, or an error object")
     info.set_defaults(func=_cmd_info)
 
     _add_more_commands(sub)

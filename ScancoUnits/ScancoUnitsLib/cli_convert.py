@@ -1,331 +1,184 @@
-"""``scanco-units convert``, ``demo`` and ``sample``: batch conversion with progress and a summary."""
+"""``scanco-units convert``, ``demo`` and ``sample``: parse the command line, print results.
+
+The batch itself (discovery, parallel jobs, signals, per-file results) lives in
+:mod:`~ScancoUnitsLib.batch` and :mod:`~ScancoUnitsLib.discovery`; Dask runs in
+:mod:`~ScancoUnitsLib.dask_batch`. Here: options, one line per file (or one JSON object per file
+with ``--json``), the summary table, the summary CSV and the exit status.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import re
-import signal
 import sys
-import time
-import warnings
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import List
 
-from .errors import ScancoError
-from .thresholds import PERMILLE_REFERENCES, UNITS, ThresholdSpec
+from .request import add_request_arguments, request_from_args
+from .batch import (Batch, BatchProgress, FileResult, NOT_STARTED, exit_code_for, ignore_further_signals,
+                    remove_partials_of, signal_name)
+from .discovery import assign_stems, discover, find_inputs  # noqa: F401 - find_inputs: public, used by tests
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # SIGTERM: 143 (128 + 15)
-_SCANCO_NAME = re.compile(r"\.(isq|aim)(;\d*)?$", re.IGNORECASE)
 
-
-def find_inputs(paths: Sequence[str]) -> Tuple[List[Path], List[Tuple[str, str]]]:
-    """Files as given; folders searched (not recursively) for *.isq / *.aim in any case, ``;N`` too.
-    Returns (inputs, problems)."""
-    inputs: List[Path] = []
-    problems: List[Tuple[str, str]] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            found = sorted(c for c in p.iterdir() if c.is_file() and _SCANCO_NAME.search(c.name))
-            if not found:
-                problems.append((raw, "folder holds no .ISQ or .AIM file"))
-            inputs.extend(found)
-        elif p.exists():
-            inputs.append(p)
-        else:
-            problems.append((raw, "no such file or folder"))
-    unique = list(dict.fromkeys(Path(os.path.abspath(i)) for i in inputs))
-    return unique, problems
-
-
-def assign_stems(inputs: Sequence[Path]) -> Dict[Path, str]:
-    """Output stems; inputs sharing a stem (from different folders) get their folder name in front."""
-    from .convert import output_stem
-
-    stems = {i: output_stem(i) for i in inputs}
-    counts: Dict[str, int] = {}
-    for s in stems.values():
-        counts[s.lower()] = counts.get(s.lower(), 0) + 1
-    taken = set()
-    result = {}
-    for i in inputs:
-        s = stems[i]
-        if counts[s.lower()] > 1:
-            s = f"{i.parent.name}_{s}"
-        base, n = s, 2
-        while s.lower() in taken:
-            s, n = f"{base}_{n}", n + 1
-        taken.add(s.lower())
-        result[i] = s
-    return result
-
-
-class Progress:
-    """One line on stderr redrawn per slab when stderr is a terminal; silent otherwise."""
-
-    def __init__(self, label: str, enabled: bool):
-        self.label = label
-        self.enabled = enabled
-        self.started = time.perf_counter()
-
-    def __call__(self, done: int, total: int):
-        if not self.enabled:
-            return None
-        width = 30
-        filled = int(width * done / max(total, 1))
-        pct = 100.0 * done / max(total, 1)
-        sys.stderr.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}%  {self.label}")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-        return None
+__all__ = ["add_commands", "add_convert_arguments", "assign_stems", "find_inputs", "remove_partials_of"]
 
 
 def _options_from_args(args):
-    from .convert import ConversionOptions
-
-    outputs = tuple(o.strip() for o in args.outputs.split(",") if o.strip())
-    spec = ThresholdSpec(args.low, args.high, args.threshold_unit, args.permille_reference)
-    return ConversionOptions(outputs=outputs, thresholds=spec, density_unit=args.density_unit,
-                             hu_dtype=args.hu_dtype, compress=args.compress, detached=args.detached,
-                             overwrite=args.overwrite, slab_slices=args.slab_slices, threads=args.threads,
-                             report=getattr(args, "report", False))
+    return request_from_args(args)
 
 
-def _convert_one(path: Path, out_dir: Path, options, stem: str, show_progress: bool):
-    """Convert one input; return (status, message, outputs, seconds, input_bytes). Never raises for
-    bad input: the batch goes on. The message is one line that names the input file."""
-    from .convert import convert_header
-    from .reader import read_header
-
-    started = time.perf_counter()
-    try:
-        header = read_header(path)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            result = convert_header(header, out_dir, options, stem=stem,
-                                    progress=Progress(path.name, show_progress))
-        notes = "; ".join(str(w.message) for w in caught)
-        return ("ok", notes, {k: str(v) for k, v in result.outputs.items()}, result.seconds, header.data_size)
-    except ScancoError as exc:
-        return ("failed", _naming_input(path, str(exc)), {}, time.perf_counter() - started, 0)
-    except MemoryError:
-        return ("failed", f"{path}: out of memory", {}, time.perf_counter() - started, 0)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as exc:  # a bug of ours must not stop the batch either
-        return ("failed", f"{path}: internal error ({type(exc).__name__}: {exc})", {},
-                time.perf_counter() - started, 0)
+def add_convert_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if missing)")
+    add_request_arguments(p)
+    p.add_argument("--jobs", type=int, default=1, help="convert several files at once")
+    p.add_argument("--threads", type=int, default=2, help="compression threads per output")
+    p.add_argument("--slab-slices", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
 
 
-def _naming_input(path: Path, message: str) -> str:
-    """Errors about outputs (disk full, permission denied) name the output; put the input first."""
-    if not message.startswith(str(path)):
-        message = f"{path}: {message}"
-    return message
+def add_batch_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of whole studies: discovery, re-runs, machine-readable results, Dask."""
+    p.add_argument("-r", "--recursive", action="store_true",
+                   help="search folders at any depth (files recognised by name or by their SCANCO magic)")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="keep a file's outputs when its complete set exists, made from the same input (size, "
+                        "modification time) with the same options; an incomplete or stale set is redone")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object per input on stdout (JSON Lines) as each finishes")
+    p.add_argument("--summary", metavar="FILE.csv",
+                   help="write one CSV row per input: scanner, geometry, calibration, thresholds, statistics")
+    dask = p.add_mutually_exclusive_group()
+    dask.add_argument("--dask-scheduler", metavar="ADDRESS",
+                      help="send each file as a task to a running Dask cluster (e.g. tcp://host:8786); "
+                           "paths must be visible to its workers (needs scanco-units[dask])")
+    dask.add_argument("--dask-local", type=int, metavar="N",
+                      help="start a local Dask cluster of N worker processes (needs scanco-units[dask])")
+
+
+# ---- printing ----------------------------------------------------------------------------------------------
+class _Printer:
+    """One line (or JSON object) per file as it finishes; errors on stderr, one line each."""
+
+    def __init__(self, args, progress: BatchProgress):
+        self.json = args.json
+        self.quiet = args.quiet
+        self.progress = progress
+        self.done = 0
+        self.total = 0
+
+    def _out(self, stream, text: str) -> None:
+        self.progress.print_line(stream, text)
+
+    def result(self, result: FileResult) -> None:
+        counted = result.status != "skipped" or result.reason != _not_scanco()
+        if counted:
+            self.done += 1
+        if result.error and result.status == "failed":  # interrupted ones: one message at the end
+            self._out(sys.stderr, f"scanco-units: error: {_one_line(result.error)}")
+        for note in result.warnings if result.status == "converted" else ():
+            self._out(sys.stderr, f"scanco-units: warning: {_one_line(note)}")
+        if self.json:
+            self._out(sys.stdout, json.dumps(result.to_dict(), allow_nan=False, default=str))
+        elif not self.quiet and counted and result.status in ("converted", "skipped"):
+            what = "wrote" if result.status == "converted" else "kept (up to date)"
+            names = ", ".join(Path(p).name for p in result.outputs.values())
+            self._out(sys.stdout, f"[{self.done}/{self.total}] {result.name}: {what} {names}")
+
+
+def _not_scanco() -> str:
+    from .discovery import NOT_SCANCO
+
+    return NOT_SCANCO
 
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split("\n")).replace("\r", " ")
 
 
-# ---- interruption (Ctrl-C, SIGTERM) -------------------------------------------------------------------
-def _signum(interrupt: BaseException) -> int:
-    signum = getattr(interrupt, "signum", None)
-    return signum if isinstance(signum, int) else int(signal.SIGINT)  # plain KeyboardInterrupt: Ctrl-C
+def _summary(results: List[FileResult], stream) -> None:
+    if not results:
+        print("scanco-units: no input files", file=sys.stderr)
+        return
+    print(file=stream)
+    print(f"{'file':40s} {'status':11s} {'seconds':>8s} {'MB/s':>8s}  outputs / reason", file=stream)
+    for r in results:
+        rate = (f"{r.input_bytes / 1e6 / r.seconds:8.1f}" if r.status == "converted" and r.seconds > 0
+                else f"{'':8s}")
+        if r.status in ("converted", "skipped") and r.outputs:
+            detail = ", ".join(Path(p).name for p in r.outputs.values())
+        else:
+            detail = r.error or r.reason or ""
+        seconds = f"{r.seconds:8.2f}" if r.status != "skipped" or r.outputs else f"{'':8s}"
+        print(f"{r.name:40s} {r.status:11s} {seconds} {rate}  {_one_line(detail)}", file=stream)
+    count = {s: 0 for s in ("converted", "skipped", "failed", "interrupted")}
+    ignored = not_started = 0
+    for r in results:
+        if r.status == "skipped" and r.reason == _not_scanco():
+            ignored += 1
+        elif r.status == "interrupted" and r.error and NOT_STARTED in r.error:
+            not_started += 1
+        else:
+            count[r.status] += 1
+    line = f"{count['converted']} converted, {count['failed']} failed"
+    if count["skipped"]:
+        line += f", {count['skipped']} skipped (up to date)"
+    if count["interrupted"] or not_started:
+        line += f", {count['interrupted']} interrupted, {not_started} not started"
+    if ignored:
+        line += f"; {ignored} other file(s) in the folders ignored (not SCANCO files)"
+    print(line, file=stream)
 
 
-def _exit_code_for(interrupt: BaseException) -> int:
-    """128 + signal number, as shells report it: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
-    return 128 + _signum(interrupt)
+# ---- the command -------------------------------------------------------------------------------------------
+def _usage_error(args, message: str) -> int:
+    parser = getattr(args, "_parser", None)
+    if parser is not None:
+        parser.print_usage(sys.stderr)
+    print(f"scanco-units: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
 
 
-def _signal_name(interrupt: BaseException) -> str:
-    signum = _signum(interrupt)
+def _usage_problem(args):
+    if args.jobs < 1:
+        return f"--jobs must be at least 1, not {args.jobs}"
+    if args.threads < 1:
+        return f"--threads must be at least 1, not {args.threads}"
+    if args.dask_local is not None and args.dask_local < 1:
+        return f"--dask-local must be at least 1, not {args.dask_local}"
+    if (args.dask_local is not None or args.dask_scheduler) and args.jobs > 1:
+        return "--jobs applies to local runs; with Dask the cluster's workers convert the files"
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        return f"-o {args.output}: cannot create output folder: it is an existing file, not a folder"
+    if args.summary and os.path.isdir(args.summary):
+        return f"--summary {args.summary}: is a folder; name a .csv file"
+    return None
+
+
+def _write_summary_csv(path, results) -> bool:
+    from .batch_summary import write_summary_csv
+    from .errors import ScancoError
+
     try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        name = f"signal {signum}"
-    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name
-
-
-def _ignore_further_signals() -> None:
-    """While cleaning up after the first signal, a second one must not leave a traceback."""
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            try:
-                signal.signal(getattr(signal, name), signal.SIG_IGN)
-            except (ValueError, OSError):  # not the main thread
-                pass
-
-
-def _output_names(stem: str):
-    from .convert import OUTPUT_SUFFIXES
-
-    suffixes = list(OUTPUT_SUFFIXES.values()) + ["_metadata", "_report"]
-    for suffix in suffixes:
-        for ext in (".nrrd", ".nhdr", ".raw", ".json", ".png"):
-            yield f"{stem}{suffix}{ext}"
-
-
-def remove_partials_of(out_dir: Path, stem: str, newer_than: float = 0.0) -> List[Path]:
-    """Delete the temporary files (``.<name>.partial-<random>``) of one input's outputs modified
-    after ``newer_than`` (a time.time() value), e.g. after its worker process was killed or a signal
-    came while a temporary file was being created. Finished outputs and other inputs' files are not
-    touched."""
-    prefixes = tuple(f".{name}.partial-" for name in _output_names(stem))
-    removed = []
-    try:
-        names = os.listdir(out_dir)
-    except OSError:
-        return removed
-    for name in names:
-        if name.startswith(prefixes):
-            try:
-                if os.lstat(out_dir / name).st_mtime < newer_than:
-                    continue  # older than this batch: not ours
-                os.unlink(out_dir / name)
-                removed.append(out_dir / name)
-            except OSError:
-                pass
-    return removed
-
-
-_worker_state = {"busy": False, "stopping": False, "signalled": False}
-
-
-def _worker_signal(signum, frame):  # pragma: no cover - runs in worker processes
-    """Busy: stop the conversion (its with-blocks remove its temporary files). Idle, or already
-    unwinding: ignore it; the parent ends the pool cleanly (a worker that exited here could die
-    holding a queue lock and hang the others)."""
-    from .atomic_output import Interrupted
-
-    _worker_state["signalled"] = True  # start nothing new
-    if _worker_state["busy"] and not _worker_state["stopping"]:
-        _worker_state["stopping"] = True
-        raise Interrupted(signum)
-
-
-def _worker_init() -> None:  # pragma: no cover - runs in worker processes
-    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
-            signal.signal(getattr(signal, name), _worker_signal)
-
-
-def _worker_convert(path, out_dir, options, stem):  # pragma: no cover - runs in worker processes
-    if _worker_state["signalled"]:  # a call queued before the interrupt: do not start it
-        return ("skipped", f"{path}: not started (batch interrupted)", {}, 0.0, 0)
-    _worker_state["busy"], _worker_state["stopping"] = True, False
-    try:
-        return _convert_one(path, out_dir, options, stem, False)
-    except KeyboardInterrupt:
-        from .atomic_output import remove_all_partials
-
-        remove_all_partials()  # worker processes end without running atexit handlers
-        raise
-    finally:
-        _worker_state["busy"] = False
-
-
-class _Batch:
-    """Rows of the summary and what was going on when an interrupt came."""
-
-    def __init__(self, inputs, out_dir: Path, stems, quiet: bool):
-        self.inputs = list(inputs)
-        self.out_dir = out_dir
-        self.stems = stems
-        self.quiet = quiet
-        self.rows = []          # (path, status, message, outputs, seconds, nbytes)
-        self.reported = set()
-        self.current = None     # the input being converted (sequential runs)
-        self.started = time.time() - 60.0  # temporary files older than this are not this batch's
-
-    def add(self, path: Path, result) -> None:
-        self.rows.append(_report(path, result, self.quiet))
-        self.reported.add(path)
-
-    def interrupted(self, path: Path, why: str) -> None:
-        """Its with-blocks removed its temporary files on the way out; the sweep catches the ones a
-        signal or a killed worker left behind (e.g. a signal just as a file was being created)."""
-        remove_partials_of(self.out_dir, self.stems[path], newer_than=self.started)
-        self.rows.append((path, "stopped", why, {}, 0.0, 0))
-        self.reported.add(path)
-
-    def not_started(self):
-        return [i for i in self.inputs if i not in self.reported]
-
-
-def _run_sequential(batch: _Batch, options, show: bool) -> None:
-    for path in batch.inputs:
-        batch.current = path
-        result = _convert_one(path, batch.out_dir, options, batch.stems[path], show)
-        batch.current = None
-        batch.add(path, result)
-
-
-def _run_parallel(batch: _Batch, options, jobs: int) -> None:
-    from concurrent.futures import wait
-    from concurrent.futures.process import BrokenProcessPool
-
-    pool = ProcessPoolExecutor(max_workers=jobs, initializer=_worker_init)
-    futures = {pool.submit(_worker_convert, i, batch.out_dir, options, batch.stems[i]): i for i in batch.inputs}
-    try:
-        for f in as_completed(futures):
-            path = futures[f]
-            try:
-                batch.add(path, f.result())
-            except BrokenProcessPool:
-                remove_partials_of(batch.out_dir, batch.stems[path], newer_than=batch.started)
-                batch.add(path, ("failed", f"{path}: the worker process converting it died (out of memory?); "
-                                           "its partial outputs were removed", {}, 0.0, 0))
-            except Exception as exc:  # noqa: BLE001
-                batch.add(path, ("failed", f"{path}: internal error ({type(exc).__name__}: {exc})", {}, 0.0, 0))
-    except KeyboardInterrupt as interrupt:
-        _ignore_further_signals()
-        for f in futures:
-            f.cancel()  # not dispatched yet: never started
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        # Busy workers turn SIGTERM into Interrupted and clean up; idle ones ignore it. Repeat, since a
-        # worker may pick up a call that was already queued when the signal came.
-        pending = [f for f in futures if not f.done()]
-        deadline = time.monotonic() + 60
-        while pending and time.monotonic() < deadline:
-            for process in processes:
-                if process.exitcode is None:
-                    try:
-                        os.kill(process.pid, signal.SIGTERM)
-                    except OSError:
-                        pass
-            pending = list(wait(pending, timeout=0.5).not_done)
-        if pending:  # stuck workers (a hung network drive...): stop them the hard way
-            for process in processes:
-                try:
-                    process.kill()
-                except (OSError, ValueError, AttributeError):
-                    pass
-        for f, path in futures.items():
-            if path in batch.reported or f.cancelled():
-                continue  # reported already / never started
-            if f.done() and f.exception() is None:
-                if f.result()[0] != "skipped":
-                    batch.add(path, f.result())  # it finished before the signal reached it
-            else:
-                batch.interrupted(path, f"interrupted by {_signal_name(interrupt)}; partial outputs removed")
-        pool.shutdown(wait=not pending, cancel_futures=True)
-        raise
-    pool.shutdown(wait=True)
+        write_summary_csv(path, results)
+    except (ScancoError, OSError) as exc:
+        print(f"scanco-units: error: {path}: cannot write the summary ({exc})", file=sys.stderr)
+        return False
+    return True
 
 
 def _cmd_convert(args) -> int:
     from .atomic_output import install_signal_cleanup
+    from .discovery import NOT_SCANCO
 
+    problem = _usage_problem(args)
+    if problem:
+        return _usage_error(args, problem)
     try:
         options = _options_from_args(args)
     except ValueError as exc:
-        print(f"scanco-units: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _usage_error(args, str(exc))
     if options.report:
         from .report import ReportUnavailableError, require_matplotlib
 
@@ -334,9 +187,22 @@ def _cmd_convert(args) -> int:
         except ReportUnavailableError as exc:  # say it once, not once per file
             print(f"scanco-units: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-    inputs, problems = find_inputs(args.paths)
-    for raw, why in problems:
-        print(f"scanco-units: error: {raw}: {why}", file=sys.stderr)
+    if args.dask_scheduler or args.dask_local:
+        from .dask_batch import DaskUnavailableError, require_dask
+
+        try:
+            require_dask()
+        except DaskUnavailableError as exc:
+            print(f"scanco-units: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    found = discover(args.paths, recursive=args.recursive)
+    progress = BatchProgress(found.inputs, sys.stderr, live=sys.stderr.isatty() and not args.quiet)
+    printer = _Printer(args, progress)
+    printer.total = len(found.inputs)
+    found_results = [FileResult(n.path, "failed", error=f"{n.path}: {n.reason}") for n in found.problems]
+    found_results += [FileResult(n.path, "skipped", reason=NOT_SCANCO) for n in found.skipped]
+    for r in found_results:
+        printer.result(r)
     out_dir = Path(args.output)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -344,91 +210,46 @@ def _cmd_convert(args) -> int:
         print(f"scanco-units: error: {out_dir}: cannot create output folder ({exc.strerror or exc})",
               file=sys.stderr)
         return EXIT_FAILED
-    stems = assign_stems(inputs)
+    stems = assign_stems(found.inputs)
     install_signal_cleanup()
-    batch = _Batch(inputs, out_dir, stems, args.quiet)
-    show = sys.stderr.isatty() and not args.quiet
+    batch = Batch(found.inputs, out_dir, options, stems, skip_existing=args.skip_existing,
+                  on_result=printer.result, progress=progress)
+    summary_stream = sys.stderr if args.json else sys.stdout
     try:
-        if args.jobs > 1 and len(inputs) > 1:
-            _run_parallel(batch, options, args.jobs)
-        else:
-            _run_sequential(batch, options, show)
+        with progress:
+            if args.dask_scheduler or args.dask_local:
+                from .dask_batch import DaskConnectionError, run_on_dask
+
+                try:
+                    run_on_dask(batch, scheduler=args.dask_scheduler, local_workers=args.dask_local)
+                except DaskConnectionError as exc:
+                    print(f"scanco-units: error: {exc}", file=sys.stderr)
+                    return EXIT_FAILED
+            else:
+                batch.run(args.jobs)
     except KeyboardInterrupt as interrupt:
-        _ignore_further_signals()
-        what = _signal_name(interrupt)
-        if batch.current is not None:
-            batch.interrupted(batch.current, f"interrupted by {what}; partial outputs removed")
-        stopped = [r[0].name for r in batch.rows if r[1] == "stopped"]
-        finished = sum(1 for r in batch.rows if r[1] == "ok")
+        ignore_further_signals()
+        what = signal_name(interrupt)
+        for path in batch.not_started():
+            batch.add(path, FileResult(str(path), "interrupted", error=f"{path}: {NOT_STARTED}"))
+        stopped = [r.name for r in batch.results if r.status == "interrupted" and NOT_STARTED not in (r.error or "")]
+        finished = sum(1 for r in batch.results if r.status == "converted")
+        not_started = sum(1 for r in batch.results if NOT_STARTED in (r.error or ""))
         where = f" while converting {', '.join(stopped)}" if stopped else ""
         print(f"scanco-units: interrupted by {what}{where}: partial outputs were removed; "
-              f"{finished} finished file(s) kept, {len(batch.not_started())} not started", file=sys.stderr)
-        _summary(batch.rows, problems, batch.not_started())
-        return _exit_code_for(interrupt)
-    _summary(batch.rows, problems, [])
-    failed = any(r[1] != "ok" for r in batch.rows) or problems or not inputs
+              f"{finished} finished file(s) kept, {not_started} not started", file=sys.stderr)
+        results = found_results + batch.results
+        if not args.quiet or not args.json:
+            _summary(results, summary_stream)
+        if args.summary:
+            _write_summary_csv(args.summary, results)
+        return exit_code_for(interrupt)
+    results = found_results + batch.results
+    if not (args.json and args.quiet):
+        _summary(results, summary_stream)
+    summary_ok = _write_summary_csv(args.summary, results) if args.summary else True
+    failed = any(r.status == "failed" for r in results) or not found.inputs or not summary_ok
     return EXIT_FAILED if failed else EXIT_OK
-
-
-def _report(path: Path, result, quiet: bool):
-    status, message, outputs, seconds, nbytes = result
-    message = _one_line(message)
-    if status == "ok":
-        if not quiet:
-            print(f"{path.name}: wrote {', '.join(Path(p).name for p in outputs.values())}")
-        if message:
-            print(f"scanco-units: warning: {message}", file=sys.stderr)
-    else:
-        print(f"scanco-units: error: {message}", file=sys.stderr)
-    return (path, status, message, outputs, seconds, nbytes)
-
-
-def _summary(rows, problems, not_started) -> None:
-    if not rows and not problems and not not_started:
-        print("scanco-units: no input files", file=sys.stderr)
-        return
-    print()
-    print(f"{'file':40s} {'status':8s} {'seconds':>8s} {'MB/s':>8s}  outputs / reason")
-    for path, status, message, outputs, seconds, nbytes in rows:
-        rate = f"{nbytes / 1e6 / seconds:8.1f}" if status == "ok" and seconds > 0 else f"{'':8s}"
-        detail = ", ".join(Path(p).name for p in outputs.values()) if status == "ok" else message
-        print(f"{path.name:40s} {status:8s} {seconds:8.2f} {rate}  {detail}")
-    for raw, why in problems:  # names in full: a row must say which file it is about
-        print(f"{Path(raw).name or raw:40s} {'failed':8s} {'':8s} {'':8s}  {raw}: {why}")
-    for path in not_started:
-        print(f"{path.name:40s} {'skipped':8s} {'':8s} {'':8s}  not started (batch interrupted)")
-    ok = sum(1 for r in rows if r[1] == "ok")
-    failed = sum(1 for r in rows if r[1] == "failed") + len(problems)
-    stopped = sum(1 for r in rows if r[1] == "stopped")
-    line = f"{ok} converted, {failed} failed"
-    if stopped or not_started:
-        line += f", {stopped} interrupted, {len(not_started)} not started"
-    print(line)
-
-
-def add_convert_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output folder (created if missing)")
-    p.add_argument("--outputs", default="hu,density,mask",
-                   help="comma-separated: hu, density, mask, mu, native (default hu,density,mask)")
-    p.add_argument("--low", type=float, default=250.0, help="lower threshold (default 250 per mille)")
-    p.add_argument("--high", type=float, default=1000.0, help="upper threshold (default 1000 per mille)")
-    p.add_argument("--threshold-unit", choices=UNITS, default="permille",
-                   help="unit of --low/--high (density in mg HA/ccm; default permille)")
-    p.add_argument("--permille-reference", choices=PERMILLE_REFERENCES, default="32767",
-                   help="1000 per mille = native 32767 (IPL, default) or the header's Maximum data value "
-                        "(the seed notebook's reading)")
-    p.add_argument("--density-unit", choices=("g/cc", "mgHA/ccm"), default="g/cc")
-    p.add_argument("--hu-dtype", choices=("int16", "float32"), default="int16")
-    p.add_argument("--compress", action="store_true", help="gzip-compressed NRRD (what Slicer writes)")
-    p.add_argument("--detached", action="store_true", help="write .nhdr + .raw pairs")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    p.add_argument("--report", action="store_true",
-                   help="also write <name>_report.png: mid-slices with the mask outline and the histogram with "
-                        "the thresholds (needs matplotlib: pip install scanco-units[report])")
-    p.add_argument("--jobs", type=int, default=1, help="convert several files at once")
-    p.add_argument("--threads", type=int, default=2, help="compression threads per output")
-    p.add_argument("--slab-slices", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
 
 
 CONVERT_EPILOG = """\
@@ -437,8 +258,12 @@ Inputs are only read. Each file's outputs appear together when it is finished, o
 never replaced without --overwrite. A bad input prints one line on stderr naming the file and the
 reason, and the batch goes on; the summary lists every failure.
 
+--recursive searches sub-folders; --skip-existing keeps finished, up-to-date output sets (a re-run
+of a study only converts what is new or changed); --json prints one JSON object per input as it
+finishes; --summary FILE.csv writes one row per input with the scan's statistics.
+
 exit status:
-  0    every input converted
+  0    every input converted (or skipped: its outputs were up to date)
   1    at least one input failed (or no input was found)
   2    bad command line
   130  interrupted by Ctrl-C (SIGINT); 143 for SIGTERM, 129 for SIGHUP (128 + signal number)
@@ -450,7 +275,8 @@ def add_commands(sub) -> None:
                              epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     convert.add_argument("paths", nargs="+", metavar="PATH", help="ISQ/AIM files or folders of them")
     add_convert_arguments(convert)
-    convert.set_defaults(func=_cmd_convert)
+    add_batch_arguments(convert)
+    convert.set_defaults(func=_cmd_convert, _parser=convert)
 
     try:
         from .demo import add_demo_command

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from . import __version__
-from .atomic_output import AtomicOutputSet, OutputError, OutputExistsError
+from .atomic_output import AtomicOutputSet, previous_outputs, sweep_stale_partials
 from .engine import EngineOutput, SlabObserver, run_engine  # noqa: F401 - SlabObserver is public here
 from .errors import ConversionCancelled, RequestError  # noqa: F401 - ConversionCancelled is public here
 from .header import ScancoHeader
 from .quantities import QUANTITIES, threshold_unit_label
 from .reader import open_voxels, read_header
+from .scan_statistics import ScanStatistics
 from .request import ConversionOptions, ConversionRequest, RequestPlan, plan_request  # noqa: F401
 from .thresholds import permille_of_native
 from .units import UnitConverter, describe_calibration
@@ -98,9 +99,9 @@ def plan_files(plan: RequestPlan, out_dir: Path, stem: str) -> List[PlannedFile]
     request, header = plan.request, plan.header
     common = _calibration_key_values(header)
     formats = [get_format(name) for name in request.formats]
+    stored_as = {"char_mask": "mask", "float": "native"}
     refused = [f"{o.role} as {fmt.name}" for fmt in formats for o in plan.outputs
-               if not fmt.accepts(o.quantity if o.quantity not in ("char_mask",) else "mask")
-               and not (fmt.accepts("native") and o.quantity in ("float",))]
+               if not fmt.accepts(stored_as.get(o.quantity, o.quantity))]
     if refused:
         raise RequestError(header.path, f"cannot write {', '.join(refused)}: "
                                         f"{', '.join(f.name for f in formats if f.quantities)} holds only "
@@ -129,22 +130,6 @@ def plan_files(plan: RequestPlan, out_dir: Path, stem: str) -> List[PlannedFile]
     return files
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.abspath(a) == os.path.abspath(b)
-
-
-def _check_outputs_free(header: ScancoHeader, paths: Sequence[Path], overwrite: bool) -> None:
-    """Before any voxel is read: no output may be an input, and without ``overwrite`` none may exist."""
-    for path in paths:
-        if os.path.lexists(path) and _same_file(path, Path(header.path)):
-            raise OutputError(path, f"it is the input file {header.path}; an input is never written over")
-        if not overwrite and os.path.lexists(path):
-            raise OutputExistsError(path)
-
-
 class _WriterSink:
     def __init__(self, writer):
         self.writer = writer
@@ -153,7 +138,7 @@ class _WriterSink:
         self.writer.write_slab(slab)
 
 
-def _mask_coverage_warning(header: ScancoHeader, plan: RequestPlan, mask_voxels: int,
+def mask_coverage_warning(header: ScancoHeader, plan: RequestPlan, mask_voxels: int,
                            native_min, native_max) -> Optional[str]:
     """A warning when the threshold mask is empty or holds every voxel (thresholds and data range in
     per mille and mg HA/ccm), else None."""
@@ -173,8 +158,12 @@ def _mask_coverage_warning(header: ScancoHeader, plan: RequestPlan, mask_voxels:
 
     what = "empty: no voxel is" if mask_voxels == 0 else "full: every voxel is"
     data = both(native_min, native_max) if native_min is not None else "unknown"
-    return (f"{header.path}: the mask is {what} inside the thresholds {both(r.native_low, r.native_high)}; "
+    return (f"{header.path}: {MASK_COVERAGE_MARK}{what} inside the thresholds {both(r.native_low, r.native_high)}; "
             f"the data range is {data}. Choose thresholds inside the data range (--low/--high).")
+
+
+#: where the mask-coverage sentence starts in its warning (the report shows it without the path)
+MASK_COVERAGE_MARK = "the mask is "
 
 
 def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRequest] = None, *,
@@ -196,9 +185,17 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
     files = plan_files(plan, out_dir, stem)
     meta_path = out_dir / f"{stem}_metadata.json"
     report_path = out_dir / f"{stem}_report.png" if request.report else None
-    _check_outputs_free(header, [p for f in files for p in f.paths] + [meta_path] +
-                        ([report_path] if report_path else []), request.overwrite)
+    # every collision is found before any voxel is read; with --overwrite the earlier set of this stem
+    # (every file its metadata lists) is replaced as a whole; an input is never written over
+    stale = previous_outputs(meta_path) if request.overwrite else []
+    if request.overwrite and os.path.lexists(meta_path) and not stale:
+        plan = replace(plan, warnings=plan.warnings + (
+            f"{meta_path}: unreadable; only outputs with the same names are replaced",))
+    output_set = AtomicOutputSet(overwrite=request.overwrite, protected=[header.path], replace_also=stale)
+    output_set.check_free([p for f in files for p in f.paths] + [meta_path] +
+                          ([report_path] if report_path else []))
     out_dir.mkdir(parents=True, exist_ok=True)
+    removed = sweep_stale_partials(out_dir, stem=stem)
 
     observers = list(observers)
     report_builder = None
@@ -207,9 +204,14 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
 
         report_builder = ReportBuilder(header, request, plan.thresholds)
         observers.append(report_builder.observe)
+    statistics = ScanStatistics(header, plan.thresholds, request.threshold_spec)
+    observers.append(statistics.observe)
     caught: List[str] = list(plan.warnings)
+    if removed:
+        caught.append(f"{out_dir}: removed {len(removed)} temporary file(s) left by a killed run: "
+                      + ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
 
-    with AtomicOutputSet(overwrite=request.overwrite) as output_set, open_voxels(header) as source:
+    with output_set, open_voxels(header) as source:
         engine_outputs = {o.role: EngineOutput(o.role, o.quantity, o.dtype) for o in plan.outputs}
         for f in files:
             writer = get_format(f.format).open(f.spec, output_set)
@@ -234,13 +236,16 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
         if nonfinite:
             caught.append(f"{header.path}: the float image holds {nonfinite} NaN or infinite voxels "
                           "(written as stored)")
-        coverage = _mask_coverage_warning(header, plan, mask_voxels, result.native_min, result.native_max) \
+        coverage = mask_coverage_warning(header, plan, mask_voxels, result.native_min, result.native_max) \
             if plan.output("mask") is not None else None
         if coverage:
             caught.append(coverage)
         for text in caught[len(plan.warnings):]:
             warnings.warn(text, stacklevel=2)
         metadata = _metadata(header, plan, files, stats, mask_voxels, hu_clipped, result, caught)
+        metadata["statistics"] = statistics.to_dict()
+        if coverage:
+            metadata["mask_coverage"] = coverage[coverage.index(MASK_COVERAGE_MARK):]
         if report_builder is not None:
             with output_set.add(report_path, "wb") as f:
                 report_builder.save(f, metadata)
@@ -278,7 +283,7 @@ def _metadata(header, plan: RequestPlan, files: List[PlannedFile], stats, mask_v
         thresholds["unit_label"] = threshold_unit_label(plan.thresholds.spec.unit, plan.request.density_unit)
     return {
         "software": {"name": "ScancoUnits", "version": __version__},
-        "input": {"path": os.path.abspath(header.path), "bytes": header.file_size},
+        "input": _input_identity(header),
         "header": header.to_dict(),
         "formulas": {
             "mu_per_cm": QUANTITIES["mu"].formula,
@@ -300,6 +305,13 @@ def _metadata(header, plan: RequestPlan, files: List[PlannedFile], stats, mask_v
         "notes": list(plan.notes),
         "warnings": list(caught),
     }
+
+
+def _input_identity(header: ScancoHeader) -> dict:
+    """Where the input is and which version of it was read (size and mtime: --skip-existing)."""
+    st = os.stat(header.path)
+    return {"path": os.path.abspath(header.path), "bytes": header.file_size, "size_bytes": st.st_size,
+            "mtime_ns": st.st_mtime_ns}
 
 
 def convert_file(path, out_dir, options: Optional[ConversionRequest] = None, *,

@@ -59,6 +59,8 @@ class EngineOutput:
     quantity: str
     dtype: np.dtype
     sinks: List[Sink] = field(default_factory=list)
+    #: an array of (len(z_selection), ny, nx) to convert straight into (a Slicer node's own voxels)
+    target: Optional[np.ndarray] = None
 
 
 @dataclass
@@ -132,23 +134,29 @@ class _Worker:
         self.native = OutputStatistics()
         self.exact_native = kernel is not None and kernel.uses_tables  # native range from the histogram
 
-    def convert(self, native: np.ndarray, buffers: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+    def convert(self, native: np.ndarray, buffers: Dict[str, np.ndarray], row0: int = 0) -> Dict[str, np.ndarray]:
+        """``row0``: the slab's first row in the outputs' ``target`` arrays."""
         n = native.shape[0]
         views = {}
         if self.kernel is not None:
-            for o in self.kernel.outputs:
-                views[o.name] = buffers[o.name][:n]
+            for out in self.outputs:
+                if out.quantity not in _PASS_THROUGH:
+                    views[out.role] = buffers[out.role][:n] if out.target is None else out.target[row0:row0 + n]
             self.kernel.run(native, views, self.kernel_stats)
         if not self.exact_native and native.dtype.kind in "iu":
             _scan_range(self.native, native)
         for out in self.outputs:
             if out.quantity in _PASS_THROUGH:
-                views[out.role] = native
+                data = native
+                if out.target is not None:
+                    data = out.target[row0:row0 + n]
+                    np.copyto(data, native)
+                views[out.role] = data
                 stat = self.stats[out.role]
                 if out.quantity == "float":
-                    stat.nonfinite_voxels += int(np.count_nonzero(~np.isfinite(native)))
+                    stat.nonfinite_voxels += int(np.count_nonzero(~np.isfinite(data)))
                 if not self.exact_native:
-                    _scan_range(stat, native)
+                    _scan_range(stat, data)
         return views
 
 
@@ -207,7 +215,7 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     for _ in range(in_flight):
         native_pool.put(page_aligned_empty((slab, ny, nx), native_dtype))
         buffer_pool.put({o.role: page_aligned_empty((slab, ny, nx), o.dtype) for o in outputs
-                         if o.quantity not in _PASS_THROUGH})
+                         if o.quantity not in _PASS_THROUGH and o.target is None})
 
     stop = threading.Event()
     failure: List[BaseException] = []
@@ -245,7 +253,8 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
             if stop.is_set():
                 raise _Stopped()
             buffers = buffer_pool.get()
-            views = state.convert(native, buffers)
+            row0 = (z.start - z_selection.start) // step
+            views = state.convert(native, buffers, row0)
         finally:
             free_workers.put(state)
         return native_buf, native, buffers, views

@@ -56,3 +56,13 @@ class ConversionCancelled(ScancoError):
     def __init__(self, path=None, what: str = "conversion"):
         self.path = os.fspath(path) if path is not None else "<memory>"
         super().__init__(f"{self.path}: {what} cancelled")
+
+
+class MaskExportError(ScancoError, ValueError):
+    """A Slicer mask (labelmap or segment) cannot be saved as a SCANCO AIM: wrong node, no source scan,
+    or a grid that is not the source's (rotated, resampled, shifted by a fraction of a voxel)."""
+
+    def __init__(self, name, problem: str):
+        self.name = str(name)
+        self.problem = problem
+        super().__init__(f"{self.name}: {problem}")

@@ -2,11 +2,29 @@
 
 Units live in the field names: ``voxel_size_mm``, ``origin_mm``, ``mu_water_per_cm``, ``energy_v``...
 A value the file does not carry is ``None``; nothing is filled in with a default.
+
+Never a silent wrong number:
+
+* **Density unit.** The file's density unit text (ISQ calibration block +648, AIM log
+  ``Density: unit``) is read case- and space-insensitively (:func:`density_mg_per_unit`):
+  ``mg HA/ccm``, ``mg HA/cm3``, ``mgHA/ccm``, ``mg/cm3``, ``mg/ccm``, ``mg/cc`` are 1 mg HA/ccm per
+  unit; ``g HA/ccm``, ``g HA/cm3``, ``g/cm3``, ``g/ccm``, ``g/cc`` are 1000 (``cm^3``, ``cm³`` and
+  ``ml`` are accepted for the cubic centimetre too). An absent unit is taken as mg HA/ccm (what
+  every SCANCO file seen so far states, and what this library assumed before).
+  Any other text (``1/cm``, ``HU``, ``kg/m3``...) refuses density with a message naming the text;
+  µ, HU, native values and masks do not depend on it.
+* **Contradictory calibration.** When the header states one constant twice with different values
+  the readers record a :class:`CalibrationConflict` in ``Calibration.conflicts`` instead of picking
+  one; ``missing_for`` then refuses every quantity that needs the constant, with one line naming
+  the field and the values (native values and masks need no calibration and still work). The rules
+  (what is compared, and what is only a warning) are in the docstrings of ``aim_log`` and
+  ``isq_format``.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Tuple
 
@@ -28,6 +46,88 @@ def _is_finite_number(value) -> bool:
     return value is not None and isinstance(value, (int, float)) and math.isfinite(value)
 
 
+#: mg HA/ccm per unit of each recognised density unit, keyed by the unit text in lower case without
+#: spaces ("mg HA/ccm" -> "mgha/ccm"). "ccm", "cc", "cm3", "cm^3", "cm³" and "ml" all mean cubic centimetre.
+DENSITY_UNIT_MG_PER_UNIT = {
+    f"{mass}{ha}/{volume}": factor
+    for mass, factor in (("mg", 1.0), ("g", 1000.0))
+    for ha in ("ha", "")
+    for volume in ("ccm", "cc", "cm3", "cm^3", "cm\u00b3", "ml")
+}
+#: the unit an absent density unit is taken to be
+DEFAULT_DENSITY_UNIT = "mg HA/ccm"
+
+
+def density_mg_per_unit(unit_text: Optional[str]) -> Optional[float]:
+    """mg HA/ccm per unit of a density unit text; 1.0 for an absent (None or blank) unit
+    (taken as mg HA/ccm); None for text that is not a recognised density unit."""
+    if unit_text is None or not unit_text.strip():
+        return 1.0
+    return DENSITY_UNIT_MG_PER_UNIT.get("".join(unit_text.split()).lower())
+
+
+_TEXT_SCALING = re.compile(r"\bscaling\s*[:=]?\s*(\d+(?:\.\d*)?)(?![\d.])", re.IGNORECASE)
+
+
+def scaling_in_calibration_text(text: Optional[str]) -> Optional[float]:
+    """The ``Scaling N`` a SCANCO calibration text names (``68 kVp, BH: 200 mg HA/ccm, Scaling
+    8192, 0.2 CU`` -> 8192.0), or None when the text names none (or names several different ones)."""
+    if not text:
+        return None
+    found = {float(m.group(1)) for m in _TEXT_SCALING.finditer(text)}
+    return found.pop() if len(found) == 1 else None
+
+
+# which calibrated quantities need each calibration field (for conflicts)
+_FIELD_QUANTITIES = {
+    "mu_scaling": ("mu", "hu", "density"),
+    "mu_water_per_cm": ("hu",),
+    "density_slope": ("density",),
+    "density_intercept": ("density",),
+    "density_unit": ("density",),
+}
+
+
+def _format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.10g}"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+@dataclass(frozen=True)
+class CalibrationConflict:
+    """One calibration constant stated more than once with different values.
+
+    ``field`` is the :class:`Calibration` field name (``mu_scaling``, ``mu_water_per_cm``,
+    ``density_slope``, ``density_intercept``, ``density_unit``); ``values`` the distinct values in
+    file order (numbers as floats, text as str); ``sources`` where each value was found, e.g.
+    ``("Mu_Scaling", "Scaled by factor")``. ``refuses`` False marks a difference that is normal in
+    real files and only warned about (it does not make ``missing_for`` refuse anything).
+    """
+
+    field: str
+    values: Tuple[Any, ...]
+    sources: Tuple[str, ...]
+    refuses: bool = True
+
+    @property
+    def quantities(self) -> Tuple[str, ...]:
+        """The calibrated quantities this conflict makes unusable (when it refuses)."""
+        return _FIELD_QUANTITIES.get(self.field, ("mu", "hu", "density"))
+
+    def values_text(self) -> str:
+        """``Mu_Scaling 8192 vs Scaled by factor 4096``."""
+        return " vs ".join(f"{source} {_format_value(value)}" for source, value in zip(self.sources, self.values))
+
+    def describe(self) -> str:
+        """One line: ``mu_scaling: Mu_Scaling 8192 vs Scaled by factor 4096``."""
+        return f"{self.field}: {self.values_text()}"
+
+    def to_dict(self) -> dict:
+        return {"field": self.field, "values": [_json_safe(v) for v in self.values],
+                "sources": list(self.sources), "refuses": self.refuses, "text": self.describe()}
+
+
 @dataclass(frozen=True)
 class Calibration:
     """Calibration constants exactly as the file stores them (``None`` where absent).
@@ -35,9 +135,11 @@ class Calibration:
     * ``mu_scaling``: native units per 1/cm (µ = native / mu_scaling).
     * ``mu_water_per_cm``: linear attenuation of water in 1/cm (for HU).
     * ``density_slope`` / ``density_intercept``: density = slope · µ + intercept, in ``density_unit``
-      (almost always ``mg HA/ccm``); the slope is per 1/cm.
+      (almost always ``mg HA/ccm``; see :attr:`density_mg_per_unit`); the slope is per 1/cm.
     * ``calibration_type``: SCANCO "Calib. default unit type" (2 = density).
     * ``calibration_text``: free text such as ``45 kVp, 0.5mm Al, BH: 1200mg HA/ccm, Scaling 4096``.
+    * ``conflicts``: constants the header states twice with different values
+      (:class:`CalibrationConflict`); the field itself holds the first value read.
     """
 
     mu_scaling: Optional[float] = None
@@ -47,6 +149,26 @@ class Calibration:
     density_unit: Optional[str] = None
     calibration_type: Optional[int] = None
     calibration_text: Optional[str] = None
+    conflicts: Tuple[CalibrationConflict, ...] = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "conflicts", tuple(self.conflicts))  # immutable, whatever was given
+
+    # ---- density unit ---------------------------------------------------------------------------
+    @property
+    def density_mg_per_unit(self) -> Optional[float]:
+        """mg HA/ccm in one unit of the file's density (1.0 for mg, 1000.0 for g HA/ccm; 1.0 when
+        the file states no unit); None when ``density_unit`` is not a recognised density unit."""
+        return density_mg_per_unit(self.density_unit)
+
+    @property
+    def density_unit_assumed(self) -> bool:
+        """True when the file states no density unit and mg HA/ccm is assumed."""
+        return self.density_unit is None or not self.density_unit.strip()
+
+    @property
+    def refusing_conflicts(self) -> Tuple[CalibrationConflict, ...]:
+        return tuple(c for c in self.conflicts if c.refuses)
 
     # ---- what can be computed -------------------------------------------------------------------
     def missing_for(self, quantity: str) -> Tuple[str, ...]:
@@ -55,9 +177,14 @@ class Calibration:
         ``quantity`` is one of ``"mu"``, ``"hu"``, ``"density"``. An empty tuple means it can be
         computed. Unusable: mu_scaling <= 1, mu_water <= 0, non-finite slope or intercept, and
         physically absurd magnitudes (see ``PLAUSIBLE_*``) that would turn real voxel values into
-        infinities or NaN in a float32 output (e.g. mu_water 1e-300 1/cm, slope 1e300).
+        infinities or NaN in a float32 output (e.g. mu_water 1e-300 1/cm, slope 1e300); a density
+        unit that is not a recognised density unit; a constant the header contradicts
+        (``conflicts``), named with its values.
         """
-        missing = []
+        if quantity not in ("mu", "hu", "density"):
+            raise ValueError(f"unknown calibrated quantity {quantity!r}")
+        missing = [f"{c.field} (contradictory: {c.values_text()})" for c in self.conflicts
+                   if c.refuses and quantity in c.quantities]
         if not (_is_finite_number(self.mu_scaling) and self.mu_scaling > 1):
             missing.append("mu_scaling (must be > 1)")
         elif self.mu_scaling > PLAUSIBLE_MU_SCALING_MAX:
@@ -81,8 +208,9 @@ class Calibration:
             elif abs(self.density_intercept) > PLAUSIBLE_DENSITY_INTERCEPT_MAX:
                 missing.append(f"density intercept ({self.density_intercept:g} is implausible, expected a "
                                f"magnitude of at most {PLAUSIBLE_DENSITY_INTERCEPT_MAX:g})")
-        elif quantity != "mu":
-            raise ValueError(f"unknown calibrated quantity {quantity!r}")
+            if self.density_mg_per_unit is None:
+                missing.append(f"density unit ({self.density_unit!r} is not a density unit; expected "
+                               f"mg HA/ccm or g HA/ccm)")
         return tuple(missing)
 
     @property
@@ -103,7 +231,11 @@ class Calibration:
         return self.has_hu and self.has_density
 
     def to_dict(self) -> dict:
-        out = {f.name: _json_safe(getattr(self, f.name)) for f in fields(self)}
+        out = {f.name: _json_safe(getattr(self, f.name)) for f in fields(self) if f.name != "conflicts"}
+        out["density_mg_per_unit"] = self.density_mg_per_unit
+        out["density_unit_assumed"] = (f"no density unit in the file: taken as {DEFAULT_DENSITY_UNIT}"
+                                       if self.density_unit_assumed else None)
+        out["conflicts"] = [c.to_dict() for c in self.conflicts]
         out["usable"] = {q: not self.missing_for(q) for q in ("mu", "hu", "density")}
         return out
 

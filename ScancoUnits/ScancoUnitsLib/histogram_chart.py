@@ -2,7 +2,11 @@
 
 * :func:`create_histogram_chart` puts a :class:`~ScancoUnitsLib.histogram.NativeHistogram` into the scene
   as a ``vtkMRMLTableNode`` (bin centres in native and in the chosen unit, voxel counts, and the two
-  threshold lines as vertical columns) shown by a ``vtkMRMLPlotChartNode`` with log counts.
+  threshold lines as vertical columns) shown by a ``vtkMRMLPlotChartNode`` with log counts. Every series
+  is a ``PlotTypeScatter`` (points at their X column's values, joined by a line, no markers): Slicer's
+  ``PlotTypeLine`` ignores the X column and spaces the points evenly (``IsXColumnRequired()`` is true only
+  for Scatter and ScatterBar in vtkMRMLPlotSeriesNode.cxx), which would draw the histogram against bin
+  index and the threshold lines as ramps.
 * :func:`update_threshold_lines` moves the lines when the thresholds change (one table update).
 * :func:`preview_threshold_on_volume` shows the would-be mask on the slice views before anything is
   computed: the threshold display of a volume's display node (voxels outside the range transparent);
@@ -20,19 +24,15 @@ import numpy as np
 
 from .header import Calibration
 from .histogram import NativeHistogram
+from .quantities import QUANTITIES
 from .thresholds import PERMILLE_FULL_SCALE, VALUE_UNITS, ResolvedThresholds
 from .units import UnitConverter
 
 #: x-axis units of the chart (the keys of ResolvedThresholds.values)
 CHART_UNITS = VALUE_UNITS
-UNIT_LABELS = {
-    "native": "native value",
-    "permille": "per mille (‰, 1000 ‰ = native 32767)",
-    "mu": "linear attenuation µ [1/cm]",
-    "hu": "HU",
-    "density_mg_ha_ccm": "density [mg HA/ccm]",
-    "density_g_cc": "density [g HA/cc]",
-}
+#: axis titles: the quantity registry's axis labels, plus per mille (a threshold unit, not a quantity)
+UNIT_LABELS = {unit: QUANTITIES[unit].axis_label(short=True) for unit in CHART_UNITS if unit in QUANTITIES}
+UNIT_LABELS.update(native="native value", permille="per mille (‰, 1000 ‰ = native 32767)")
 # table columns
 COLUMN_NATIVE = "native"
 COLUMN_X = "x"
@@ -42,6 +42,9 @@ COLUMN_HIGH_X, COLUMN_HIGH_Y = "high threshold x", "high threshold y"
 # node attributes that remember how the table was made
 ATTRIBUTE_UNIT = "ScancoUnits.histogramUnit"
 ATTRIBUTE_MAX_COUNT = "ScancoUnits.histogramMaxCount"
+
+#: plot type of every series: one that places points at the X column's values (see the module docstring)
+PLOT_TYPE = "Scatter"
 
 _HISTOGRAM_COLOUR = (0.29, 0.435, 0.647)
 _LINE_COLOURS = {"low": (0.91, 0.35, 0.05), "high": (0.76, 0.15, 0.36)}
@@ -113,6 +116,22 @@ def _series_name(which: str, thresholds, unit: str) -> str:
     return f"{which} threshold: {value:.6g} {UNIT_LABELS.get(unit, unit)}"
 
 
+def _new_series(scene, name: str, table_node, x_column: str, y_column: str, colour):
+    """A plot series drawn as a line through (X, Y) points of ``table_node`` (no markers)."""
+    import slicer
+
+    series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
+    series.SetAndObserveTableNodeID(table_node.GetID())
+    series.SetXColumnName(x_column)
+    series.SetYColumnName(y_column)
+    series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.GetPlotTypeFromString(PLOT_TYPE))
+    series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+    series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleSolid)
+    series.SetLineWidth(2)
+    series.SetColor(*colour)
+    return series
+
+
 def create_histogram_chart(scene, histogram: NativeHistogram, thresholds=None, *, unit: str = "native",
                            calibration: Optional[Calibration] = None, bins: int = 512,
                            name: str = "ScancoUnits histogram"):
@@ -155,29 +174,16 @@ def create_histogram_chart(scene, histogram: NativeHistogram, thresholds=None, *
     chart_node.SetLegendVisibility(True)
 
     series: Dict[str, object] = {}
-    hist_series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"{name}: voxels")
-    hist_series.SetAndObserveTableNodeID(table_node.GetID())
-    hist_series.SetXColumnName(COLUMN_X)
-    hist_series.SetYColumnName(COLUMN_VOXELS)
-    hist_series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeLine)
-    hist_series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
-    hist_series.SetLineWidth(2)
-    hist_series.SetColor(*_HISTOGRAM_COLOUR)
+    hist_series = _new_series(scene, f"{name}: voxels", table_node, COLUMN_X, COLUMN_VOXELS, _HISTOGRAM_COLOUR)
     chart_node.AddAndObservePlotSeriesNodeID(hist_series.GetID())
     series["histogram"] = hist_series
 
     if thresholds is not None:
         for which, (x_column, y_column) in (("low", (COLUMN_LOW_X, COLUMN_LOW_Y)),
                                             ("high", (COLUMN_HIGH_X, COLUMN_HIGH_Y))):
-            line = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", _series_name(which, thresholds, unit))
-            line.SetAndObserveTableNodeID(table_node.GetID())
-            line.SetXColumnName(x_column)
-            line.SetYColumnName(y_column)
-            line.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeLine)
-            line.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleNone)
+            line = _new_series(scene, _series_name(which, thresholds, unit), table_node, x_column, y_column,
+                               _LINE_COLOURS[which])
             line.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleDash)
-            line.SetLineWidth(2)
-            line.SetColor(*_LINE_COLOURS[which])
             chart_node.AddAndObservePlotSeriesNodeID(line.GetID())
             series[which] = line
         update_threshold_lines(table_node, thresholds, series_nodes=series)

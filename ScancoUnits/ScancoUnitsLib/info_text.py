@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .header import ScancoHeader
+from .header import DEFAULT_DENSITY_UNIT, Calibration, ScancoHeader
 
 
 def _fmt(value, unit: str = "") -> str:
@@ -13,6 +13,15 @@ def _fmt(value, unit: str = "") -> str:
     else:
         text = str(value)
     return f"{text} {unit}".rstrip()
+
+
+def _density_unit_line(c: Calibration) -> str:
+    factor = c.density_mg_per_unit
+    if c.density_unit_assumed:
+        return f"not in the file (taken as {DEFAULT_DENSITY_UNIT})"
+    if factor is None:
+        return f"{c.density_unit!r} (not a density unit: no density output)"
+    return f"{c.density_unit} ({factor:g} mg HA/ccm per unit)"
 
 
 def format_header_summary(header: ScancoHeader) -> str:
@@ -36,9 +45,16 @@ def format_header_summary(header: ScancoHeader) -> str:
         f"  mu water:          {_fmt(c.mu_water_per_cm, '1/cm')}",
         f"  density slope:     {_fmt(c.density_slope, (c.density_unit or 'density') + ' per 1/cm')}",
         f"  density intercept: {_fmt(c.density_intercept, c.density_unit or '')}",
+        f"  density unit:      {_density_unit_line(c)}",
         f"  calibration type:  {_fmt(c.calibration_type)}",
         f"  calibration text:  {_fmt(c.calibration_text)}",
     ]
+    for conflict in c.conflicts:
+        if conflict.refuses:
+            lines.append(f"  CONFLICT: {conflict.describe()} (no {', '.join(conflict.quantities)} output)")
+        else:
+            lines.append(f"  WARNING: {conflict.describe()} (not used: {h.voxel_type} voxels are not rescaled "
+                         f"by it)")
     for quantity, label in (("hu", "HU"), ("density", "density")):
         missing = c.missing_for(quantity)
         if missing:

@@ -4,6 +4,20 @@ Layout (all little-endian int32 unless noted): see ``docs`` section 1 of the for
 are int16, x fastest, starting at ``(data_offset + 1) * 512``. The optional extended header
 ("MultiHeader" directory) may hold a ``Calibration`` block with the µ of water and the density
 calibration; mu_scaling lives in the main header.
+
+The calibration block's density unit (+648, char[16]) is kept as text; ``Calibration`` turns it into
+mg HA/ccm per unit (``mg HA/ccm`` 1, ``g HA/ccm`` 1000) and refuses density for any other text.
+
+The calibration block holds no mu_scaling of its own, but its text names the scaling the calibration
+was made for (``45 kVp, 0.5mm Al, BH: 1200mg HA/ccm, Scaling 4096``). When that ``Scaling N`` differs
+from the main header's mu_scaling (byte 88) the reader records a refusing
+:class:`~ScancoUnitsLib.header.CalibrationConflict` for ``mu_scaling`` (µ, HU and density are refused;
+native values still work) instead of trusting either. C0004255.ISQ (ITK's test file) states 4096 in
+both places; the synthetic real-data ISQs name no scaling in their text.
+
+VAX G-floats cannot hold magnitudes below 2**-1024 (about 5.6e-309; IEEE float64 subnormals go
+down to 4.9e-324): the writer refuses such a calibration value (ValueError naming the field) instead
+of storing a zero or a reserved operand that would read back as another number or as absent.
 """
 
 from __future__ import annotations
@@ -17,7 +31,7 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 
 from .errors import ScancoFormatError
-from .header import Calibration, ScancoHeader, ScannerInfo
+from .header import Calibration, CalibrationConflict, ScancoHeader, ScannerInfo, scaling_in_calibration_text
 from .vms_encoding import (
     VmsEncodingError,
     datetime_to_vms_date,
@@ -186,6 +200,12 @@ def _read_calibration(head: bytes, offset: Optional[int], mu_scaling: int) -> Ca
             return None
         return value if math.isfinite(value) else None
 
+    text = _text(head[offset + _CAL_TEXT: offset + _CAL_TEXT + 64]) or None
+    conflicts = []
+    text_scaling = scaling_in_calibration_text(text)
+    if text_scaling is not None and text_scaling != mu_scaling:
+        conflicts.append(CalibrationConflict("mu_scaling", (float(mu_scaling), text_scaling),
+                                             ("main header mu_scaling", "calibration text Scaling")))
     return Calibration(
         mu_scaling=mu_scaling,
         mu_water_per_cm=g(_CAL_MU_WATER),
@@ -193,7 +213,8 @@ def _read_calibration(head: bytes, offset: Optional[int], mu_scaling: int) -> Ca
         density_intercept=g(_CAL_INTERCEPT),
         density_unit=_text(head[offset + _CAL_UNIT: offset + _CAL_UNIT + 16]) or None,
         calibration_type=struct.unpack_from("<i", head, offset + _CAL_TYPE)[0],
-        calibration_text=_text(head[offset + _CAL_TEXT: offset + _CAL_TEXT + 64]) or None,
+        calibration_text=text,
+        conflicts=tuple(conflicts),
     )
 
 
@@ -214,6 +235,26 @@ def _int32(value, name: str) -> int:
     if not -(1 << 31) <= value < (1 << 31):
         raise ValueError(f"{name} = {value} does not fit an ISQ int32 field")
     return value
+
+
+#: smallest magnitude a VAX G-float holds (exponent 1, fraction 0: 0.5 * 2**-1023)
+VAX_G_MIN_MAGNITUDE = 2.0 ** -1024
+
+
+def _vax_g_field(value, name: str) -> bytes:
+    """8 bytes of VAX G for a calibration value (None is stored as 0); a value VAX G cannot hold
+    exactly (non-finite, too large, or a non-zero magnitude below 2**-1024) is a ValueError."""
+    value = float(value or 0.0)
+    if value != 0 and abs(value) < VAX_G_MIN_MAGNITUDE:
+        raise ValueError(f"{name} {value!r} is too small for a VAX G-float (smallest non-zero magnitude "
+                         f"{VAX_G_MIN_MAGNITUDE:.4g}); an ISQ cannot store it")
+    try:
+        encoded = float_to_vax_g(value)
+    except VmsEncodingError as exc:
+        raise ValueError(f"{name}: {exc}; an ISQ cannot store it") from None
+    if vax_g_to_float(encoded) != value:  # never write bytes that read back as another number
+        raise ValueError(f"{name} {value!r} has no exact VAX G-float representation")
+    return encoded
 
 
 class IsqWriter:
@@ -289,9 +330,10 @@ class IsqWriter:
         struct.pack_into("<i", header, c + _CAL_TYPE,
                          cal.calibration_type if cal.calibration_type is not None else 2)
         _put_text(header, c + _CAL_UNIT, 16, cal.density_unit or "mg HA/ccm")
-        for rel, value in ((_CAL_SLOPE, cal.density_slope), (_CAL_INTERCEPT, cal.density_intercept),
-                           (_CAL_MU_WATER, cal.mu_water_per_cm)):
-            header[c + rel: c + rel + 8] = float_to_vax_g(float(value or 0.0))
+        for rel, value, name in ((_CAL_SLOPE, cal.density_slope, "density slope"),
+                                 (_CAL_INTERCEPT, cal.density_intercept, "density intercept"),
+                                 (_CAL_MU_WATER, cal.mu_water_per_cm, "mu water")):
+            header[c + rel: c + rel + 8] = _vax_g_field(value, name)
 
     def write_slab(self, slab: np.ndarray) -> None:
         slab = np.asarray(slab)

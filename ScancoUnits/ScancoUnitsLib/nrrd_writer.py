@@ -268,8 +268,9 @@ class NrrdVolumeWriter:
 
     *path* ends with ``.nrrd`` (attached) or, with ``detached=True``, ``.nhdr``; the data then goes to
     ``<stem>.raw`` (``.raw.gz`` for gzip) next to it. *atomic*: an :class:`AtomicOutputSet` to join (the
-    set's owner commits it; any failure of this writer aborts the whole set). Without one, the writer
-    uses its own set (with *overwrite*, *fsync*) and commits it in :meth:`close`.
+    set's owner commits it; a failure of this writer marks the set failed, so it cannot commit, and the
+    owner's abort removes every file once its writers stopped). Without one, the writer uses its own
+    set (with *overwrite*, *fsync*) and commits it in :meth:`close`.
 
     *threads*: compression threads for gzip (default: the CPUs this process may use).
     """
@@ -327,10 +328,10 @@ class NrrdVolumeWriter:
             else:
                 self._stream = _RawStream(self._data_file, _write_all)
         except BaseException as exc:
-            self._closed = True
-            self._set.abort()
-            if isinstance(exc, OSError):
-                raise output_error_from(current, exc) from exc
+            error = output_error_from(current, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
             raise
         self._set.on_commit(self.close)
 
@@ -378,9 +379,10 @@ class NrrdVolumeWriter:
         try:
             self._stream.write(memoryview(arr).cast("B"))
         except BaseException as exc:
-            self._fail()
-            if isinstance(exc, OSError):
-                raise output_error_from(self.data_path, exc) from exc
+            error = output_error_from(self.data_path, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
             raise
         self._slices_written += count
 
@@ -390,16 +392,18 @@ class NrrdVolumeWriter:
             return
         nz = self.shape_zyx[0]
         if self._slices_written != nz:
-            self._fail()
-            raise ValueError(f"{self.path}: only {self._slices_written} of {nz} slices were written")
+            error = ValueError(f"{self.path}: only {self._slices_written} of {nz} slices were written")
+            self._fail(error)
+            raise error
         self._closed = True
         try:
             self._stream.finish()
             self._data_file.close()  # flush now, so a full disk is reported with this file's name
         except BaseException as exc:
-            self._fail()
-            if isinstance(exc, OSError):
-                raise output_error_from(self.data_path, exc) from exc
+            error = output_error_from(self.data_path, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
             raise
         if self._own_set:
             self._set.commit()
@@ -408,14 +412,20 @@ class NrrdVolumeWriter:
         """Stop writing and remove this writer's temporary files (and those of its output set)."""
         self._fail()
 
-    def _fail(self) -> None:
+    def _fail(self, error: BaseException | None = None) -> None:
         self._closed = True
         if self._stream is not None:
             try:
                 self._stream.shutdown()
             except BaseException:
                 pass
-        self._set.abort()
+        if self._own_set or error is None:
+            self._set.abort()
+        else:
+            # A shared set: other writers' threads may be writing its other files right now; closing
+            # them here turned a full disk into "write to closed file". Mark the set failed; its owner
+            # aborts it once every writer stopped.
+            self._set.fail(error)
 
     def __enter__(self):
         return self

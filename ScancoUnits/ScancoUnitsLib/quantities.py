@@ -70,8 +70,10 @@ class Quantity:
     def is_calibrated(self) -> bool:
         return self.requires is not None
 
-    def axis_label(self) -> str:
-        """E.g. ``density [g HA/cc]`` (report and chart axes)."""
+    def axis_label(self, short: bool = False) -> str:
+        """E.g. ``density [g HA/cc]`` (report and chart axes); ``short``: ``HU`` rather than ``HU [HU]``."""
+        if short and self.axis_title == self.unit_label:
+            return self.unit_label
         return f"{self.axis_title} [{self.unit_label}]"
 
 

@@ -9,6 +9,7 @@ uncompressed data, incremental decoding for compressed AIM masks.
 from __future__ import annotations
 
 import os
+import stat
 from typing import Iterator, Optional, Union
 
 import numpy as np
@@ -30,10 +31,33 @@ _FIRST_READ = 4096
 MAX_HEADER_BYTES = 64 << 20  # a processing log or extended header larger than this is not a SCANCO file
 
 
+_NOT_REGULAR = (
+    (stat.S_ISDIR, "is a folder, not a file"),
+    (stat.S_ISFIFO, "is a named pipe (FIFO), not a regular file"),
+    (stat.S_ISCHR, "is a character device, not a regular file"),
+    (stat.S_ISBLK, "is a block device, not a regular file"),
+    (stat.S_ISSOCK, "is a socket, not a regular file"),
+)
+
+
+def _refuse_not_regular(path: str, mode: int) -> None:
+    if stat.S_ISREG(mode):
+        return
+    for test, problem in _NOT_REGULAR:
+        if test(mode):
+            raise ScancoFormatError(path, problem)
+    raise ScancoFormatError(path, "is not a regular file")
+
+
 def _open_input(path) -> "tuple[object, int]":
+    """Open a regular file for reading. Anything else (FIFO, device, folder) is refused from its
+    ``stat`` before it is opened; the open is non-blocking and checked again, so a FIFO swapped in
+    meanwhile cannot block the read either."""
     path = os.fspath(path)
     try:
-        f = open(path, "rb")
+        _refuse_not_regular(path, os.stat(path).st_mode)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+                     | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
         raise ScancoFormatError(path, "no such file") from None
     except IsADirectoryError:
@@ -42,8 +66,16 @@ def _open_input(path) -> "tuple[object, int]":
         raise ScancoFormatError(path, "permission denied") from None
     except OSError as exc:
         raise ScancoFormatError(path, f"cannot open ({exc.strerror or exc})") from None
-    size = os.fstat(f.fileno()).st_size
-    return f, size
+    try:
+        info = os.fstat(fd)
+        _refuse_not_regular(path, info.st_mode)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    return f, info.st_size
 
 
 def _read_header_from(f, path: str, size: int) -> ScancoHeader:
@@ -65,6 +97,27 @@ def _read_header_from(f, path: str, size: int) -> ScancoHeader:
         needed = min(needed, size, MAX_HEADER_BYTES)
         first += f.read(needed - len(first))
     return parse(first, path, size)
+
+
+def sniff_format(path) -> Optional[str]:
+    """``"ISQ"``, ``"AIM v030"``, ``"AIM v020"`` from the first 16 bytes, or None (never raises).
+
+    ISQ: ``CTDATA-HEADER_V1``; AIM v030: ``AIMDATA_V030``; AIM v020: little-endian int32 20 and 140
+    at bytes 0 and 4. Only the magic is checked; :func:`~ScancoUnitsLib.reader.read_header` does the rest.
+    """
+    try:
+        with open(os.fspath(path), "rb") as f:
+            head = f.read(16)
+    except (OSError, TypeError, ValueError):
+        return None
+    if head[:16] == ISQ_MAGIC:
+        return "ISQ"
+    version = detect_aim_version(head)
+    if version == 30:
+        return "AIM v030"
+    if version == 20:
+        return "AIM v020"
+    return None
 
 
 def read_header(path: PathLike) -> ScancoHeader:

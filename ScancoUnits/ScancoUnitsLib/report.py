@@ -34,6 +34,7 @@ from .header import ScancoHeader
 from .histogram import NativeHistogram
 from .thresholds import PERMILLE_FULL_SCALE, ResolvedThresholds, mask_from_char
 from .quantities import QUANTITIES, UNIT_LABELS, density_quantity
+from .summaries import header_summary
 from .units import UnitConverter
 
 #: size of the picture in pixels (width, height)
@@ -271,28 +272,12 @@ class ReportBuilder:
                               "Title": f"QC report of {os.path.basename(self.header.path)}"})
 
     def _draw_title(self, fig, metadata) -> None:
-        h, s, c = self.header, self.header.scanner, self.header.calibration
+        h, c = self.header, self.header.calibration
         name = os.path.basename(h.path)
         fig.text(0.05, 0.965, name, fontsize=19, fontweight="bold", va="top", ha="left")
         fig.text(0.985, 0.965, "ScancoUnits QC report", fontsize=12, color="#555555", va="top", ha="right")
-        x, y, z = h.dimensions
-        sx, sy, sz = h.voxel_size_mm
-        if max(sx, sy, sz) - min(sx, sy, sz) <= 1e-6 * max(sx, 1e-12):
-            voxel = f"voxel {sx * 1000:.4g} µm"
-        else:
-            voxel = f"voxel {sx * 1000:.4g} × {sy * 1000:.4g} × {sz * 1000:.4g} µm"
-        scanner = []
-        if s.scanner_id is not None or s.scanner_type is not None:
-            scanner.append(f"scanner {_text(s.scanner_id)} (type {_text(s.scanner_type)})")
-        if s.energy_v:
-            scanner.append(f"{s.energy_v / 1000:.4g} kVp")
-        if s.intensity_ua:
-            scanner.append(f"{s.intensity_ua:.4g} µA")
-        if s.creation_date:
-            scanner.append(str(s.creation_date)[:10])
-        kind = h.data_type_name if h.data_type_name.startswith(h.format) else f"{h.format} {h.data_type_name}"
-        line1 = "   ·   ".join(scanner + [voxel, f"{x} × {y} × {z} voxels (x, y, z)", kind])
-        fig.text(0.05, 0.922, _shorten(line1, 150), fontsize=10.5, va="top", ha="left")
+        line1 = header_summary(h).one_line()
+        fig.text(0.05, 0.922, _shorten(line1, 175), fontsize=10.5, va="top", ha="left")
         if self.is_char or self.is_float:  # never rescaled: the calibration is information only
             calibration = _calibration_text(c) if c.has_mu else "none in the file (not needed: values shown as stored)"
             colour = "#222222"
@@ -519,7 +504,14 @@ class ReportBuilder:
         if outputs:
             parts.append("outputs: " + ", ".join(str(v.get("file", k)) for k, v in outputs.items()))
         fig.text(0.05, 0.012, "   ·   ".join(parts), fontsize=8.5, color="#555555", ha="left", va="bottom")
-        warnings = metadata.get("warnings") if isinstance(metadata, dict) else None
+        warnings = list(metadata.get("warnings") or []) if isinstance(metadata, dict) else []
+        coverage = metadata.get("mask_coverage") if isinstance(metadata, dict) else None
+        if coverage:  # an empty or full mask is the first thing to see: its own line, in full
+            import textwrap
+
+            fig.text(0.745, 0.135, textwrap.fill("MASK " + coverage, 58), fontsize=8.5, fontweight="bold",
+                     color="#b00020", ha="left", va="top", linespacing=1.25)
+            warnings = [w for w in warnings if coverage not in str(w)]
         if warnings:
             fig.text(0.05, 0.034, "warning: " + " | ".join(str(w) for w in warnings)[:260], fontsize=8.5,
                      color="#b00020", ha="left", va="bottom")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -54,7 +54,7 @@ from .quantities import (
 )
 from .thresholds import PERMILLE_REFERENCES, ResolvedThresholds, ThresholdSpec, resolve_thresholds
 from .units import UnitConverter
-from .volume_writers import DEFAULT_FORMAT, FORMAT_NAMES
+from .volume_writers import DEFAULT_FORMAT, FORMAT_NAMES, get_format
 
 DEFAULT_THRESHOLDS = ThresholdSpec(*DEFAULT_THRESHOLDS_PERMILLE, unit="permille")
 
@@ -147,6 +147,14 @@ class ConversionRequest:
             raise ValueError(f"unknown output format(s) {', '.join(unknown) or '(none)'}; "
                              f"choose from {', '.join(FORMAT_NAMES)}")
         object.__setattr__(self, "formats", formats)
+        if "aim" in formats:  # IPL works on native values and masks only
+            holds = _aim_roles()
+            asked = self.outputs if self.outputs is not None else DEFAULT_FILE_ROLES
+            refused = [r for r in asked if r not in holds]
+            if refused:
+                raise ValueError(f"the aim format holds only {' and '.join(holds)} (what IPL evaluates); "
+                                 f"{', '.join(refused)} cannot be written as AIM: use --outputs "
+                                 f"{','.join(r for r in asked if r in holds) or 'native,mask'} or another --format")
         if int(self.threads) < 1:
             raise ValueError(f"threads must be at least 1, not {self.threads!r}")
 
@@ -170,6 +178,10 @@ class ConversionRequest:
         d["thresholds"] = asdict(self.threshold_spec)
         d["thresholds"]["unit_label"] = threshold_unit_label(self.threshold_spec.unit, self.density_unit)
         return d
+
+
+def _aim_roles() -> Tuple[str, ...]:
+    return tuple(get_format("aim").quantities or ())
 
 
 #: the name the Python API has used since the first release

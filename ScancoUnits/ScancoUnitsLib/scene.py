@@ -5,515 +5,64 @@ calls; everything it does is testable headless with the ``slicer-core`` wheel (`
 Slicer and VTK are imported inside the functions only, so ``import ScancoUnitsLib.scene`` works
 anywhere.
 
-Geometry. SCANCO files, like ITK, live in LPS: voxel (i, j, k) is at ``origin_mm + (i, j, k) * voxel_size_mm``
-(``header.origin_mm``: AIM position x voxel size, ISQ 0). Slicer nodes are in RAS = diag(-1, -1, 1) LPS, so
-
-    IJKToRAS = diag(-sx, -sy, sz) with origin (-ox, -oy, oz)
-
-which is exactly where Slicer's own ITK-based reader puts the same file. A sub-region starting at voxel
-(x0, y0, z0) and a subsampling step (nx, ny, nz) keep the same physical frame: the first loaded voxel is at
-``origin + start * size`` and the spacing becomes ``size * step``.
-
-Values. Voxels go through the same :class:`~ScancoUnitsLib.units.UnitConverter` and
-:func:`~ScancoUnitsLib.thresholds.resolve_thresholds` as the NRRD export, slab by slab, straight into the
-node's own array, so a node holds bit-for-bit what the export writes for those voxels.
+Flow: the same :class:`~ScancoUnitsLib.request.ConversionRequest` and :func:`~ScancoUnitsLib.request.plan_request`
+as the command line decide what is made; the same :func:`~ScancoUnitsLib.engine.run_engine` fills the
+nodes' own arrays (converting straight into them at full resolution, or through a sampling sink for
+every n-th voxel or a region); with ``export_dir`` the same pass also writes the files
+(:func:`~ScancoUnitsLib.convert.convert_header`), so the file is read once. Geometry: see
+:mod:`~ScancoUnitsLib.sampling`. Node units, suffixes and labels come from :mod:`~ScancoUnitsLib.quantities`.
 """
 
 from __future__ import annotations
 
-import html
 import logging
-import math
 import os
-from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ScancoError
+from .convert import convert_header, mask_coverage_warning, output_stem, plan_files
+from .engine import EngineOutput, run_engine
+from .errors import ConversionCancelled
 from .header import ScancoHeader
+from .histogram import NativeHistogram
+from .quantities import DEFAULT_DENSITY_UNIT, DEFAULT_NODE_ROLES, NODE_ROLES, QUANTITIES, canonical_density_unit
+from .reader import open_voxels, read_header, sniff_format  # noqa: F401 - sniff_format: public here
+from .request import ConversionRequest, RequestPlan, normalise_roles, plan_request, threshold_spec_from
+from .sampling import SamplingPlan, ijk_to_ras_matrix, plan_sampling  # noqa: F401 - public here
+from .units import UnitConverter
+from .summaries import (  # noqa: F401 - the panel helpers have always been importable from here
+    _fmt,
+    calibration_warning,
+    display_range,
+    format_threshold_number,
+    header_summary_html,
+    memory_estimate_text,
+    scene_memory_bytes,
+    segment_name,
+    threshold_equivalents,
+    threshold_equivalents_html,
+)
 
 logger = logging.getLogger(__name__)
 
 #: every role :func:`load_scan_into_scene` can create, in creation order
-ROLES = ("hu", "density", "mu", "native", "mask_labelmap", "mask_segmentation")
-#: what a drag-and-drop load creates for a calibrated grey-value file
-DEFAULT_OUTPUTS = ("hu", "density", "mask_labelmap", "mask_segmentation")
-#: per mille, IPL's default unit; 1000 per mille = native 32767
-DEFAULT_THRESHOLDS_PERMILLE = (250.0, 1000.0)
+ROLES = NODE_ROLES
+#: what a load creates for a calibrated grey-value file: the command line's default plus the segmentation
+DEFAULT_OUTPUTS = DEFAULT_NODE_ROLES
+#: the one cancellation error (kept under its Slicer-side name)
+LoadCancelled = ConversionCancelled
+make_threshold_spec = threshold_spec_from
 
-#: density unit names accepted by ``density_unit`` -> UnitConverter quantity
-DENSITY_UNITS = {
-    "mg HA/ccm": "density_mg_ha_ccm",
-    "mg/cm3": "density_mg_ha_ccm",
-    "mg/ccm": "density_mg_ha_ccm",
-    "mgHA/ccm": "density_mg_ha_ccm",
-    "density_mg_ha_ccm": "density_mg_ha_ccm",
-    "g/cc": "density_g_cc",
-    "g HA/cc": "density_g_cc",
-    "g/cm3": "density_g_cc",
-    "density_g_cc": "density_g_cc",
-}
-
-#: quantity -> (UCUM code, coding scheme, meaning) for ``SetVoxelValueUnits``
-VOXEL_VALUE_UNITS = {
-    "hu": ("[hnsf'U]", "UCUM", "Hounsfield unit"),
-    "density_mg_ha_ccm": ("mg/cm3", "UCUM", "mg HA/ccm"),
-    "density_g_cc": ("g/cm3", "UCUM", "g HA/cc"),
-    "mu": ("/cm", "UCUM", "1/cm"),
-    "native": ("1", "UCUM", "native SCANCO value"),
-}
-
-#: quantity -> readable unit (node attribute ScancoUnits.Unit, node names)
-QUANTITY_LABELS = {
-    "hu": "HU",
-    "density_mg_ha_ccm": "mg HA/ccm",
-    "density_g_cc": "g HA/cc",
-    "mu": "1/cm",
-    "native": "native",
-}
-
-_NAME_SUFFIX = {"hu": "HU", "density_mg_ha_ccm": "density", "density_g_cc": "density", "mu": "mu",
-                "native": "native", "mask_labelmap": "mask", "mask_segmentation": "mask"}
-_THRESHOLD_UNIT_LABELS = {"permille": "per mille", "native": "native", "mu": "1/cm", "hu": "HU",
-                          "density": "mg HA/ccm"}
 _ATTRIBUTE_PREFIX = "ScancoUnits."
 MASK_COLOR_RGB = (0.90, 0.85, 0.55)   # bone-ivory segment and label colour
-_SLAB_VOXELS = 4 << 20   # about 4 Mi voxels read and converted at a time (8 MB of int16)
+_SLAB_VOXELS = 1 << 20   # about 1 Mi voxels read and converted at a time (2 MB of int16): little memory beside the nodes
 
 ProgressCallback = Callable[[float], None]
 
 
-class LoadCancelled(ScancoError):
-    """The caller's ``cancel`` check said stop; every node created so far has been removed."""
-
-    def __init__(self, path=None):
-        self.path = os.fspath(path) if path is not None else "<memory>"
-        super().__init__(f"{self.path}: loading cancelled")
-
-
-# ------------------------------------------------------------------------------------------------
-# File sniffing (used by the Slicer file reader's canLoadFileConfidence)
-# ------------------------------------------------------------------------------------------------
-def sniff_format(path) -> Optional[str]:
-    """``"ISQ"``, ``"AIM v030"``, ``"AIM v020"`` from the first 16 bytes, or None (never raises).
-
-    ISQ: ``CTDATA-HEADER_V1``; AIM v030: ``AIMDATA_V030``; AIM v020: little-endian int32 20 and 140
-    at bytes 0 and 4. Only the magic is checked; :func:`~ScancoUnitsLib.reader.read_header` does the rest.
-    """
-    from .aim_format import detect_aim_version
-    from .isq_format import ISQ_MAGIC
-
-    try:
-        with open(os.fspath(path), "rb") as f:
-            head = f.read(16)
-    except (OSError, TypeError, ValueError):
-        return None
-    if head[:16] == ISQ_MAGIC:
-        return "ISQ"
-    version = detect_aim_version(head)
-    if version == 30:
-        return "AIM v030"
-    if version == 20:
-        return "AIM v020"
-    return None
-
-
-# ------------------------------------------------------------------------------------------------
-# Geometry and sampling (numpy only)
-# ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SamplingPlan:
-    """Which voxels of the file are loaded: ``file[z0:z1:sz, y0:y1:sy, x0:x1:sx]``.
-
-    ``start_xyz``/``stop_xyz`` are voxel indices of the file (stop exclusive), ``step_xyz`` >= 1.
-    """
-
-    start_xyz: Tuple[int, int, int]
-    stop_xyz: Tuple[int, int, int]
-    step_xyz: Tuple[int, int, int]
-
-    @property
-    def shape_zyx(self) -> Tuple[int, int, int]:
-        counts = [len(range(a, b, s)) for a, b, s in zip(self.start_xyz, self.stop_xyz, self.step_xyz)]
-        return (counts[2], counts[1], counts[0])
-
-    @property
-    def voxel_count(self) -> int:
-        z, y, x = self.shape_zyx
-        return x * y * z
-
-    @property
-    def is_full(self) -> bool:
-        return self.step_xyz == (1, 1, 1) and self.start_xyz == (0, 0, 0)
-
-    def z_indices(self) -> range:
-        return range(self.start_xyz[2], self.stop_xyz[2], self.step_xyz[2])
-
-    def yx_slices(self) -> Tuple[slice, slice]:
-        (x0, y0, _), (x1, y1, _), (sx, sy, _) = self.start_xyz, self.stop_xyz, self.step_xyz
-        return slice(y0, y1, sy), slice(x0, x1, sx)
-
-
-def _as_step_xyz(subsample_step) -> Tuple[int, int, int]:
-    """An int (same step on every axis) or a (z, y, x) triple -> (x, y, z)."""
-    if isinstance(subsample_step, (int, np.integer)) and not isinstance(subsample_step, bool):
-        steps_zyx = (int(subsample_step),) * 3
-    else:
-        try:
-            steps_zyx = tuple(int(s) for s in subsample_step)
-        except TypeError:
-            raise ValueError(f"subsample_step must be an int or a (z, y, x) triple, not {subsample_step!r}") from None
-        if len(steps_zyx) != 3 or any(isinstance(s, bool) for s in subsample_step):
-            raise ValueError(f"subsample_step must be an int or a (z, y, x) triple, not {subsample_step!r}")
-    if any(s < 1 for s in steps_zyx):
-        raise ValueError(f"subsample_step must be >= 1, got {subsample_step!r}")
-    return (steps_zyx[2], steps_zyx[1], steps_zyx[0])
-
-
-def _region_axis(item, size: int, axis: str) -> Tuple[int, int]:
-    if item is None:
-        return 0, size
-    if isinstance(item, slice):
-        if item.step not in (None, 1):
-            raise ValueError(f"region {axis}: use subsample_step for steps, not a slice step ({item})")
-        start, stop = item.start, item.stop
-    else:
-        try:
-            start, stop = item
-        except (TypeError, ValueError):
-            raise ValueError(f"region {axis} must be a slice or a (start, stop) pair, not {item!r}") from None
-    start = 0 if start is None else int(start)
-    stop = size if stop is None else int(stop)
-    if start < 0:
-        start += size
-    if stop < 0:
-        stop += size
-    if not 0 <= start < stop <= size:
-        raise ValueError(f"region {axis} {start}:{stop} is empty or outside the image (0:{size})")
-    return start, stop
-
-
-def plan_sampling(header: ScancoHeader, *, subsample_step=1, region=None) -> SamplingPlan:
-    """Resolve ``region`` (three slices or (start, stop) pairs in (z, y, x) order, None = whole axis;
-    negative indices count from the end) and ``subsample_step`` against the header's dimensions."""
-    nx, ny, nz = header.dimensions
-    if region is None:
-        region = (None, None, None)
-    if len(region) != 3:
-        raise ValueError(f"region must hold three (z, y, x) slices, got {region!r}")
-    z0, z1 = _region_axis(region[0], nz, "z")
-    y0, y1 = _region_axis(region[1], ny, "y")
-    x0, x1 = _region_axis(region[2], nx, "x")
-    return SamplingPlan((x0, y0, z0), (x1, y1, z1), _as_step_xyz(subsample_step))
-
-
-def ijk_to_ras_matrix(header: ScancoHeader, plan: Optional[SamplingPlan] = None) -> np.ndarray:
-    """4x4 IJK-to-RAS of the loaded voxels (see module docstring)."""
-    spacing = np.asarray(header.voxel_size_mm, dtype=np.float64)
-    origin = np.asarray(header.origin_mm, dtype=np.float64)
-    if plan is not None:
-        origin = origin + np.asarray(plan.start_xyz, dtype=np.float64) * spacing
-        spacing = spacing * np.asarray(plan.step_xyz, dtype=np.float64)
-    lps_to_ras = np.array([-1.0, -1.0, 1.0])
-    matrix = np.eye(4)
-    matrix[:3, :3] = np.diag(lps_to_ras * spacing)
-    matrix[:3, 3] = lps_to_ras * origin
-    return matrix
-
-
-# ------------------------------------------------------------------------------------------------
-# Options
-# ------------------------------------------------------------------------------------------------
-def density_quantity(density_unit: str) -> str:
-    """UnitConverter quantity for a density unit name ("mg HA/ccm", "g/cc", "mg/cm3", ...)."""
-    try:
-        return DENSITY_UNITS[density_unit]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown density unit {density_unit!r}; use 'mg HA/ccm' or 'g/cc'") from None
-
-
-def _role_quantity(role: str, density_unit: str) -> str:
-    if role == "density":
-        return density_quantity(density_unit)
-    return role
-
-
-def _normalise_outputs(outputs) -> Tuple[str, ...]:
-    if isinstance(outputs, str):
-        outputs = [part for part in outputs.replace(",", " ").split() if part]
-    result = []
-    for role in outputs:
-        role = {"mask": "mask_labelmap", "labelmap": "mask_labelmap", "segmentation": "mask_segmentation",
-                "attenuation": "mu"}.get(role, role)
-        if role not in ROLES:
-            raise ValueError(f"unknown output {role!r}; expected some of {', '.join(ROLES)}")
-        if role not in result:
-            result.append(role)
-    if not result:
-        raise ValueError("no output selected")
-    return tuple(r for r in ROLES if r in result)
-
-
-def choose_outputs(header: ScancoHeader, outputs=None, *, density_unit: str = "mg HA/ccm",
-                   warn: Optional[Callable[[str], None]] = None) -> Tuple[str, ...]:
-    """The roles to create.
-
-    ``outputs=None`` (drag and drop): HU, density, mask labelmap and segmentation; a char file (a SCANCO
-    mask) gives native + masks; a quantity the calibration cannot give is dropped with a warning and the
-    native values are loaded instead when no calibrated volume is left. Explicit ``outputs`` are checked
-    strictly: a missing calibration raises :class:`CalibrationMissingError`, a calibrated quantity of a
-    char file raises ValueError.
-    """
-    from .units import UnitConverter
-
-    warn = warn or logger.warning
-    converter = UnitConverter(header.calibration, path=header.path)
-    if outputs is None:
-        if header.is_mask:
-            return ("native", "mask_labelmap", "mask_segmentation")
-        if header.voxel_type.startswith("float"):
-            warn(f"{os.path.basename(header.path)}: {header.voxel_type} image (already converted by IPL): "
-                 "loaded as stored, without rescaling or mask")
-            return ("native",)
-        chosen = []
-        for role in DEFAULT_OUTPUTS:
-            if role in ("hu", "density"):
-                quantity = _role_quantity(role, density_unit)
-                missing = converter.missing_for(quantity)
-                if missing:
-                    warn(f"{os.path.basename(header.path)}: no {QUANTITY_LABELS[quantity]} volume: the header "
-                         f"lacks {', '.join(missing)}")
-                    continue
-            chosen.append(role)
-        if not any(r in chosen for r in ("hu", "density")):
-            chosen.insert(0, "native")
-        return _normalise_outputs(chosen)
-    roles = _normalise_outputs(outputs)
-    for role in roles:
-        if role in ("hu", "density", "mu"):
-            if header.is_mask:
-                raise ValueError(f"{header.path}: {header.voxel_type} data is a SCANCO mask; "
-                                 f"{role} is not defined for it (load 'native' or the mask)")
-            if header.voxel_type.startswith("float"):
-                raise ValueError(f"{header.path}: {header.voxel_type} image holds values already converted by "
-                                 f"IPL; {role} is not computed from it (load 'native')")
-            converter.require(_role_quantity(role, density_unit))
-    return roles
-
-
-def make_threshold_spec(thresholds=None):
-    """A :class:`~ScancoUnitsLib.thresholds.ThresholdSpec` from None (250..1000 per mille), a spec,
-    a ``(low, high)`` pair (per mille), a ``(low, high, unit)`` triple, or a dict with low/high/unit."""
-    from .thresholds import ThresholdSpec
-
-    if thresholds is None:
-        return ThresholdSpec(*DEFAULT_THRESHOLDS_PERMILLE, unit="permille")
-    if isinstance(thresholds, ThresholdSpec):
-        return thresholds
-    if isinstance(thresholds, dict):
-        return ThresholdSpec(**thresholds)
-    if isinstance(thresholds, str):
-        parts = thresholds.replace(",", " ").split()
-        if len(parts) not in (2, 3):
-            raise ValueError(f"thresholds text must be 'low high [unit]', got {thresholds!r}")
-        try:
-            numbers = [float(p) for p in parts[:2]]
-        except ValueError:
-            raise ValueError(f"thresholds text must be 'low high [unit]', got {thresholds!r}") from None
-        return ThresholdSpec(numbers[0], numbers[1], *(parts[2:] or ["permille"]))
-    try:
-        items = tuple(thresholds)
-    except TypeError:
-        raise ValueError(f"cannot make thresholds from {thresholds!r}") from None
-    if len(items) not in (2, 3):
-        raise ValueError(f"thresholds must be (low, high) or (low, high, unit), got {thresholds!r}")
-    return ThresholdSpec(*items) if len(items) == 3 else ThresholdSpec(items[0], items[1], "permille")
-
-
-def format_threshold_number(value: float) -> str:
-    """Short text for a threshold: integers without decimals, others with up to 6 significant digits."""
-    value = float(value)
-    if value == int(value) and abs(value) < 1e15:
-        return str(int(value))
-    return f"{value:.6g}"
-
-
-def segment_name(spec) -> str:
-    """E.g. ``Bone 250-1000 per mille`` for the default thresholds."""
-    unit = _THRESHOLD_UNIT_LABELS.get(spec.unit, spec.unit)
-    return f"Bone {format_threshold_number(spec.low)}-{format_threshold_number(spec.high)} {unit}"
-
-
-def display_range(header: ScancoHeader, quantity: str, resolved=None) -> Optional[Tuple[float, float]]:
-    """Window for bone: from native 0 (air black) to twice the lower threshold's native value, so the
-    lower threshold is mid-grey and denser bone saturates towards white. Without thresholds (or when the
-    lower one is <= 0) the upper end is native 16384 (500 per mille). In ``quantity`` units."""
-    from .units import UnitConverter
-
-    high_native = 16384.0
-    if resolved is not None and resolved.native_low > 0:
-        high_native = float(min(2 * resolved.native_low, 32767))
-    low_native = 0.0
-    if header.is_mask:
-        return (0.0, 127.0)
-    if quantity == "native":
-        if header.voxel_type.startswith("float"):
-            return None   # values as stored by IPL: let Slicer's automatic window/level pick
-        return (low_native, high_native)
-    converter = UnitConverter(header.calibration, path=header.path)
-    lo, hi = (float(converter.native_to(v, quantity)) for v in (low_native, high_native))
-    return (min(lo, hi), max(lo, hi))
-
-
-# ------------------------------------------------------------------------------------------------
-# Panel helpers (plain text / HTML for the module widget; no Qt)
-# ------------------------------------------------------------------------------------------------
-def _fmt(value, digits: int = 6) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return str(value)
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-def _fixed(value: float, decimals: int) -> str:
-    """``decimals`` places, trailing zeros dropped (1000.00 -> 1000, 3.99990 -> 3.9999)."""
-    text = f"{value:.{decimals}f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
-
-
-def header_summary_html(header: ScancoHeader) -> str:
-    """Scanner, dimensions, voxel size and calibration, as short rich text for the panel."""
-    h, c, s = header, header.calibration, header.scanner
-    e = html.escape
-    x, y, z = h.dimensions
-    size_um = " x ".join(_fmt(v * 1000.0, 5) for v in h.voxel_size_mm)
-    scanner = []
-    if s.scanner_type is not None or s.scanner_id is not None:
-        scanner.append(f"type {_fmt(s.scanner_type)}, id {_fmt(s.scanner_id)}")
-    if s.energy_v:
-        scanner.append(f"{_fmt(s.energy_v / 1000.0, 4)} kV")
-    if s.intensity_ua:
-        scanner.append(f"{_fmt(s.intensity_ua, 4)} µA")
-    if s.measurement_index is not None:
-        scanner.append(f"measurement {s.measurement_index}")
-    rows = [
-        ("Format", f"{h.format} ({h.version}), {h.data_type_name}"
-                   + (f", {h.compression}" if h.compression else "")),
-        ("Scanner", ", ".join(scanner) if scanner else "not in header"),
-        ("Dimensions", f"{x} x {y} x {z} voxels ({_human_bytes(h.voxel_count * np.dtype(h.voxel_type).itemsize)})"),
-        ("Voxel size", f"{size_um} µm"),
-        ("Origin", " ".join(_fmt(v, 6) for v in h.origin_mm) + " mm (LPS)"),
-    ]
-    cal = [f"mu scaling {_fmt(c.mu_scaling)}", f"mu water {_fmt(c.mu_water_per_cm)} 1/cm"]
-    if c.density_slope is not None or c.density_intercept is not None:
-        intercept = c.density_intercept
-        sign = "-" if intercept is not None and intercept < 0 else "+"
-        cal.append(f"density = {_fmt(c.density_slope)} mu {sign} "
-                   f"{_fmt(abs(intercept) if intercept is not None else None)} {c.density_unit or 'mg HA/ccm'}")
-    if c.calibration_text:
-        cal.append(c.calibration_text)
-    rows.append(("Calibration", "; ".join(cal)))
-    text = "<table cellspacing='0' cellpadding='1'>" + "".join(
-        f"<tr><td><b>{e(k)}</b>&nbsp;</td><td>{e(v)}</td></tr>" for k, v in rows) + "</table>"
-    return text
-
-
-def calibration_warning(header: ScancoHeader) -> str:
-    """Empty when HU and density can both be computed, else one line saying what is missing."""
-    if header.is_mask:
-        return ("This file is a SCANCO mask (char data): it is loaded as a labelmap / segmentation; "
-                "HU and density are not defined for it.")
-    c = header.calibration
-    parts = []
-    for quantity, label in (("hu", "HU"), ("density", "density")):
-        missing = c.missing_for(quantity)
-        if missing:
-            parts.append(f"no {label} ({', '.join(missing)})")
-    if not parts:
-        return ""
-    return ("Not calibrated: " + "; ".join(parts)
-            + ". Native values and per mille / native thresholds are still available.")
-
-
-def threshold_equivalents(header: ScancoHeader, thresholds) -> dict:
-    """``resolve_thresholds(...).to_dict()`` for the header's calibration (raises on bad input)."""
-    from .thresholds import resolve_thresholds
-
-    spec = make_threshold_spec(thresholds)
-    return resolve_thresholds(spec, header.calibration, header_max_data_value=header.raw_field("max_data_value"),
-                              path=header.path).to_dict()
-
-
-def threshold_equivalents_html(header: ScancoHeader, thresholds) -> str:
-    """A small table: the thresholds in per mille, native, 1/cm, HU, mg HA/ccm (what the mask uses)."""
-    try:
-        info = threshold_equivalents(header, thresholds)
-    except (ValueError, ScancoError) as exc:
-        return f"<span style='color:#b00020'>{html.escape(str(exc))}</span>"
-    values = info["values"]
-    columns = (("permille", "‰", 2), ("native", "native", 0), ("mu", "1/cm", 4), ("hu", "HU", 1),
-               ("density_mg_ha_ccm", "mg HA/ccm", 1))
-    head = "".join(f"<th align='right'>&nbsp;{html.escape(label)}</th>" for _, label, _ in columns)
-    rows = []
-    for index, name in ((0, "lower"), (1, "upper")):
-        cells = []
-        for key, _, digits in columns:
-            pair = values.get(key)
-            cells.append("n/a" if pair is None else _fixed(float(pair[index]), digits))
-        clipped = " (clipped)" if info["clipped"][index] else ""
-        rows.append(f"<tr><td>{name}{clipped}</td>" + "".join(
-            f"<td align='right'>&nbsp;{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return ("<table cellspacing='0' cellpadding='1'><tr><th></th>" + head + "</tr>" + "".join(rows)
-            + "</table><small>mask: native "
-            + f"{info['native'][0]} &le; v &le; {info['native'][1]}</small>")
-
-
-def _human_bytes(count: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
-        count /= 1024.0
-    return f"{count:.1f} TiB"  # pragma: no cover
-
-
-def scene_memory_bytes(header: ScancoHeader, outputs: Sequence[str], *, subsample_step=1, region=None,
-                       hu_dtype: str = "int16") -> int:
-    """Bytes the node arrays of ``outputs`` take (the segmentation keeps its own copy of the mask)."""
-    plan = plan_sampling(header, subsample_step=subsample_step, region=region)
-    per_voxel = 0
-    for role in _normalise_outputs(outputs):
-        if role == "hu":
-            per_voxel += np.dtype(hu_dtype).itemsize
-        elif role in ("density", "mu"):
-            per_voxel += 4
-        elif role == "native":
-            per_voxel += np.dtype(header.voxel_type).itemsize
-        else:
-            per_voxel += 1
-    return plan.voxel_count * per_voxel
-
-
-def memory_estimate_text(header: ScancoHeader, outputs: Sequence[str], *, subsample_step=1, region=None,
-                         hu_dtype: str = "int16") -> str:
-    try:
-        plan = plan_sampling(header, subsample_step=subsample_step, region=region)
-        needed = scene_memory_bytes(header, outputs, subsample_step=subsample_step, region=region,
-                                    hu_dtype=hu_dtype)
-    except ValueError as exc:
-        return str(exc)
-    z, y, x = plan.shape_zyx
-    return f"{x} x {y} x {z} voxels loaded, {_human_bytes(needed)} in the scene"
-
-
-# ------------------------------------------------------------------------------------------------
-# Scene loading
-# ------------------------------------------------------------------------------------------------
 def _is_cancelled(cancel) -> bool:
     if cancel is None:
         return False
@@ -562,6 +111,7 @@ def _calibration_attributes(header: ScancoHeader) -> Dict[str, object]:
     c = header.calibration
     return {
         "SourceFile": os.path.basename(header.path),
+        "SourcePath": os.path.abspath(header.path),
         "Format": f"{header.format} {header.version}",
         "DataType": header.data_type_name,
         "MuScaling": _fmt(c.mu_scaling, 17) if c.mu_scaling is not None else None,
@@ -589,7 +139,8 @@ def _sampling_attributes(plan: SamplingPlan, header: ScancoHeader) -> Dict[str, 
 def _set_voxel_value_units(node, quantity: str) -> None:
     import slicer
 
-    code, scheme, meaning = VOXEL_VALUE_UNITS[quantity]
+    q = QUANTITIES[quantity]
+    code, scheme, meaning = q.ucum, "UCUM", q.ucum_meaning
     entry = slicer.vtkCodedEntry()
     entry.SetValueSchemeMeaning(code, scheme, meaning)
     node.SetVoxelValueUnits(entry)
@@ -713,7 +264,48 @@ def _place_in_subject_hierarchy(scene, folder_name: str, nodes) -> None:
         logger.debug("subject hierarchy grouping skipped: %s", exc)
 
 
-def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_unit: str = "mg HA/ccm",
+@dataclass
+class LoadResult:
+    """What :func:`load_scan` made: nodes by role, the exported files (or None), the native histogram of
+    the pass (or None) and the warnings given."""
+
+    nodes: Dict[str, object]
+    exported: Optional[object] = None
+    histogram: Optional[object] = None
+    warnings: List[str] = field(default_factory=list)
+    plan: Optional[RequestPlan] = None
+
+
+class _SampledArraySink:
+    """Engine sink that copies the kept voxels of each slab into a node array (every n-th voxel, a region)."""
+
+    def __init__(self, array: np.ndarray, plan: SamplingPlan):
+        self.array = array
+        self.rows = {z: i for i, z in enumerate(plan.z_indices())}
+        self.yx = plan.yx_slices()
+
+    def write(self, z, slab) -> None:
+        for i, zi in enumerate(z):
+            row = self.rows.get(zi)
+            if row is not None:
+                self.array[row] = slab[i][self.yx]
+
+
+class _DirectArraySink:
+    """Engine sink for a full-resolution node array: rows are the slab's file slices."""
+
+    def __init__(self, array: np.ndarray, z_first: int):
+        self.array = array
+        self.z_first = z_first
+
+    def write(self, z, slab) -> None:
+        rows = slice(z.start - self.z_first, z.start - self.z_first + len(z))
+        target = self.array[rows]
+        if target.__array_interface__["data"][0] != slab.__array_interface__["data"][0]:
+            np.copyto(target, slab)
+
+
+def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_unit: str = DEFAULT_DENSITY_UNIT,
                          hu_dtype: str = "int16", subsample_step=1, region=None, name: Optional[str] = None,
                          progress: Optional[ProgressCallback] = None, cancel=None,
                          warn: Optional[Callable[[str], None]] = None, slab_slices: Optional[int] = None,
@@ -721,12 +313,13 @@ def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_
     """Read a SCANCO ISQ/AIM file into ``scene``; returns ``{role: node}``.
 
     Roles (see :data:`ROLES`): ``hu`` (scalar volume, int16 HU or float32 with ``hu_dtype="float32"``),
-    ``density`` (float32, ``density_unit`` "mg HA/ccm" or "g/cc"), ``mu`` (float32 1/cm), ``native`` (the
-    stored values, file dtype), ``mask_labelmap`` (uint8 labelmap, 1 = inside the thresholds),
-    ``mask_segmentation`` (segmentation node with one segment named like ``Bone 250-1000 per mille``).
+    ``density`` (float32, ``density_unit`` "g/cc" (default, as the command line) or "mg HA/ccm"),
+    ``mu`` (float32 1/cm), ``native`` (the stored values, file dtype), ``mask_labelmap`` (uint8 labelmap,
+    1 = inside the thresholds), ``mask_segmentation`` (segmentation node with one segment named like
+    ``Bone 250-1000 per mille``).
 
-    * ``outputs``: roles to create; None = HU, density, mask labelmap and segmentation (see
-      :func:`choose_outputs` for char masks and uncalibrated files).
+    * ``outputs``: roles to create; None = the command line's default set (HU, density, mask) plus the
+      segmentation (see :mod:`~ScancoUnitsLib.request` for char masks, float and uncalibrated files).
     * ``thresholds``: a ThresholdSpec, (low, high) in per mille, (low, high, unit), a dict or "low high unit";
       None = 250..1000 per mille. The mask is ``native_low <= native <= native_high`` (IPL rule). Char files
       without explicit thresholds: non-zero voxels.
@@ -737,51 +330,56 @@ def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_
       before every slab. On cancel (:class:`LoadCancelled`) or any error every node created here is removed.
     * ``warn(text)``: where non-fatal problems go (default ``logging.warning``).
     """
+    return load_scan(scene, path, outputs=outputs, thresholds=thresholds, density_unit=density_unit,
+                     hu_dtype=hu_dtype, subsample_step=subsample_step, region=region, name=name,
+                     progress=progress, cancel=cancel, warn=warn, slab_slices=slab_slices, header=header).nodes
+
+
+def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str = DEFAULT_DENSITY_UNIT,
+              hu_dtype: str = "int16", subsample_step=1, region=None, name: Optional[str] = None,
+              progress: Optional[ProgressCallback] = None, cancel=None,
+              warn: Optional[Callable[[str], None]] = None, slab_slices: Optional[int] = None,
+              header: Optional[ScancoHeader] = None, export_dir=None, compress: bool = True,
+              overwrite: bool = False, histogram: bool = False) -> LoadResult:
+    """:func:`load_scan_into_scene`, plus: ``export_dir`` writes the full-resolution files of the same
+    outputs in the same pass (one read of the file; the nodes may still be subsampled), ``histogram``
+    collects the exact native histogram of the pass (for the panel's chart)."""
     import slicer  # noqa: F401 - fail early and clearly when Slicer is absent
 
-    from .reader import open_voxels, read_header
-    from .thresholds import mask_from_char, resolve_thresholds
-    from .units import UnitConverter
+    given_warnings: List[str] = []
 
-    warn = warn or logger.warning
+    def warning(text: str) -> None:
+        given_warnings.append(text)
+        (warn or logger.warning)(text)
+
     if header is None:
         header = read_header(path)
     path = header.path
     if slab_slices is not None and slab_slices < 1:
         raise ValueError("slab_slices must be >= 1")
-    roles = choose_outputs(header, outputs, density_unit=density_unit, warn=warn)
-    if "hu" in roles and hu_dtype not in ("int16", "float32"):
-        raise ValueError(f"hu_dtype must be 'int16' or 'float32', not {hu_dtype!r}")
-    plan = plan_sampling(header, subsample_step=subsample_step, region=region)
+    explicit_thresholds = thresholds is not None
+    request = ConversionRequest(thresholds=threshold_spec_from(thresholds), density_unit=density_unit,
+                                hu_dtype=hu_dtype, slab_slices=slab_slices, compress=bool(compress),
+                                overwrite=bool(overwrite))
+    node_outputs = None if outputs is None else normalise_roles(outputs, NODE_ROLES)
+    plan = plan_request(header, request, node_outputs=node_outputs, adapt_defaults=True, warn=warning)
+    roles = plan.node_roles
+    sampling = plan_sampling(header, subsample_step=subsample_step, region=region)
     if slab_slices is None:   # whole file slices are read, whatever the x/y sampling
         file_x, file_y, _ = header.dimensions
-        slab_slices = max(1, min(plan.shape_zyx[0], _SLAB_VOXELS // max(1, file_x * file_y)))
-    converter = UnitConverter(header.calibration, path=path)
-
-    want_mask = "mask_labelmap" in roles or "mask_segmentation" in roles
-    spec = make_threshold_spec(thresholds)
-    char_mask = header.is_mask and thresholds is None
-    resolved = None
-    if not char_mask:
-        try:
-            resolved = resolve_thresholds(spec, header.calibration,
-                                          header_max_data_value=header.raw_field("max_data_value"), path=path)
-        except (ValueError, ScancoError):
-            if want_mask:
-                raise
-            # without a mask the thresholds only centre the display window: fall back to the default
-    if want_mask and header.voxel_type.startswith("float") and spec.unit != "native":
-        raise ValueError(f"{path}: a {header.voxel_type} image can only be thresholded in native units "
-                         f"(its values are stored as they are), not {spec.unit}")
+        slab_slices = max(1, min(sampling.shape_zyx[0], _SLAB_VOXELS // max(1, file_x * file_y)))
+    resolved = plan.thresholds
+    char_mask = plan.output("mask") is not None and plan.output("mask").quantity == "char_mask"
+    spec = request.threshold_spec
     label_name = "Mask (non-zero voxels)" if char_mask else segment_name(spec)
 
     base = name or os.path.splitext(os.path.basename(path).split(";")[0])[0] or "SCANCO"
-    ijk_to_ras = ijk_to_ras_matrix(header, plan)
-    shape = plan.shape_zyx
+    ijk_to_ras = ijk_to_ras_matrix(header, sampling)
+    shape = sampling.shape_zyx
     common = _calibration_attributes(header)
-    common.update(_sampling_attributes(plan, header))
+    common.update(_sampling_attributes(sampling, header))
     threshold_attributes = {}
-    if resolved is not None:
+    if resolved is not None and (explicit_thresholds or not header.is_mask):
         info = resolved.to_dict()
         threshold_attributes = {
             "ThresholdUnit": spec.unit,
@@ -794,57 +392,93 @@ def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_
     elif char_mask:
         threshold_attributes = {"MaskRule": "non-zero -> 1 (SCANCO char mask)"}
 
+    full = sampling.is_full and sampling.stop_xyz == tuple(header.dimensions)
+    z_first = sampling.start_xyz[2]
     created = []      # every node added to the scene, for clean-up
     nodes: Dict[str, object] = {}
-    arrays: Dict[str, np.ndarray] = {}
+    engine_outputs: Dict[str, EngineOutput] = {}
     try:
-        # ---- allocate the volume nodes ---------------------------------------------------------
-        for role in ("hu", "density", "mu", "native"):
-            if role not in roles:
-                continue
-            quantity = _role_quantity(role, density_unit)
-            if role == "native":
-                dtype = np.dtype(header.voxel_type)
+        # ---- allocate the nodes; each node array is a sink of its output ------------------------
+        for out in plan.outputs:
+            quantity = QUANTITIES[out.quantity]
+            if out.role == "mask":
+                node, array = _new_volume_node(scene, "vtkMRMLLabelMapVolumeNode", f"{base} mask",
+                                               np.uint8, shape, ijk_to_ras)
+                attributes = dict(common)
+                attributes.update(threshold_attributes)
+                attributes["SegmentName"] = label_name
             else:
-                dtype = converter.output_dtype(quantity, hu_dtype=hu_dtype)
-            node, array = _new_volume_node(scene, "vtkMRMLScalarVolumeNode", f"{base} {_NAME_SUFFIX[quantity]}",
-                                           dtype, shape, ijk_to_ras)
+                node, array = _new_volume_node(scene, "vtkMRMLScalarVolumeNode", f"{base} {quantity.node_suffix}",
+                                               out.dtype, shape, ijk_to_ras)
+                attributes = dict(common)
+                attributes.update({"Quantity": out.quantity, "Unit": quantity.unit_label})
+                if quantity.is_calibrated:
+                    entry = UnitConverter(header.calibration).describe()["quantities"][out.quantity]
+                    attributes.update({"Formula": entry["formula"], "Scale": _fmt(entry["scale"], 17),
+                                       "Offset": _fmt(entry["offset"], 17)})
             created.append(node)
-            attributes = dict(common)
-            attributes.update({"Quantity": quantity, "Unit": QUANTITY_LABELS[quantity]})
-            if role != "native":
-                entry = converter.describe()["quantities"][quantity]
-                attributes.update({"Formula": entry["formula"], "Scale": _fmt(entry["scale"], 17),
-                                   "Offset": _fmt(entry["offset"], 17)})
             _set_attributes(node, attributes)
-            _set_voxel_value_units(node, quantity)
-            nodes[role], arrays[role] = node, array
+            if out.role != "mask":
+                _set_voxel_value_units(node, out.quantity)
+            nodes[out.role] = node
+            sink = _DirectArraySink(array, z_first) if full else _SampledArraySink(array, sampling)
+            engine_outputs[out.role] = EngineOutput(out.role, out.quantity, out.dtype, [sink],
+                                                    target=array if full else None)
 
-        mask_node = None
-        if want_mask:
-            mask_node, mask_array = _new_volume_node(scene, "vtkMRMLLabelMapVolumeNode", f"{base} mask",
-                                                     np.uint8, shape, ijk_to_ras)
-            created.append(mask_node)
-            attributes = dict(common)
-            attributes.update(threshold_attributes)
-            attributes["SegmentName"] = label_name
-            _set_attributes(mask_node, attributes)
-            arrays["mask"] = mask_array
+        # ---- fill them in one pass (with the export files when asked) ----------------------------
+        observers = []
+        native_histogram = None
+        if histogram:
+            native_histogram = NativeHistogram(header.voxel_type)
+            observers.append(lambda z0, native, views: native_histogram.accumulate(native))
+        total_fraction = 0.95
 
-        # ---- fill them slab by slab ----------------------------------------------------------
-        _fill_arrays(header, plan, roles, arrays, converter, resolved, char_mask, density_unit, hu_dtype,
-                     progress, cancel, slab_slices, open_voxels, mask_from_char)
-        if "hu" in roles and hu_dtype == "int16" and converter.hu_clipped_voxels:
-            nodes["hu"].SetAttribute(_ATTRIBUTE_PREFIX + "HUClippedVoxels", str(converter.hu_clipped_voxels))
-            warn(f"{os.path.basename(path)}: {converter.hu_clipped_voxels} voxels were clipped to the int16 HU "
-                 "range; load with hu_dtype='float32' to keep them")
+        def on_progress(done: int, total: int):
+            if progress is not None:
+                progress(done / max(total, 1) * total_fraction)
+            return not _is_cancelled(cancel)
+
+        if _is_cancelled(cancel):
+            raise LoadCancelled(path)
+        exported = None
+        if export_dir is not None:
+            extra = {role: o.sinks for role, o in engine_outputs.items()}
+            exported = convert_header(header, export_dir, request, progress=on_progress, observers=observers,
+                                      cancel=cancel, extra_sinks=extra,
+                                      plan=plan_request(header, request, node_outputs=node_outputs,
+                                                        adapt_defaults=True))
+            stats = None
+        else:
+            z_selection = range(z_first, sampling.stop_xyz[2], sampling.step_xyz[2])
+            with open_voxels(header) as source:
+                result = run_engine(header, source, list(engine_outputs.values()), thresholds=resolved,
+                                    hu_dtype=hu_dtype, slab_slices=slab_slices, z_selection=z_selection,
+                                    observers=observers, progress=on_progress, cancel=cancel)
+            stats = result.statistics
+        clipped = stats["hu"].hu_clipped_voxels if stats and "hu" in stats else 0
+        if exported is not None:
+            clipped = exported.metadata.get("hu_clipped_voxels") or 0
+        if "hu" in nodes and hu_dtype == "int16" and clipped:
+            nodes["hu"].SetAttribute(_ATTRIBUTE_PREFIX + "HUClippedVoxels", str(clipped))
+            warning(f"{os.path.basename(path)}: {clipped} voxels were clipped to the int16 HU "
+                    "range; load with hu_dtype='float32' to keep them")
+        mask_voxels = stats["mask"].mask_voxels if stats and "mask" in stats else None
+        if exported is not None and "mask" in nodes:
+            mask_voxels = exported.metadata.get("mask_voxels")
+        if mask_voxels is not None and resolved is not None and not char_mask and full:
+            native_range = (result.native_min, result.native_max) if stats else \
+                tuple(exported.metadata.get("native_range") or (None, None))
+            text = mask_coverage_warning(header, plan, mask_voxels, *native_range)
+            if text:
+                nodes["mask"].SetAttribute(_ATTRIBUTE_PREFIX + "MaskWarning", text)
+                warning(text)
 
         # ---- display, labelmap colours, segmentation --------------------------------------------
         for role in ("hu", "density", "mu", "native"):
             if role in nodes:
                 nodes[role].GetImageData().Modified()
-                quantity = _role_quantity(role, density_unit)
-                _configure_scalar_display(nodes[role], display_range(header, quantity, resolved))
+                _configure_scalar_display(nodes[role], display_range(header, plan.output(role).quantity, resolved))
+        mask_node = nodes.pop("mask", None)
         if mask_node is not None:
             mask_node.GetImageData().Modified()
             color = _mask_color_node(scene, f"{base} mask", label_name)
@@ -869,66 +503,38 @@ def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_
     except BaseException:
         remove_loaded_nodes(scene, list(reversed(created)))
         raise
-    return {role: nodes[role] for role in ROLES if role in nodes}
-
-
-def _fill_arrays(header, plan, roles, arrays, converter, resolved, char_mask, density_unit, hu_dtype,
-                 progress, cancel, slab_slices, open_voxels, mask_from_char) -> None:
-    z_indices = plan.z_indices()
-    total = len(z_indices)
-    y_slice, x_slice = plan.yx_slices()
-    step_z = plan.step_xyz[2]
-    full_yx = (y_slice == slice(0, header.dimensions[1], 1)) and (x_slice == slice(0, header.dimensions[0], 1))
-    done = 0
-    with open_voxels(header) as source:
-        while done < total:
-            if _is_cancelled(cancel):
-                raise LoadCancelled(header.path)
-            count = min(slab_slices, total - done)
-            z_first = z_indices[done]
-            if step_z == 1:
-                native = source.read_slab(z_first, z_first + count)
-            else:  # read only the slices that are kept
-                native = np.stack([source.read_slab(z, z + 1)[0] for z in z_indices[done:done + count]])
-            if not full_yx:
-                native = np.ascontiguousarray(native[:, y_slice, x_slice])
-            rows = slice(done, done + count)
-            for role in ("hu", "density", "mu"):
-                if role in roles:
-                    converter.convert(native, _role_quantity(role, density_unit), out=arrays[role][rows],
-                                      hu_dtype=hu_dtype)
-            if "native" in roles:
-                arrays["native"][rows] = native
-            if "mask" in arrays:
-                if char_mask:
-                    mask_from_char(native, out=arrays["mask"][rows])
-                else:
-                    resolved.mask(native, out=arrays["mask"][rows])
-            done += count
-            if progress is not None:
-                progress(done / total * 0.95)
+    ordered = {role: nodes[role] for role in ROLES if role in nodes}
+    return LoadResult(ordered, exported, native_histogram, given_warnings, plan)
 
 
 def _segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, common, threshold_attributes):
+    """A segmentation with one segment whose binary labelmap IS the labelmap node's voxel buffer.
+
+    ``vtkSegment::AddRepresentation`` keeps the given ``vtkOrientedImageData`` (a smart pointer, no copy),
+    and ``vtkOrientedImageData::ShallowCopy`` of the labelmap's ``vtkImageData`` shares its scalar array:
+    no copy of the mask and no rescan of its labels (``ImportLabelmapToSegmentationNode`` did both). The
+    segment's label value is vtkSegment's default, 1, the mask's foreground. An empty mask gives a named,
+    empty segment on the same grid. Edits of the segment change the shared voxels, so the labelmap node
+    shows them too (they are one mask).
+    """
     import slicer
+    import vtk
 
     segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
     try:
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, segmentation):
-            raise RuntimeError(f"could not import the mask labelmap into segmentation {name!r}")
-        seg = segmentation.GetSegmentation()
-        if seg.GetNumberOfSegments() == 0:  # empty mask: keep a named, empty segment on the mask's grid
-            empty = slicer.vtkSegment()
-            empty.SetName(label_name)
-            empty.AddRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName(),
-                                    slicer.vtkSlicerSegmentationsModuleLogic.CreateOrientedImageDataFromVolumeNode(
-                                        labelmap))
-            seg.AddSegment(empty)
-        segment = seg.GetNthSegment(0)
+        image = slicer.vtkOrientedImageData()
+        image.ShallowCopy(labelmap.GetImageData())
+        matrix = vtk.vtkMatrix4x4()
+        labelmap.GetIJKToRASMatrix(matrix)
+        image.SetImageToWorldMatrix(matrix)
+        segment = slicer.vtkSegment()
         segment.SetName(label_name)
         segment.SetColor(*MASK_COLOR_RGB)
+        segment.AddRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName(),
+                                  image)
+        segmentation.GetSegmentation().AddSegment(segment)
         attributes = dict(common)
         attributes.update(threshold_attributes)
         attributes["SegmentName"] = label_name
@@ -940,56 +546,40 @@ def _segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, com
 
 
 # ------------------------------------------------------------------------------------------------
-# Full-resolution NRRD export (streamed by convert.py) with the scene's option names
+# Full-resolution export with the scene's option names (the same request and engine as the command line)
 # ------------------------------------------------------------------------------------------------
-_EXPORT_ROLE = {"hu": "hu", "density": "density", "mu": "mu", "native": "native",
-                "mask_labelmap": "mask", "mask_segmentation": "mask"}
-_EXPORT_DENSITY_UNIT = {"density_mg_ha_ccm": "mgHA/ccm", "density_g_cc": "g/cc"}
-
-
-def export_options(header: ScancoHeader, outputs=None, *, thresholds=None, density_unit: str = "mg HA/ccm",
+def export_request(header: ScancoHeader, outputs=None, *, thresholds=None, density_unit: str = DEFAULT_DENSITY_UNIT,
                    hu_dtype: str = "int16", compress: bool = True, overwrite: bool = False):
-    """The :class:`~ScancoUnitsLib.convert.ConversionOptions` matching scene options (same roles, same
-    thresholds, same density unit), so the files hold what the nodes hold, at full resolution."""
-    from .convert import ConversionOptions
-
-    roles = choose_outputs(header, outputs, density_unit=density_unit, warn=lambda _text: None)
-    export_roles = tuple(dict.fromkeys(_EXPORT_ROLE[r] for r in roles))
-    return ConversionOptions(outputs=export_roles, thresholds=make_threshold_spec(thresholds),
-                             density_unit=_EXPORT_DENSITY_UNIT[density_quantity(density_unit)],
-                             hu_dtype=hu_dtype, compress=bool(compress), overwrite=bool(overwrite))
+    """The :class:`~ScancoUnitsLib.request.ConversionRequest` and node-role plan matching scene options,
+    so the files hold what the nodes hold, at full resolution."""
+    request = ConversionRequest(thresholds=threshold_spec_from(thresholds), density_unit=density_unit,
+                                hu_dtype=hu_dtype, compress=bool(compress), overwrite=bool(overwrite))
+    node_outputs = None if outputs is None else normalise_roles(outputs, NODE_ROLES)
+    plan = plan_request(header, request, node_outputs=node_outputs, adapt_defaults=True, warn=lambda _t: None)
+    return request, plan
 
 
 def planned_export_files(path, out_dir, outputs=None, *, header: Optional[ScancoHeader] = None, **options):
     """Paths :func:`export_scan` would write (to ask before overwriting), metadata JSON included."""
-    from pathlib import Path
-
-    from .convert import output_stem, plan_outputs
-    from .reader import read_header
-
     header = header or read_header(path)
-    conversion = export_options(header, outputs, **options)
-    plans, _, _ = plan_outputs(header, conversion, Path(out_dir))
-    return [p.path for p in plans] + [Path(out_dir) / f"{output_stem(header.path)}_metadata.json"]
+    _request, plan = export_request(header, outputs, **options)
+    stem = output_stem(header.path)
+    return [p for f in plan_files(plan, Path(out_dir), stem) for p in f.paths] + \
+        [Path(out_dir) / f"{stem}_metadata.json"]
 
 
-def export_scan(path, out_dir, outputs=None, *, thresholds=None, density_unit: str = "mg HA/ccm",
+def export_scan(path, out_dir, outputs=None, *, thresholds=None, density_unit: str = DEFAULT_DENSITY_UNIT,
                 hu_dtype: str = "int16", compress: bool = True, overwrite: bool = False,
                 progress: Optional[ProgressCallback] = None, cancel=None,
                 header: Optional[ScancoHeader] = None) -> Dict[str, object]:
-    """Write the outputs of ``path`` as NRRD files in ``out_dir`` at full resolution, streamed slab by slab
-    (never the whole volume in memory): ``{role: Path}`` as returned by
-    :func:`~ScancoUnitsLib.convert.convert_header` (roles hu, density, mu, native, mask, metadata...).
-
+    """Write the outputs of ``path`` in ``out_dir`` at full resolution, streamed slab by slab (never the
+    whole volume in memory): ``{role: Path}`` as returned by :func:`~ScancoUnitsLib.convert.convert_header`.
     Options have the meaning of :func:`load_scan_into_scene` (both mask roles map to the one mask file).
     ``progress(fraction)``; ``cancel`` as there: raises :class:`LoadCancelled` and leaves no file.
     """
-    from .convert import ConversionCancelled, convert_header
-    from .reader import read_header
-
     header = header or read_header(path)
-    conversion = export_options(header, outputs, thresholds=thresholds, density_unit=density_unit,
-                                hu_dtype=hu_dtype, compress=compress, overwrite=overwrite)
+    request, plan = export_request(header, outputs, thresholds=thresholds, density_unit=density_unit,
+                                   hu_dtype=hu_dtype, compress=compress, overwrite=overwrite)
 
     def on_progress(done: int, total: int):
         if progress is not None:
@@ -998,10 +588,7 @@ def export_scan(path, out_dir, outputs=None, *, thresholds=None, density_unit: s
 
     if _is_cancelled(cancel):
         raise LoadCancelled(header.path)
-    try:
-        result = convert_header(header, out_dir, conversion, progress=on_progress)
-    except ConversionCancelled:
-        raise LoadCancelled(header.path) from None
+    result = convert_header(header, out_dir, request, progress=on_progress, plan=plan)
     return dict(result.outputs)
 
 
@@ -1039,7 +626,7 @@ def reader_options_from_properties(properties, header: ScancoHeader) -> Dict[str
         else:
             roles = ["hu"] if header.calibration.has_hu else ["native"]
     else:
-        roles = list(_normalise_outputs(units))
+        roles = list(normalise_roles(units, NODE_ROLES))
     mask = properties.get("mask")
     if mask is not None and mask != "":
         choice = str(mask).strip().lower() if isinstance(mask, str) else mask
@@ -1050,11 +637,11 @@ def reader_options_from_properties(properties, header: ScancoHeader) -> Dict[str
             roles.append("mask_labelmap")
         else:
             roles = [r for r in roles if not r.startswith("mask_")] or roles
-    options: Dict[str, object] = {"outputs": _normalise_outputs(roles)}
+    options: Dict[str, object] = {"outputs": normalise_roles(roles, NODE_ROLES)}
     if properties.get("thresholds") not in (None, ""):
-        options["thresholds"] = make_threshold_spec(properties["thresholds"])
+        options["thresholds"] = threshold_spec_from(properties["thresholds"])
     if properties.get("densityUnit"):
-        density_quantity(properties["densityUnit"])  # validate
+        canonical_density_unit(properties["densityUnit"])  # validate
         options["density_unit"] = properties["densityUnit"]
     if properties.get("huDtype"):
         options["hu_dtype"] = str(properties["huDtype"])

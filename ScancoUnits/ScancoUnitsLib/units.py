@@ -7,9 +7,13 @@ quantity             unit           reference formula (float64, evaluated in thi
 ==================== ============== ===================================================
 ``mu``               1/cm           ``native / mu_scaling``
 ``hu``               HU             ``native * 1000 / (mu_scaling * mu_water) - 1000``
-``density_mg_ha_ccm`` mg HA/ccm     ``(native / mu_scaling) * slope + intercept``
-``density_g_cc``     g HA/cc        ``((native / mu_scaling) * slope + intercept) / 1000``
+``density_mg_ha_ccm`` mg HA/ccm     ``((native / mu_scaling) * slope + intercept) * unit_factor``
+``density_g_cc``     g HA/cc        ``((native / mu_scaling) * slope + intercept) * unit_factor / 1000``
 ==================== ============== ===================================================
+
+``unit_factor`` is ``Calibration.density_mg_per_unit``: mg HA/ccm per unit of the file's own density
+unit (1 for ``mg HA/ccm`` or no unit, 1000 for ``g HA/ccm``). The multiplication is skipped when it
+is 1, so mg files give exactly the values they gave before the unit was read.
 
 ``mu_scaling * mu_water`` is one float64 product computed first; every other step is one IEEE
 float64 operation on the native value taken as float64. The "reference" value of a voxel is that
@@ -37,7 +41,7 @@ from typing import Dict, Optional
 import numpy as np
 
 from .errors import CalibrationMissingError
-from .header import Calibration
+from .header import DEFAULT_DENSITY_UNIT, Calibration
 from .quantities import CALIBRATED_QUANTITIES, HU_DTYPES, CalibrationConstants
 from .quantities import QUANTITIES as _Q
 
@@ -122,7 +126,8 @@ class UnitConverter:
         """Fractional native value (float64) that the reference formula maps to ``value``.
 
         Inverses: ``mu * mu_scaling``; ``(hu + 1000) * (mu_scaling * mu_water) / 1000``;
-        ``(density_mg - intercept) / slope * mu_scaling``; g/cc is multiplied by 1000 first.
+        ``(density_mg / unit_factor - intercept) / slope * mu_scaling``; g/cc is multiplied by 1000
+        first (the division by ``unit_factor`` is skipped when it is 1).
         """
         self.require(quantity)
         value = np.asarray(value, dtype=np.float64)[()]
@@ -278,11 +283,20 @@ def describe_calibration(calibration: Optional[Calibration]) -> dict:
         "density_slope": _finite_or_none(cal.density_slope),
         "density_intercept": _finite_or_none(cal.density_intercept),
         "density_unit_in_file": cal.density_unit,
+        # mg HA/ccm per unit of the file's density (the formulas' unit_factor); None: not a density unit
+        "density_unit_factor": cal.density_mg_per_unit,
+        "density_unit_note": (f"no density unit in the file: taken as {DEFAULT_DENSITY_UNIT}"
+                              if cal.density_unit_assumed else None),
+        "conflicts": [c.to_dict() for c in cal.conflicts],
         "quantities": {},
     }
     for quantity in QUANTITIES:
         missing = cal.missing_for(_REQUIREMENT[quantity])
-        entry = {"unit": QUANTITY_UNITS[quantity], "formula": _Q[quantity].formula,
+        formula = _Q[quantity].formula
+        factor = cal.density_mg_per_unit
+        if _REQUIREMENT[quantity] == "density" and factor not in (None, 1.0):
+            formula = f"{formula}, the density first times unit_factor {factor:g} ({cal.density_unit} in the file)"
+        entry = {"unit": QUANTITY_UNITS[quantity], "formula": formula,
                  "available": not missing, "missing": list(missing), "scale": None, "offset": None}
         if not missing:
             ms = float(cal.mu_scaling)
@@ -292,6 +306,9 @@ def describe_calibration(calibration: Optional[Calibration]) -> dict:
                 scale, offset = 1000.0 / (ms * float(cal.mu_water_per_cm)), -1000.0
             else:
                 scale, offset = float(cal.density_slope) / ms, float(cal.density_intercept)
+                factor = cal.density_mg_per_unit
+                if factor != 1.0:
+                    scale, offset = scale * factor, offset * factor
                 if quantity == "density_g_cc":
                     scale, offset = scale / 1000.0, offset / 1000.0
             entry["scale"], entry["offset"] = scale, offset

@@ -103,3 +103,56 @@ def get_format(name: str) -> VolumeFormat:
     if name not in _FORMATS:
         importlib.import_module(f"{__package__}.{_FORMAT_MODULES[name]}")
     return _FORMATS[name]
+
+
+class SlabWriter:
+    """What every volume writer shares: the checks of an incoming slab, ``slices_written`` and the
+    context-manager behaviour (an exception aborts, a clean exit closes).
+
+    Subclasses set ``path``, ``shape_zyx``, ``dtype``, ``_closed`` and ``_slices_written`` and define
+    ``close()`` and ``_fail()``. ``kind`` names the format in messages.
+    """
+
+    kind = "volume"
+
+    @property
+    def slices_written(self) -> int:
+        return self._slices_written
+
+    @property
+    def output_paths(self) -> List[Path]:
+        return [self.path]
+
+    def _checked_slab(self, array, *, same_dtype: bool = True) -> Optional[np.ndarray]:
+        """``array`` as (n, y, x) after every check (closed writer, shape, voxel type, slice count);
+        None for an empty slab. ``same_dtype``: the slab must hold this writer's voxel type (another byte
+        order is converted); otherwise the subclass checks the type itself."""
+        if self._closed:
+            raise ValueError(f"{self.path}: the {self.kind} writer is closed")
+        arr = np.asarray(array)
+        if arr.ndim == 2:
+            arr = arr[np.newaxis]
+        nz, ny, nx = self.shape_zyx
+        if arr.ndim != 3 or arr.shape[1:] != (ny, nx):
+            raise ValueError(f"{self.path}: slab shape {np.shape(array)} does not match slices of "
+                             f"(y, x) = ({ny}, {nx})")
+        if same_dtype and arr.dtype != self.dtype:
+            if arr.dtype.kind == self.dtype.kind and arr.dtype.itemsize == self.dtype.itemsize:
+                arr = arr.astype(self.dtype)  # same type, other byte order
+            else:
+                raise ValueError(f"{self.path}: slab has voxel type {arr.dtype.name}, the file holds "
+                                 f"{self.dtype.name}")
+        if self._slices_written + arr.shape[0] > nz:
+            raise ValueError(f"{self.path}: {self._slices_written + arr.shape[0]} slices written, the volume "
+                             f"has {nz}")
+        return arr if arr.shape[0] else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None:
+            self._fail()
+            return False
+        self.close()
+        return False

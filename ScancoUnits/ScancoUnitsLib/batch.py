@@ -1,0 +1,588 @@
+"""A batch of conversions, apart from the command line: per-file results, parallel jobs, signals.
+
+:func:`convert_one` converts one input and never raises for a bad input: it returns a
+:class:`FileResult` (``converted``, ``skipped``, ``failed`` or ``interrupted``). :class:`Batch`
+runs many, one after the other or in worker processes (``jobs``), calls ``on_result`` as each
+finishes and keeps what is needed after Ctrl-C / SIGTERM (which file was interrupted, after how
+long, which never started). :mod:`~ScancoUnitsLib.dask_batch` runs the same :func:`convert_one` on a
+Dask cluster.
+
+``skip_existing``: a file whose complete output set exists, made from the same input (name, size
+and modification time, recorded in its ``_metadata.json``) with the same options (those that change
+the output bytes: not overwrite, threads or slab size) is ``skipped``; an incomplete or stale set
+is converted again, replacing that set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+from .atomic_output import OutputExistsError
+from .errors import ScancoError
+
+STATUSES = ("converted", "skipped", "failed", "interrupted")
+UP_TO_DATE = "outputs exist, made from this input (same size and modification time) with the same options"
+NOT_STARTED = "not started (batch interrupted)"
+# options that do not change the bytes of an output (the conversion is exact whatever the slab size)
+_OPTIONS_NOT_COMPARED = ("overwrite", "threads", "slab_slices")
+
+
+@dataclass
+class FileResult:
+    """What became of one input. ``outputs``: role -> path; ``stats``: the scan statistics
+    (:mod:`~ScancoUnitsLib.scan_statistics`); ``facts``: scanner, geometry, calibration and threshold
+    columns of the summary (:func:`~ScancoUnitsLib.batch_summary.facts_from_metadata`); ``reason``:
+    why a file was skipped."""
+
+    input: str
+    status: str
+    outputs: Dict[str, str] = field(default_factory=dict)
+    error: Optional[str] = None
+    warnings: List[str] = field(default_factory=list)
+    seconds: float = 0.0
+    stats: Optional[dict] = None
+    reason: Optional[str] = None
+    input_bytes: int = 0
+    facts: Optional[dict] = None
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status must be one of {', '.join(STATUSES)}, not {self.status!r}")
+
+    @property
+    def name(self) -> str:
+        return Path(self.input).name or self.input
+
+    def to_dict(self) -> dict:
+        """JSON-ready; the shape of one ``--json`` line."""
+        return asdict(self)
+
+
+# ---- one file ---------------------------------------------------------------------------------------
+def _comparable_options(options: dict) -> dict:
+    plain = json.loads(json.dumps(options))  # tuples -> lists, as read back from a metadata file
+    return {k: v for k, v in plain.items() if k not in _OPTIONS_NOT_COMPARED}
+
+
+def existing_metadata(header, out_dir, options, stem: str) -> Optional[dict]:
+    """The ``_metadata.json`` content of an up-to-date output set of this input, or None when the set
+    is missing, incomplete or stale (other input, changed input, other options)."""
+    from .convert import plan_files
+    from .request import plan_request
+
+    out_dir = Path(out_dir)
+    try:
+        metadata = json.loads((out_dir / f"{stem}_metadata.json").read_text(encoding="utf-8"))
+        source = metadata["input"]
+        st = os.stat(header.path)
+        if (source.get("size_bytes"), source.get("mtime_ns")) != (st.st_size, st.st_mtime_ns) \
+                or Path(source.get("path", "")).name != Path(header.path).name:
+            return None
+        if _comparable_options(metadata.get("options") or {}) != _comparable_options(options.to_dict()):
+            return None
+        planned = plan_files(plan_request(header, options), out_dir, stem)
+        recorded = metadata.get("outputs") or {}
+        if set(recorded) != {f.role for f in planned}:
+            return None
+        wanted = [p for f in planned for p in f.paths]
+        if any(p.name not in (recorded[f.role].get("files") or [recorded[f.role].get("file")])
+               for f in planned for p in f.paths):
+            return None
+        if options.report:
+            wanted.append(out_dir / f"{stem}_report.png")
+        if not all(os.path.exists(p) for p in wanted):   # files, or an OME-Zarr directory
+            return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, ScancoError):
+        return None
+    return metadata
+
+
+def _outputs_of(metadata: dict, out_dir: Path, stem: str, report: bool) -> Dict[str, str]:
+    outputs = {role: str(out_dir / entry["file"]) for role, entry in (metadata.get("outputs") or {}).items()}
+    outputs["metadata"] = str(out_dir / f"{stem}_metadata.json")
+    if report:
+        outputs["report"] = str(out_dir / f"{stem}_report.png")
+    return outputs
+
+
+def _naming_input(path: Path, message: str) -> str:
+    """Errors about outputs (disk full, permission denied) name the output; put the input first."""
+    if not message.startswith(str(path)):
+        message = f"{path}: {message}"
+    return " ".join(str(message).split("\n")).replace("\r", " ")
+
+
+def convert_one(path, out_dir, options, stem: str, *, skip_existing: bool = False,
+                progress: Optional[Callable[[int, int], Optional[bool]]] = None) -> FileResult:
+    """Convert one input (or skip it, see the module docstring). Never raises for a bad input or a
+    bug of ours: the batch goes on. KeyboardInterrupt (Ctrl-C, SIGTERM as
+    :class:`~ScancoUnitsLib.atomic_output.Interrupted`) passes through, outputs cleaned up."""
+    from . import convert as convert_module
+    from .batch_summary import facts_from_metadata
+    from .reader import read_header
+
+    path = Path(path)
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    try:
+        size = os.stat(path).st_size
+    except OSError:
+        size = 0
+
+    def failed(message: str) -> FileResult:
+        return FileResult(str(path), "failed", error=_naming_input(path, message),
+                          seconds=time.perf_counter() - started, input_bytes=size)
+
+    try:
+        header = read_header(path)
+        if skip_existing:
+            metadata = existing_metadata(header, out_dir, options, stem)
+            if metadata is not None:
+                return FileResult(str(path), "skipped", outputs=_outputs_of(metadata, out_dir, stem, options.report),
+                                  warnings=list(metadata.get("warnings") or []),
+                                  seconds=time.perf_counter() - started, stats=metadata.get("statistics"),
+                                  reason=UP_TO_DATE, input_bytes=size, facts=facts_from_metadata(metadata))
+            options = replace(options, overwrite=True)  # an incomplete or stale set is redone
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            result = convert_module.convert_header(header, out_dir, options, stem=stem, progress=progress)
+        notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+        return FileResult(str(path), "converted", outputs={k: str(v) for k, v in result.outputs.items()},
+                          warnings=notes, seconds=time.perf_counter() - started,
+                          stats=result.metadata.get("statistics"), input_bytes=size,
+                          facts=facts_from_metadata(result.metadata))
+    except OutputExistsError as exc:
+        return failed(f"{exc.path}: the file exists already (--overwrite replaces it; --skip-existing "
+                      "keeps finished outputs)")
+    except ScancoError as exc:
+        return failed(str(exc))
+    except MemoryError:
+        return failed("out of memory")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as exc:  # noqa: BLE001 - a bug of ours must not stop the batch either
+        return failed(f"internal error ({type(exc).__name__}: {exc})")
+
+
+# ---- temporary files of a killed conversion ------------------------------------------------------------
+def _output_names(stem: str):
+    from .convert import OUTPUT_SUFFIXES
+
+    for suffix in list(OUTPUT_SUFFIXES.values()) + ["_metadata", "_report"]:
+        for ext in (".nrrd", ".nhdr", ".raw", ".raw.gz", ".json", ".png"):
+            yield f"{stem}{suffix}{ext}"
+
+
+def remove_partials_of(out_dir: Path, stem: str, newer_than: float = 0.0) -> List[Path]:
+    """Delete the temporary files (``.<name>.partial-<random>``) of one input's outputs modified
+    after ``newer_than`` (a time.time() value), e.g. after its worker process was killed. Finished
+    outputs and other inputs' files are not touched."""
+    prefixes = tuple(f".{name}.partial-" for name in _output_names(stem))
+    removed = []
+    try:
+        names = os.listdir(out_dir)
+    except OSError:
+        return removed
+    for name in names:
+        if name.startswith(prefixes):
+            try:
+                if os.lstat(Path(out_dir) / name).st_mtime < newer_than:
+                    continue  # older than this batch: not ours
+                os.unlink(Path(out_dir) / name)
+                removed.append(Path(out_dir) / name)
+            except OSError:
+                pass
+    return removed
+
+
+# ---- signals ----------------------------------------------------------------------------------------------
+def signal_number(interrupt: BaseException) -> int:
+    signum = getattr(interrupt, "signum", None)
+    return signum if isinstance(signum, int) else int(signal.SIGINT)  # plain KeyboardInterrupt: Ctrl-C
+
+
+def exit_code_for(interrupt: BaseException) -> int:
+    """128 + signal number, as shells report it: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
+    return 128 + signal_number(interrupt)
+
+
+def signal_name(interrupt: BaseException) -> str:
+    signum = signal_number(interrupt)
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else name
+
+
+def ignore_further_signals() -> None:
+    """While cleaning up after the first signal, a second one must not leave a traceback."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            try:
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+            except (ValueError, OSError):  # not the main thread
+                pass
+
+
+# ---- worker processes (--jobs N) --------------------------------------------------------------------------
+_worker_state = {"busy": False, "stopping": False, "signalled": False, "events": None}
+_EVENT_INTERVAL_S = 0.2  # a worker tells the parent how far it is at most this often
+
+
+def _worker_signal(signum, frame):  # pragma: no cover - runs in worker processes
+    """Busy: stop the conversion (its with-blocks remove its temporary files). Idle, or already
+    unwinding: ignore it; the parent ends the pool cleanly (a worker that exited here could die
+    holding a queue lock and hang the others)."""
+    from .atomic_output import Interrupted
+
+    _worker_state["signalled"] = True  # start nothing new
+    if _worker_state["busy"] and not _worker_state["stopping"]:
+        _worker_state["stopping"] = True
+        raise Interrupted(signum)
+
+
+def _worker_init(events=None) -> None:  # pragma: no cover - runs in worker processes
+    """``events``: a multiprocessing queue for ("start" | "fraction", path, done, total) tuples."""
+    if events is not None:
+        events.cancel_join_thread()  # never hang at exit on a queue the parent stopped reading
+        _worker_state["events"] = events
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), _worker_signal)
+
+
+def _worker_convert(path, out_dir, options, stem, skip_existing):  # pragma: no cover - worker processes
+    """(FileResult or None when not started (queued before an interrupt), signal number or None)."""
+    if _worker_state["signalled"]:
+        return None, None
+    _worker_state["busy"], _worker_state["stopping"] = True, False
+    started = time.perf_counter()
+    events = _worker_state["events"]
+    report = None
+    if events is not None:
+        events.put(("start", str(path), 0, 1))
+        last = [started]
+
+        def report(done, total):
+            now = time.perf_counter()
+            if now - last[0] >= _EVENT_INTERVAL_S:
+                last[0] = now
+                events.put(("fraction", str(path), done, total))
+            return None
+    try:
+        return convert_one(path, out_dir, options, stem, skip_existing=skip_existing, progress=report), None
+    except KeyboardInterrupt as interrupt:
+        from .atomic_output import remove_all_partials
+
+        remove_all_partials()  # worker processes end without running atexit handlers
+        return (FileResult(str(path), "interrupted", seconds=time.perf_counter() - started,
+                           error=f"{path}: interrupted by {signal_name(interrupt)}; partial outputs removed"),
+                signal_number(interrupt))
+    finally:
+        _worker_state["busy"] = False
+
+
+# ---- the batch -------------------------------------------------------------------------------------------------
+class Batch:
+    """Inputs, their stems and options, the results so far, and what is in flight.
+
+    ``on_result(FileResult)`` is called in the calling thread as each file finishes (also for
+    interrupted files). ``progress``: an object with ``start(path)``, ``fraction(path, done,
+    total)`` and ``finish(result)`` (see :class:`BatchProgress`), or None.
+    """
+
+    def __init__(self, inputs: Sequence[Path], out_dir, options, stems: Dict[Path, str], *,
+                 skip_existing: bool = False, on_result: Optional[Callable[[FileResult], None]] = None,
+                 progress=None):
+        self.inputs = [Path(i) for i in inputs]
+        self.out_dir = Path(out_dir)
+        self.options = options
+        self.stems = stems
+        self.skip_existing = skip_existing
+        self.on_result = on_result
+        self.progress = progress
+        self.results: List[FileResult] = []
+        self.reported = set()
+        self.in_flight: Dict[Path, float] = {}     # path -> perf_counter() when seen started
+        self.started = time.time() - 60.0          # temporary files older than this are not this batch's
+        self._lock = threading.Lock()
+
+    # bookkeeping
+    def mark_started(self, path: Path) -> None:
+        with self._lock:
+            if path not in self.in_flight and path not in self.reported:
+                self.in_flight[path] = time.perf_counter()
+        if self.progress is not None:
+            self.progress.start(path)
+
+    def add(self, path: Path, result: FileResult) -> None:
+        with self._lock:
+            self.in_flight.pop(path, None)
+            self.results.append(result)
+            self.reported.add(path)
+        if self.progress is not None:
+            self.progress.finish(result)
+        if self.on_result is not None:
+            self.on_result(result)
+
+    def interrupted(self, path: Path, interrupt: BaseException, seconds: Optional[float] = None) -> None:
+        """Its with-blocks removed its temporary files on the way out; the sweep catches the ones a
+        signal or a killed worker left behind."""
+        remove_partials_of(self.out_dir, self.stems[path], newer_than=self.started)
+        if seconds is None:
+            since = self.in_flight.get(path)
+            seconds = time.perf_counter() - since if since is not None else 0.0
+        self.add(path, FileResult(str(path), "interrupted", seconds=seconds,
+                                  error=f"{path}: interrupted by {signal_name(interrupt)}; partial outputs removed"))
+
+    def not_started(self) -> List[Path]:
+        return [i for i in self.inputs if i not in self.reported]
+
+    def current(self) -> List[Path]:
+        return list(self.in_flight)
+
+    # runners
+    def run(self, jobs: int = 1) -> None:
+        """Convert every input; KeyboardInterrupt propagates after the bookkeeping."""
+        if jobs > 1 and len(self.inputs) > 1:
+            self.run_parallel(jobs)
+        else:
+            self.run_sequential()
+
+    def run_sequential(self) -> None:
+        for path in self.inputs:
+            self.mark_started(path)
+            reporter = None if self.progress is None else self.progress.fraction_callback(path)
+            try:
+                result = convert_one(path, self.out_dir, self.options, self.stems[path],
+                                     skip_existing=self.skip_existing, progress=reporter)
+            except KeyboardInterrupt as interrupt:
+                ignore_further_signals()
+                self.interrupted(path, interrupt)
+                raise
+            self.add(path, result)
+
+    def run_parallel(self, jobs: int) -> None:
+        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+        from concurrent.futures.process import BrokenProcessPool
+
+        import multiprocessing
+
+        context = multiprocessing.get_context()
+        events = context.Queue() if getattr(self.progress, "live", False) else None
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
+                                   initargs=(events,))
+        futures = {pool.submit(_worker_convert, i, self.out_dir, self.options, self.stems[i],
+                               self.skip_existing): i for i in self.inputs}
+        pending = set(futures)
+        try:
+            while pending:
+                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
+                self._drain(events)
+                signalled = None
+                for f in done:
+                    path = futures[f]
+                    try:
+                        result, signum = f.result()
+                        if signum is not None:  # a signal reached the workers: the batch stops too
+                            signalled = signum
+                    except BrokenProcessPool:
+                        remove_partials_of(self.out_dir, self.stems[path], newer_than=self.started)
+                        result = FileResult(str(path), "failed",
+                                            error=f"{path}: the worker process converting it died (out of "
+                                                  "memory?); its partial outputs were removed")
+                    except Exception as exc:  # noqa: BLE001
+                        result = FileResult(str(path), "failed",
+                                            error=f"{path}: internal error ({type(exc).__name__}: {exc})")
+                    if result is not None:
+                        self.add(path, result)
+                if signalled is not None:
+                    from .atomic_output import Interrupted
+
+                    raise Interrupted(signalled)
+        except KeyboardInterrupt as interrupt:
+            ignore_further_signals()
+            self._stop_pool(pool, futures, interrupt)
+            raise
+        pool.shutdown(wait=True)
+
+    def _drain(self, events) -> None:
+        """Starts and progress the workers reported (for the files-in-flight display)."""
+        import queue
+
+        while events is not None:
+            try:
+                kind, path, done, total = events.get_nowait()
+            except (queue.Empty, OSError, ValueError, EOFError):
+                return
+            path = Path(path)
+            if path in self.reported:
+                continue
+            self.mark_started(path)
+            if kind == "fraction":
+                callback = self.progress.fraction_callback(path)
+                if callback is not None:
+                    callback(done, total)
+
+    def _stop_pool(self, pool, futures, interrupt) -> None:
+        from concurrent.futures import wait
+
+        for f in futures:
+            f.cancel()  # not dispatched yet: never started
+        processes = list((getattr(pool, "_processes", None) or {}).values())
+        # Busy workers turn SIGTERM into Interrupted and clean up; idle ones ignore it. Repeat, since a
+        # worker may pick up a call that was already queued when the signal came.
+        pending = [f for f in futures if not f.done()]
+        deadline = time.monotonic() + 60
+        while pending and time.monotonic() < deadline:
+            for process in processes:
+                if process.exitcode is None:
+                    try:
+                        os.kill(process.pid, signal.SIGTERM)
+                    except OSError:
+                        pass
+            pending = list(wait(pending, timeout=0.5).not_done)
+        if pending:  # stuck workers (a hung network drive...): stop them the hard way
+            for process in processes:
+                try:
+                    process.kill()
+                except (OSError, ValueError, AttributeError):
+                    pass
+        for f, path in futures.items():
+            if path in self.reported or f.cancelled():
+                continue  # reported already / never started
+            if f.done() and f.exception() is None:
+                if f.result()[0] is not None:
+                    result = f.result()[0]
+                    if result.status == "interrupted":
+                        remove_partials_of(self.out_dir, self.stems[path], newer_than=self.started)
+                    self.add(path, result)  # finished before the signal reached it, or stopped by it
+            else:
+                self.interrupted(path, interrupt)
+        pool.shutdown(wait=not pending, cancel_futures=True)
+
+
+# ---- progress on a terminal --------------------------------------------------------------------------------
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class BatchProgress:
+    """Files done of total, MB/s, ETA and the files in flight.
+
+    ``live`` (a terminal): one status line on ``stream`` redrawn a few times a second by a thread;
+    :meth:`print_line` prints a message above it. Not live: nothing here (the caller prints one
+    plain line per finished file). MB/s counts the input bytes of converted files; the ETA assumes
+    the remaining files go at the same rate.
+    """
+
+    def __init__(self, inputs: Sequence[Path], stream, live: bool, interval_s: float = 0.25):
+        self.sizes = {}
+        for path in inputs:
+            try:
+                self.sizes[Path(path)] = os.stat(path).st_size
+            except OSError:
+                self.sizes[Path(path)] = 0
+        self.total = len(self.sizes)
+        self.stream = stream
+        self.live = live
+        self.interval_s = interval_s
+        self.done = 0
+        self.bytes_done = 0
+        self.bytes_converted = 0
+        self.fractions: Dict[Path, float] = {}
+        self.began = time.perf_counter()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread = None
+        self._drawn = False
+
+    def __enter__(self):
+        if self.live:
+            self._thread = threading.Thread(target=self._loop, name="scanco-progress", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        self._clear()
+        return False
+
+    # events from the batch
+    def start(self, path: Path) -> None:
+        with self._lock:
+            self.fractions.setdefault(Path(path), 0.0)
+
+    def fraction_callback(self, path: Path):
+        def report(done: int, total: int):
+            with self._lock:
+                self.fractions[Path(path)] = done / max(total, 1)
+            return None
+        return report if self.live else None
+
+    def finish(self, result: FileResult) -> None:
+        with self._lock:
+            path = Path(result.input)
+            self.fractions.pop(path, None)
+            self.done += 1
+            self.bytes_done += self.sizes.get(path, 0)
+            if result.status == "converted":
+                self.bytes_converted += self.sizes.get(path, 0)
+
+    # drawing
+    def line(self) -> str:
+        with self._lock:
+            elapsed = max(time.perf_counter() - self.began, 1e-9)
+            in_flight_bytes = sum(self.sizes.get(p, 0) * f for p, f in self.fractions.items())
+            rate = (self.bytes_converted + in_flight_bytes) / elapsed
+            remaining = sum(self.sizes.values()) - self.bytes_done - in_flight_bytes
+            eta = _duration(remaining / rate) if rate > 0 and self.done < self.total else "--:--"
+            flying = ", ".join(f"{p.name} {100 * f:.0f}%" if f else p.name for p, f in self.fractions.items())
+            return (f"[{self.done}/{self.total} files] {rate / 1e6:7.1f} MB/s  ETA {eta}"
+                    + (f"  now: {flying}" if flying else ""))
+
+    def _draw(self) -> None:
+        text = self.line()
+        try:
+            width = os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, AttributeError, ValueError):
+            width = 0
+        width = width if width >= 40 else 120  # a pseudo-terminal may say 0
+        self.stream.write("\r\033[K" + text[: width - 1])
+        self.stream.flush()
+        self._drawn = True
+
+    def _clear(self) -> None:
+        with self._lock:
+            if self._drawn:
+                self.stream.write("\r\033[K")
+                self.stream.flush()
+                self._drawn = False
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with self._lock:
+                self._draw()
+
+    def print_line(self, stream, text: str) -> None:
+        """Print ``text`` on ``stream`` without tearing the status line."""
+        with self._lock:
+            self._clear()
+            stream.write(text + "\n")
+            stream.flush()
+            if self.live and not self._stop.is_set():
+                self._draw()

@@ -1,0 +1,385 @@
+"""Whole studies: recursive discovery, --skip-existing, --json, --summary, exact scan statistics,
+progress, interrupted files' elapsed time, info --json, to_dask.
+
+Files are made by the tests (write_isq / write_aim); each test runs in seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import nrrd
+import numpy as np
+import pytest
+
+import ScancoUnitsLib as S
+from ScancoUnitsLib.batch import BatchProgress, FileResult
+from ScancoUnitsLib.discovery import NOT_SCANCO, assign_stems, discover
+from ScancoUnitsLib.header import Calibration
+from ScancoUnitsLib.scan_statistics import STATISTICS_FIELDS, ScanStatistics, exact_dot
+from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
+from ScancoUnitsLib.units import UnitConverter
+
+from cli_harness import error_lines, run_cli as run
+
+pytestmark = pytest.mark.usefixtures("in_process_cli")
+
+CAL = Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, density_intercept=-196.6,
+                  density_unit="mg HA/ccm", calibration_type=2, calibration_text="70 kVp, batch test")
+RNG = np.random.default_rng(13)
+VOLUME = RNG.integers(-3000, 20000, size=(9, 14, 11)).astype(np.int16)
+
+
+def study(root: Path) -> dict:
+    """study/subject/visit tree: good files (names in any case, ;N, one without extension), bad
+    ones, and files that are not scans. Returns {name: kind}."""
+    (root / "s1" / "v1").mkdir(parents=True)
+    (root / "s1" / "v2").mkdir(parents=True)
+    (root / "s2" / "v1" / "deep").mkdir(parents=True)
+    S.write_isq(root / "s1" / "v1" / "C0001.ISQ;1", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    S.write_aim(root / "s1" / "v2" / "C0001.Aim", VOLUME // 2, voxel_size_mm=(0.02,) * 3, calibration=CAL)
+    S.write_aim(root / "s2" / "v1" / "deep" / "T7.aim", VOLUME // 3, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    S.write_isq(root / "s2" / "EXPORT01", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)  # no extension
+    data = (root / "s1" / "v1" / "C0001.ISQ;1").read_bytes()
+    (root / "s2" / "v1" / "TRUNC.isq").write_bytes(data[: len(data) - 2000])
+    (root / "s2" / "notes.txt").write_text("visit notes")
+    (root / "s1" / "v2" / "scan.nrrd").write_bytes(b"NRRD0004\n")
+    return {"good": ["C0001.ISQ;1", "C0001.Aim", "T7.aim", "EXPORT01"], "bad": ["TRUNC.isq"],
+            "other": ["notes.txt", "scan.nrrd"]}
+
+
+def json_lines(stdout: str):
+    return [json.loads(line) for line in stdout.splitlines() if line.strip()]
+
+
+def mtimes(folder: Path):
+    return {p.name: p.stat().st_mtime_ns for p in sorted(folder.iterdir())}
+
+
+# ---- discovery ---------------------------------------------------------------------------------------
+
+def test_recursive_discovery_by_name_and_content(tmp_path):
+    kinds = study(tmp_path / "study")
+    flat = discover([tmp_path / "study"])
+    assert flat.inputs == [] and [p.reason for p in flat.problems] == ["folder holds no .ISQ or .AIM file"]
+    found = discover([tmp_path / "study"], recursive=True)
+    assert sorted(p.name for p in found.inputs) == sorted(kinds["good"] + kinds["bad"])
+    assert sorted(Path(n.path).name for n in found.skipped) == sorted(kinds["other"])
+    assert all(n.reason == NOT_SCANCO and os.path.isabs(n.path) for n in found.skipped)
+    assert found.problems == []
+    stems = assign_stems(found.inputs)
+    by_name = {p.name: s for p, s in stems.items()}
+    assert by_name["C0001.ISQ;1"] == "v1_C0001" and by_name["C0001.Aim"] == "v2_C0001"
+    assert by_name["EXPORT01"] == "EXPORT01" and len(set(stems.values())) == len(stems)
+
+
+def test_same_stem_deeper_folders_are_told_apart(tmp_path):
+    paths = []
+    for subject in ("s1", "s2"):
+        folder = tmp_path / subject / "visit1"
+        folder.mkdir(parents=True)
+        paths.append(folder / "C0001.ISQ")
+    stems = assign_stems(paths)
+    assert sorted(stems.values()) == ["s1_visit1_C0001", "s2_visit1_C0001"]
+
+
+# ---- the whole-study run ---------------------------------------------------------------------------------
+
+def test_study_json_lines_summary_and_skip_existing(tmp_path, capsys):
+    kinds = study(tmp_path / "study")
+    out, summary = tmp_path / "out", tmp_path / "summary.csv"
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "study", "-r", "-o", out, "--json",
+                                 "--summary", summary)
+    assert status == 1  # TRUNC.isq
+    records = json_lines(stdout)  # stdout holds JSON only
+    by_name = {Path(r["input"]).name: r for r in records}
+    assert sorted(by_name) == sorted(kinds["good"] + kinds["bad"] + kinds["other"])
+    for r in records:
+        assert {"input", "status", "outputs", "error", "warnings", "seconds", "stats"} <= set(r)
+    for name in kinds["good"]:
+        r = by_name[name]
+        assert r["status"] == "converted" and r["error"] is None and r["seconds"] > 0
+        assert set(r["outputs"]) == {"hu", "density", "mask", "metadata"}
+        assert all(Path(p).exists() for p in r["outputs"].values())
+        assert r["stats"]["voxel_count"] == VOLUME.size
+    assert by_name["TRUNC.isq"]["status"] == "failed" and "truncated" in by_name["TRUNC.isq"]["error"]
+    for name in kinds["other"]:
+        assert by_name[name]["status"] == "skipped" and by_name[name]["reason"] == NOT_SCANCO
+    [line] = error_lines(stderr)
+    assert "TRUNC.isq" in line
+    assert "1 failed" in stderr and "ignored" in stderr  # the summary table goes to stderr with --json
+
+    rows = list(csv.DictReader(io.StringIO(summary.read_text())))
+    assert len(rows) == len(records)
+    assert {r["reason"] for r in rows if Path(r["input"]).name in kinds["other"]} == {NOT_SCANCO}
+    row = next(r for r in rows if r["input"].endswith("C0001.ISQ;1"))
+    assert row["status"] == "converted" and (row["dim_x"], row["dim_y"], row["dim_z"]) == ("11", "14", "9")
+    assert float(row["mu_scaling"]) == 4096 and float(row["threshold_low_permille"]) == pytest.approx(250, abs=0.02)
+    for column in ("threshold_low_native", "threshold_low_hu", "threshold_low_mg_ha_ccm", "mask_voxels",
+                   "mask_volume_mm3", "mask_fraction", "density_mean_in_mask_mg_ha_ccm", "hu_mean"):
+        assert row[column] != "", column
+    first = {r["input"]: r for r in rows}
+
+    # a second run keeps every finished set: nothing is rewritten (TRUNC.isq still fails)
+    before = mtimes(out)
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "study", "-r", "-o", out, "--json",
+                                 "--skip-existing", "--summary", summary)
+    assert status == 1
+    again = {Path(r["input"]).name: r for r in json_lines(stdout)}
+    assert all(again[name]["status"] == "skipped" for name in kinds["good"])
+    assert mtimes(out) == before
+    rows = {r["input"]: r for r in csv.DictReader(io.StringIO(summary.read_text()))}
+    for key, row in rows.items():  # skipped rows come from the metadata: the same numbers
+        if row["status"] == "skipped" and first[key]["status"] == "converted":
+            for column in STATISTICS_FIELDS + ("scanner_id", "mu_scaling", "threshold_high_hu"):
+                assert row[column] == first[key][column], (key, column)
+
+
+def test_skip_existing_exit_zero_and_redoes_stale_or_incomplete_sets(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    a = S.write_isq(src / "a.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    b = S.write_aim(src / "b.aim", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    c = S.write_aim(src / "c.aim", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    out = tmp_path / "out"
+    assert run(capsys, "convert", src, "-o", out)[0] == 0
+    before = mtimes(out)
+    status, stdout, _ = run(capsys, "convert", src, "-o", out, "--skip-existing")
+    assert status == 0 and "3 skipped" in stdout and mtimes(out) == before
+
+    # stale: a's input changed (new mtime); incomplete: b lost an output; c untouched
+    st = os.stat(a)
+    os.utime(a, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    (out / "b_RHO.nrrd").unlink()
+    status, stdout, stderr = run(capsys, "convert", src, "-o", out, "--skip-existing", "--json")
+    assert status == 0, stderr
+    got = {Path(r["input"]).name: r["status"] for r in json_lines(stdout)}
+    assert got == {"a.isq": "converted", "b.aim": "converted", "c.aim": "skipped"}
+    after = mtimes(out)
+    assert after["c_HU.nrrd"] == before["c_HU.nrrd"] and after["a_HU.nrrd"] != before["a_HU.nrrd"]
+    assert (out / "b_RHO.nrrd").exists()
+    meta = json.loads((out / "a_metadata.json").read_text())
+    assert meta["input"]["mtime_ns"] == os.stat(a).st_mtime_ns and meta["input"]["size_bytes"] == os.stat(a).st_size
+    assert not [n for n in os.listdir(out) if ".partial-" in n or ".previous-" in n]
+
+    # other options that change the bytes: redone; threads do not change them: kept
+    status, stdout, _ = run(capsys, "convert", c, "-o", out, "--skip-existing", "--json", "--low", "300")
+    assert status == 0 and json_lines(stdout)[0]["status"] == "converted"
+    status, stdout, _ = run(capsys, "convert", c, "-o", out, "--skip-existing", "--json", "--low", "300",
+                            "--threads", "1")
+    assert status == 0 and json_lines(stdout)[0]["status"] == "skipped"
+
+
+def test_without_skip_existing_the_advice_is_for_the_command_line(tmp_path, capsys):
+    src = S.write_isq(tmp_path / "a.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    assert run(capsys, "convert", src, "-o", tmp_path / "o")[0] == 0
+    status, _, stderr = run(capsys, "convert", src, "-o", tmp_path / "o")
+    [line] = error_lines(stderr)
+    assert status == 1 and "exists already" in line and "--skip-existing" in line and "overwrite=True" not in line
+
+
+def test_plain_lines_when_not_a_terminal_and_quiet(tmp_path, capsys):
+    for name in ("a", "b"):
+        S.write_isq(tmp_path / f"{name}.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    status, stdout, stderr = run(capsys, "convert", tmp_path, "-o", tmp_path / "o")
+    assert status == 0
+    assert [line.split(":")[0] for line in stdout.splitlines() if line.startswith("[")] == ["[1/2] a.isq",
+                                                                                           "[2/2] b.isq"]
+    assert "\r" not in stderr and "\r" not in stdout
+    status, stdout, _ = run(capsys, "convert", tmp_path, "-o", tmp_path / "q", "-q")
+    assert status == 0 and not [line for line in stdout.splitlines() if line.startswith("[")]
+
+
+def test_progress_line_counts_rate_eta_and_files_in_flight(tmp_path):
+    paths = []
+    for name in ("a", "b", "c"):
+        p = tmp_path / f"{name}.isq"
+        p.write_bytes(b"x" * 1_000_000)
+        paths.append(p)
+    stream = io.StringIO()
+    progress = BatchProgress(paths, stream, live=False)
+    progress.began -= 2.0  # two seconds in
+    progress.start(paths[0])
+    progress.finish(FileResult(str(paths[0]), "converted"))
+    progress.start(paths[1])
+    progress.fraction_callback(paths[1])  # not live: no per-slab callback
+    line = progress.line()
+    assert line.startswith("[1/3 files]") and "MB/s" in line and "ETA" in line and "b.isq" in line
+    rate = float(line.split("]")[1].split("MB/s")[0])
+    assert 0.3 < rate < 0.6  # 1 MB in about 2 s
+    live = BatchProgress(paths, stream, live=True)
+    report = live.fraction_callback(paths[2])
+    live.start(paths[2])
+    report(5, 10)
+    assert "c.isq 50%" in live.line()
+    live.print_line(stream, "a line")
+    assert stream.getvalue().endswith("a line\n\r\x1b[K" + live.line()) or "a line\n" in stream.getvalue()
+
+
+@pytest.fixture()
+def signal_handlers_restored():
+    """An interrupted in-process run ignores further signals; later subprocess tests inherit the
+    handlers of this process, so they are put back."""
+    import signal
+
+    names = [n for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    saved = {n: signal.getsignal(getattr(signal, n)) for n in names}
+    yield
+    for n, handler in saved.items():
+        signal.signal(getattr(signal, n), handler)
+
+
+@pytest.mark.usefixtures("signal_handlers_restored")
+def test_interrupted_file_reports_its_real_elapsed_time(tmp_path, capsys, monkeypatch):
+    import signal
+
+    from ScancoUnitsLib import atomic_output, convert
+
+    a = S.write_isq(tmp_path / "a.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    b = S.write_isq(tmp_path / "b.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    real = convert.convert_header
+
+    def slow_then_interrupted(header, *args, **kw):
+        if header.path.endswith("b.isq"):
+            time.sleep(0.3)
+            raise atomic_output.Interrupted(signal.SIGTERM)
+        return real(header, *args, **kw)
+
+    monkeypatch.setattr(convert, "convert_header", slow_then_interrupted)
+    status, stdout, stderr = run(capsys, "convert", a, b, "-o", tmp_path / "o", "--json")
+    assert status == 143
+    got = {Path(r["input"]).name: r for r in json_lines(stdout)}
+    assert got["a.isq"]["status"] == "converted"
+    assert got["b.isq"]["status"] == "interrupted" and got["b.isq"]["seconds"] >= 0.3
+    assert "interrupted by SIGTERM while converting b.isq" in stderr
+
+
+# ---- statistics ------------------------------------------------------------------------------------------
+
+def reference_statistics(volume: np.ndarray, low: int, high: int) -> dict:
+    """float64 over the whole array, correctly rounded sums."""
+    conv = UnitConverter(CAL)
+    density = conv.native_to(volume, "density_mg_ha_ccm").ravel()
+    inside = ((volume >= low) & (volume <= high)).ravel()
+    mean_in = math.fsum(density[inside]) / inside.sum()
+    return {
+        "density_mean_mg_ha_ccm": math.fsum(density) / density.size,
+        "density_mean_in_mask_mg_ha_ccm": mean_in,
+        "density_sd_in_mask_mg_ha_ccm": math.sqrt(math.fsum((density[inside] - mean_in) ** 2) / inside.sum()),
+        "hu_mean": math.fsum(conv.native_to(volume, "hu").ravel()) / density.size,
+        "mask_voxels": int(inside.sum()),
+        "native_min": int(volume.min()), "native_max": int(volume.max()),
+    }
+
+
+@pytest.mark.parametrize("slab", [1, 3, 64])
+@pytest.mark.parametrize("dtype", ["int16", "uint8"])
+def test_statistics_equal_a_float64_computation_on_the_whole_array(tmp_path, slab, dtype):
+    if dtype == "int16":
+        volume = RNG.integers(-32768, 32768, size=(17, 23, 19)).astype(np.int16)
+        spec = ThresholdSpec(250, 1000)
+    else:  # uint8 AIMs are char masks: only counts
+        volume = (RNG.integers(0, 3, size=(17, 23, 19)) * 127).astype(np.uint8)
+        spec = None
+    header = S.read_header(S.write_aim(tmp_path / "v.aim", volume, voxel_size_mm=(0.02, 0.03, 0.05),
+                                       calibration=CAL))
+    resolved = resolve_thresholds(spec, CAL) if spec else None
+    stats = ScanStatistics(header, resolved)
+    for z0 in range(0, volume.shape[0], slab):
+        stats.observe(z0, volume[z0:z0 + slab], {})
+    got = stats.to_dict()
+    assert got["voxel_count"] == volume.size
+    voxel_mm3 = 0.02 * 0.03 * 0.05
+    if spec is None:
+        assert got["mask_voxels"] == int(np.count_nonzero(volume))
+        assert got["density_mean_mg_ha_ccm"] is None
+        return
+    want = reference_statistics(volume, resolved.native_low, resolved.native_high)
+    for key, value in want.items():
+        assert got[key] == value, key  # exactly, not approximately
+    assert got["mask_fraction"] == want["mask_voxels"] / volume.size
+    assert got["mask_volume_mm3"] == pytest.approx(want["mask_voxels"] * voxel_mm3, rel=1e-6)
+
+
+def test_conversion_metadata_holds_the_statistics(tmp_path):
+    path = S.write_isq(tmp_path / "s.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    header = S.read_header(path)
+    result = S.convert_header(header, tmp_path / "o", S.ConversionOptions(slab_slices=2))
+    stats = json.loads((tmp_path / "o" / "s_metadata.json").read_text())["statistics"]
+    lo, hi = result.metadata["thresholds"]["native"]
+    want = reference_statistics(VOLUME, lo, hi)
+    assert {k: stats[k] for k in want} == want
+    assert stats["mask_voxels"] == result.metadata["mask_voxels"]
+
+
+def test_exact_dot_is_correctly_rounded():
+    counts = np.array([3, 10**9 + 7, 1, 2**40 + 1], dtype=np.int64)
+    values = np.array([0.1, 1e-3 / 3, -7.25e5, 2.0 / 3.0])
+    from fractions import Fraction
+
+    exact = sum(Fraction(int(c)) * Fraction(float(v)) for c, v in zip(counts, values))
+    assert exact_dot(counts, values) == float(exact)
+
+
+# ---- info --json ----------------------------------------------------------------------------------------
+
+def test_info_json_is_one_object_per_line_with_error_objects(tmp_path, capsys):
+    good = S.write_isq(tmp_path / "g.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    bad = tmp_path / "bad.aim"
+    bad.write_bytes(b"not a scan" * 10)
+    status, stdout, stderr = run(capsys, "info", "--json", good, bad, good)
+    assert status == 1
+    lines = stdout.splitlines()
+    assert len(lines) == 3
+    records = [json.loads(line) for line in lines]
+    assert [r["status"] for r in records] == ["ok", "failed", "ok"]
+    assert records[0]["dimensions"] == [11, 14, 9] and records[0]["error"] is None
+    assert records[1]["input"] == str(bad) and "not a SCANCO" in records[1]["error"]
+    assert len(error_lines(stderr)) == 1
+    status, stdout, _ = run(capsys, "info", "--json", good)
+    assert status == 0 and len(stdout.splitlines()) == 1 and json.loads(stdout)["format"] == "ISQ"
+
+
+# ---- to_dask --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("quantity, role", [("hu", "hu"), ("density_g_cc", "density"), ("mask", "mask"),
+                                            ("mu", "mu"), ("native", "native")])
+def test_to_dask_equals_the_converted_volume(tmp_path, quantity, role):
+    pytest.importorskip("dask")
+    path = S.write_aim(tmp_path / "v.aim", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL, compression=None)
+    outputs = S.convert_file(path, tmp_path / "o", outputs=("hu", "density", "mask", "mu", "native"))
+    lazy = S.to_dask(path, quantity, chunks=(4, 5, 6))
+    assert lazy.shape == VOLUME.shape and lazy.numblocks == (3, 3, 2)
+    reference, _ = nrrd.read(str(outputs[role]))
+    computed = lazy.compute(scheduler="sync")
+    assert computed.dtype == reference.dtype
+    np.testing.assert_array_equal(computed, reference.T)
+
+
+def test_to_dask_reads_only_the_slices_a_block_needs(tmp_path, monkeypatch):
+    pytest.importorskip("dask")
+    from ScancoUnitsLib import reader
+
+    path = S.write_isq(tmp_path / "v.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    asked = []
+    real = reader.VoxelSource.read_slab
+
+    def watching(self, z0, z1, out=None):
+        asked.append((z0, z1))
+        return real(self, z0, z1, out)
+
+    monkeypatch.setattr(reader.VoxelSource, "read_slab", watching)
+    lazy = S.to_dask(path, "density_mg_ha_ccm", chunks=(2, -1, -1))
+    assert asked == []  # nothing read yet
+    block = lazy[4:6].compute(scheduler="sync")
+    assert asked == [(4, 6)]
+    expected = UnitConverter(CAL).convert(VOLUME[4:6], "density_mg_ha_ccm")
+    np.testing.assert_array_equal(block, expected)
+    with pytest.raises(ValueError, match="unknown quantity"):
+        S.to_dask(path, "furlongs")

@@ -1,0 +1,345 @@
+"""The panel's code paths (ScancoUnitsWidget) run headless: real MRML nodes and Logic, recording stand-ins for
+the Qt side (widgets, progress dialog, application, file dialog). What Qt itself does is not tested here;
+what the widget asks of it is: the path fields follow any text and judge the file by content, history is
+saved when a file is used, long tasks run behind a modal dialog with the buttons disabled, the histogram is
+read once with progress, and Save mask as AIM passes the chosen node and segment to the Logic.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+vtk = pytest.importorskip("vtk")
+
+from ScancoUnitsLib import Calibration, write_isq  # noqa: E402
+
+TESTING = Path(__file__).resolve().parent
+sys.path.insert(0, str(TESTING))
+import slicer_module_stubs  # noqa: E402
+
+CAL = Calibration(mu_scaling=8192, mu_water_per_cm=0.2409, density_slope=1603.51904,
+                  density_intercept=-391.209015, density_unit="mg HA/ccm")
+MODULE_CODE = slicer_module_stubs.MODULE_FILE.read_text(encoding="utf-8")
+
+
+class FakeWidget:
+    """Any Qt/CTK/qMRML widget of the .ui: the attributes and calls the module code uses, recorded."""
+
+    def __init__(self, name):
+        self.name = name
+        self.enabled = True
+        self.visible = True
+        self.checked = False
+        self.text = self.toolTip = self.currentPath = ""
+        self.maximum = 0
+        self.connections = []
+        self.history = []
+        self.items = []
+        self.currentIndex = -1
+        self._node = None
+        self._combo = None
+
+    def connect(self, signal, slot):
+        self.connections.append((signal, slot))
+
+    def comboBox(self):  # ctkPathLineEdit
+        if self._combo is None:
+            self._combo = FakeWidget(self.name + ".comboBox")
+        return self._combo
+
+    def addCurrentPathToHistory(self):  # ctkPathLineEdit
+        self.history.append(self.currentPath)
+
+    def currentNode(self):  # qMRMLNodeComboBox
+        return self._node
+
+    def setCurrentNode(self, node):
+        changed = node is not self._node
+        self._node = node
+        if changed:   # qMRMLNodeComboBox emits currentNodeChanged
+            for signal, slot in self.connections:
+                if signal == "currentNodeChanged(vtkMRMLNode*)":
+                    slot(node)
+
+    def setMRMLScene(self, scene):
+        pass
+
+    # QComboBox
+    def blockSignals(self, block):
+        return False
+
+    def clear(self):
+        self.items, self.currentIndex = [], -1
+
+    def addItem(self, text, data=None):
+        self.items.append((text, data))
+
+    @property
+    def count(self):
+        return len(self.items)
+
+    @property
+    def currentData(self):
+        return self.items[self.currentIndex][1] if 0 <= self.currentIndex < len(self.items) else None
+
+    def findData(self, data):
+        return next((i for i, (_, d) in enumerate(self.items) if d == data), -1)
+
+    def setCurrentIndex(self, index):
+        self.currentIndex = index
+
+
+class FakeDialog:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+        self.wasCanceled = False
+        self.shown = self.closed = False
+        self.windowModality = None
+        self.value = 0
+
+    def show(self):
+        self.shown = True
+
+    def close(self):
+        self.closed = True
+
+
+class Harness:
+    """A ScancoUnitsWidget wired to FakeWidgets, with the Qt/app calls of the module recorded."""
+
+    def __init__(self, module, monkeypatch):
+        self.module = module
+        self.dialogs = []
+        self.during_events = []   # (apply, histogram, save enabled, dialog modality, shown) at each event pass
+        self.status = []
+        self.save_name = ""
+        harness = self
+
+        class FakeApp:
+            def processEvents(self):
+                dialog = harness.dialogs[-1] if harness.dialogs else None
+                ui = harness.widget.ui
+                harness.during_events.append((ui.applyButton.enabled, ui.showHistogramButton.enabled,
+                                              ui.saveMaskAsAimButton.enabled,
+                                              dialog.windowModality if dialog else None,
+                                              dialog.shown if dialog else None))
+
+            def testingEnabled(self):
+                return True
+
+            def layoutManager(self):
+                return None
+
+            def setOverrideCursor(self, cursor):
+                pass
+
+            def restoreOverrideCursor(self):
+                pass
+
+        def create_progress_dialog(**kwargs):
+            dialog = FakeDialog(**kwargs)
+            self.dialogs.append(dialog)
+            return dialog
+
+        qt = types.ModuleType("qt")
+        qt.Qt = types.SimpleNamespace(ApplicationModal=2, WaitCursor=3)
+        qt.QFileDialog = types.SimpleNamespace(getSaveFileName=lambda *args: self.save_name)
+        monkeypatch.setitem(sys.modules, "qt", qt)
+        monkeypatch.setattr(slicer, "app", FakeApp(), raising=False)
+        monkeypatch.setattr(slicer.util, "createProgressDialog", create_progress_dialog)
+        monkeypatch.setattr(slicer.util, "showStatusMessage", lambda text, ms=0: self.status.append(text))
+        monkeypatch.setattr(slicer.util, "mainWindow", lambda: None)
+        monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda *a, **k: True)
+
+        widget = module.ScancoUnitsWidget()
+        names = sorted(set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_CODE)))
+        widget.ui = types.SimpleNamespace(**{name: FakeWidget(name) for name in names})
+        widget.logic = module.ScancoUnitsLogic()
+        widget._parameterNode = widget.logic.getParameterNode()
+        widget.ui.maskNodeSelector.connect("currentNodeChanged(vtkMRMLNode*)", widget.onMaskNodeChanged)
+        self.widget = widget
+        self.ui = widget.ui
+        self.p = widget._parameterNode
+
+    def type_path(self, text):
+        """What typing (or clearing) the input field does: the combo box's editTextChanged slot."""
+        self.ui.inputFileSelector.currentPath = text
+        self.widget.onInputPathChanged(text)
+        self.widget.updateGUIFromParameterNode()   # the parameter node's ModifiedEvent in Slicer
+
+
+@pytest.fixture
+def harness(monkeypatch):
+    module = slicer_module_stubs.load_scanco_units_module()
+    slicer_module_stubs.new_scene()
+    return Harness(module, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def scan(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("widget")
+    rng = np.random.default_rng(3)
+    volume = rng.integers(0, 20000, size=(40, 6, 5)).astype(np.int16)
+    other = folder / "notes.txt"
+    other.write_text("not a scan")
+    return {"vms": write_isq(folder / "C0004255.ISQ;1", volume, voxel_size_mm=(0.06,) * 3, calibration=CAL),
+            "odd_case": write_isq(folder / "x.iSQ", volume, voxel_size_mm=(0.06,) * 3, calibration=CAL),
+            "other": other, "volume": volume}
+
+
+def test_path_field_takes_any_name_judges_content_and_clears(harness, scan):
+    ui = harness.ui
+    for key in ("vms", "odd_case"):
+        harness.type_path(str(scan[key]))
+        assert harness.p.inputFilePath == str(scan[key])
+        assert harness.widget._header is not None, key
+        assert ui.applyButton.enabled and ui.showHistogramButton.enabled
+    harness.type_path(str(scan["other"]))
+    assert harness.widget._header is None and not ui.applyButton.enabled
+    assert "notes.txt" in ui.headerSummaryLabel.text
+    harness.type_path("")   # cleared
+    assert harness.p.inputFilePath == "" and harness.widget._header is None
+    assert not ui.applyButton.enabled and ui.headerSummaryLabel.text == "No file selected."
+    # the same path again does not read the header again
+    harness.type_path(str(scan["vms"]))
+    header = harness.widget._header
+    harness.widget.updateGUIFromParameterNode()
+    assert harness.widget._header is header
+
+
+def test_apply_is_modal_disables_buttons_and_saves_history(harness, scan):
+    ui = harness.ui
+    harness.type_path(str(scan["vms"]))
+    harness.p.exportEnabled = False
+    harness.widget.onApplyButton()
+    dialog, = harness.dialogs
+    assert dialog.closed and dialog.windowModality == 2 and dialog.shown
+    assert harness.during_events, "no progress reported"
+    for apply_enabled, histogram_enabled, save_enabled, modality, shown in harness.during_events:
+        assert (apply_enabled, histogram_enabled, save_enabled) == (False, False, False)
+        assert modality == 2 and shown
+    assert ui.applyButton.enabled and ui.showHistogramButton.enabled   # back after the load
+    assert ui.inputFileSelector.history == [str(scan["vms"])]
+    assert ui.exportDirectorySelector.history == []
+    nodes = harness.widget._loadedNodes
+    assert sorted(nodes) == ["density", "hu", "mask_labelmap", "mask_segmentation"]
+    assert ui.maskNodeSelector.currentNode() is nodes["mask_segmentation"]
+    assert ui.maskSegmentComboBox.items == [("Bone 250-1000 per mille",
+                                             nodes["mask_segmentation"].GetSegmentation().GetNthSegmentID(0))]
+    assert ui.saveMaskAsAimButton.enabled and not ui.maskSegmentComboBox.enabled   # one segment: no choice
+
+
+def test_apply_cancel_leaves_the_scene_and_history_alone(harness, scan):
+    harness.type_path(str(scan["vms"]))
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    original = slicer.app.processEvents
+
+    def cancel_on_first_event():
+        original()
+        harness.dialogs[-1].wasCanceled = True
+
+    slicer.app.processEvents = cancel_on_first_event
+    harness.widget.onApplyButton()
+    assert slicer.mrmlScene.GetNumberOfNodes() == before
+    assert harness.ui.inputFileSelector.history == []
+    assert harness.status and "Cancelled" in harness.status[-1]
+    assert harness.ui.applyButton.enabled
+
+
+def test_show_histogram_reads_once_with_progress(harness, scan, monkeypatch):
+    harness.type_path(str(scan["vms"]))
+    harness.widget.logic.HISTOGRAM_SLAB_SLICES = 8
+    harness.widget.onShowHistogram()
+    dialog, = harness.dialogs
+    assert dialog.closed and dialog.windowModality == 2 and dialog.value == 1000
+    assert len(harness.during_events) >= 5   # 40 slices, 8 at a time: progress and a cancel check each
+    chart, table, series = harness.widget._chart
+    assert all(s.IsXColumnRequired() for s in series.values())
+    # again: from the store, no dialog, no read
+    import ScancoUnitsLib.reader as reader_module
+
+    monkeypatch.setattr(reader_module, "open_voxels", lambda *a, **k: pytest.fail("read the file again"))
+    harness.widget.onShowHistogram()
+    assert len(harness.dialogs) == 1
+    assert slicer.mrmlScene.IsNodePresent(harness.widget._chart[0]) and not slicer.mrmlScene.IsNodePresent(chart)
+    # moving a threshold moves the lines
+    harness.p.lowerThreshold = 300.0
+    harness.widget.updateGUIFromParameterNode()
+    from ScancoUnitsLib.histogram_chart import threshold_lines
+
+    resolved = harness.widget._resolvedThresholds()
+    assert threshold_lines(harness.widget._chart[1]) == resolved.values["hu"]
+
+
+def test_save_mask_as_aim_passes_node_and_segment(harness, scan, monkeypatch, tmp_path):
+    calls = []
+    fake = types.ModuleType("ScancoUnitsLib.mask_aim")
+
+    def save_mask_as_aim(node, path, *, source=None, segment_id=None):
+        calls.append((node, path, segment_id))
+        return Path(path)
+
+    fake.save_mask_as_aim = save_mask_as_aim
+    monkeypatch.setitem(sys.modules, "ScancoUnitsLib.mask_aim", fake)
+    ui = harness.ui
+    harness.widget.onMaskNodeChanged(None)
+    assert not ui.saveMaskAsAimButton.enabled
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "edited")
+    ui.maskNodeSelector.setCurrentNode(segmentation)
+    assert not ui.saveMaskAsAimButton.enabled   # no segment yet
+    for name in ("Cortex", "Trabecular"):   # Segment Editor adds segments: the list follows
+        image = slicer.vtkOrientedImageData()
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        segment = slicer.vtkSegment()
+        segment.SetName(name)
+        segment.AddRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName(),
+                                  image)
+        segmentation.GetSegmentation().AddSegment(segment)
+    assert [name for name, _ in ui.maskSegmentComboBox.items] == ["Cortex", "Trabecular"]
+    assert ui.saveMaskAsAimButton.enabled and ui.maskSegmentComboBox.enabled
+    ui.maskSegmentComboBox.setCurrentIndex(1)
+    harness.save_name = str(tmp_path / "TRAB.AIM")
+    harness.widget.onSaveMaskAsAim()
+    assert calls == [(segmentation, harness.save_name, segmentation.GetSegmentation().GetNthSegmentID(1))]
+    assert harness.status[-1].endswith("TRAB.AIM")
+    harness.save_name = ""   # the file dialog cancelled: nothing is written
+    harness.widget.onSaveMaskAsAim()
+    assert len(calls) == 1
+    # switching to a labelmap stops following the segmentation
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
+    ui.maskNodeSelector.setCurrentNode(labelmap)
+    assert ui.maskSegmentComboBox.items == [] and ui.saveMaskAsAimButton.enabled
+    harness.save_name = str(tmp_path / "MASK.AIM")
+    harness.widget.onSaveMaskAsAim()
+    assert calls[-1] == (labelmap, harness.save_name, None)
+
+
+def test_setup_connects_the_path_fields_by_their_text(harness, monkeypatch):
+    """setup() wires each path field through its combo box's editTextChanged (every text, empty included),
+    not through ctkPathLineEdit.currentPathChanged (only text its validator accepts)."""
+    module = harness.module
+    fakes = harness.ui
+    widget = module.ScancoUnitsWidget()
+    monkeypatch.setattr(module.ScriptedLoadableModuleWidget, "setup", lambda self: None, raising=False)
+    widget.layout = types.SimpleNamespace(addWidget=lambda w: None)
+    widget.resourcePath = lambda relative: relative
+    monkeypatch.setattr(slicer.util, "loadUI", lambda path: FakeWidget("ScancoUnits"))
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda ui: fakes)
+    widget.setup()
+    signals = {name: [signal for signal, _ in getattr(fakes, name).connections] for name in vars(fakes)}
+    assert "currentPathChanged(QString)" not in signals["inputFileSelector"]
+    input_slots = dict(fakes.inputFileSelector.comboBox().connections)
+    assert input_slots["editTextChanged(QString)"] == widget.onInputPathChanged
+    export_slots = dict(fakes.exportDirectorySelector.comboBox().connections)
+    assert export_slots["editTextChanged(QString)"] == widget.onExportDirectoryChanged
+    assert dict(fakes.saveMaskAsAimButton.connections)["clicked(bool)"] == widget.onSaveMaskAsAim
+    assert dict(fakes.maskNodeSelector.connections)["currentNodeChanged(vtkMRMLNode*)"] == widget.onMaskNodeChanged
+    assert widget._parameterNode is not None
+    widget.cleanup()

@@ -1,0 +1,115 @@
+"""Benchmark: loading a SCANCO file into a (headless, slicer-core) Slicer scene against ``itk.imread``.
+
+    make bench-slicer                                 # 1 GiB ISQ, medians of 3
+    .venv/bin/python bench/slicer_load.py --size 1G --repeat 3
+
+Slicer's own reader of a SCANCO file is ITK (ITKIOScanco), so ``itk.imread`` of the same file is the
+time to beat. Each case runs in a child process of its own, interleaved with the others, on a file
+that sits in the page cache (read once before every run):
+
+* ``itk``          -- ``itk.imread(path)`` (ITK's reader; what a drop of the file into Slicer runs);
+* ``hu``           -- ``load_scan_into_scene(scene, path, outputs=["hu"])``;
+* ``four nodes``   -- ``load_scan_into_scene(scene, path)``: HU, density, mask labelmap and segmentation.
+
+Reported: wall time of the load itself (inside the child, after imports), the child's peak RSS above
+its RSS after the imports (``VmHWM`` minus the RSS before loading), and the bytes the created nodes
+own (their voxel arrays), so "peak memory at most the nodes' bytes plus 10 %" can be read off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "ScancoUnits"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from bench import parse_size, size_label, warm, write_input_isq  # noqa: E402
+
+CHILD = r"""
+import json, sys, time
+sys.path.insert(0, {lib!r})
+
+def rss_kib(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+case, path = sys.argv[1], sys.argv[2]
+if case == "itk":
+    import itk
+    base = rss_kib("VmRSS")
+    t0 = time.perf_counter()
+    image = itk.imread(path)
+    seconds = time.perf_counter() - t0
+    import numpy as np
+    own = itk.array_view_from_image(image).nbytes
+else:
+    import slicer
+    from ScancoUnitsLib.scene import load_scan_into_scene
+    from vtk.util import numpy_support
+    scene = slicer.vtkMRMLScene()
+    base = rss_kib("VmRSS")
+    t0 = time.perf_counter()
+    nodes = load_scan_into_scene(scene, path, outputs=["hu"] if case == "hu" else None)
+    seconds = time.perf_counter() - t0
+    buffers = {}   # data address -> bytes: a segment that shares the labelmap's voxels counts once
+    for role, node in nodes.items():
+        images = [node.GetImageData()] if node.IsA("vtkMRMLVolumeNode") else [
+            node.GetSegmentation().GetNthSegment(i).GetRepresentation("Binary labelmap")
+            for i in range(node.GetSegmentation().GetNumberOfSegments())]
+        for image in images:
+            if image is not None and image.GetPointData().GetScalars() is not None:
+                a = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+                buffers[a.__array_interface__["data"][0]] = a.nbytes
+    own = sum(buffers.values())
+print(json.dumps({{"seconds": seconds, "peak_above_base_bytes": (rss_kib("VmHWM") - base) * 1024,
+                  "node_bytes": own}}))
+"""
+
+CASES = ("itk", "hu", "four nodes")
+
+
+def run_case(case: str, path: Path) -> dict:
+    warm(path)
+    code = CHILD.format(lib=str(REPO / "ScancoUnits"))
+    out = subprocess.run([sys.executable, "-c", code, "four" if case == "four nodes" else case, str(path)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=parse_size, default=parse_size("1G"))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
+        isq = Path(folder) / "SLICER.ISQ"
+        shape = write_input_isq(isq, args.size)
+        runs = {case: [] for case in CASES}
+        for _ in range(args.repeat):
+            for case in CASES:   # interleaved
+                runs[case].append(run_case(case, isq))
+    itk_s = statistics.median(r["seconds"] for r in runs["itk"])
+    print(f"Slicer load of a {size_label(args.size)} ISQ {shape[2]}x{shape[1]}x{shape[0]} (medians of "
+          f"{args.repeat}, interleaved, warm page cache)")
+    print(f"{'case':<12} {'seconds':>8} {'x ITK':>7} {'peak above base MB':>19} {'node MB':>9} {'peak/node':>10}")
+    for case in CASES:
+        seconds = statistics.median(r["seconds"] for r in runs[case])
+        peak = statistics.median(r["peak_above_base_bytes"] for r in runs[case])
+        own = statistics.median(r["node_bytes"] for r in runs[case])
+        print(f"{case:<12} {seconds:8.2f} {seconds / itk_s:7.2f} {peak / 1e6:19.0f} {own / 1e6:9.0f} "
+              f"{peak / max(own, 1):10.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
