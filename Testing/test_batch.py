@@ -148,7 +148,7 @@ def test_skip_existing_exit_zero_and_redoes_stale_or_incomplete_sets(tmp_path, c
     b = S.write_aim(src / "b.aim", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
     c = S.write_aim(src / "c.aim", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
     out = tmp_path / "out"
-    assert run(capsys, "convert", src, "-o", out)[0] == 0
+    assert run(capsys, "convert", src, "-o", out, "--statistics")[0] == 0
     before = mtimes(out)
     status, stdout, _ = run(capsys, "convert", src, "-o", out, "--skip-existing")
     assert status == 0 and "3 skipped" in stdout and mtimes(out) == before
@@ -174,6 +174,21 @@ def test_skip_existing_exit_zero_and_redoes_stale_or_incomplete_sets(tmp_path, c
     status, stdout, _ = run(capsys, "convert", c, "-o", out, "--skip-existing", "--json", "--low", "300",
                             "--threads", "1")
     assert status == 0 and json_lines(stdout)[0]["status"] == "skipped"
+
+
+def test_a_set_without_statistics_is_redone_when_they_are_asked_for(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    S.write_isq(src / "a.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    out = tmp_path / "out"
+    assert run(capsys, "convert", src, "-o", out)[0] == 0
+    assert json.loads((out / "a_metadata.json").read_text())["statistics"] is None
+    status, stdout, _ = run(capsys, "convert", src, "-o", out, "--skip-existing")
+    assert status == 0 and "1 skipped" in stdout
+    status, stdout, _ = run(capsys, "convert", src, "-o", out, "--skip-existing", "--json")
+    record = json_lines(stdout)[0]
+    assert status == 0 and record["status"] == "converted" and record["stats"]["voxel_count"] == VOLUME.size
+    assert json.loads((out / "a_metadata.json").read_text())["statistics"]["voxel_count"] == VOLUME.size
 
 
 def test_without_skip_existing_the_advice_is_for_the_command_line(tmp_path, capsys):
@@ -310,7 +325,7 @@ def test_statistics_equal_a_float64_computation_on_the_whole_array(tmp_path, sla
 def test_conversion_metadata_holds_the_statistics(tmp_path):
     path = S.write_isq(tmp_path / "s.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
     header = S.read_header(path)
-    result = S.convert_header(header, tmp_path / "o", S.ConversionOptions(slab_slices=2))
+    result = S.convert_header(header, tmp_path / "o", S.ConversionOptions(slab_slices=2, statistics=True))
     stats = json.loads((tmp_path / "o" / "s_metadata.json").read_text())["statistics"]
     lo, hi = result.metadata["thresholds"]["native"]
     want = reference_statistics(VOLUME, lo, hi)

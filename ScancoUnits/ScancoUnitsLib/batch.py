@@ -32,7 +32,7 @@ STATUSES = ("converted", "skipped", "failed", "interrupted")
 UP_TO_DATE = "outputs exist, made from this input (same size and modification time) with the same options"
 NOT_STARTED = "not started (batch interrupted)"
 # options that do not change the bytes of an output (the conversion is exact whatever the slab size)
-_OPTIONS_NOT_COMPARED = ("overwrite", "threads", "slab_slices")
+_OPTIONS_NOT_COMPARED = ("overwrite", "threads", "slab_slices", "statistics")
 
 
 @dataclass
@@ -87,6 +87,8 @@ def existing_metadata(header, out_dir, options, stem: str) -> Optional[dict]:
                 or Path(source.get("path", "")).name != Path(header.path).name:
             return None
         if _comparable_options(metadata.get("options") or {}) != _comparable_options(options.to_dict()):
+            return None
+        if options.statistics and not metadata.get("statistics"):  # asked for now, not made then
             return None
         planned = plan_files(plan_request(header, options), out_dir, stem)
         recorded = metadata.get("outputs") or {}

@@ -204,8 +204,9 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
 
         report_builder = ReportBuilder(header, request, plan.thresholds)
         observers.append(report_builder.observe)
-    statistics = ScanStatistics(header, plan.thresholds, request.threshold_spec)
-    observers.append(statistics.observe)
+    statistics = ScanStatistics(header, plan.thresholds, request.threshold_spec) if request.statistics else None
+    if statistics is not None and not statistics.counted:  # int32/float scans: summed slab by slab
+        observers.append(statistics.observe)
     caught: List[str] = list(plan.warnings)
     if removed:
         caught.append(f"{out_dir}: removed {len(removed)} temporary file(s) left by a killed run: "
@@ -220,7 +221,10 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
             engine_outputs[role].sinks.extend(sinks)
         result = run_engine(header, source, list(engine_outputs.values()), thresholds=plan.thresholds,
                             hu_dtype=request.hu_dtype, slab_slices=request.slab_slices, observers=observers,
-                            progress=progress, cancel=cancel)
+                            progress=progress, cancel=cancel,
+                            histogram=statistics is not None and statistics.counted)
+        if statistics is not None and statistics.counted:
+            statistics.add_histogram(result.native_histogram)
         for sink_list in engine_outputs.values():
             for sink in sink_list.sinks:
                 if isinstance(sink, _WriterSink):
@@ -243,7 +247,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
         for text in caught[len(plan.warnings):]:
             warnings.warn(text, stacklevel=2)
         metadata = _metadata(header, plan, files, stats, mask_voxels, hu_clipped, result, caught)
-        metadata["statistics"] = statistics.to_dict()
+        metadata["statistics"] = statistics.to_dict() if statistics is not None else None
         if coverage:
             metadata["mask_coverage"] = coverage[coverage.index(MASK_COVERAGE_MARK):]
         if report_builder is not None:

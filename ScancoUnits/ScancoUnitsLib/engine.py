@@ -198,7 +198,7 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     native_dtype = np.dtype(header.voxel_type)
     kernel_outputs = [KernelOutput(o.role, o.quantity, o.dtype) for o in outputs if o.quantity not in _PASS_THROUGH]
     kernel = None
-    if kernel_outputs:
+    if kernel_outputs or (histogram and native_dtype.kind in "iu" and native_dtype.itemsize <= 2):
         if any(o.quantity == "mask" for o in kernel_outputs):
             thresholds.mask(np.zeros(0, dtype=native_dtype))  # the mask's own refusals (char data...)
         mask_range = thresholds if any(o.quantity == "mask" for o in kernel_outputs) else None

@@ -28,7 +28,7 @@ import numpy as np
 
 from .atomic_output import AtomicOutputSet, output_error_from
 # The parallel gzip stream: the one place it is imported (it moves to parallel_gzip.py later).
-from .nrrd_writer import _GzipStream, _RawStream, _write_all, default_threads
+from .parallel_gzip import _GzipStream, _RawStream, _write_all, default_threads
 from .volume_writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
 
 __all__ = ["NiftiVolumeWriter", "nifti_header", "ras_affine", "NIFTI_XFORM_CODE", "NIFTI_VOX_OFFSET"]

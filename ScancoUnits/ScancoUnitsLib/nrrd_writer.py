@@ -33,8 +33,8 @@ import numpy as np
 
 from .atomic_output import AtomicOutputSet, OutputError, output_error_from
 from .parallel_gzip import GZIP_CHUNK_BYTES as _GZIP_CHUNK_BYTES  # read at each open: tests shrink it
-from .parallel_gzip import _GzipStream, crc32_combine, default_threads, gzip_backend
-from .volume_writers import VolumeFormat, VolumeSpec, register_format
+from .parallel_gzip import _GzipStream, _RawStream, _write_all, crc32_combine, default_threads, gzip_backend
+from .volume_writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
 
 __all__ = [
     "NrrdVolumeWriter",
@@ -225,37 +225,12 @@ def nrrd_header(shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_
     return text.encode("utf-8")
 
 
-class _RawStream:
-    def __init__(self, fileobj, write_all):
-        self._file = fileobj
-        self._write_all = write_all
-
-    def write(self, view: memoryview) -> None:
-        self._write_all(self._file, view)
-
-    def finish(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-
-def _write_all(fileobj, data) -> None:
-    """Write every byte of *data* (raw file objects may write less than asked)."""
-    view = memoryview(data)
-    while len(view):
-        written = fileobj.write(view)
-        if written is None:  # non-blocking raw stream: not expected for files
-            raise BlockingIOError("the output could not take data")
-        view = view[written:]
-
-
 # ---------------------------------------------------------------------------------------------------
 # writer
 # ---------------------------------------------------------------------------------------------------
 
 
-class NrrdVolumeWriter:
+class NrrdVolumeWriter(SlabWriter):
     """Stream a (z, y, x) volume into an NRRD file, slab by slab.
 
     ::
@@ -274,6 +249,8 @@ class NrrdVolumeWriter:
 
     *threads*: compression threads for gzip (default: the CPUs this process may use).
     """
+
+    kind = "NRRD"
 
     def __init__(self, path, shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_values=None,
                  encoding: str = "raw", detached: bool = False, compress_level: int = 1, threads=None,
@@ -337,10 +314,6 @@ class NrrdVolumeWriter:
 
     # -- properties ---------------------------------------------------------------------------------
     @property
-    def slices_written(self) -> int:
-        return self._slices_written
-
-    @property
     def output_paths(self) -> list[Path]:
         """Final paths this writer produces (header first for detached files)."""
         return [self.path, self.data_path] if self.detached else [self.path]
@@ -355,26 +328,10 @@ class NrrdVolumeWriter:
 
         The array is not modified or kept: its buffer may be reused as soon as this returns.
         """
-        if self._closed:
-            raise ValueError(f"{self.path}: the NRRD writer is closed")
-        arr = np.asarray(array)
-        if arr.ndim == 2:
-            arr = arr[np.newaxis]
-        nz, ny, nx = self.shape_zyx
-        if arr.ndim != 3 or arr.shape[1:] != (ny, nx):
-            raise ValueError(f"{self.path}: slab shape {np.shape(array)} does not match slices of "
-                             f"(y, x) = ({ny}, {nx})")
-        if arr.dtype != self.dtype:
-            if arr.dtype.kind == self.dtype.kind and arr.dtype.itemsize == self.dtype.itemsize:
-                arr = arr.astype(self.dtype)  # same type, other byte order
-            else:
-                raise ValueError(f"{self.path}: slab has voxel type {arr.dtype.name}, the file holds "
-                                 f"{self.dtype.name}")
-        count = arr.shape[0]
-        if self._slices_written + count > nz:
-            raise ValueError(f"{self.path}: {self._slices_written + count} slices written, the volume has {nz}")
-        if count == 0:
+        arr = self._checked_slab(array)
+        if arr is None:
             return
+        count = arr.shape[0]
         arr = np.ascontiguousarray(arr)
         try:
             self._stream.write(memoryview(arr).cast("B"))
@@ -426,16 +383,6 @@ class NrrdVolumeWriter:
             # them here turned a full disk into "write to closed file". Mark the set failed; its owner
             # aborts it once every writer stopped.
             self._set.fail(error)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is not None:
-            self._fail()
-            return False
-        self.close()
-        return False
 
     def __repr__(self):
         return (f"NrrdVolumeWriter({str(self.path)!r}, shape_zyx={self.shape_zyx}, dtype={self.dtype.name}, "

@@ -214,3 +214,29 @@ class _GzipStream:
 
 
 GzipStream = _GzipStream
+
+
+# the uncompressed counterpart of _GzipStream, and the write loop both use
+class _RawStream:
+    def __init__(self, fileobj, write_all):
+        self._file = fileobj
+        self._write_all = write_all
+
+    def write(self, view: memoryview) -> None:
+        self._write_all(self._file, view)
+
+    def finish(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _write_all(fileobj, data) -> None:
+    """Write every byte of *data* (raw file objects may write less than asked)."""
+    view = memoryview(data)
+    while len(view):
+        written = fileobj.write(view)
+        if written is None:  # non-blocking raw stream: not expected for files
+            raise BlockingIOError("the output could not take data")
+        view = view[written:]

@@ -129,6 +129,7 @@ class ConversionRequest:
     threads: int = 2                        # gzip threads per output
     output_stem: Optional[str] = None       # default: input name without extension and ;N
     report: bool = False                    # QC picture <stem>_report.png (needs matplotlib)
+    statistics: bool = False                # per-scan statistics in _metadata.json (exact, one pass)
 
     def __post_init__(self):
         if self.outputs is not None:
@@ -385,6 +386,9 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--detached", action="store_true", help="write .nhdr + .raw pairs")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output set of the same name (every file of its earlier metadata)")
+    p.add_argument("--statistics", action="store_true",
+                   help="per-scan statistics (mask volume, mean density, TMD...) in _metadata.json; on with "
+                        "--summary and --json")
     p.add_argument("--report", action="store_true",
                    help="also write <name>_report.png: mid-slices with the mask outline and the histogram with "
                         "the thresholds (needs matplotlib: pip install scanco-units[report])")
@@ -405,6 +409,8 @@ def request_from_args(args, **overrides) -> ConversionRequest:
             raise ValueError(f"--threshold-unit {args.threshold_unit} needs both --low and --high")
         thresholds = ThresholdSpec(low, high, unit, args.permille_reference)
     values = dict(outputs=args.outputs, thresholds=thresholds, density_unit=args.density_unit,
+                  statistics=bool(getattr(args, "statistics", False) or getattr(args, "summary", None)
+                                  or getattr(args, "json", False)),
                   hu_dtype=args.hu_dtype, formats=getattr(args, "format", DEFAULT_FORMAT),
                   compress=args.compress, detached=args.detached, overwrite=args.overwrite,
                   slab_slices=getattr(args, "slab_slices", None), threads=getattr(args, "threads", 2),

@@ -213,8 +213,8 @@ class SlabKernel:
     def __init__(self, calibration, outputs: Sequence[KernelOutput], *, native_dtype,
                  mask_native_range=None, histogram: bool = True, backend: str = "auto", path=None):
         self.outputs = tuple(outputs)
-        if not self.outputs:
-            raise ValueError("the kernel needs at least one output")
+        if not self.outputs and not histogram:
+            raise ValueError("the kernel needs at least one output or the histogram")
         names = [o.name for o in self.outputs]
         if len(set(names)) != len(names):
             raise ValueError(f"output names must be unique, got {names}")
