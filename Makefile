@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench fuzz-long setup clean
+.PHONY: demo test bench bench-slicer fuzz-long setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,8 +22,14 @@ test: $(STAMP)
 
 # make bench BENCH_ARGS="--size 1G,4G --repeat 3"   (bench/bench.py --help for the options)
 BENCH_ARGS ?= --size 1G --repeat 3
+SLICER_BENCH_ARGS ?= --size 1G --repeat 3
 bench: $(STAMP)
 	$(PY) bench/bench.py $(BENCH_ARGS)
+	$(PY) bench/slicer_load.py $(SLICER_BENCH_ARGS)
+
+# loading into a headless Slicer scene (slicer-core) against itk.imread of the same file
+bench-slicer: $(STAMP)
+	$(PY) bench/slicer_load.py $(SLICER_BENCH_ARGS)
 
 # random exploration: a new mutation seed (printed; SCANCO_FUZZ_SEED=N replays it) and the random
 # hypothesis profile (a failure prints its @reproduce_failure blob)
