@@ -60,7 +60,7 @@ else:
     t0 = time.perf_counter()
     nodes = load_scan_into_scene(scene, path, outputs=["hu"] if case == "hu" else None)
     seconds = time.perf_counter() - t0
-    buffers = {}   # data address -> bytes: a segment that shares the labelmap's voxels counts once
+    buffers = {{}}   # data address -> bytes: a segment that shares the labelmap's voxels counts once
     for role, node in nodes.items():
         images = [node.GetImageData()] if node.IsA("vtkMRMLVolumeNode") else [
             node.GetSegmentation().GetNthSegment(i).GetRepresentation("Binary labelmap")

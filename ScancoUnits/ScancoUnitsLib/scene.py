@@ -147,15 +147,23 @@ def _set_voxel_value_units(node, quantity: str) -> None:
 
 
 def _configure_scalar_display(node, window: Optional[Tuple[float, float]]) -> None:
-    node.CreateDefaultDisplayNodes()
-    display = node.GetDisplayNode()
-    if display is None or window is None:
+    """The display node ``vtkMRMLScalarVolumeNode::CreateDefaultDisplayNodes`` makes (a scalar volume
+    display node with the default colour map), but with our window set BEFORE the node observes it: with
+    automatic window/level on, observing computes a histogram of every voxel (5 s for 512 Mi voxels),
+    which our known bone window makes useless. Without a window (float images) Slicer's automatic one."""
+    if window is None:
+        node.CreateDefaultDisplayNodes()
         return
+    scene = node.GetScene()
+    display = scene.AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode")
     display.AutoWindowLevelOff()
+    if not display.GetColorNodeID():
+        display.SetDefaultColorMap()
     low, high = window
     if not high > low:
         high = low + 1.0
     display.SetWindowLevelMinMax(low, high)
+    node.SetAndObserveDisplayNodeID(display.GetID())
 
 
 def _mask_color_node(scene, base_name: str, label_name: str):
