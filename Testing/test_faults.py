@@ -599,3 +599,42 @@ def test_same_stem_from_different_folders(tmp_path, capsys):
     status, _, err = run_cli(capsys, "convert", a, b, c, "-o", out, "--outputs", "native")
     assert status == 1 and len(error_lines(err)) == 3
     assert hashes(out) == before
+
+
+@pytest.mark.parametrize("fmt", ["nifti", "aim"])
+def test_every_writer_marks_a_shared_set_failed_instead_of_closing_its_files(tmp_path, fmt):
+    """The NIfTI and AIM writers follow the NRRD writer's rule: a full disk in one writer must not close
+    the files other writers of the same set are writing; the set refuses to commit with that error."""
+    from ScancoUnitsLib import read_header
+    from ScancoUnitsLib.volume_writers import VolumeSpec, get_format
+
+    source = read_header(S.write_isq(tmp_path / "src.isq", np.zeros((2, 8, 8), np.int16), voxel_size_mm=(1, 1, 1)))
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def spec(name, quantity, dtype):
+        return VolumeSpec(base_path=out / name, shape_zyx=(2, 8, 8), dtype=np.dtype(dtype), spacing_mm=(1, 1, 1),
+                          origin_mm=(0, 0, 0), quantity=quantity, unit_label="1", description=quantity, source=source)
+
+    outputs = atomic_output.AtomicOutputSet()
+    failing = get_format(fmt).open(spec("s_BWmask", "mask", "uint8"), outputs)
+    other = get_format("nrrd").open(spec("s_HU", "hu", "int16"), outputs)
+
+    class FullDisk:
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        def __getattr__(self, name):
+            raise AttributeError(name)
+
+    if fmt == "nifti":
+        failing._stream = type("S", (), {"write": lambda self, v: FullDisk().write(v), "shutdown": lambda self: None})()
+    else:
+        failing._file = FullDisk()
+    checkerboard = (np.indices((2, 8, 8)).sum(axis=0) % 2).astype(np.uint8)   # many runs: bytes to write now
+    with pytest.raises(atomic_output.OutputError, match="No space left on device"):
+        failing.write_slab(checkerboard)
+    other.write_slab(np.zeros((2, 8, 8), np.int16))   # its file is still open
+    with pytest.raises(atomic_output.OutputError, match="No space left on device"):
+        outputs.commit()
+    assert outputs.state == "aborted" and os.listdir(out) == []

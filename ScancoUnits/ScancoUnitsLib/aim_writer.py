@@ -242,9 +242,10 @@ class AimVolumeWriter(SlabWriter):
             if self.mask:  # length field + value pair, patched at close
                 self._file.write(b"\x00" * (self._length_bytes + 2))
         except BaseException as exc:
-            self._fail()
-            if isinstance(exc, OSError):
-                raise output_error_from(self.path, exc) from exc
+            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
             raise
         self._set.on_commit(self.close)
 
@@ -271,9 +272,10 @@ class AimVolumeWriter(SlabWriter):
             if len(data):
                 self._file.write(data)
         except BaseException as exc:
-            self._fail()
-            if isinstance(exc, OSError):
-                raise output_error_from(self.path, exc) from exc
+            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
             raise
         self._slices_written += arr.shape[0]
 
@@ -281,9 +283,7 @@ class AimVolumeWriter(SlabWriter):
         """Finish the file (every slice must have been written); commit when the writer owns its set."""
         if self._closed:
             return
-        if self._slices_written != self.shape_zyx[0]:
-            self._fail()
-            raise ValueError(f"{self.path}: only {self._slices_written} of {self.shape_zyx[0]} slices were written")
+        self._require_every_slice()
         self._closed = True
         try:
             data_bytes = self._data_bytes
@@ -306,20 +306,13 @@ class AimVolumeWriter(SlabWriter):
                     self._file.write(int(data_bytes).to_bytes(8, "little"))
             self._file.close()
         except BaseException as exc:
-            self._fail()
-            if isinstance(exc, OSError):
-                raise output_error_from(self.path, exc) from exc
+            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
             raise
         if self._own_set:
             self._set.commit()
-
-    def abort(self) -> None:
-        """Stop and remove the temporary file (and the rest of its output set)."""
-        self._fail()
-
-    def _fail(self) -> None:
-        self._closed = True
-        self._set.abort()
 
 
 # ---- registration in the writer seam ------------------------------------------------------------

@@ -146,9 +146,10 @@ class NiftiVolumeWriter(SlabWriter):
                 self._stream = _RawStream(self._file, _write_all)
             self._stream.write(memoryview(header))
         except BaseException as exc:
-            self._fail()
-            if isinstance(exc, OSError):
-                raise output_error_from(self.path, exc) from exc
+            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
             raise
         self._set.on_commit(self.close)
 
@@ -158,46 +159,27 @@ class NiftiVolumeWriter(SlabWriter):
         if arr is None:
             return
         arr = np.ascontiguousarray(arr)
-        try:
-            self._stream.write(memoryview(arr).cast("B"))
-        except BaseException as exc:
-            self._fail()
-            if isinstance(exc, OSError):
-                raise output_error_from(self.path, exc) from exc
-            raise
+        self._guarded(self.path, lambda: self._stream.write(memoryview(arr).cast("B")))
         self._slices_written += arr.shape[0]
 
     def close(self) -> None:
         """Finish the file (every slice must have been written); commit when the writer owns its set."""
         if self._closed:
             return
-        if self._slices_written != self.shape_zyx[0]:
-            self._fail()
-            raise ValueError(f"{self.path}: only {self._slices_written} of {self.shape_zyx[0]} slices were written")
+        self._require_every_slice()
         self._closed = True
-        try:
+
+        def finish():
             self._stream.finish()
             self._file.close()
-        except BaseException as exc:
-            self._fail()
-            if isinstance(exc, OSError):
-                raise output_error_from(self.path, exc) from exc
-            raise
+
+        self._guarded(self.path, finish)
         if self._own_set:
             self._set.commit()
 
-    def abort(self) -> None:
-        """Stop and remove the temporary file (and the rest of its output set)."""
-        self._fail()
-
-    def _fail(self) -> None:
-        self._closed = True
+    def _release(self) -> None:
         if self._stream is not None:
-            try:
-                self._stream.shutdown()
-            except BaseException:
-                pass
-        self._set.abort()
+            self._stream.shutdown()
 
 
 # ---- registration in the writer seam ------------------------------------------------------------

@@ -333,56 +333,27 @@ class NrrdVolumeWriter(SlabWriter):
             return
         count = arr.shape[0]
         arr = np.ascontiguousarray(arr)
-        try:
-            self._stream.write(memoryview(arr).cast("B"))
-        except BaseException as exc:
-            error = output_error_from(self.data_path, exc) if isinstance(exc, OSError) else exc
-            self._fail(error)
-            if error is not exc:
-                raise error from exc
-            raise
+        self._guarded(self.data_path, lambda: self._stream.write(memoryview(arr).cast("B")))
         self._slices_written += count
 
     def close(self) -> None:
         """Finish the data (checks that every slice was written); commit when the writer owns its set."""
         if self._closed:
             return
-        nz = self.shape_zyx[0]
-        if self._slices_written != nz:
-            error = ValueError(f"{self.path}: only {self._slices_written} of {nz} slices were written")
-            self._fail(error)
-            raise error
+        self._require_every_slice()
         self._closed = True
-        try:
+
+        def finish():
             self._stream.finish()
             self._data_file.close()  # flush now, so a full disk is reported with this file's name
-        except BaseException as exc:
-            error = output_error_from(self.data_path, exc) if isinstance(exc, OSError) else exc
-            self._fail(error)
-            if error is not exc:
-                raise error from exc
-            raise
+
+        self._guarded(self.data_path, finish)
         if self._own_set:
             self._set.commit()
 
-    def abort(self) -> None:
-        """Stop writing and remove this writer's temporary files (and those of its output set)."""
-        self._fail()
-
-    def _fail(self, error: BaseException | None = None) -> None:
-        self._closed = True
+    def _release(self) -> None:
         if self._stream is not None:
-            try:
-                self._stream.shutdown()
-            except BaseException:
-                pass
-        if self._own_set or error is None:
-            self._set.abort()
-        else:
-            # A shared set: other writers' threads may be writing its other files right now; closing
-            # them here turned a full disk into "write to closed file". Mark the set failed; its owner
-            # aborts it once every writer stopped.
-            self._set.fail(error)
+            self._stream.shutdown()
 
     def __repr__(self):
         return (f"NrrdVolumeWriter({str(self.path)!r}, shape_zyx={self.shape_zyx}, dtype={self.dtype.name}, "

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Protocol, Tuple
 
 import numpy as np
 
-from .atomic_output import AtomicOutputSet
+from .atomic_output import AtomicOutputSet, output_error_from
 from .header import ScancoHeader
 
 
@@ -109,11 +109,53 @@ class SlabWriter:
     """What every volume writer shares: the checks of an incoming slab, ``slices_written`` and the
     context-manager behaviour (an exception aborts, a clean exit closes).
 
-    Subclasses set ``path``, ``shape_zyx``, ``dtype``, ``_closed`` and ``_slices_written`` and define
-    ``close()`` and ``_fail()``. ``kind`` names the format in messages.
+    Subclasses set ``path``, ``shape_zyx``, ``dtype``, ``_closed``, ``_slices_written``, ``_set`` (the
+    :class:`AtomicOutputSet`) and ``_own_set`` (True when the writer made that set itself) and define
+    ``close()``; ``_release()`` stops their own threads. ``kind`` names the format in messages.
     """
 
     kind = "volume"
+
+    def abort(self) -> None:
+        """Stop writing and remove this writer's temporary files (and those of its output set)."""
+        self._fail()
+
+    def _release(self) -> None:
+        """Stop this writer's own streams or threads (never raises)."""
+
+    def _fail(self, error: Optional[BaseException] = None) -> None:
+        """This writer failed (``error``) or is aborted (None). Its own set is aborted; a shared set is only
+        marked failed: other writers' threads may be writing its other files right now, and closing them
+        here turned a full disk into "write to closed file". The set's owner aborts it once every writer
+        has stopped."""
+        self._closed = True
+        try:
+            self._release()
+        except BaseException:
+            pass
+        if self._own_set or error is None:
+            self._set.abort()
+        else:
+            self._set.fail(error)
+
+    def _guarded(self, path, action):
+        """``action()``; on any failure the writer fails and an OSError becomes an OutputError naming
+        ``path`` (a full disk says so)."""
+        try:
+            return action()
+        except BaseException as exc:
+            error = output_error_from(path, exc) if isinstance(exc, OSError) else exc
+            self._fail(error)
+            if error is not exc:
+                raise error from exc
+            raise
+
+    def _require_every_slice(self) -> None:
+        nz = self.shape_zyx[0]
+        if self._slices_written != nz:
+            error = ValueError(f"{self.path}: only {self._slices_written} of {nz} slices were written")
+            self._fail(error)
+            raise error
 
     @property
     def slices_written(self) -> int:
