@@ -37,7 +37,7 @@ import numpy as np
 from .aim_compression import D1T_BIN_CMP, BinCmpStreamEncoder
 from .aim_format import _WRITE_TYPES, _float32_to_vax_bytes, aim_header_bytes
 from .aim_log import build_log, calibration_lines, format_line, scanner_lines
-from .atomic_output import AtomicOutputSet, output_error_from
+from .atomic_output import AtomicOutputSet
 from .header import ScancoHeader
 from .volume_writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
 from .vms_encoding import datetime_to_log_date
@@ -235,18 +235,14 @@ class AimVolumeWriter(SlabWriter):
         self._slices_written = 0
         self._closed = False
         self._file = None
-        try:
+        def start():
             self._file = self._set.add(self.path)
             self._file.write(head)
             self._file.write(self.log_bytes)
             if self.mask:  # length field + value pair, patched at close
                 self._file.write(b"\x00" * (self._length_bytes + 2))
-        except BaseException as exc:
-            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
-            self._fail(error)
-            if error is not exc:
-                raise error from exc
-            raise
+
+        self._guarded(self.path, start)
         self._set.on_commit(self.close)
 
     def write_slab(self, array) -> None:
@@ -259,7 +255,7 @@ class AimVolumeWriter(SlabWriter):
                 raise ValueError(f"{self.path}: mask slabs must be integer or bool, not {arr.dtype.name}")
         elif arr.dtype.newbyteorder("=") != self.dtype.newbyteorder("="):
             raise ValueError(f"{self.path}: slab has voxel type {arr.dtype.name}, the file holds {self.dtype.name}")
-        try:
+        def write():
             if self.mask:
                 data = self._encoder.feed(arr)
             elif self.type_code == _D1T_FLOAT_VAX:
@@ -271,12 +267,8 @@ class AimVolumeWriter(SlabWriter):
                 data = memoryview(np.ascontiguousarray(arr, self.dtype.newbyteorder("<"))).cast("B")
             if len(data):
                 self._file.write(data)
-        except BaseException as exc:
-            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
-            self._fail(error)
-            if error is not exc:
-                raise error from exc
-            raise
+
+        self._guarded(self.path, write)
         self._slices_written += arr.shape[0]
 
     def close(self) -> None:
@@ -285,7 +277,8 @@ class AimVolumeWriter(SlabWriter):
             return
         self._require_every_slice()
         self._closed = True
-        try:
+
+        def finish():
             data_bytes = self._data_bytes
             if self.mask:
                 tail = self._encoder.finish()
@@ -305,12 +298,8 @@ class AimVolumeWriter(SlabWriter):
                     self._file.seek(16 + 24)
                     self._file.write(int(data_bytes).to_bytes(8, "little"))
             self._file.close()
-        except BaseException as exc:
-            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
-            self._fail(error)
-            if error is not exc:
-                raise error from exc
-            raise
+
+        self._guarded(self.path, finish)
         if self._own_set:
             self._set.commit()
 

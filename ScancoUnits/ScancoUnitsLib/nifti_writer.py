@@ -26,7 +26,7 @@ from typing import Optional
 
 import numpy as np
 
-from .atomic_output import AtomicOutputSet, output_error_from
+from .atomic_output import AtomicOutputSet
 # The parallel gzip stream: the one place it is imported (it moves to parallel_gzip.py later).
 from .parallel_gzip import _GzipStream, _RawStream, _write_all, default_threads
 from .volume_writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
@@ -138,19 +138,15 @@ class NiftiVolumeWriter(SlabWriter):
         self._slices_written = 0
         self._closed = False
         self._stream = None
-        try:
+        def start():
             self._file = self._set.add(self.path)
             if self.compress:
                 self._stream = _GzipStream(self._file, _write_all, compress_level, threads)
             else:
                 self._stream = _RawStream(self._file, _write_all)
             self._stream.write(memoryview(header))
-        except BaseException as exc:
-            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
-            self._fail(error)
-            if error is not exc:
-                raise error from exc
-            raise
+
+        self._guarded(self.path, start)
         self._set.on_commit(self.close)
 
     def write_slab(self, array) -> None:

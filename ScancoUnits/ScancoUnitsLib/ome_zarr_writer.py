@@ -56,7 +56,7 @@ from typing import List, Mapping, Optional, Tuple
 import numpy as np
 
 from . import __version__
-from .atomic_output import AtomicOutputSet, output_error_from
+from .atomic_output import AtomicOutputSet
 from .errors import ScancoError
 from .volume_writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
 
@@ -457,7 +457,8 @@ class OmeZarrVolumeWriter(SlabWriter):
         self._slices_written = 0
         self._streams: List[_LevelStream] = []
         self._runner = None
-        try:
+
+        def start():
             self._runner = _WriteRunner(threads)
             # when only the output set is aborted (its owner's with block), nothing calls this writer
             # again: its loop and threads are released once the writer is dropped (or at exit)
@@ -465,12 +466,8 @@ class OmeZarrVolumeWriter(SlabWriter):
             self.temp_path = self._set.add_directory(self.path)
             attributes = self._attributes(description, key_values, calibration, provenance, spacing_mm, origin_mm)
             self._create(zarr, attributes, int(compress_level))
-        except BaseException as exc:
-            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
-            self._fail(error)
-            if error is not exc:
-                raise error from exc
-            raise
+
+        self._guarded(self.path, start)
         self._set.on_commit(self.close)
 
     @classmethod
@@ -570,35 +567,22 @@ class OmeZarrVolumeWriter(SlabWriter):
         if arr is None:
             return
         count = arr.shape[0]
-        try:
-            self._streams[0].push(arr)
-        except BaseException as exc:
-            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
-            self._fail(error)
-            if error is not exc:
-                raise error from exc
-            raise
+        self._guarded(self.path, lambda: self._streams[0].push(arr))
         self._slices_written += count
 
     def close(self) -> None:
         """Write the last chunk rows of every level; commit when the writer owns its output set."""
         if self._closed:
             return
-        nz = self.shape_zyx[0]
-        if self._slices_written != nz:
-            error = ValueError(f"{self.path}: only {self._slices_written} of {nz} slices were written")
-            self._fail(error)
-            raise error
+        self._require_every_slice()
         self._closed = True
-        try:
+
+        def finish():
             for stream in self._streams:
                 stream.finish()
-        except BaseException as exc:
-            error = output_error_from(self.path, exc) if isinstance(exc, OSError) else exc
-            self._fail(error)
-            if error is not exc:
-                raise error from exc
-            raise
+
+        try:
+            self._guarded(self.path, finish)
         finally:
             for stream in self._streams:
                 stream.release()
