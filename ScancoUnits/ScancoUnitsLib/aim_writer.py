@@ -271,37 +271,26 @@ class AimVolumeWriter(SlabWriter):
         self._guarded(self.path, write)
         self._slices_written += arr.shape[0]
 
-    def close(self) -> None:
-        """Finish the file (every slice must have been written); commit when the writer owns its set."""
-        if self._closed:
-            return
-        self._require_every_slice()
-        self._closed = True
-
-        def finish():
-            data_bytes = self._data_bytes
-            if self.mask:
-                tail = self._encoder.finish()
-                self._file.write(tail)
-                block_header = self._encoder.block_header(self._length_bytes)
-                data_bytes = self._length_bytes + 2 + self._encoder.run_bytes
-            total = self._data_at + data_bytes
-            self._file.write(b"\x00" * (-total % _BLOCK))  # VMS 512-byte records (ITK needs >= 512 bytes)
-            if self.mask:
-                self._file.seek(self._data_at)
-                self._file.write(block_header)
-                # data length: 4th entry of the pre-header (v020 int32 at byte 12, v030 int64 at byte 40)
-                if self.version == 20:
-                    self._file.seek(12)
-                    self._file.write(int(data_bytes).to_bytes(4, "little"))
-                else:
-                    self._file.seek(16 + 24)
-                    self._file.write(int(data_bytes).to_bytes(8, "little"))
-            self._file.close()
-
-        self._guarded(self.path, finish)
-        if self._own_set:
-            self._set.commit()
+    def _finish(self) -> None:
+        data_bytes = self._data_bytes
+        if self.mask:
+            tail = self._encoder.finish()
+            self._file.write(tail)
+            block_header = self._encoder.block_header(self._length_bytes)
+            data_bytes = self._length_bytes + 2 + self._encoder.run_bytes
+        total = self._data_at + data_bytes
+        self._file.write(b"\x00" * (-total % _BLOCK))  # VMS 512-byte records (ITK needs >= 512 bytes)
+        if self.mask:
+            self._file.seek(self._data_at)
+            self._file.write(block_header)
+            # data length: 4th entry of the pre-header (v020 int32 at byte 12, v030 int64 at byte 40)
+            if self.version == 20:
+                self._file.seek(12)
+                self._file.write(int(data_bytes).to_bytes(4, "little"))
+            else:
+                self._file.seek(16 + 24)
+                self._file.write(int(data_bytes).to_bytes(8, "little"))
+        self._file.close()
 
 
 # ---- registration in the writer seam ------------------------------------------------------------

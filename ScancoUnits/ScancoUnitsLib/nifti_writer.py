@@ -158,20 +158,9 @@ class NiftiVolumeWriter(SlabWriter):
         self._guarded(self.path, lambda: self._stream.write(memoryview(arr).cast("B")))
         self._slices_written += arr.shape[0]
 
-    def close(self) -> None:
-        """Finish the file (every slice must have been written); commit when the writer owns its set."""
-        if self._closed:
-            return
-        self._require_every_slice()
-        self._closed = True
-
-        def finish():
-            self._stream.finish()
-            self._file.close()
-
-        self._guarded(self.path, finish)
-        if self._own_set:
-            self._set.commit()
+    def _finish(self) -> None:
+        self._stream.finish()
+        self._file.close()
 
     def _release(self) -> None:
         if self._stream is not None:

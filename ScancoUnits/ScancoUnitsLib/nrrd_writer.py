@@ -336,20 +336,13 @@ class NrrdVolumeWriter(SlabWriter):
         self._guarded(self.data_path, lambda: self._stream.write(memoryview(arr).cast("B")))
         self._slices_written += count
 
-    def close(self) -> None:
-        """Finish the data (checks that every slice was written); commit when the writer owns its set."""
-        if self._closed:
-            return
-        self._require_every_slice()
-        self._closed = True
+    @property
+    def error_path(self) -> Path:
+        return self.data_path
 
-        def finish():
-            self._stream.finish()
-            self._data_file.close()  # flush now, so a full disk is reported with this file's name
-
-        self._guarded(self.data_path, finish)
-        if self._own_set:
-            self._set.commit()
+    def _finish(self) -> None:
+        self._stream.finish()
+        self._data_file.close()  # flush now, so a full disk is reported with this file's name
 
     def _release(self) -> None:
         if self._stream is not None:

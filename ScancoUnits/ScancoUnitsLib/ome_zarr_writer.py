@@ -570,45 +570,21 @@ class OmeZarrVolumeWriter(SlabWriter):
         self._guarded(self.path, lambda: self._streams[0].push(arr))
         self._slices_written += count
 
-    def close(self) -> None:
-        """Write the last chunk rows of every level; commit when the writer owns its output set."""
-        if self._closed:
-            return
-        self._require_every_slice()
-        self._closed = True
-
-        def finish():
+    def _finish(self) -> None:
+        """Write the last chunk rows of every level."""
+        try:
             for stream in self._streams:
                 stream.finish()
-
-        try:
-            self._guarded(self.path, finish)
         finally:
-            for stream in self._streams:
-                stream.release()
-            self._stop_runner()
-        if self._own_set:
-            self._set.commit()
+            self._release()
 
-    def abort(self) -> None:
-        """Stop writing and remove the temporary directory (and the rest of its output set)."""
-        self._fail()
-
-    def _fail(self, error: BaseException | None = None) -> None:
-        self._closed = True
+    def _release(self) -> None:
         for stream in self._streams:
             stream.release()
-        self._stop_runner()  # first: no chunk write may still be running when the tree is removed
-        if self._own_set or error is None:
-            self._set.abort()
-        else:
-            # a shared set: other writers may be writing its other files in other threads right now;
-            # mark it failed, its owner aborts it (removing this tree too) once every writer stopped
-            self._set.fail(error)
-
-    def _stop_runner(self) -> None:
-        if self._runner is not None:
-            self._runner.close()
+        # no chunk write may still be running when the tree is removed
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.close()
 
     def __repr__(self):
         return (f"OmeZarrVolumeWriter({str(self.path)!r}, shape_zyx={self.shape_zyx}, dtype={self.dtype.name}, "

@@ -111,10 +111,28 @@ class SlabWriter:
 
     Subclasses set ``path``, ``shape_zyx``, ``dtype``, ``_closed``, ``_slices_written``, ``_set`` (the
     :class:`AtomicOutputSet`) and ``_own_set`` (True when the writer made that set itself) and define
-    ``close()``; ``_release()`` stops their own threads. ``kind`` names the format in messages.
+    ``_finish()`` (write what is left and close their files); ``_release()`` stops their own threads.
+    ``kind`` names the format in messages; errors of the data name ``error_path`` (default ``path``).
     """
 
     kind = "volume"
+
+    @property
+    def error_path(self) -> Path:
+        return self.path
+
+    def close(self) -> None:
+        """Finish the data (every slice must have been written); commit when the writer owns its set."""
+        if self._closed:
+            return
+        self._require_every_slice()
+        self._closed = True
+        self._guarded(self.error_path, self._finish)
+        if self._own_set:
+            self._set.commit()
+
+    def _finish(self) -> None:
+        raise NotImplementedError
 
     def abort(self) -> None:
         """Stop writing and remove this writer's temporary files (and those of its output set)."""
