@@ -710,21 +710,26 @@ class AtomicOutputSet:
         return RuntimeError(f"an output of this set failed earlier ({type(exc).__name__}: {exc})")
 
     # -- adding outputs -----------------------------------------------------------------------------
+    def _reserve_check(self, final_path) -> Path:
+        """The checks every new member passes (open set, not added twice, not an input, folder exists);
+        returns the absolute final path."""
+        self._check_open()
+        final = Path(os.path.abspath(os.fspath(final_path)))
+        if str(final) in self._by_final:
+            raise ValueError(f"{final}: added twice to the same output set")
+        self._refuse_protected(final)
+        folder = final.parent
+        if not folder.is_dir():
+            raise OutputError(final, f"the folder {folder} does not exist", errno.ENOENT)
+        return final
+
     def add_path(self, final_path) -> Path:
         """Reserve *final_path*; return the (created, empty) temporary path to write it to.
 
         Use this when another library writes the file by name. The temporary file is committed or
         removed together with the rest of the set.
         """
-        self._check_open()
-        final = Path(os.path.abspath(os.fspath(final_path)))
-        key = str(final)
-        if key in self._by_final:
-            raise ValueError(f"{final}: added twice to the same output set")
-        self._refuse_protected(final)
-        folder = final.parent
-        if not folder.is_dir():
-            raise OutputError(final, f"the folder {folder} does not exist", errno.ENOENT)
+        final = self._reserve_check(final_path)
         if not self.overwrite and os.path.lexists(final):
             raise OutputExistsError(final)
         if self.overwrite and final.is_dir():
@@ -749,7 +754,7 @@ class AtomicOutputSet:
         os.close(fd)
         entry = _Entry(final, temp)
         self._entries.append(entry)
-        self._by_final[key] = entry
+        self._by_final[str(final)] = entry
         return temp
 
     def add_directory(self, final_path) -> Path:
@@ -762,15 +767,7 @@ class AtomicOutputSet:
         moved aside at commit, removed once the whole set is in place, and put back if the commit fails.
         A file (or a link) with that name is never replaced by a directory.
         """
-        self._check_open()
-        final = Path(os.path.abspath(os.fspath(final_path)))
-        key = str(final)
-        if key in self._by_final:
-            raise ValueError(f"{final}: added twice to the same output set")
-        self._refuse_protected(final)
-        folder = final.parent
-        if not folder.is_dir():
-            raise OutputError(final, f"the folder {folder} does not exist", errno.ENOENT)
+        final = self._reserve_check(final_path)
         if not self.overwrite and os.path.lexists(final):
             raise OutputExistsError(final, "the folder exists already (pass overwrite=True to replace it)")
         if self.overwrite and os.path.lexists(final) and (os.path.islink(final) or not final.is_dir()):
@@ -795,7 +792,7 @@ class AtomicOutputSet:
             raise OutputError(final, "could not create a temporary folder name")
         entry = _Entry(final, temp, is_dir=True)
         self._entries.append(entry)
-        self._by_final[key] = entry
+        self._by_final[str(final)] = entry
         return temp
 
     def add(self, final_path, mode: str = "wb", *, buffering: int = -1, encoding=None, newline=None):
