@@ -131,8 +131,13 @@ def plan_files(plan: RequestPlan, out_dir: Path, stem: str) -> List[PlannedFile]
 
 
 class _WriterSink:
+    """A volume writer as an engine sink; a writer that can write at known offsets also takes slabs
+    straight from the engine's workers (``write_at``), in any order."""
+
     def __init__(self, writer):
         self.writer = writer
+        if getattr(writer, "positional", False):
+            self.write_at = writer.write_at
 
     def write(self, z, slab) -> None:
         self.writer.write_slab(slab)

@@ -241,6 +241,7 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanco-read")
     convert_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scanco-convert")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanco-write")
+    positional = [o for o in outputs if any(hasattr(sink, "write_at") for sink in o.sinks)] if step == 1 else []
     free_workers: "queue.Queue[_Worker]" = queue.Queue()
     for state in worker_states:
         free_workers.put(state)
@@ -257,6 +258,12 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
             views = state.convert(native, buffers, row0)
         finally:
             free_workers.put(state)
+        # sinks that write at known offsets take the slab here, in this worker: writes leave the one
+        # writer thread (its page-cache copies were the critical path); the rest go in z order below
+        for out in positional:
+            for sink in out.sinks:
+                if hasattr(sink, "write_at"):
+                    sink.write_at(z, views[out.role])
         return native_buf, native, buffers, views
 
     def deliver(z: range, convert_future):
@@ -269,7 +276,8 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
             for out in outputs:
                 data = views[out.role]
                 for sink in out.sinks:
-                    sink.write(z, data)
+                    if out not in positional or not hasattr(sink, "write_at"):
+                        sink.write(z, data)
         finally:
             buffer_pool.put(buffers)
             native_pool.put(native_buf)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -285,6 +286,11 @@ class NrrdVolumeWriter(SlabWriter):
         self._own_set = atomic is None
         self._set = AtomicOutputSet(overwrite=overwrite, fsync=fsync) if atomic is None else atomic
         self._slices_written = 0
+        self._file_lock = threading.Lock()
+        #: raw data can be written at known offsets, by several threads, in any order (write_at)
+        self.positional = encoding == "raw"
+        self._data_offset = 0 if self.detached else len(header)
+        self._slice_bytes = self.shape_zyx[1] * self.shape_zyx[2] * self.dtype.itemsize
         self._closed = False
         self._stream = None
         self._data_file = None
@@ -299,6 +305,8 @@ class NrrdVolumeWriter(SlabWriter):
             else:
                 self._data_file = self._set.add(self.path)
                 _write_all(self._data_file, header)
+            if encoding != "gzip":
+                self._data_file.flush()  # the header is on disk before any slab is written at its offset
             if encoding == "gzip":
                 self._stream = _GzipStream(self._data_file, _write_all, compress_level, int(threads),
                                            chunk_bytes=_GZIP_CHUNK_BYTES)
@@ -339,6 +347,25 @@ class NrrdVolumeWriter(SlabWriter):
     @property
     def error_path(self) -> Path:
         return self.data_path
+
+    def write_at(self, z: range, array) -> None:
+        """Write the slices of ``array`` as file slices ``z`` (raw encoding: any order, any thread): the
+        engine's workers write each slab where it belongs instead of handing it to one writer thread."""
+        if not self.positional:
+            raise ValueError(f"{self.path}: only raw NRRD data can be written at known offsets")
+        arr = self._checked_slab(array)
+        if arr is None:
+            return
+        arr = np.ascontiguousarray(arr)
+        offset = self._data_offset + z.start * self._slice_bytes
+        def write():
+            with self._file_lock:  # other outputs' files are written by the other worker meanwhile
+                self._data_file.seek(offset)
+                _write_all(self._data_file, memoryview(arr).cast("B"))
+
+        self._guarded(self.data_path, write)
+        with self._file_lock:
+            self._slices_written += arr.shape[0]
 
     def _finish(self) -> None:
         self._stream.finish()
