@@ -554,3 +554,5 @@ def test_raw_slabs_written_at_their_offsets_in_any_order_from_two_threads(tmp_pa
     assert not gz.positional
     with pytest.raises(ValueError, match="known offsets"):
         gz.write_at(range(0, 1), volume[:1])
+    gz.abort()
+    assert not (tmp_path / "gz.nrrd").exists() and not list(tmp_path.glob(".gz.nrrd.partial-*"))

@@ -147,6 +147,8 @@ class SlabWriter:
         here turned a full disk into "write to closed file". The set's owner aborts it once every writer
         has stopped."""
         self._closed = True
+        if error is not None and getattr(self, "_failure", None) is None:
+            self._failure = error   # what a later write (another worker's slab) reports, not "closed"
         try:
             self._release()
         except BaseException:
@@ -188,6 +190,9 @@ class SlabWriter:
         None for an empty slab. ``same_dtype``: the slab must hold this writer's voxel type (another byte
         order is converted); otherwise the subclass checks the type itself."""
         if self._closed:
+            failure = getattr(self, "_failure", None)
+            if failure is not None:  # it failed in another thread: the same error, not "closed"
+                raise failure
             raise ValueError(f"{self.path}: the {self.kind} writer is closed")
         arr = np.asarray(array)
         if arr.ndim == 2:
