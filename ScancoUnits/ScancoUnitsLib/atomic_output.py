@@ -710,6 +710,27 @@ class AtomicOutputSet:
         return RuntimeError(f"an output of this set failed earlier ({type(exc).__name__}: {exc})")
 
     # -- adding outputs -----------------------------------------------------------------------------
+    @staticmethod
+    def _new_temp(final: Path, create, discard, what: str) -> Path:
+        """A new hidden temporary sibling of ``final``, made by ``create(path)`` (exclusive: an existing
+        name is tried again), registered for signal clean-up before it exists."""
+        for _attempt in range(100):
+            temp = _hidden_sibling(final, _PARTIAL_MARK)
+            _register(str(temp))  # before creating it: a signal in between must not leak it
+            try:
+                create(temp)
+            except BaseException as exc:
+                if isinstance(exc, FileExistsError):
+                    _unregister(str(temp))
+                    continue
+                if isinstance(exc, OSError):
+                    _unregister(str(temp))
+                    raise output_error_from(final, exc) from exc
+                discard(temp)  # interrupted by a signal: it may exist; its exclusive name is ours
+                raise
+            return temp
+        raise OutputError(final, f"could not create a temporary {what} name")  # pragma: no cover
+
     def _reserve_check(self, final_path) -> Path:
         """The checks every new member passes (open set, not added twice, not an input, folder exists);
         returns the absolute final path."""
@@ -734,24 +755,7 @@ class AtomicOutputSet:
             raise OutputExistsError(final)
         if self.overwrite and final.is_dir():
             raise OutputError(final, "a folder has this name", errno.EISDIR)
-        for _attempt in range(100):
-            temp = _hidden_sibling(final, _PARTIAL_MARK)
-            _register(str(temp))  # before creating it: a signal in between must not leak the file
-            try:
-                fd = _create_exclusive(temp)
-            except BaseException as exc:
-                if isinstance(exc, FileExistsError):
-                    _unregister(str(temp))
-                    continue
-                if isinstance(exc, OSError):
-                    _unregister(str(temp))
-                    raise output_error_from(final, exc) from exc
-                _discard_temp(temp)  # interrupted by a signal: the file may exist; its O_EXCL name is ours
-                raise
-            break
-        else:  # pragma: no cover - 100 random collisions
-            raise OutputError(final, "could not create a temporary file name")
-        os.close(fd)
+        temp = self._new_temp(final, lambda path: os.close(_create_exclusive(path)), _discard_temp, "file")
         entry = _Entry(final, temp)
         self._entries.append(entry)
         self._by_final[str(final)] = entry
@@ -773,23 +777,7 @@ class AtomicOutputSet:
         if self.overwrite and os.path.lexists(final) and (os.path.islink(final) or not final.is_dir()):
             raise OutputError(final, "a file has this name; only a folder can be replaced by a folder",
                               errno.ENOTDIR)
-        for _attempt in range(100):
-            temp = _hidden_sibling(final, _PARTIAL_MARK)
-            _register(str(temp))  # before creating it: a signal in between must not leak the folder
-            try:
-                os.mkdir(temp)
-            except BaseException as exc:
-                if isinstance(exc, FileExistsError):
-                    _unregister(str(temp))
-                    continue
-                if isinstance(exc, OSError):
-                    _unregister(str(temp))
-                    raise output_error_from(final, exc) from exc
-                _discard_tree(temp)  # interrupted by a signal: the folder may exist; its name is ours
-                raise
-            break
-        else:  # pragma: no cover - 100 random collisions
-            raise OutputError(final, "could not create a temporary folder name")
+        temp = self._new_temp(final, os.mkdir, _discard_tree, "folder")
         entry = _Entry(final, temp, is_dir=True)
         self._entries.append(entry)
         self._by_final[str(final)] = entry
