@@ -56,3 +56,15 @@ def in_process_cli(monkeypatch):
     from ScancoUnitsLib import atomic_output
 
     monkeypatch.setattr(atomic_output, "install_signal_cleanup", lambda *a, **k: {})
+
+
+@pytest.fixture()
+def no_leftover_registry():
+    """After the test: no temporary output file or folder may still be registered (it would leak on a
+    signal)."""
+    from ScancoUnitsLib.atomic_output import live_partials, remove_all_partials
+
+    yield
+    leftovers = live_partials()
+    remove_all_partials()
+    assert leftovers == [], "a test left registered temporary files or folders"

@@ -31,12 +31,8 @@ def content(tree: Path):
     return {str(p.relative_to(tree)): p.read_text() for p in sorted(tree.rglob("*")) if p.is_file()}
 
 
-@pytest.fixture(autouse=True)
-def no_leftover_registry():
-    yield
-    leftovers = live_partials()
-    remove_all_partials()
-    assert leftovers == [], "a test left registered temporary files or folders"
+# every test must leave no registered temporary file or folder (the fixture lives in conftest.py)
+pytestmark = pytest.mark.usefixtures("no_leftover_registry")
 
 
 def test_commit_renames_hidden_temp_directory_with_the_files(tmp_path):

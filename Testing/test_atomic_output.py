@@ -35,12 +35,8 @@ def names(folder: Path):
     return sorted(p.name for p in folder.iterdir())
 
 
-@pytest.fixture(autouse=True)
-def no_leftover_registry():
-    yield
-    leftovers = live_partials()
-    remove_all_partials()
-    assert leftovers == [], "a test left registered temporary files"
+# every test must leave no registered temporary file or folder (the fixture lives in conftest.py)
+pytestmark = pytest.mark.usefixtures("no_leftover_registry")
 
 
 def test_commit_renames_and_temp_is_hidden_sibling(tmp_path):

@@ -40,9 +40,7 @@ from ScancoUnitsLib.atomic_output import (
     OutputError,
     OutputExistsError,
     OutputIsInputError,
-    live_partials,
     previous_outputs,
-    remove_all_partials,
     scan_partials,
     sweep_stale_partials,
     writer_id,
@@ -62,12 +60,8 @@ def names(folder: Path):
     return sorted(p.name for p in folder.iterdir())
 
 
-@pytest.fixture(autouse=True)
-def no_leftover_registry():
-    yield
-    leftovers = live_partials()
-    remove_all_partials()
-    assert leftovers == [], "a test left registered temporary files"
+# every test must leave no registered temporary file or folder (the fixture lives in conftest.py)
+pytestmark = pytest.mark.usefixtures("no_leftover_registry")
 
 
 # ---------------------------------------------------------------------------------------------------
