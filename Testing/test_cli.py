@@ -147,6 +147,12 @@ def test_native_and_mask_still_work_for_uncalibrated_file(tmp_path, capsys):
     ["convert", "x.isq", "-o", "o", "--threads", "0"],
     ["convert", "x.isq", "-o", "o", "--dask-local", "0"],
     ["convert", "x.isq", "-o", "x.isq"],                    # -o names an existing file
+    ["convert", "x.isq", "-o", "o", "--format", "tiff"],
+    ["convert", "x.isq", "-o", "o", "--format", ","],
+    ["convert", "x.isq", "-o", "o", "--format", "aim"],     # HU and density cannot be AIMs
+    ["convert", "x.isq", "-o", "o", "--format", "nrrd,aim", "--outputs", "hu,mask"],
+    ["convert", "x.isq", "-o", "o", "--threshold-unit", "hu", "--low", "400"],   # --high missing
+    ["convert", "x.isq", "-o", "o", "--density-unit", "kg/m3"],
     ["frobnicate"],
 ])
 def test_usage_errors_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch, argv):

@@ -131,3 +131,12 @@ def test_every_quantity_is_fully_defined():
             native = np.array([-1000.0, 0.0, 5000.0, 32767.0])
             back = q.inverse(q.forward(native, consts), consts)
             np.testing.assert_allclose(back, native, rtol=1e-12, atol=1e-9)
+
+
+@pytest.mark.parametrize("spelling, canonical", [("mg HA/ccm", "mgHA/ccm"), ("MG/CM3", "mgHA/ccm"),
+                                                 ("g HA/cc", "g/cc"), ("g/cm3", "g/cc")])
+def test_density_unit_spellings_and_a_bad_one(spelling, canonical):
+    assert quantities.canonical_density_unit(spelling) == canonical
+    assert ConversionRequest(density_unit=spelling).density_unit == canonical
+    with pytest.raises(ValueError, match="unknown density unit 'kg/m3'"):
+        ConversionRequest(density_unit="kg/m3")
