@@ -211,7 +211,9 @@ def _three_inputs(folder: Path):
 
 def _check_batch_after_fault(out: Path, status, stdout, err, reason: str):
     assert status == 1
-    [line] = error_lines(err)
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    [line] = lines
     assert "b.isq" in line and reason in line, line
     assert "Traceback" not in err
     names = sorted(os.listdir(out))
@@ -264,16 +266,33 @@ def test_real_enospc_from_dev_full(tmp_path, capsys, monkeypatch, which):
 
 
 class _FillingFile:
-    """A binary output file that answers its ``fail_at``-th write with ENOSPC (a disk filling up)."""
+    """A binary output file that answers its ``fail_at``-th write with ENOSPC (a disk filling up).
+
+    Raw NRRD slabs are written by ``os.pwrite`` on the file's descriptor (the engine's workers write
+    at known offsets), not through this object: :func:`_filling_pwrite` counts those writes here too.
+    """
+
+    by_fd: dict = {}
 
     def __init__(self, real, fail_at: int):
         self._real, self._fail_at, self._writes = real, fail_at, 0
+        self._lock = threading.Lock()
+        _FillingFile.by_fd[real.fileno()] = self
+
+    def count_write(self) -> None:
+        with self._lock:
+            self._writes += 1
+            if self._writes >= self._fail_at:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     def write(self, data):
-        self._writes += 1
-        if self._writes >= self._fail_at:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self.count_write()
         return self._real.write(data)
+
+    def close(self):
+        if _FillingFile.by_fd.get(self._real.fileno() if not self._real.closed else -1) is self:
+            del _FillingFile.by_fd[self._real.fileno()]  # the descriptor's number is reused next
+        self._real.close()
 
     def __getattr__(self, name):
         return getattr(self._real, name)
@@ -282,7 +301,7 @@ class _FillingFile:
         return self
 
     def __exit__(self, *exc):
-        self._real.close()
+        self.close()
 
 
 @pytest.mark.parametrize("victim, fail_at", [("_HU", 2), ("_RHO", 3), ("_BWmask", 4)])
@@ -294,7 +313,17 @@ def test_enospc_on_the_nth_write_names_the_folder(tmp_path, capsys, monkeypatch,
         hit = os.path.basename(os.fspath(path)).startswith(f".b{victim}") and "b" in mode
         return _FillingFile(real, fail_at) if hit else real
 
+    real_pwrite_all = nrrd_writer._pwrite_all
+
+    def filling_pwrite_all(fd, data, offset):
+        filling = _FillingFile.by_fd.get(fd)
+        if filling is not None:
+            filling.count_write()
+        real_pwrite_all(fd, data, offset)
+
+    monkeypatch.setattr(_FillingFile, "by_fd", {})
     monkeypatch.setattr(atomic_output, "open", opener, raising=False)
+    monkeypatch.setattr(nrrd_writer, "_pwrite_all", filling_pwrite_all)
     out = tmp_path / "out"
     status, stdout, err = run_cli(capsys, "convert", *inputs, "-o", out, "--slab-slices", "1")
     _check_batch_after_fault(out, status, stdout, err, f"No space left on device in {out}")

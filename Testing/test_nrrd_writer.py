@@ -556,3 +556,51 @@ def test_raw_slabs_written_at_their_offsets_in_any_order_from_two_threads(tmp_pa
         gz.write_at(range(0, 1), volume[:1])
     gz.abort()
     assert not (tmp_path / "gz.nrrd").exists() and not list(tmp_path.glob(".gz.nrrd.partial-*"))
+
+
+@pytest.mark.parametrize("fmt", ["nrrd", "nifti"])
+def test_slabs_compressed_by_other_threads_append_in_order(tmp_path, fmt):
+    """encode_slab in worker threads (any order), write_encoded in z order: the same volume as
+    write_slab; a slab too many and a write after close are refused like write_slab's."""
+    volume = make_volume((9, 5, 7), np.int16, seed=3)
+    if fmt == "nrrd":
+        writer = NrrdVolumeWriter(tmp_path / "v.nrrd", volume.shape, volume.dtype, spacing_mm=(1, 1, 1),
+                                  encoding="gzip", threads=2)
+    else:
+        from ScancoUnitsLib.nifti_writer import NiftiVolumeWriter
+        writer = NiftiVolumeWriter(tmp_path / "v.nii.gz", volume.shape, volume.dtype, spacing_mm=(1, 1, 1),
+                                   compress=True, threads=2)
+    assert writer.encodes
+    slabs = [volume[z:z + 2] for z in range(0, 9, 2)]
+    encoded = [None] * len(slabs)
+
+    def work(i):
+        encoded[i] = writer.encode_slab(slabs[i].copy())
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in reversed(range(len(slabs)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    writer.write_encoded(encoded[0])
+    writer.write_slab(slabs[1])          # plain and encoded writes mix
+    for pieces in encoded[2:]:
+        writer.write_encoded(pieces)
+    assert writer.slices_written == 9
+    with pytest.raises(ValueError, match="10 slices written, the volume has 9"):
+        writer.write_encoded(type(encoded[0])(1, encoded[0].pieces))
+    writer.close()
+    with pytest.raises(ValueError, match="closed"):
+        writer.write_encoded(encoded[1])
+    if fmt == "nrrd":
+        data, _ = nrrd.read(str(tmp_path / "v.nrrd"), index_order="C")
+    else:
+        nib = pytest.importorskip("nibabel")
+        data = np.asarray(nib.load(str(tmp_path / "v.nii.gz")).dataobj).transpose(2, 1, 0)
+    np.testing.assert_array_equal(data, volume)
+
+
+def test_raw_nrrd_does_not_encode(tmp_path):
+    writer = NrrdVolumeWriter(tmp_path / "r.nrrd", (2, 3, 4), np.uint8, spacing_mm=(1, 1, 1))
+    assert not writer.encodes and writer.positional
+    writer.abort()

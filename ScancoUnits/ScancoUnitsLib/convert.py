@@ -132,12 +132,16 @@ def plan_files(plan: RequestPlan, out_dir: Path, stem: str) -> List[PlannedFile]
 
 class _WriterSink:
     """A volume writer as an engine sink; a writer that can write at known offsets also takes slabs
-    straight from the engine's workers (``write_at``), in any order."""
+    straight from the engine's workers (``write_at``), in any order; a compressing writer has them
+    compressed by the workers (``encode_slab``) and appends them in z order (``write_encoded``)."""
 
     def __init__(self, writer):
         self.writer = writer
         if getattr(writer, "positional", False):
             self.write_at = writer.write_at
+        if getattr(writer, "encodes", False):
+            self.encode_slab = writer.encode_slab
+            self.write_encoded = writer.write_encoded
 
     def write(self, z, slab) -> None:
         self.writer.write_slab(slab)

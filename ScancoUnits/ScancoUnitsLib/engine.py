@@ -5,6 +5,10 @@
     file -> VoxelSource.read_slab -> native slab -> convert every output -> observers -> sinks
             (reader thread)                        (worker threads)         (writer thread, in z order)
 
+Raw files are written by the workers themselves at the slab's offset (``write_at``); gzip files are
+compressed by the workers (``encode_slab``) and appended by the writer thread in z order
+(``write_encoded``): on two cores the workers do all the heavy work and no thread waits on a pool.
+
 One engine serves the command line (sinks: volume writers), Slicer (sinks: node arrays, full
 resolution, every n-th voxel or a region) and both at once (Apply with export reads the file once).
 Memory is a few slabs per output whatever the file size. A sink is anything with
@@ -242,6 +246,29 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     convert_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scanco-convert")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanco-write")
     positional = [o for o in outputs if any(hasattr(sink, "write_at") for sink in o.sinks)] if step == 1 else []
+    positional_sinks = [(o.role, sink, threading.Lock()) for o in positional for sink in o.sinks
+                        if hasattr(sink, "write_at")]
+
+    def _write_positional(z: range, views) -> None:
+        # A file takes one write at a time (the kernel's inode lock: the other core spun on it while
+        # both workers wrote into the same file). Each worker writes first into a file nobody is
+        # writing, and waits only when every file it has left is busy.
+        pending = list(positional_sinks)
+        while pending:
+            for i, (_, _, lock) in enumerate(pending):
+                if lock.acquire(blocking=False):
+                    break
+            else:
+                i = 0
+                pending[0][2].acquire()
+            role, sink, lock = pending.pop(i)
+            try:
+                sink.write_at(z, views[role])
+            finally:
+                lock.release()
+
+    # sinks that compress (gzip): each worker compresses its own slab, the writer appends in z order
+    encoding = [(o, sink) for o in outputs for sink in o.sinks if hasattr(sink, "encode_slab")]
     free_workers: "queue.Queue[_Worker]" = queue.Queue()
     for state in worker_states:
         free_workers.put(state)
@@ -260,14 +287,13 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
             free_workers.put(state)
         # sinks that write at known offsets take the slab here, in this worker: writes leave the one
         # writer thread (its page-cache copies were the critical path); the rest go in z order below
-        for out in positional:
-            for sink in out.sinks:
-                if hasattr(sink, "write_at"):
-                    sink.write_at(z, views[out.role])
-        return native_buf, native, buffers, views
+        if positional_sinks:
+            _write_positional(z, views)
+        encoded = {id(sink): sink.encode_slab(views[out.role]) for out, sink in encoding}
+        return native_buf, native, buffers, views, encoded
 
     def deliver(z: range, convert_future):
-        native_buf, native, buffers, views = convert_future.result()
+        native_buf, native, buffers, views, encoded = convert_future.result()
         try:
             if stop.is_set():
                 raise _Stopped()
@@ -276,7 +302,9 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
             for out in outputs:
                 data = views[out.role]
                 for sink in out.sinks:
-                    if out not in positional or not hasattr(sink, "write_at"):
+                    if id(sink) in encoded:
+                        sink.write_encoded(encoded[id(sink)])
+                    elif out not in positional or not hasattr(sink, "write_at"):
                         sink.write(z, data)
         finally:
             buffer_pool.put(buffers)

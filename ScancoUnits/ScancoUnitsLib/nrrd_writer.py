@@ -358,10 +358,13 @@ class NrrdVolumeWriter(SlabWriter):
             return
         arr = np.ascontiguousarray(arr)
         offset = self._data_offset + z.start * self._slice_bytes
+
         def write():
-            with self._file_lock:  # other outputs' files are written by the other worker meanwhile
-                self._data_file.seek(offset)
-                _write_all(self._data_file, memoryview(arr).cast("B"))
+            # pwrite(2) at the slab's own offset: no file position is shared, so both workers write
+            # into the same file at once (a lock here serialised them: the page-cache copies of the
+            # two cores queued behind each other). The header went through the buffered file object,
+            # flushed when the writer opened, and nothing else is written through it afterwards.
+            _pwrite_all(self._data_file.fileno(), memoryview(arr).cast("B"), offset)
 
         self._guarded(self.data_path, write)
         with self._file_lock:
@@ -378,6 +381,14 @@ class NrrdVolumeWriter(SlabWriter):
     def __repr__(self):
         return (f"NrrdVolumeWriter({str(self.path)!r}, shape_zyx={self.shape_zyx}, dtype={self.dtype.name}, "
                 f"encoding={self.encoding!r}, {self._slices_written} slices written)")
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    """Write every byte of *data* at *offset* of *fd* (pwrite may write less than asked)."""
+    view = memoryview(data)
+    while len(view):
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def write_nrrd(path, volume_zyx, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_values=None,

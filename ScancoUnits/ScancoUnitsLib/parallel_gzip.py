@@ -195,6 +195,23 @@ class _GzipStream:
         else:
             self._drain(keep=2 * self._threads)
 
+    def encode(self, view: memoryview) -> tuple:
+        """Deflate *view* now, in the calling thread, into the pieces :meth:`write_encoded` appends
+        later. Touches no state of the stream: any thread, any order (the engine's workers compress
+        their own slabs, so no thread waits for a pool; chunk boundaries need not line up)."""
+        chunk = self._chunk
+        return tuple(_deflate_chunk(self._module, self._level, view[start:start + chunk])
+                     for start in range(0, len(view), chunk))
+
+    def write_encoded(self, pieces) -> None:
+        """Append pieces made by :meth:`encode`, after everything written before (in stream order)."""
+        if self._pending:
+            owned, self._pending = self._pending, bytearray()
+            self._submit(owned)
+        self._drain()
+        for piece in pieces:
+            self._emit(piece)
+
     def finish(self) -> None:
         if self._pending:
             owned, self._pending = self._pending, bytearray()

@@ -105,6 +105,14 @@ def get_format(name: str) -> VolumeFormat:
     return _FORMATS[name]
 
 
+@dataclass(frozen=True)
+class EncodedSlab:
+    """Slices compressed by :meth:`SlabWriter.encode_slab`, waiting to be appended in order."""
+
+    slices: int
+    pieces: tuple
+
+
 class SlabWriter:
     """What every volume writer shares: the checks of an incoming slab, ``slices_written`` and the
     context-manager behaviour (an exception aborts, a clean exit closes).
@@ -185,15 +193,24 @@ class SlabWriter:
     def output_paths(self) -> List[Path]:
         return [self.path]
 
-    def _checked_slab(self, array, *, same_dtype: bool = True) -> Optional[np.ndarray]:
-        """``array`` as (n, y, x) after every check (closed writer, shape, voxel type, slice count);
-        None for an empty slab. ``same_dtype``: the slab must hold this writer's voxel type (another byte
-        order is converted); otherwise the subclass checks the type itself."""
+    def _check_open(self) -> None:
         if self._closed:
             failure = getattr(self, "_failure", None)
             if failure is not None:  # it failed in another thread: the same error, not "closed"
                 raise failure
             raise ValueError(f"{self.path}: the {self.kind} writer is closed")
+
+    def _check_room(self, slices: int) -> None:
+        nz = self.shape_zyx[0]
+        if self._slices_written + slices > nz:
+            raise ValueError(f"{self.path}: {self._slices_written + slices} slices written, the volume "
+                             f"has {nz}")
+
+    def _checked_slab(self, array, *, same_dtype: bool = True) -> Optional[np.ndarray]:
+        """``array`` as (n, y, x) after every check (closed writer, shape, voxel type, slice count);
+        None for an empty slab. ``same_dtype``: the slab must hold this writer's voxel type (another byte
+        order is converted); otherwise the subclass checks the type itself."""
+        self._check_open()
         arr = np.asarray(array)
         if arr.ndim == 2:
             arr = arr[np.newaxis]
@@ -207,10 +224,35 @@ class SlabWriter:
             else:
                 raise ValueError(f"{self.path}: slab has voxel type {arr.dtype.name}, the file holds "
                                  f"{self.dtype.name}")
-        if self._slices_written + arr.shape[0] > nz:
-            raise ValueError(f"{self.path}: {self._slices_written + arr.shape[0]} slices written, the volume "
-                             f"has {nz}")
+        self._check_room(arr.shape[0])
         return arr if arr.shape[0] else None
+
+    # -- compressed data: compress in any thread, append in order --------------------------------
+    @property
+    def encodes(self) -> bool:
+        """True when the data is one gzip stream (``_stream`` of :mod:`parallel_gzip`): slabs can be
+        compressed by the caller's thread (:meth:`encode_slab`, any thread, any order) and appended in
+        z order (:meth:`write_encoded`). The engine's workers compress their own slabs this way."""
+        return hasattr(getattr(self, "_stream", None), "encode")
+
+    def encode_slab(self, array) -> "EncodedSlab":
+        """The compressed slices of ``array`` ((n, y, x) or (y, x)); nothing is written yet."""
+        arr = self._checked_slab(array)
+        if arr is None:
+            return EncodedSlab(0, ())
+        arr = np.ascontiguousarray(arr)
+        stream = self._stream
+        return EncodedSlab(arr.shape[0],
+                           self._guarded(self.error_path, lambda: stream.encode(memoryview(arr).cast("B"))))
+
+    def write_encoded(self, encoded: "EncodedSlab") -> None:
+        """Append slices compressed by :meth:`encode_slab` (after every slab written before)."""
+        if not encoded.slices:
+            return
+        self._check_open()
+        self._check_room(encoded.slices)
+        self._guarded(self.error_path, lambda: self._stream.write_encoded(encoded.pieces))
+        self._slices_written += encoded.slices
 
     def __enter__(self):
         return self
