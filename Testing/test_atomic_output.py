@@ -335,3 +335,18 @@ def test_install_signal_cleanup_returns_previous_handlers():
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     assert signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL
+
+
+def test_add_opens_the_new_temporary_file_without_truncating_it(tmp_path):
+    """The temporary file was created empty by the set; add() opens it for writing without O_TRUNC
+    (truncating made ext4 write the whole file back inside close(), in the committing thread)."""
+    s = AtomicOutputSet()
+    binary = s.add(tmp_path / "a.raw")
+    text = s.add(tmp_path / "b.json", "w", encoding="utf-8")
+    assert binary.mode == "rb+" and text.mode == "r+"
+    assert binary.tell() == 0 and os.path.getsize(binary.name) == 0
+    binary.write(b"\x01\x02")
+    text.write('{"ok": true}')
+    s.commit()
+    assert (tmp_path / "a.raw").read_bytes() == b"\x01\x02"
+    assert (tmp_path / "b.json").read_text(encoding="utf-8") == '{"ok": true}'

@@ -796,7 +796,11 @@ class AtomicOutputSet:
         if buffering == -1 and "b" in mode:
             buffering = _DEFAULT_BUFFER_BYTES
         try:
-            handle = open(temp, mode, buffering=buffering, encoding=encoding, newline=newline)
+            # the temporary file was just created empty: open it without O_TRUNC. Truncating it
+            # (mode "w") made ext4 flag it for "replace via truncate" and write all of its data
+            # back inside close(), in the committing thread, throttled by the disk (auto_da_alloc)
+            reopen = "r+b" if "b" in mode else "r+"
+            handle = open(temp, reopen, buffering=buffering, encoding=encoding, newline=newline)
         except BaseException as exc:
             # forget this output only; the rest of the set is untouched
             self._entries.remove(entry)
