@@ -22,11 +22,10 @@ times (medians reported):
   machine has less available memory than about 11 times the input.
 
 Before each run the previous outputs are deleted, dirty pages are flushed (``sync``) and the input is
-read once so it sits in the page cache (warm cache). The seed's runs come first (each frees about 11x
-the input, which on a VM goes back to the host: the run after it paid for taking that memory back,
-ours 5 to 6 s instead of 3.6 to 3.9 s); then one untimed run of ``ours``; then the rounds of the other
-pipelines, interleaved, each round starting with the next pipeline (no pipeline always runs first or
-after the same one). ``--cold``
+read once so it sits in the page cache (warm cache). The seed's runs come first, so that the 11x the
+input it allocates and frees each time (memory a VM gives back to its host) is not between the other
+pipelines' runs; then one untimed run of ``ours``; then the rounds of the other pipelines, interleaved,
+each round starting with the next pipeline (no pipeline always runs first or after the same one). ``--cold``
 waits before each run instead, until memory freed by the previous run has gone back to the host of a
 virtual machine with free page reporting (see ``prepare``). Reported per pipeline: median and best wall
 time of the child process, its CPU time, its peak RSS (VmHWM of the child itself, read from
@@ -464,9 +463,8 @@ def main(argv=None) -> int:
                       flush=True)
 
             if run_seed_now:
-                # the seed's runs come first, all of them: each frees about 11x the input, and on a VM
-                # that memory goes back to the host; a run right after the seed paid for taking it back
-                # (ours: 5 to 6 s there, 3.6 to 3.9 s otherwise), which is not its own cost
+                # the seed's runs come first, all of them: each allocates and frees about 11x the input
+                # (on a VM that memory goes back to the host), not between the other pipelines' runs
                 for i in range(args.repeat):
                     record("seed notebook", run_seed(isq, out, logs, cold=cold))
             # untimed: the first run after writing the input (or after the seed) would start from other
