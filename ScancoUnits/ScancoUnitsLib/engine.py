@@ -245,9 +245,10 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanco-read")
     convert_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scanco-convert")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanco-write")
-    positional = [o for o in outputs if any(hasattr(sink, "write_at") for sink in o.sinks)] if step == 1 else []
-    positional_sinks = [(o.role, sink, threading.Lock()) for o in positional for sink in o.sinks
-                        if hasattr(sink, "write_at")]
+    # sinks that write at known offsets (raw files of a contiguous z range), each with its own lock
+    positional_sinks = [(o.role, sink, threading.Lock()) for o in outputs for sink in o.sinks
+                        if hasattr(sink, "write_at")] if step == 1 else []
+    positional_ids = {id(sink) for _, sink, _ in positional_sinks}
 
     def _write_positional(z: range, views) -> None:
         # A file takes one write at a time (the kernel's inode lock: the other core spun on it while
@@ -304,7 +305,7 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
                 for sink in out.sinks:
                     if id(sink) in encoded:
                         sink.write_encoded(encoded[id(sink)])
-                    elif out not in positional or not hasattr(sink, "write_at"):
+                    elif id(sink) not in positional_ids:
                         sink.write(z, data)
         finally:
             buffer_pool.put(buffers)

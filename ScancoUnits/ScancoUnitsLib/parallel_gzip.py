@@ -205,17 +205,19 @@ class _GzipStream:
 
     def write_encoded(self, pieces) -> None:
         """Append pieces made by :meth:`encode`, after everything written before (in stream order)."""
-        if self._pending:
-            owned, self._pending = self._pending, bytearray()
-            self._submit(owned)
+        self._submit_pending()
         self._drain()
         for piece in pieces:
             self._emit(piece)
 
-    def finish(self) -> None:
+    def _submit_pending(self) -> None:
+        """Compress the bytes written so far that do not fill a chunk, as a chunk of their own."""
         if self._pending:
             owned, self._pending = self._pending, bytearray()
             self._submit(owned)
+
+    def finish(self) -> None:
+        self._submit_pending()
         self._drain()
         self._write_all(self._file, _FINAL_EMPTY_BLOCK)
         self._write_all(self._file, struct.pack("<II", self._crc & 0xFFFFFFFF, self._size & 0xFFFFFFFF))
