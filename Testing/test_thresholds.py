@@ -1,6 +1,7 @@
 """Thresholds: IPL's per-mille rule, IPL's printed logs, the mask rule, refusals, properties."""
 
 import json
+import os
 from decimal import ROUND_HALF_UP, Decimal
 
 import numpy as np
@@ -287,3 +288,266 @@ def test_threshold_in_any_unit_round_trips_to_same_native(cal, native, unit):
     r = resolve_thresholds(ThresholdSpec(value, value, unit), cal)
     assert r.native_low == r.native_high == native
     assert r.values[key][0] == value
+
+
+# ---- char (mask) AIMs with the thresholds of a study (issue 20) ----------------------------------
+def _cli(capsys, *argv):
+    from ScancoUnitsLib import cli
+
+    try:
+        status = cli.main([str(a) for a in argv])
+    except SystemExit as exc:
+        status = exc.code
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+@pytest.fixture()
+def quiet_cli(monkeypatch):
+    from ScancoUnitsLib import atomic_output
+
+    monkeypatch.setattr(atomic_output, "install_signal_cleanup", lambda *a, **k: {})
+
+
+def test_real_char_aim_with_study_thresholds_gives_its_mask_and_a_note(real_data, tmp_path, capsys, quiet_cli):
+    """TRAB_1240_SEG.AIM --low 120 ended in 'internal error (ValueError: permille thresholds are not
+    defined for char ...)'. Now: its non-zero voxels, and the thresholds recorded as not applied."""
+    import nrrd
+
+    from ScancoUnitsLib.reader import read_volume
+
+    seg = real_data / "TRAB_1240_SEG.AIM"
+    status, out, err = _cli(capsys, "convert", seg, real_data / "CALLUS_1237.AIM", "-o", tmp_path,
+                            "--low", "120", "--high", "1000", "--summary", tmp_path / "s.csv")
+    assert status == 0, err
+    assert "internal error" not in out + err
+    mask = nrrd.read(str(tmp_path / "TRAB_1240_SEG_mask.nrrd"), index_order="C")[0]
+    assert np.array_equal(mask, (read_volume(seg) != 0).astype(np.uint8)) and mask.any()
+    meta = json.loads((tmp_path / "TRAB_1240_SEG_metadata.json").read_text())
+    assert meta["thresholds"] is None
+    assert any("120..1000 per mille not applied" in n for n in meta["notes"])
+    assert not any("not applied" in w for w in meta["warnings"])          # a note, not a warning
+    import csv
+    rows = {os.path.basename(r["input"]): r for r in csv.DictReader((tmp_path / "s.csv").open())}
+    assert "not applied" in rows["TRAB_1240_SEG.AIM"]["notes"]
+    assert rows["CALLUS_1237.AIM"]["threshold_low_permille"] != ""        # the grey image is thresholded
+    assert "not applied" not in rows["CALLUS_1237.AIM"]["notes"]
+
+
+def test_char_aim_plans_its_mask_for_slicer_with_any_thresholds(tmp_path):
+    from ScancoUnitsLib import write_aim
+    from ScancoUnitsLib.reader import read_header
+    from ScancoUnitsLib.request import ConversionRequest, plan_request
+
+    path = write_aim(tmp_path / "seg.aim", np.array([[[0, 127, 0, 1]]], np.int8), voxel_size_mm=(0.06,) * 3)
+    for spec in (ThresholdSpec(120, 1000), ThresholdSpec(3000, 32767, "native"), ThresholdSpec(0.4, 3, "g/cc")):
+        request = ConversionRequest(thresholds=spec)
+        for plan in (plan_request(read_header(path), request),
+                     plan_request(read_header(path), request, adapt_defaults=True)):
+            assert [o.quantity for o in plan.outputs if "mask" in o.role] == ["char_mask"]
+            assert plan.thresholds is None
+            assert any("not applied" in n for n in plan.notes)
+
+
+def test_real_char_aim_loads_into_a_scene_with_thresholds(real_data):
+    slicer = pytest.importorskip("slicer")
+    from ScancoUnitsLib.reader import read_volume
+    from ScancoUnitsLib.scene import load_scan_into_scene
+    from vtk.util import numpy_support
+
+    scene = slicer.vtkMRMLScene()
+    nodes = load_scan_into_scene(scene, real_data / "TRAB_1240_SEG.AIM", thresholds=(120, 1000))
+    image = nodes["mask_labelmap"].GetImageData()
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())
+    expected = (read_volume(real_data / "TRAB_1240_SEG.AIM") != 0).astype(np.uint8).reshape(-1)
+    assert np.array_equal(values, expected)
+
+
+# ---- thresholds in the data's own type (issue 19 point 5, issue 20) --------------------------------
+def test_uint16_thresholds_are_not_clipped_to_int16(tmp_path):
+    """uint16 native 40000..65535 gave 1 voxel (both clipped to 32767) instead of 25536."""
+    from ScancoUnitsLib import convert_file, write_aim
+    import nrrd
+
+    volume = np.arange(65536, dtype=np.uint16).reshape(16, 64, 64)
+    path = write_aim(tmp_path / "u16.aim", volume, voxel_size_mm=(0.06,) * 3)
+    r = resolve_thresholds(ThresholdSpec(40000, 65535, "native"), None, voxel_type="uint16")
+    assert (r.native_low, r.native_high) == (40000, 65535) and r.clipped == (False, False)
+    written = convert_file(path, tmp_path / "o", outputs=("mask",),
+                           thresholds=ThresholdSpec(40000, 65535, "native"))
+    mask = nrrd.read(str(written["mask"]), index_order="C")[0]
+    assert int(mask.sum()) == 25536
+    assert np.array_equal(mask, (volume >= 40000).astype(np.uint8))
+
+
+def test_int32_thresholds_in_the_int32_range(tmp_path):
+    from ScancoUnitsLib import convert_file, write_aim
+    import nrrd
+
+    volume = (np.arange(2 * 3 * 4, dtype=np.int32).reshape(2, 3, 4) - 12) * 10000
+    path = write_aim(tmp_path / "i32.aim", volume, voxel_size_mm=(0.06,) * 3)
+    written = convert_file(path, tmp_path / "o", outputs=("mask",),
+                           thresholds=ThresholdSpec(-50000, 40000, "native"))
+    mask = nrrd.read(str(written["mask"]), index_order="C")[0]
+    assert np.array_equal(mask, ((volume >= -50000) & (volume <= 40000)).astype(np.uint8))
+
+
+def test_float_thresholds_are_not_rounded(tmp_path):
+    """float native 0.5..1.5 gave the mask of 1.0..2.0 (the bounds were rounded to integers)."""
+    from ScancoUnitsLib import convert_file, write_aim
+    import nrrd
+
+    volume = np.array([0.25, 0.4999, 0.5, 1.0, 1.5, 1.5001, 1.75, 2.0], np.float32).reshape(1, 2, 4)
+    path = write_aim(tmp_path / "f.aim", volume, version=30, voxel_size_mm=(0.06,) * 3)
+    written = convert_file(path, tmp_path / "o", outputs=("native", "mask"),
+                           thresholds=ThresholdSpec(0.5, 1.5, "native"))
+    mask = nrrd.read(str(written["mask"]), index_order="C")[0]
+    assert mask.ravel().tolist() == [0, 0, 1, 1, 1, 0, 0, 0]
+    meta = json.loads(written["metadata"].read_text())["thresholds"]
+    assert meta["native"] == [0.5, 1.5] and meta["voxel_type"] == "float32"
+
+
+def test_float32_bounds_select_exactly_the_float64_interval():
+    # 0.1 is not a float32: the bounds must be the float32s that keep exact_low <= v <= exact_high
+    for low, high in ((0.1, 0.3), (1 / 3, 2 / 3), (-0.7, -0.1), (1e-8, 1e-7)):
+        r = resolve_thresholds(ThresholdSpec(low, high, "native"), None, voxel_type="float32")
+        assert r.native_low >= low and r.native_high <= high
+        below = np.nextafter(np.float32(r.native_low), np.float32(-np.inf))
+        above = np.nextafter(np.float32(r.native_high), np.float32(np.inf))
+        assert float(below) < low and float(above) > high
+        values = np.array([below, r.native_low, r.native_high, above], np.float32)
+        assert r.mask(values).tolist() == [0, 1, 1, 0]
+    r = resolve_thresholds(ThresholdSpec(0.1, 0.3, "native"), None, voxel_type="float64")
+    assert (r.native_low, r.native_high) == (0.1, 0.3)
+
+
+def test_threshold_beyond_the_type_is_refused_with_both_units(tmp_path, capsys, quiet_cli):
+    """--low 450 --high 3000 --threshold-unit density (g/cc by default) became native 32767..32767."""
+    from ScancoUnitsLib import write_aim
+
+    volume = np.array([[[0, 4000, 9000, 20000]]], np.int16)
+    path = write_aim(tmp_path / "grey.aim", volume, voxel_size_mm=(0.06,) * 3, calibration=XCT2)
+    status, out, err = _cli(capsys, "convert", path, "-o", tmp_path / "o", "--low", "450", "--high", "3000",
+                            "--threshold-unit", "density")
+    assert status == 1
+    lines = [line for line in err.splitlines() if line.startswith("scanco-units: error:")]
+    assert len(lines) == 1, err
+    line = lines[0]
+    assert "grey.aim" in line and "450 g HA/cc" in line and "(--low)" in line
+    assert "native 2" in line                                   # the threshold as a native value
+    assert "-32768..32767" in line and "int16" in line         # the range the type holds, native ...
+    assert "g HA/cc)" in line                                  # ... and in the unit asked
+    assert "--threshold-unit density follows --density-unit" in line
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_threshold_beyond_the_type_in_python_names_parameters(tmp_path):
+    from ScancoUnitsLib.errors import ThresholdRangeError
+
+    with pytest.raises(ThresholdRangeError) as info:
+        resolve_thresholds(ThresholdSpec(-50, -10, "native"), None, voxel_type="uint16", path="u.aim")
+    text = str(info.value)
+    assert "u.aim" in text and "upper threshold -10 native (ThresholdSpec.high)" in text and "0..65535" in text
+    assert "--" not in text
+    with pytest.raises(ThresholdRangeError, match="ThresholdSpec unit 'density' is mg HA/ccm"):
+        resolve_thresholds(ThresholdSpec(45000, 300000, "density"), XCT2, voxel_type="int16")
+    # a negative density slope swaps the natives: the message still names the bound that was asked
+    flipped = Calibration(mu_scaling=8192, mu_water_per_cm=0.24, density_slope=-1600, density_intercept=100,
+                          density_unit="mg HA/ccm")
+    with pytest.raises(ThresholdRangeError, match=r"upper threshold -100000 mg HA/ccm"):
+        resolve_thresholds(ThresholdSpec(-200000, -100000, "mgHA/ccm"), flipped)
+
+
+def test_open_ended_bound_is_the_types_end_and_noted(tmp_path):
+    """IPL's upper 100000 mg HA/ccm (its default) selects the same voxels as native 32767: taken as
+    that end, and said in the metadata notes (not a silent clip)."""
+    from ScancoUnitsLib import convert_file, write_aim
+
+    volume = np.array([[[0, 2585, 2586, 32767]]], np.int16)
+    path = write_aim(tmp_path / "bhs.aim", volume, voxel_size_mm=(0.06,) * 3, calibration=BHS)
+    written = convert_file(path, tmp_path / "o", outputs=("mask",), thresholds=ThresholdSpec(125, 100000, "density"))
+    meta = json.loads(written["metadata"].read_text())
+    assert meta["thresholds"]["native"] == [2586, 32767] and meta["thresholds"]["clipped"] == [False, True]
+    assert any("upper threshold 100000 mg HA/ccm is above what int16 data can hold" in n for n in meta["notes"])
+    r = resolve_thresholds(ThresholdSpec(-5000, 100, "native"), None, voxel_type="uint16")
+    assert (r.native_low, r.native_high, r.clipped) == (0, 100, (True, False))
+
+
+# ---- every input kind x threshold unit x output set: a conversion or a one-line refusal ----------
+GRID_UNITS = {"permille": ("250", "1000"), "native": ("3000", "32767"), "mu": ("1", "3"), "hu": ("500", "3000"),
+              "density": ("0.4", "2"), "mgHA/ccm": ("400", "2000"), "g/cc": ("0.4", "2"),
+              "beyond": ("2000", "3000")}   # per mille above the int16 range: refused for grey images
+GRID_OUTPUTS = (None, "hu", "density", "mu", "native", "mask", "native,mask", "hu,density,mask,mu,native")
+
+
+@pytest.fixture(scope="module")
+def input_kinds(tmp_path_factory):
+    from ScancoUnitsLib import write_aim, write_isq
+
+    folder = tmp_path_factory.mktemp("kinds")
+    grey = (np.arange(3 * 5 * 7, dtype=np.int16).reshape(3, 5, 7) * 300 - 1000)
+    size = (0.06,) * 3
+    return {
+        "short ISQ": write_isq(folder / "grey.isq", grey, voxel_size_mm=size, calibration=XCT2),
+        "short AIM": write_aim(folder / "grey.aim", grey, voxel_size_mm=size, calibration=XCT2),
+        "char AIM": write_aim(folder / "seg.aim", np.where(grey > 8000, 127, 0).astype(np.int8),
+                              voxel_size_mm=size, compression="binCmp"),
+        "float AIM": write_aim(folder / "dens.aim", (grey / 7.0).astype(np.float32), version=30,
+                               voxel_size_mm=size),
+        "uncalibrated": write_isq(folder / "raw.isq", grey, voxel_size_mm=size),
+    }
+
+
+def _assert_converted_or_refused(status, out, err, context):
+    assert "internal error" not in out + err, context
+    assert "Traceback" not in err, context
+    errors = [line for line in err.splitlines() if line.startswith("scanco-units: error:")]
+    if status == 0:
+        assert not errors, context
+    else:
+        assert status in (1, 2) and len(errors) == 1, (context, err)
+
+
+@pytest.mark.parametrize("kind", ["short ISQ", "short AIM", "char AIM", "float AIM", "uncalibrated"])
+def test_every_input_kind_threshold_unit_and_output_set(kind, input_kinds, tmp_path, capsys, quiet_cli):
+    outcomes = {}
+    for unit, (low, high) in GRID_UNITS.items():
+        for outputs in GRID_OUTPUTS:
+            out_dir = tmp_path / f"{unit.replace('/', '_')}-{outputs}"
+            argv = ["convert", input_kinds[kind], "-o", out_dir, "--low", low, "--high", high,
+                    "--threshold-unit", "permille" if unit == "beyond" else unit]
+            argv += ["--outputs", outputs] if outputs else []
+            status, out, err = _cli(capsys, *argv)
+            context = f"{kind} {unit} {outputs}: {err}"
+            _assert_converted_or_refused(status, out, err, context)
+            if status == 0:
+                assert any(out_dir.glob("*_metadata.json")), context
+            else:
+                assert not out_dir.exists() or not any(out_dir.iterdir()), context
+            outcomes[unit, outputs] = status
+    # what must convert: the default set of a char AIM (its mask) with any thresholds, native values always
+    if kind == "char AIM":
+        assert all(outcomes[u, None] == 0 and outcomes[u, "mask"] == 0 for u in GRID_UNITS)
+    if kind in ("short ISQ", "short AIM"):
+        assert all(outcomes[u, o] == 0 for u in GRID_UNITS if u != "beyond" for o in GRID_OUTPUTS)
+        assert outcomes["beyond", "mask"] == 1 and outcomes["beyond", "native"] == 0
+    assert all(outcomes[u, "native"] == 0 for u in GRID_UNITS)
+
+
+@pytest.mark.parametrize("unit", sorted(GRID_UNITS))
+def test_every_real_file_with_every_threshold_unit(unit, real_data, tmp_path, capsys, quiet_cli):
+    files = sorted(p for p in real_data.iterdir() if p.suffix.upper() in (".AIM", ".ISQ"))
+    low, high = GRID_UNITS[unit]
+    for outputs in (None, "native,mask", "hu,density,mask,mu,native"):
+        out_dir = tmp_path / str(outputs)
+        argv = ["convert", *files, "-o", out_dir, "--low", low, "--high", high,
+                "--threshold-unit", "permille" if unit == "beyond" else unit]
+        argv += ["--outputs", outputs] if outputs else []
+        status, out, err = _cli(capsys, *argv)
+        assert "internal error" not in out + err and "Traceback" not in err, (unit, outputs, err)
+        failed = [line for line in err.splitlines() if line.startswith("scanco-units: error:")]
+        assert status != 0 or not failed, (unit, outputs, err)
+        # the masks (char AIMs) always give their mask, whatever the thresholds
+        for mask_file in ("TRAB_1240_SEG", "DB_07_DNN_DR_T1_TRAB_MASK"):
+            assert not any(mask_file in line for line in failed) or outputs == "hu,density,mask,mu,native", \
+                (unit, outputs, err)

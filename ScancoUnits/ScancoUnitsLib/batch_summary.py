@@ -25,6 +25,7 @@ FACT_FIELDS = (
      "voxel_size_x_mm", "voxel_size_y_mm", "voxel_size_z_mm")
     + _CALIBRATION_FIELDS
     + tuple(f"threshold_{end}_{suffix}" for suffix, _ in _THRESHOLD_UNITS for end in ("low", "high"))
+    + ("notes",)  # what was decided for the file (e.g. thresholds not applied to a char mask)
 )
 SUMMARY_COLUMNS = ("input", "status", "reason", "error", "seconds") + FACT_FIELDS + STATISTICS_FIELDS + ("warnings", "outputs")
 
@@ -51,6 +52,7 @@ def facts_from_metadata(metadata: Optional[dict]) -> dict:
         pair = values.get(key)
         if pair:
             facts[f"threshold_low_{suffix}"], facts[f"threshold_high_{suffix}"] = pair
+    facts["notes"] = "; ".join(str(n) for n in metadata.get("notes") or ()) or None
     return facts
 
 

@@ -78,6 +78,13 @@ def _add_more_commands(sub) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .option_names import command_line_vocabulary
+
+    with command_line_vocabulary():  # the library's messages name --flags, not Python parameters
+        return _main(argv)
+
+
+def _main(argv: Optional[List[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -23,6 +23,7 @@ from .atomic_output import AtomicOutputSet, previous_outputs, sweep_stale_partia
 from .engine import EngineOutput, SlabObserver, run_engine  # noqa: F401 - SlabObserver is public here
 from .errors import ConversionCancelled, RequestError  # noqa: F401 - ConversionCancelled is public here
 from .header import ScancoHeader
+from .option_names import option_name, value_phrase
 from .quantities import QUANTITIES, threshold_unit_label
 from .reader import open_voxels, read_header
 from .scan_statistics import ScanStatistics
@@ -168,7 +169,7 @@ def mask_coverage_warning(header: ScancoHeader, plan: RequestPlan, mask_voxels: 
     what = "empty: no voxel is" if mask_voxels == 0 else "full: every voxel is"
     data = both(native_min, native_max) if native_min is not None else "unknown"
     return (f"{header.path}: {MASK_COVERAGE_MARK}{what} inside the thresholds {both(r.native_low, r.native_high)}; "
-            f"the data range is {data}. Choose thresholds inside the data range (--low/--high).")
+            f"the data range is {data}. Choose thresholds inside the data range ({option_name('thresholds')}).")
 
 
 #: where the mask-coverage sentence starts in its warning (the report shows it without the path)
@@ -245,7 +246,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
         mask_voxels = sum(s.mask_voxels for s in stats.values())
         if hu_clipped:
             caught.append(f"{header.path}: {hu_clipped} voxels were clipped to the int16 HU range "
-                          f"(use --hu-dtype float32 to keep them)")
+                          f"(use {value_phrase('hu_dtype', 'float32')} to keep them)")
         if nonfinite:
             caught.append(f"{header.path}: the float image holds {nonfinite} NaN or infinite voxels "
                           "(written as stored)")

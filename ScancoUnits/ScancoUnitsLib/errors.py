@@ -47,6 +47,11 @@ class RequestError(ScancoError, ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class ThresholdRangeError(RequestError):
+    """A threshold leaves nothing the file's data type can hold inside the mask (a lower bound above the
+    type's maximum, an upper bound below its minimum): refused, never clipped."""
+
+
 class ConversionCancelled(ScancoError):
     """The caller asked to stop (progress callback returned False, or a cancel check said so).
 

@@ -73,6 +73,7 @@ def to_dask(path, quantity: str = "density_mg_ha_ccm", chunks=None, *,
         dtype = np.dtype("uint8")
         if not char:
             resolved = resolve_thresholds(thresholds or defaults.thresholds, header.calibration,
+                                          voxel_type=header.voxel_type,
                                           header_max_data_value=header.raw_field("max_data_value"),
                                           path=header.path)
     else:

@@ -32,6 +32,7 @@ import numpy as np
 
 from .errors import CalibrationMissingError, RequestError
 from .header import ScancoHeader
+from .option_names import option_name, outputs_phrase
 from .quantities import (
     CALIBRATED_ROLES,
     DEFAULT_DENSITY_UNIT,
@@ -154,8 +155,9 @@ class ConversionRequest:
             refused = [r for r in asked if r not in holds]
             if refused:
                 raise ValueError(f"the aim format holds only {' and '.join(holds)} (what IPL evaluates); "
-                                 f"{', '.join(refused)} cannot be written as AIM: use --outputs "
-                                 f"{','.join(r for r in asked if r in holds) or 'native,mask'} or another --format")
+                                 f"{', '.join(refused)} cannot be written as AIM: use "
+                                 f"{outputs_phrase([r for r in asked if r in holds] or ['native', 'mask'])} "
+                                 f"or another {option_name('formats')}")
         if int(self.threads) < 1:
             raise ValueError(f"threads must be at least 1, not {self.threads!r}")
 
@@ -316,22 +318,28 @@ def plan_request(header: ScancoHeader, request: Optional[ConversionRequest] = No
         wanted = ", ".join(r for r in roles if r in CALIBRATED_ROLES)
         raise CalibrationMissingError(
             header.path, f"{wanted} (no usable calibration; native and mask outputs still work: "
-                         f"--outputs native,mask)", list(missing))
+                         f"{outputs_phrase(['native', 'mask'])})", list(missing))
 
     # ---- the mask --------------------------------------------------------------------------------
     resolved = None
-    char_mask = kind == "char" and request.default_thresholds
+    char_mask = kind == "char"  # a SCANCO mask gives its non-zero voxels, whatever the thresholds
+    spec = request.threshold_spec
+    if "mask" in roles and char_mask and not request.default_thresholds:
+        notes.append(f"thresholds {spec.low:g}..{spec.high:g} "
+                     f"{threshold_unit_label(spec.unit, request.density_unit)} not applied: {name} holds "
+                     f"{header.voxel_type} data (a SCANCO mask); its mask is its non-zero voxels")
     if "mask" in roles and not char_mask:
-        spec = request.threshold_spec
         if kind == "float" and spec.unit != "native":
             raise RequestError(header.path, f"a {header.voxel_type} image can only be thresholded in native "
-                                            f"units (its values are stored as they are), not {spec.unit}")
-        resolved = resolve_thresholds(spec, header.calibration,
+                                            f"units (its values are stored as they are), not "
+                                            f"{threshold_unit_label(spec.unit, request.density_unit)}")
+        resolved = resolve_thresholds(spec, header.calibration, voxel_type=header.voxel_type,
                                       header_max_data_value=header.raw_field("max_data_value"), path=header.path)
+        notes.extend(resolved.notes())
     elif for_nodes and not char_mask:
         # without a mask the thresholds only centre the display window: any problem is not fatal
         try:
-            resolved = resolve_thresholds(request.threshold_spec, header.calibration,
+            resolved = resolve_thresholds(spec, header.calibration, voxel_type=header.voxel_type,
                                           header_max_data_value=header.raw_field("max_data_value"),
                                           path=header.path)
         except (ValueError, CalibrationMissingError):

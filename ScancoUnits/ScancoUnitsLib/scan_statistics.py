@@ -70,7 +70,7 @@ class ScanStatistics:
         self.char = self.dtype.kind in "iu" and self.dtype.itemsize == 1
         if resolved is None and spec is not None and not self.char:
             try:
-                resolved = resolve_thresholds(spec, header.calibration,
+                resolved = resolve_thresholds(spec, header.calibration, voxel_type=header.voxel_type,
                                               header_max_data_value=header.raw_field("max_data_value"),
                                               path=header.path)
             except (ScancoError, ValueError):

@@ -46,6 +46,7 @@ about 1 s of CPU to start (import, loading the cached code) and about 130 MB of 
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -193,13 +194,18 @@ def _choose_backend(backend: str) -> str:
     return backend
 
 
-def _as_bounds(mask_native_range) -> Optional[Tuple[int, int]]:
+def _as_bounds(mask_native_range, native_dtype: np.dtype) -> Optional[Tuple[float, float]]:
+    """``(low, high)``: integers for integer natives (a fractional bound: the integers inside it),
+    floats as they are for float natives (never rounded)."""
     if mask_native_range is None:
         return None
     if hasattr(mask_native_range, "native_low"):  # a ResolvedThresholds
-        return int(mask_native_range.native_low), int(mask_native_range.native_high)
-    low, high = mask_native_range
-    return int(low), int(high)
+        low, high = mask_native_range.native_low, mask_native_range.native_high
+    else:
+        low, high = mask_native_range
+    if native_dtype.kind == "f":
+        return float(low), float(high)
+    return math.ceil(low), math.floor(high)
 
 
 class SlabKernel:
@@ -222,7 +228,7 @@ class SlabKernel:
         if self.native_dtype.kind not in "iuf":
             raise ValueError(f"native voxels must be integers or floats, not {self.native_dtype}")
         self.converter = UnitConverter(calibration, path=path)
-        self.bounds = _as_bounds(mask_native_range)
+        self.bounds = _as_bounds(mask_native_range, self.native_dtype)
         self.histogram = bool(histogram)
         self.uses_tables = self.native_dtype.name in _LUT_DTYPES
         for out in self.outputs:

@@ -161,8 +161,8 @@ def calibration_warning(header: ScancoHeader) -> str:
 def threshold_equivalents(header: ScancoHeader, thresholds) -> dict:
     """``resolve_thresholds(...).to_dict()`` for the header's calibration (raises on bad input)."""
     spec = threshold_spec_from(thresholds)
-    return resolve_thresholds(spec, header.calibration, header_max_data_value=header.raw_field("max_data_value"),
-                              path=header.path).to_dict()
+    return resolve_thresholds(spec, header.calibration, voxel_type=header.voxel_type,
+                              header_max_data_value=header.raw_field("max_data_value"), path=header.path).to_dict()
 
 
 def threshold_equivalents_html(header: ScancoHeader, thresholds) -> str:
