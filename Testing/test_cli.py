@@ -190,7 +190,7 @@ def test_output_folder_that_is_a_file(tmp_path, capsys):
     (tmp_path / "o").write_text("a file")
     status, _, stderr = run(capsys, "convert", src, "-o", tmp_path / "o")
     assert status == 2  # a usage error (issue 10): -o names an existing file
-    assert stderr.startswith("usage:")
+    assert "usage:" not in stderr  # one line and a hint (issue 20)
     [line] = error_lines(stderr)
     assert "cannot create output folder" in line and "existing file" in line
     assert (tmp_path / "o").read_text() == "a file"
@@ -266,3 +266,64 @@ def test_report_flag_writes_a_png_per_file(tmp_path, capsys):
         assert (width, height) == (1600, 1000)
     status, _, _ = run(capsys, "convert", tmp_path / "in", "-o", tmp_path / "plain", "-q")
     assert status == 0 and not list((tmp_path / "plain").glob("*_report.png"))
+
+
+# ---- info: the data range and thresholds in every unit (issue 20) -------------------------------
+def test_info_shows_the_data_range_in_four_units(real_data, capsys):
+    status, out, err = run(capsys, "info", real_data / "CALLUS_1237.AIM")
+    assert status == 0, err
+    block = out[out.index("Data range:"):]
+    lines = {line.split(":")[0].strip(): line.split(":", 1)[1].strip() for line in block.splitlines()[1:5]}
+    assert lines["native"] == "112 .. 7875"                       # the header's Minimum/Maximum data value
+    assert lines["per mille"] == "3.41807 .. 240.333"             # 112 / 32.767, 7875 / 32.767
+    assert lines["mg HA/ccm"] == "-375.879 .. 1199.58"            # slope 1662.52405, intercept -398.609009
+    assert lines["HU"].startswith("-942.2")                       # 112 / 8192 / 0.2366 * 1000 - 1000
+
+
+def test_info_with_thresholds_shows_them_in_every_unit(real_data, capsys):
+    status, out, err = run(capsys, "info", real_data / "CALLUS_1237.AIM", real_data / "TRAB_1240_SEG.AIM",
+                           "--low", "120", "--high", "1000")
+    assert status == 0, err
+    grey, mask = out.split("File:")[1:]
+    block = grey[grey.index("Thresholds:"):]
+    assert "3932 <= native <= 32767 (int16)" in block
+    for label in ("per mille:", "native:", "1/cm:", "HU:", "mg HA/ccm:", "g HA/cc:"):
+        assert label in block
+    assert "399.37 .. 6251.28" in block                           # mg HA/ccm of native 3932 and 32767
+    assert "not applied: a SCANCO mask (int8)" in mask
+    status, out, err = run(capsys, "info", real_data / "CALLUS_1237.AIM", "--low", "450", "--high", "3000",
+                           "--threshold-unit", "density")
+    assert status == 0 and "refused: lower threshold 450 g HA/cc (--low)" in out
+    status, out, err = run(capsys, "info", real_data / "CALLUS_1237.AIM", "--json", "--low", "0.4", "--high", "2",
+                           "--threshold-unit", "g/cc")
+    import json
+    record = json.loads(out)
+    assert record["thresholds"]["applied"] and record["thresholds"]["native"][0] == 3935  # (400 + 398.609) / 1662.524 * 8192
+    assert record["data_range"]["native"] == [112.0, 7875.0]
+
+
+def test_thresholds_in_every_unit_is_one_reusable_function(real_data):
+    from ScancoUnitsLib.info_text import format_thresholds, thresholds_text
+    from ScancoUnitsLib.reader import read_header
+    from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
+
+    header = read_header(real_data / "CALLUS_1237.AIM")
+    resolved = resolve_thresholds(ThresholdSpec(120, 1000), header.calibration, voxel_type="int16")
+    text = format_thresholds(resolved)
+    assert text == thresholds_text(header, ThresholdSpec(120, 1000))
+    assert text.splitlines()[0] == "Thresholds:      120 .. 1000 per mille -> mask 3932 <= native <= 32767 (int16)"
+
+
+def test_usage_errors_are_one_line_and_a_hint(tmp_path, capsys):
+    src = good_isq(tmp_path / "a.isq")
+    for argv in (["--jobs", "0"], ["--low", "900", "--high", "100"], ["--threshold-unit", "furlong"],
+                 ["--density-unit", "kg"], ["--threshold-unit", "hu", "--low", "5"]):
+        status, out, err = run(capsys, "convert", src, "-o", tmp_path / "o", *argv)
+        assert status == 2, argv
+        assert "usage:" not in err, argv
+        lines = err.strip().splitlines()
+        assert len(lines) == 2 and lines[0].startswith("scanco-units: error:"), (argv, err)
+        assert lines[1] == "(see 'scanco-units convert --help')"
+    assert not (tmp_path / "o").exists()
+    status, out, err = run(capsys, "info")
+    assert status == 2 and "usage:" not in err and "see 'scanco-units info --help'" in err

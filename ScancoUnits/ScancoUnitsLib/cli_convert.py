@@ -133,11 +133,9 @@ def _summary(results: List[FileResult], stream) -> None:
 
 # ---- the command -------------------------------------------------------------------------------------------
 def _usage_error(args, message: str) -> int:
-    parser = getattr(args, "_parser", None)
-    if parser is not None:
-        parser.print_usage(sys.stderr)
-    print(f"scanco-units: error: {message}", file=sys.stderr)
-    return EXIT_USAGE
+    from .cli import usage_error  # one line and a hint, as argparse's own errors
+
+    return usage_error(args, message)
 
 
 def _usage_problem(args):

@@ -1,8 +1,20 @@
-"""Human-readable summary of a header (``scanco-units info``)."""
+"""Human-readable summary of a header (``scanco-units info``), the data range and thresholds in every unit.
+
+:func:`format_thresholds` (a :class:`~ScancoUnitsLib.thresholds.ResolvedThresholds` in every unit) and
+:func:`thresholds_text` (what given thresholds mean for one file, refusals included) are the one place
+where thresholds are written out for people: ``info --low/--high`` and a batch's plan use them.
+"""
 
 from __future__ import annotations
 
+from .errors import CalibrationMissingError, RequestError
 from .header import DEFAULT_DENSITY_UNIT, Calibration, ScancoHeader
+from .quantities import UNIT_LABELS, threshold_unit_label
+from .thresholds import VALUE_UNITS, ResolvedThresholds, ThresholdSpec, permille_of_native, resolve_thresholds
+from .units import UnitConverter
+
+# the data range of ``info``: the issue's four units (per mille, native, HU, mg HA/ccm)
+_RANGE_UNITS = ("permille", "native", "hu", "density_mg_ha_ccm")
 
 
 def _fmt(value, unit: str = "") -> str:
@@ -73,4 +85,100 @@ def format_header_summary(header: ScancoHeader) -> str:
     ]
     if h.processing_log_items:
         lines.append(f"Processing log:  {len(h.processing_log_items)} entries (--json shows them all)")
+    lines.append(format_data_range(h))
     return "\n".join(lines)
+
+
+def _number(value) -> str:
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return f"{value:.6g}"
+
+
+def _pair(pair) -> str:
+    return "not available" if pair is None else f"{_number(pair[0])} .. {_number(pair[1])}"
+
+
+def _unit_name(unit: str) -> str:
+    return {"permille": "per mille", "native": "native"}.get(unit, UNIT_LABELS.get(unit, unit))
+
+
+def native_range_in_units(header: ScancoHeader, low, high, units=_RANGE_UNITS) -> dict:
+    """``{unit: (low, high) or None}``: native values in per mille (IPL: native / 32.767), native and
+    the calibrated units the file can give (None where it cannot, and for char and float data)."""
+    converter = UnitConverter(header.calibration, path=header.path)
+    rescaled = not header.voxel_type.startswith("float") and header.voxel_type not in ("int8", "uint8")
+    out = {}
+    for unit in units:
+        if unit == "native":
+            out[unit] = (low, high)
+        elif not rescaled:
+            out[unit] = None
+        elif unit == "permille":
+            out[unit] = (permille_of_native(low), permille_of_native(high))
+        elif converter.can_convert(unit):
+            out[unit] = tuple(float(converter.native_to(v, unit)) for v in (low, high))
+        else:
+            out[unit] = None
+    return out
+
+
+def format_data_range(header: ScancoHeader) -> str:
+    """The header's data range (its Minimum/Maximum data value) in per mille, native, HU and mg HA/ccm."""
+    low, high = header.raw_field("min_data_value"), header.raw_field("max_data_value")
+    if not isinstance(low, (int, float)) or not isinstance(high, (int, float)):
+        return "Data range:      not in the header"
+    lines = ["Data range:      from the header's Minimum/Maximum data value"]
+    if header.voxel_type in ("int8", "uint8"):
+        lines[0] += (" (a SCANCO mask: its voxels are 0 / non-zero; the range is the grey image's it was "
+                     "made from)")
+    elif header.voxel_type.startswith("float"):
+        lines[0] += " (float data: values as stored, not rescaled)"
+    for unit, pair in native_range_in_units(header, low, high).items():
+        if pair is None and unit != "native":
+            continue
+        lines.append(f"  {_unit_name(unit) + ':':18s} {_pair(pair)}")
+    return "\n".join(lines)
+
+
+def format_thresholds(resolved: ResolvedThresholds, indent: str = "  ") -> str:
+    """Resolved thresholds in every unit, e.g. for ``info --low/--high`` and a batch's plan::
+
+        Thresholds:      120 .. 1000 per mille -> mask native 3932 <= native <= 32767 (int16)
+          per mille:         119.996 .. 1000
+          native:            3932 .. 32767
+          ...
+    """
+    spec = resolved.spec
+    unit = threshold_unit_label(spec.unit, "mgHA/ccm")  # a bare "density" spec is mg HA/ccm
+    lines = [f"Thresholds:      {_number(float(spec.low))} .. {_number(float(spec.high))} {unit} -> mask "
+             f"{_number(resolved.native_low)} <= native <= {_number(resolved.native_high)} ({resolved.voxel_type})"]
+    for value_unit in VALUE_UNITS:
+        pair = resolved.values.get(value_unit)
+        if pair is None and value_unit != "native":
+            continue
+        lines.append(f"{indent}{_unit_name(value_unit) + ':':18s} {_pair(pair)}")
+    for note in resolved.notes():
+        lines.append(f"{indent}note: {note}")
+    return "\n".join(lines)
+
+
+def thresholds_text(header: ScancoHeader, spec: ThresholdSpec) -> str:
+    """What ``spec`` means for this file, in every unit (:func:`format_thresholds`); or, in one line, why
+    it is not applied (a char mask) or refused (beyond the data type, no calibration, a float image)."""
+    unit = threshold_unit_label(spec.unit, "mgHA/ccm")  # a bare "density" spec is mg HA/ccm
+    asked = f"{_number(float(spec.low))} .. {_number(float(spec.high))} {unit}"
+    if header.voxel_type in ("int8", "uint8"):
+        return (f"Thresholds:      {asked} not applied: a SCANCO mask ({header.voxel_type}) gives its non-zero "
+                "voxels")
+    if header.voxel_type.startswith("float") and spec.unit != "native":
+        return (f"Thresholds:      {asked} refused: a {header.voxel_type} image can only be thresholded in native "
+                "units (its values are stored as they are)")
+    try:
+        resolved = resolve_thresholds(spec, header.calibration, voxel_type=header.voxel_type,
+                                      header_max_data_value=header.raw_field("max_data_value"), path=header.path)
+    except (RequestError, CalibrationMissingError) as exc:
+        problem = getattr(exc, "problem", None) or str(exc).split(": ", 1)[-1]
+        return f"Thresholds:      {asked} refused: {' '.join(str(problem).split())}"
+    return format_thresholds(resolved)
+

@@ -369,12 +369,8 @@ def plan_request(header: ScancoHeader, request: Optional[ConversionRequest] = No
 
 
 # ---- the command line's view of a request ----------------------------------------------------------
-def add_request_arguments(p: argparse.ArgumentParser) -> None:
-    """The options that build a :class:`ConversionRequest` (convert and demo share them)."""
-    d = ConversionRequest()
-    p.add_argument("--outputs", default=None,
-                   help=f"comma-separated: {', '.join(FILE_ROLES)} (default {','.join(DEFAULT_FILE_ROLES)}; "
-                        "a char AIM gives its mask, a float AIM its values as stored)")
+def add_threshold_arguments(p: argparse.ArgumentParser) -> None:
+    """--low, --high, --threshold-unit, --permille-reference and --density-unit (convert, demo, info)."""
     p.add_argument("--low", type=float, default=None,
                    help=f"lower threshold (default {DEFAULT_THRESHOLDS.low:g} per mille)")
     p.add_argument("--high", type=float, default=None,
@@ -385,8 +381,17 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--permille-reference", choices=PERMILLE_REFERENCES, default="32767",
                    help="1000 per mille = native 32767 (IPL, default) or the header's Maximum data value "
                         "(the seed notebook's reading)")
-    p.add_argument("--density-unit", choices=tuple(DENSITY_UNITS), default=d.density_unit,
-                   help=f"unit of the density output (default {d.density_unit})")
+    p.add_argument("--density-unit", choices=tuple(DENSITY_UNITS), default=DEFAULT_DENSITY_UNIT,
+                   help=f"unit of the density output and of --threshold-unit density (default {DEFAULT_DENSITY_UNIT})")
+
+
+def add_request_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that build a :class:`ConversionRequest` (convert and demo share them)."""
+    d = ConversionRequest()
+    p.add_argument("--outputs", default=None,
+                   help=f"comma-separated: {', '.join(FILE_ROLES)} (default {','.join(DEFAULT_FILE_ROLES)}; "
+                        "a char AIM gives its mask, a float AIM its values as stored)")
+    add_threshold_arguments(p)
     p.add_argument("--hu-dtype", choices=HU_DTYPES, default=d.hu_dtype)
     p.add_argument("--format", default=DEFAULT_FORMAT,
                    help=f"comma-separated output formats: {', '.join(FORMAT_NAMES)} (default {DEFAULT_FORMAT})")
@@ -402,21 +407,26 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
                         "the thresholds (needs matplotlib: pip install scanco-units[report])")
 
 
-def request_from_args(args, **overrides) -> ConversionRequest:
-    """The request the parsed command line asks for (``density`` thresholds follow --density-unit)."""
+def threshold_spec_from_args(args) -> ThresholdSpec:
+    """The thresholds the parsed command line asks for (``density`` follows --density-unit);
+    ValueError for a unit other than per mille without both bounds."""
     unit = args.threshold_unit
     if unit == "density":
         unit = canonical_density_unit(args.density_unit)
     explicit = args.low is not None or args.high is not None or unit != "permille" \
         or args.permille_reference != "32767"
-    thresholds = DEFAULT_THRESHOLDS
-    if explicit:
-        low = args.low if args.low is not None else (DEFAULT_THRESHOLDS.low if unit == "permille" else None)
-        high = args.high if args.high is not None else (DEFAULT_THRESHOLDS.high if unit == "permille" else None)
-        if low is None or high is None:
-            raise ValueError(f"--threshold-unit {args.threshold_unit} needs both --low and --high")
-        thresholds = ThresholdSpec(low, high, unit, args.permille_reference)
-    values = dict(outputs=args.outputs, thresholds=thresholds, density_unit=args.density_unit,
+    if not explicit:
+        return DEFAULT_THRESHOLDS
+    low = args.low if args.low is not None else (DEFAULT_THRESHOLDS.low if unit == "permille" else None)
+    high = args.high if args.high is not None else (DEFAULT_THRESHOLDS.high if unit == "permille" else None)
+    if low is None or high is None:
+        raise ValueError(f"--threshold-unit {args.threshold_unit} needs both --low and --high")
+    return ThresholdSpec(low, high, unit, args.permille_reference)
+
+
+def request_from_args(args, **overrides) -> ConversionRequest:
+    """The request the parsed command line asks for (``density`` thresholds follow --density-unit)."""
+    values = dict(outputs=args.outputs, thresholds=threshold_spec_from_args(args), density_unit=args.density_unit,
                   statistics=bool(getattr(args, "statistics", False) or getattr(args, "summary", None)
                                   or getattr(args, "json", False)),
                   hu_dtype=args.hu_dtype, formats=getattr(args, "format", DEFAULT_FORMAT),
