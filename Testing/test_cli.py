@@ -150,7 +150,11 @@ def test_native_and_mask_still_work_for_uncalibrated_file(tmp_path, capsys):
     ["convert", "x.isq", "-o", "o", "--format", "tiff"],
     ["convert", "x.isq", "-o", "o", "--format", ","],
     ["convert", "x.isq", "-o", "o", "--format", "aim"],     # HU and density cannot be AIMs
-    ["convert", "x.isq", "-o", "o", "--format", "nrrd,aim", "--outputs", "hu,mask"],
+    ["convert", "x.isq", "-o", "o", "--format", "aim", "--outputs", "hu,mask"],   # HU held by no format
+    ["convert", "x.isq", "-o", "o", "--outputs", "hu,hu"],          # issue 20: a role named twice
+    ["convert", "x.isq", "-o", "o", "--outputs", ",hu"],            # issue 20: an empty item
+    ["convert", "x.isq", "-o", "o", "--outputs", "density,rho"],    # an alias of the same role
+    ["convert", "x.isq", "-o", "o", "--format", "nifti", "--detached"],   # no detached NIfTI
     ["convert", "x.isq", "-o", "o", "--threshold-unit", "hu", "--low", "400"],   # --high missing
     ["convert", "x.isq", "-o", "o", "--density-unit", "kg/m3"],
     ["frobnicate"],
@@ -327,3 +331,43 @@ def test_usage_errors_are_one_line_and_a_hint(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
     status, out, err = run(capsys, "info")
     assert status == 2 and "usage:" not in err and "see 'scanco-units info --help'" in err
+
+
+def test_nrrd_and_aim_write_aim_for_what_it_holds_and_say_what_was_skipped(tmp_path, capsys, real_data):
+    """--format nrrd,aim with the default outputs refused the whole run; now: NRRD for every output, AIM
+    for the mask (what IPL evaluates), and one note up front and in each file's metadata."""
+    import json
+
+    status, out, err = run(capsys, "convert", real_data / "CALLUS_1237.AIM", real_data / "TRAB_1240_SEG.AIM",
+                           "-o", tmp_path, "--format", "nrrd,aim", "--low", "120")
+    assert status == 0, err
+    assert "scanco-units: note: hu, density not written as aim (aim holds only native and mask)" in err
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["CALLUS_1237_BWmask.AIM", "CALLUS_1237_BWmask.nrrd", "CALLUS_1237_HU.nrrd",
+                     "CALLUS_1237_RHO.nrrd", "CALLUS_1237_metadata.json",
+                     "TRAB_1240_SEG_mask.AIM", "TRAB_1240_SEG_mask.nrrd", "TRAB_1240_SEG_metadata.json"]
+    meta = json.loads((tmp_path / "CALLUS_1237_metadata.json").read_text())
+    assert "hu, density not written as aim (aim holds only native and mask)" in meta["notes"]
+    assert meta["outputs"]["hu"]["formats"] == ["nrrd"] and meta["outputs"]["mask"]["formats"] == ["nrrd", "aim"]
+    mask_aim = S.read_volume(tmp_path / "CALLUS_1237_BWmask.AIM")
+    mask_nrrd = nrrd.read(str(tmp_path / "CALLUS_1237_BWmask.nrrd"), index_order="C")[0]
+    assert np.array_equal(mask_aim != 0, mask_nrrd != 0) and mask_nrrd.any()
+
+
+def test_python_api_messages_name_parameters_not_flags(tmp_path):
+    from ScancoUnitsLib.convert import ConversionRequest, convert_file
+
+    for kwargs, words in (({"outputs": "hu,hu"}, "outputs: hu is named twice"),
+                          ({"formats": "aim"}, "use outputs=('mask',) or add another format (formats='nrrd,aim')"),
+                          ({"formats": "nifti", "detached": True}, "drop detached=True or add nrrd to formats")):
+        with pytest.raises(ValueError) as info:
+            ConversionRequest(**kwargs)
+        assert words in str(info.value) and "--" not in str(info.value)
+    S.write_isq(tmp_path / "u.isq", VOLUME, voxel_size_mm=(0.01,) * 3)
+    with pytest.raises(S.CalibrationMissingError) as info:
+        convert_file(tmp_path / "u.isq", tmp_path / "o")
+    assert "outputs=('native', 'mask')" in str(info.value) and "--" not in str(info.value)
+    with pytest.warns(UserWarning) as caught:
+        convert_file(tmp_path / "u.isq", tmp_path / "o", outputs=("mask",), thresholds=(900, 1000))
+    assert any("thresholds=(low, high, unit)" in str(w.message) for w in caught)
+    assert not any("--low" in str(w.message) for w in caught)

@@ -177,6 +177,11 @@ def _cmd_convert(args) -> int:
         options = _options_from_args(args)
     except ValueError as exc:
         return _usage_error(args, str(exc))
+    from .request import DEFAULT_FILE_ROLES, format_skip_note
+
+    skipped = format_skip_note(options.outputs or DEFAULT_FILE_ROLES, options.formats)
+    if skipped:  # said once, up front; each file's metadata notes say it too
+        print(f"scanco-units: note: {skipped}", file=sys.stderr)
     if options.report:
         from .report import ReportUnavailableError, require_matplotlib
 

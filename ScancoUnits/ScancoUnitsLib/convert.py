@@ -101,8 +101,9 @@ def plan_files(plan: RequestPlan, out_dir: Path, stem: str) -> List[PlannedFile]
     common = _calibration_key_values(header)
     formats = [get_format(name) for name in request.formats]
     stored_as = {"char_mask": "mask", "float": "native"}
-    refused = [f"{o.role} as {fmt.name}" for fmt in formats for o in plan.outputs
-               if not fmt.accepts(stored_as.get(o.quantity, o.quantity))]
+    holds = {o.role: [fmt for fmt in formats if fmt.accepts(stored_as.get(o.quantity, o.quantity))]
+             for o in plan.outputs}  # a format that cannot hold a volume skips it (the plan's notes say so)
+    refused = [f"{o.role} as {fmt.name}" for fmt in formats for o in plan.outputs if not holds[o.role]]
     if refused:
         raise RequestError(header.path, f"cannot write {', '.join(refused)}: "
                                         f"{', '.join(f.name for f in formats if f.quantities)} holds only "
@@ -120,7 +121,7 @@ def plan_files(plan: RequestPlan, out_dir: Path, stem: str) -> List[PlannedFile]
             kv.update({"ScancoUnits_threshold_native": f"{r.native_low} {r.native_high}",
                        "ScancoUnits_threshold_spec": f"{r.spec.low:g} {r.spec.high:g} {r.spec.unit}",
                        "ScancoUnits_mask_rule": "native_low <= native <= native_high"})
-        for fmt in formats:
+        for fmt in holds[out.role]:
             spec = VolumeSpec(base_path=out_dir / f"{stem}{quantity.file_suffix}", shape_zyx=header.shape_zyx,
                               dtype=out.dtype, spacing_mm=tuple(header.voxel_size_mm),
                               origin_mm=tuple(header.origin_mm), quantity=out.quantity,
@@ -268,8 +269,8 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
             f.write("\n")
         output_set.commit()
     result_outputs: Dict[str, Path] = {}
-    for f in files:
-        key = f.role if f.format == request.formats[0] else f"{f.role}_{f.format.replace('-', '_')}"
+    for f in files:  # the first format that holds a volume gives its plain key, the others role_format
+        key = f.role if f.role not in result_outputs else f"{f.role}_{f.format.replace('-', '_')}"
         result_outputs[key] = f.paths[0]
     result_outputs["metadata"] = meta_path
     if report_path is not None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import CalibrationMissingError, RequestError
 from .header import ScancoHeader
-from .option_names import option_name, outputs_phrase
+from .option_names import option_name, outputs_phrase, value_phrase
 from .quantities import (
     CALIBRATED_ROLES,
     DEFAULT_DENSITY_UNIT,
@@ -87,18 +87,26 @@ def threshold_spec_from(thresholds=None) -> ThresholdSpec:
     return ThresholdSpec(*items) if len(items) == 3 else ThresholdSpec(items[0], items[1], "permille")
 
 
-def normalise_roles(outputs, allowed: Sequence[str]) -> Tuple[str, ...]:
-    """Roles from a list or a comma/space separated string, aliases resolved, duplicates dropped,
-    in ``allowed`` order; ValueError naming unknown ones."""
+def normalise_roles(outputs, allowed: Sequence[str], *, strict: bool = False) -> Tuple[str, ...]:
+    """Roles from a list or a comma/space separated string, aliases resolved, in ``allowed`` order;
+    ValueError naming unknown ones. ``strict`` (what a user typed: the command line and the Python
+    API's ``outputs``): an empty item (``",hu"``, ``"hu,,mask"``) or a role named twice (``"hu,hu"``,
+    ``"density,rho"``) is a ValueError too; otherwise duplicates are dropped."""
     if isinstance(outputs, str):
+        text = outputs
         outputs = [part for part in outputs.replace(",", " ").split() if part]
+        if strict and (any(not part.strip() for part in text.split(",")) or not outputs):
+            raise ValueError(f"{option_name('outputs')} {text!r} has an empty item; name each output once, "
+                             f"separated by commas: {', '.join(allowed)}")
     result = []
-    for role in outputs:
-        role = ROLE_ALIASES.get(str(role).lower(), str(role).lower())
+    for given in outputs:
+        role = ROLE_ALIASES.get(str(given).lower(), str(given).lower())
         if role == "mask" and "mask" not in allowed:
             role = "mask_labelmap"
         if role not in allowed:
             raise ValueError(f"unknown output {role!r}; choose from {', '.join(allowed)}")
+        if role in result and strict:
+            raise ValueError(f"{option_name('outputs')}: {role} is named twice; name each output once")
         if role not in result:
             result.append(role)
     if not result:
@@ -134,7 +142,7 @@ class ConversionRequest:
 
     def __post_init__(self):
         if self.outputs is not None:
-            object.__setattr__(self, "outputs", normalise_roles(self.outputs, FILE_ROLES))
+            object.__setattr__(self, "outputs", normalise_roles(self.outputs, FILE_ROLES, strict=True))
         object.__setattr__(self, "density_unit", canonical_density_unit(self.density_unit))
         if self.hu_dtype not in HU_DTYPES:
             raise ValueError(f"HU dtype must be int16 or float32, not {self.hu_dtype!r}")
@@ -149,15 +157,21 @@ class ConversionRequest:
             raise ValueError(f"unknown output format(s) {', '.join(unknown) or '(none)'}; "
                              f"choose from {', '.join(FORMAT_NAMES)}")
         object.__setattr__(self, "formats", formats)
-        if "aim" in formats:  # IPL works on native values and masks only
-            holds = _aim_roles()
-            asked = self.outputs if self.outputs is not None else DEFAULT_FILE_ROLES
-            refused = [r for r in asked if r not in holds]
-            if refused:
-                raise ValueError(f"the aim format holds only {' and '.join(holds)} (what IPL evaluates); "
-                                 f"{', '.join(refused)} cannot be written as AIM: use "
-                                 f"{outputs_phrase([r for r in asked if r in holds] or ['native', 'mask'])} "
-                                 f"or another {option_name('formats')}")
+        # a format that cannot hold an output (AIM: native and mask only, what IPL evaluates) skips it
+        # when another requested format holds it; an output no requested format holds is refused
+        asked = self.outputs if self.outputs is not None else DEFAULT_FILE_ROLES
+        nowhere = [r for r in asked if not any(_format_holds(f, r) for f in formats)]
+        if nowhere:
+            holding = [r for r in asked if r not in nowhere]
+            only = "; ".join(f"{f} holds only {' and '.join(get_format(f).quantities)}" for f in formats
+                             if get_format(f).quantities)
+            raise ValueError(f"{', '.join(nowhere)} cannot be written as {' or '.join(formats)} ({only}, what "
+                             f"IPL evaluates): use {outputs_phrase(holding or ['native', 'mask'])} or add "
+                             f"another format ({value_phrase('formats', ','.join(['nrrd', *formats]))})")
+        if self.detached and "nrrd" not in formats:
+            raise ValueError(f"{option_name('detached')} writes NRRD as .nhdr + .raw; the format(s) "
+                             f"{', '.join(formats)} have no detached form: drop {option_name('detached')} or "
+                             f"add nrrd to {option_name('formats')}")
         if int(self.threads) < 1:
             raise ValueError(f"threads must be at least 1, not {self.threads!r}")
 
@@ -183,8 +197,30 @@ class ConversionRequest:
         return d
 
 
-def _aim_roles() -> Tuple[str, ...]:
-    return tuple(get_format("aim").quantities or ())
+def _format_holds(format_name: str, role: str) -> bool:
+    """Whether a format can hold a file role (a char file's mask and a float file's values count as
+    mask and native)."""
+    quantities = get_format(format_name).quantities
+    return quantities is None or role in quantities
+
+
+def skipped_by_format(roles: Sequence[str], formats: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
+    """``(role, format)`` pairs a request does not write because the format cannot hold the role
+    (another requested format holds it)."""
+    return tuple((r, f) for f in formats for r in roles if not _format_holds(f, r))
+
+
+def format_skip_note(roles: Sequence[str], formats: Sequence[str]) -> Optional[str]:
+    """``hu, density not written as aim (aim holds only native and mask); written as nrrd`` or None."""
+    pairs = skipped_by_format(roles, formats)
+    if not pairs:
+        return None
+    parts = []
+    for f in dict.fromkeys(f for _, f in pairs):
+        skipped = [r for r, g in pairs if g == f]
+        held = " and ".join(get_format(f).quantities or ())
+        parts.append(f"{', '.join(skipped)} not written as {f} ({f} holds only {held})")
+    return "; ".join(parts)
 
 
 #: the name the Python API has used since the first release
@@ -351,6 +387,9 @@ def plan_request(header: ScancoHeader, request: Optional[ConversionRequest] = No
         notes.append("char AIM: written as a 0/1 mask (non-zero -> 1), never rescaled to physical units")
     if kind == "float" and not for_nodes:
         notes.append("float AIM: written as stored (already converted by IPL), never rescaled")
+    skip_note = None if for_nodes else format_skip_note(roles, request.formats)
+    if skip_note:
+        notes.append(skip_note)
     for role in roles:
         if role == "mask":
             quantity = "char_mask" if char_mask else "mask"
