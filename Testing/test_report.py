@@ -301,3 +301,51 @@ def test_hu_slices_hold_the_int16_hu_output(phantom, tmp_path):
     builder.observe(0, read_volume(phantom))
     zm = builder.mid_zyx[0]
     np.testing.assert_array_equal(builder.planes()[0][1], hu[zm].astype(np.float64))
+
+
+# ---- issue 20: the report shows what was written, and its texts do not run into each other -------
+def _figure_of_conversion(path, out_dir, **options):
+    """Convert with a report; the builder's figure drawn again from the written metadata."""
+    outputs = convert_file(path, out_dir, report=True, **options)
+    metadata = json.loads(outputs["metadata"].read_text())
+    header = read_header(path)
+    request = ConversionOptions(**options)
+    from ScancoUnitsLib.request import plan_request
+
+    builder = ReportBuilder(header, request, plan_request(header, request).thresholds)
+    builder.observe(0, read_volume(path))
+    return builder, builder.figure(metadata), outputs
+
+
+def _overlapping_texts(fig):
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in fig.texts if t.get_text().strip()]
+    return [(a[:40], b[:40]) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:]
+            if box_a.overlaps(box_b)]
+
+
+@pytest.mark.parametrize("name", ["CALLUS_1237.AIM", "TRAB_1240_SEG.AIM", "DB_07_DNN_DR_T1_TRAB_MASK.AIM",
+                                  "test_isq_calibrated_binary_25.ISQ"])
+def test_header_line_does_not_run_into_the_slices_label(real_data, tmp_path, name):
+    """The header line (up to 175 characters) ran into the right-aligned 'slices:' label (the mask AIMs:
+    'slices: char mask as stored')."""
+    builder, fig, _ = _figure_of_conversion(real_data / name, tmp_path)
+    assert any(t.get_text().startswith("slices: ") for t in fig.texts)
+    assert _overlapping_texts(fig) == []
+
+
+def test_footer_lists_every_written_file_in_every_format(real_data, tmp_path):
+    builder, fig, outputs = _figure_of_conversion(real_data / "CALLUS_1237.AIM", tmp_path, formats=("nrrd", "aim"),
+                                                  thresholds=(120, 1000))
+    [footer] = [t.get_text() for t in fig.texts if "outputs" in t.get_text()]
+    assert "outputs (CALLUS_1237_*): HU.nrrd, RHO.nrrd, BWmask.nrrd, BWmask.AIM" in footer
+    assert outputs["mask_aim"].name == "CALLUS_1237_BWmask.AIM"
+
+
+@pytest.mark.parametrize("outputs, shown", [(None, "density"), (("hu", "mask"), "hu"), (("mu",), "mu"),
+                                            (("native", "mask"), "native"), (("native",), "native")])
+def test_slices_show_what_was_written(phantom, outputs, shown):
+    """README: density, or HU, µ or native values when density was not asked for; native,mask showed
+    density, which was not written."""
+    builder = ReportBuilder(read_header(phantom), ConversionOptions(outputs=outputs), None)
+    assert builder.quantity == (("density_g_cc") if shown == "density" else shown)

@@ -33,7 +33,7 @@ from .errors import ScancoError
 from .header import ScancoHeader
 from .histogram import NativeHistogram
 from .thresholds import PERMILLE_FULL_SCALE, ResolvedThresholds, mask_from_char
-from .quantities import QUANTITIES, UNIT_LABELS, density_quantity
+from .quantities import DEFAULT_FILE_ROLES, QUANTITIES, UNIT_LABELS, density_quantity
 from .summaries import header_summary
 from .units import UnitConverter
 
@@ -119,8 +119,8 @@ class ReportBuilder:
         return self.dtype.kind == "f"
 
     def _choose_quantity(self) -> str:
-        """Unit of the slices: the first calibrated output asked for (density, then HU, then µ); when
-        none was asked for, the best the calibration gives; native values otherwise."""
+        """Unit of the slices: what was written, density first, then HU, then µ; native values when
+        none of them was written (``outputs`` None: the default set, whose density is shown)."""
         if self.is_char:
             return "char"
         if self.is_float:
@@ -129,13 +129,11 @@ class ReportBuilder:
         density_unit = getattr(self.options, "density_unit", "g/cc")
         density = density_quantity(density_unit)
         by_role = {"density": density, "hu": "hu", "mu": "mu"}
-        asked = tuple(getattr(self.options, "outputs", ()) or ())
+        asked = getattr(self.options, "outputs", None)
+        asked = DEFAULT_FILE_ROLES if asked is None else tuple(asked)
         for role in ("density", "hu", "mu"):
             if role in asked and converter.can_convert(by_role[role]):
                 return by_role[role]
-        for quantity in (density, "hu", "mu"):
-            if converter.can_convert(quantity):
-                return quantity
         return "native"
 
     def quantity_label(self) -> str:
@@ -286,7 +284,8 @@ class ReportBuilder:
             colour = "#222222" if c.has_mu else "#b00020"
         fig.text(0.05, 0.895, _shorten("calibration: " + calibration, 175), fontsize=10.5, va="top",
                  ha="left", color=colour)
-        fig.text(0.985, 0.922, f"slices: {self.quantity_label()}", fontsize=10.5, va="top", ha="right",
+        # its own line: beside the header line it ran into it (the header line is up to 175 characters)
+        fig.text(0.05, 0.868, f"slices: {self.quantity_label()}", fontsize=10.5, va="top", ha="left",
                  color="#333333")
 
     def _draw_planes(self, axes, colour_axis) -> None:
@@ -502,7 +501,7 @@ class ReportBuilder:
                          f"(asked {r.spec.low:g} … {r.spec.high:g} {_UNIT_WORDS.get(r.spec.unit, r.spec.unit)})")
         outputs = metadata.get("outputs") if isinstance(metadata, dict) else None
         if outputs:
-            parts.append("outputs: " + ", ".join(str(v.get("file", k)) for k, v in outputs.items()))
+            parts.append(_outputs_text(outputs))
         fig.text(0.05, 0.012, "   ·   ".join(parts), fontsize=8.5, color="#555555", ha="left", va="bottom")
         warnings = list(metadata.get("warnings") or []) if isinstance(metadata, dict) else []
         coverage = metadata.get("mask_coverage") if isinstance(metadata, dict) else None
@@ -515,6 +514,21 @@ class ReportBuilder:
         if warnings:
             fig.text(0.05, 0.034, "warning: " + " | ".join(str(w) for w in warnings)[:260], fontsize=8.5,
                      color="#b00020", ha="left", va="bottom")
+
+
+def _outputs_text(outputs: dict, limit: int = 200) -> str:
+    """Every file written, in every format (``outputs[role]["files"]``), their common stem said once:
+    ``outputs (C0001_*): HU.nrrd, RHO.nrrd, BWmask.nrrd, BWmask.AIM``."""
+    names = [str(name) for entry in outputs.values()
+             for name in (entry.get("files") or [entry.get("file")]) if name]
+    stem = os.path.commonprefix(names)
+    stem = stem[:stem.rfind("_") + 1] if "_" in stem else ""
+    shown = [name[len(stem):] for name in names]
+    head = f"outputs ({stem}*): " if stem and len(names) > 1 else "outputs: "
+    text = head + ", ".join(shown)
+    if len(text) > limit:
+        text = _shorten(text, limit - 12) + f" ({len(names)} files)"
+    return text
 
 
 def _shorten(text: str, limit: int) -> str:
