@@ -1,20 +1,31 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` (the project and the extra the demo uses: matplotlib for
+# its QC picture) and `make test` (adds the test stack: pytest, ITK, aimio, slicer-core, PySide6...).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-stamp
+# demo: the project with the report extra only; test: the whole test stack (pins in pyproject.toml)
+DEMO_STAMP := $(VENV)/.demo-installed-stamp
+STAMP      := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench bench-slicer fuzz-long setup clean
+.PHONY: demo test bench bench-slicer fuzz-long setup setup-demo clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(DEMO_STAMP): pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e ".[report]"
+	touch $(DEMO_STAMP)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
+
+setup-demo: $(DEMO_STAMP)
 
 setup: $(STAMP)
 
-demo: $(STAMP)
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/scanco-units demo -o demo-output
 
 test: $(STAMP)

@@ -371,3 +371,56 @@ def test_python_api_messages_name_parameters_not_flags(tmp_path):
         convert_file(tmp_path / "u.isq", tmp_path / "o", outputs=("mask",), thresholds=(900, 1000))
     assert any("thresholds=(low, high, unit)" in str(w.message) for w in caught)
     assert not any("--low" in str(w.message) for w in caught)
+
+
+# ---- install: what a numpy-only install does (issue 20) ---------------------------------------------
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run_without(tmp_path, blocked, *argv):
+    """The CLI in a fresh interpreter in which the modules ``blocked`` cannot be imported."""
+    code = ("import sys\n"
+            f"for name in {list(blocked)!r}: sys.modules[name] = None\n"
+            "from ScancoUnitsLib import cli\n"
+            f"sys.exit(cli.main({[str(a) for a in argv]!r}))\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "ScancoUnits"))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                          timeout=300)
+
+
+def test_demo_without_matplotlib_runs_without_the_report_and_says_so(tmp_path):
+    done = _run_without(tmp_path, ["matplotlib"], "demo", "-o", tmp_path / "demo")
+    assert done.returncode == 0, done.stderr
+    assert "no QC report" in done.stderr and "scanco-units[report]" in done.stderr
+    assert "Largest rod error" in done.stdout and ": OK" in done.stdout
+    assert not list((tmp_path / "demo").glob("*_report.png"))
+    assert (tmp_path / "demo" / "PHANTOM_RHO.nrrd").exists()
+
+
+@pytest.mark.parametrize("fmt, module, extra", [("nifti", "nibabel", "nifti"), ("ome-zarr", "zarr", "zarr")])
+def test_a_format_without_its_extra_is_one_line_up_front(tmp_path, fmt, module, extra):
+    src = good_isq(tmp_path / "a.isq")
+    good_isq(tmp_path / "b.isq")
+    done = _run_without(tmp_path, [module], "convert", src, tmp_path / "b.isq", "-o", tmp_path / "o",
+                        "--format", f"nrrd,{fmt}")
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("scanco-units: error:") == 1 and f"scanco-units[{extra}]" in done.stderr
+    assert "internal error" not in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "o").exists()                         # up front: nothing read, nothing written
+
+
+def test_make_demo_installs_the_report_extra_only_and_make_test_the_test_stack(tmp_path):
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+
+    def recipe(target):
+        done = subprocess.run(["make", "-n", "-B", "-C", str(ROOT), target, f"VENV={tmp_path / 'venv'}"],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return [line for line in done.stdout.splitlines() if "pip install" in line and "-e" in line]
+
+    assert recipe("demo") == [line for line in recipe("demo") if '".[report]"' in line] != []
+    assert not any("[test" in line for line in recipe("demo"))
+    assert any('".[test]"' in line for line in recipe("test"))

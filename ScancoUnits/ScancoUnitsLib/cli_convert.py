@@ -177,7 +177,14 @@ def _cmd_convert(args) -> int:
         options = _options_from_args(args)
     except ValueError as exc:
         return _usage_error(args, str(exc))
-    from .request import DEFAULT_FILE_ROLES, format_skip_note
+    from .errors import ScancoError
+    from .request import DEFAULT_FILE_ROLES, format_skip_note, require_formats
+
+    try:
+        require_formats(options.formats)  # a missing extra: one line up front, not one per file
+    except ScancoError as exc:
+        print(f"scanco-units: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
     skipped = format_skip_note(options.outputs or DEFAULT_FILE_ROLES, options.formats)
     if skipped:  # said once, up front; each file's metadata notes say it too

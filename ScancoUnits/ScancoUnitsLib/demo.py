@@ -33,13 +33,19 @@ def run_demo(out_dir, *, report: bool = True, stream=sys.stdout) -> int:
     scan = out_dir / "PHANTOM.ISQ"
     print(f"Writing a phantom scan made in code: {scan}", file=stream)
     write_phantom_isq(scan, DEMO_SHAPE_ZYX)
-    options = ConversionOptions(outputs=("hu", "density", "mask", "mu"), overwrite=True)
+    if report:  # the QC picture needs matplotlib (the report extra); the demo runs without it
+        from .report import ReportUnavailableError, require_matplotlib
+
+        try:
+            require_matplotlib()
+        except ReportUnavailableError as exc:
+            print(f"scanco-units: note: no QC report: {exc}", file=sys.stderr)
+            report = False
+    options = ConversionOptions(outputs=("hu", "density", "mask", "mu"), overwrite=True, report=report)
     try:
-        outputs = convert_file(scan, out_dir, options, **({"report": True} if report else {}))
-    except TypeError:  # a build without the QC report
         outputs = convert_file(scan, out_dir, options)
     except Exception as exc:  # noqa: BLE001 - one line, no traceback
-        print(f"demo failed: {exc}", file=sys.stderr)
+        print(f"scanco-units: error: demo failed: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     print("Outputs:", file=stream)
     for role, path in outputs.items():

@@ -618,4 +618,4 @@ def _open_ome_zarr(spec: VolumeSpec, atomic: AtomicOutputSet) -> OmeZarrVolumeWr
 
 
 register_format(VolumeFormat("ome-zarr", "OME-Zarr (NGFF 0.4 multiscale: napari, Neuroglancer, Fiji)",
-                             _ome_zarr_paths, _open_ome_zarr))
+                             _ome_zarr_paths, _open_ome_zarr, require=_require_zarr))

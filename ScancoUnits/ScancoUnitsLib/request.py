@@ -197,6 +197,13 @@ class ConversionRequest:
         return d
 
 
+def require_formats(formats: Sequence[str]) -> None:
+    """Raise the first missing extra of the formats (one line naming it: ``pip install scanco-units[nifti]``),
+    before any file is read."""
+    for name in formats:
+        get_format(name).check_available()
+
+
 def _format_holds(format_name: str, role: str) -> bool:
     """Whether a format can hold a file role (a char file's mask and a float file's values count as
     mask and native)."""

@@ -68,6 +68,8 @@ class VolumeFormat:
     ``paths(spec)``: the final paths the writer will create (known before any voxel is read, so
     collisions are found first). ``open(spec, atomic)``: a :class:`VolumeWriter`.
     ``quantities``: the quantities it can hold (None: all); asking for another is a usage error.
+    ``require``: raises a :class:`~ScancoUnitsLib.errors.ScancoError` naming the extra to install when
+    an optional dependency of the format is missing (None: nothing to install).
     """
 
     name: str
@@ -75,9 +77,15 @@ class VolumeFormat:
     paths: Callable[[VolumeSpec], List[Path]]
     open: Callable[[VolumeSpec, AtomicOutputSet], VolumeWriter]
     quantities: Optional[Tuple[str, ...]] = None
+    require: Optional[Callable[[], object]] = None
 
     def accepts(self, quantity: str) -> bool:
         return self.quantities is None or quantity in self.quantities
+
+    def check_available(self) -> None:
+        """Raise (one line naming the extra) when the format cannot be written here."""
+        if self.require is not None:
+            self.require()
 
 
 _FORMATS: Dict[str, VolumeFormat] = {}
