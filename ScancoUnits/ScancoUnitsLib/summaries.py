@@ -161,12 +161,17 @@ def calibration_warning(header: ScancoHeader) -> str:
 def threshold_equivalents(header: ScancoHeader, thresholds) -> dict:
     """``resolve_thresholds(...).to_dict()`` for the header's calibration (raises on bad input)."""
     spec = threshold_spec_from(thresholds)
-    return resolve_thresholds(spec, header.calibration, voxel_type=header.voxel_type,
+    # in the file's own type; a mask AIM is never thresholded: its numbers are those of a short image
+    voxel_type = "int16" if header.is_mask else header.voxel_type
+    return resolve_thresholds(spec, header.calibration, voxel_type=voxel_type,
                               header_max_data_value=header.raw_field("max_data_value"), path=header.path).to_dict()
 
 
 def threshold_equivalents_html(header: ScancoHeader, thresholds) -> str:
     """A small table: the thresholds in per mille, native, 1/cm, HU, mg HA/ccm (what the mask uses)."""
+    if header.is_mask:
+        return ("<small>a SCANCO mask (char AIM): its mask is its non-zero voxels; thresholds are not "
+                "applied to it</small>")
     try:
         info = threshold_equivalents(header, thresholds)
     except (ValueError, ScancoError) as exc:
