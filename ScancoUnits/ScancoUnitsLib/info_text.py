@@ -153,9 +153,10 @@ def format_thresholds(resolved: ResolvedThresholds, indent: str = "  ") -> str:
     unit = threshold_unit_label(spec.unit, "mgHA/ccm")  # a bare "density" spec is mg HA/ccm
     lines = [f"Thresholds:      {_number(float(spec.low))} .. {_number(float(spec.high))} {unit} -> mask "
              f"{_number(resolved.native_low)} <= native <= {_number(resolved.native_high)} ({resolved.voxel_type})"]
+    floats = resolved.voxel_type.startswith("float")  # values as stored: no per mille, no rescaling
     for value_unit in VALUE_UNITS:
         pair = resolved.values.get(value_unit)
-        if pair is None and value_unit != "native":
+        if (pair is None or (floats and value_unit == "permille")) and value_unit != "native":
             continue
         lines.append(f"{indent}{_unit_name(value_unit) + ':':18s} {_pair(pair)}")
     for note in resolved.notes():
