@@ -398,3 +398,97 @@ def test_to_dask_reads_only_the_slices_a_block_needs(tmp_path, monkeypatch):
     np.testing.assert_array_equal(block, expected)
     with pytest.raises(ValueError, match="unknown quantity"):
         S.to_dask(path, "furlongs")
+
+
+# ---- our own outputs, layouts ------------------------------------------------------------------------------
+
+def by_relative(stdout: str):
+    return {r["relative_path"]: r for r in json_lines(stdout)}
+
+
+@pytest.mark.parametrize("layout", ["mirror", "flat"])
+def test_own_outputs_inside_the_study_are_never_inputs(tmp_path, capsys, layout):
+    from ScancoUnitsLib.discovery import OWN_OUTPUT
+
+    study_root = tmp_path / "study"
+    (study_root / "s1" / "v1").mkdir(parents=True)
+    S.write_aim(study_root / "s1" / "v1" / "X.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    out = study_root / "out"
+    argv = ("convert", study_root, "-r", "-o", out, "--format", "aim", "--outputs", "native,mask",
+            "--skip-existing", "--json", "--layout", layout)
+    for attempt in range(3):
+        status, stdout, stderr = run(capsys, *argv)
+        assert status == 0, stderr
+        records = json_lines(stdout)
+        converted = [r for r in records if r["status"] == "converted"]
+        assert [Path(r["input"]).name for r in converted] == (["X.AIM"] if attempt == 0 else [])
+        own = [r for r in records if r["status"] == "skipped" and (r["reason"] or "").startswith(OWN_OUTPUT)]
+        assert sorted(Path(r["input"]).name for r in own) == (
+            [] if attempt == 0 else ["X_BWmask.AIM", "X_metadata.json", "X_native.AIM"])
+    written = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert written == ["X_BWmask.AIM", "X_metadata.json", "X_native.AIM"]  # no X_native_native_BWmask.AIM
+    assert "output(s) of earlier runs not read as inputs" in stderr
+
+
+def test_own_output_given_by_name_is_skipped_and_a_foreign_metadata_hides_nothing(tmp_path, capsys):
+    from ScancoUnitsLib.discovery import OWN_OUTPUT
+
+    src = tmp_path / "in"
+    src.mkdir()
+    S.write_aim(src / "X.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    assert run(capsys, "convert", src / "X.AIM", "-o", src, "--format", "aim", "--outputs", "native")[0] == 0
+    status, stdout, _ = run(capsys, "convert", src / "X_native.AIM", "-o", tmp_path / "o", "--json")
+    [record] = json_lines(stdout)
+    assert record["status"] == "skipped" and record["reason"].startswith(OWN_OUTPUT)
+    # a metadata file that is not ours (no ScancoUnits software entry) does not make anything an output
+    other = tmp_path / "other"
+    other.mkdir()
+    S.write_aim(other / "Y.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    (other / "Y_metadata.json").write_text(json.dumps({"outputs": {"hu": {"file": "Y.AIM", "files": ["Y.AIM"]}}}))
+    status, stdout, _ = run(capsys, "convert", other, "-o", tmp_path / "o2", "--json")
+    assert status == 0 and {Path(r["input"]).name: r["status"] for r in json_lines(stdout)}["Y.AIM"] == "converted"
+
+
+def nested_study(root: Path, *subjects: str) -> None:
+    for subject in subjects:
+        folder = root / subject / "v1"
+        folder.mkdir(parents=True, exist_ok=True)
+        S.write_aim(folder / "TRAB_1237.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+
+
+def test_mirror_layout_names_depend_on_the_file_alone_and_skip_existing_keeps_them(tmp_path, capsys):
+    root, out, summary = tmp_path / "study", tmp_path / "out", tmp_path / "summary.csv"
+    nested_study(root, "s1")
+    status, stdout, stderr = run(capsys, "convert", root, "-r", "-o", out, "--json", "--summary", summary)
+    assert status == 0, stderr
+    assert (out / "s1" / "v1" / "TRAB_1237_HU.nrrd").exists()
+    assert by_relative(stdout)[os.path.join("s1", "v1", "TRAB_1237.AIM")]["status"] == "converted"
+    before = mtimes(out / "s1" / "v1")
+    nested_study(root, "s2")  # a second file of the same name: the first one's names do not change
+    status, stdout, stderr = run(capsys, "convert", root, "-r", "-o", out, "--json", "--skip-existing",
+                                 "--summary", summary)
+    assert status == 0, stderr
+    got = {k: r["status"] for k, r in by_relative(stdout).items()}
+    assert got == {os.path.join("s1", "v1", "TRAB_1237.AIM"): "skipped",
+                   os.path.join("s2", "v1", "TRAB_1237.AIM"): "converted"}
+    assert mtimes(out / "s1" / "v1") == before
+    assert sorted(p.name for p in (out / "s2" / "v1").iterdir()) == sorted(before)
+    assert not [p for p in out.iterdir() if p.is_file()]  # nothing flattened into -o
+    rows = list(csv.DictReader(io.StringIO(summary.read_text())))
+    assert sorted(r["relative_path"] for r in rows) == [os.path.join("s1", "v1", "TRAB_1237.AIM"),
+                                                        os.path.join("s2", "v1", "TRAB_1237.AIM")]
+
+
+def test_flat_layout_tells_same_names_apart_and_skip_existing_keeps_them(tmp_path, capsys):
+    root, out = tmp_path / "study", tmp_path / "out"
+    nested_study(root, "s1", "s2")
+    status, _, stderr = run(capsys, "convert", root, "-r", "-o", out, "--layout", "flat", "--statistics")
+    assert status == 0, stderr
+    assert (out / "s1_v1_TRAB_1237_HU.nrrd").exists() and (out / "s2_v1_TRAB_1237_HU.nrrd").exists()
+    before = mtimes(out)
+    status, stdout, stderr = run(capsys, "convert", root, "-r", "-o", out, "--layout", "flat", "--skip-existing",
+                                 "--json")
+    assert status == 0, stderr
+    assert {r["status"] for r in json_lines(stdout)} == {"skipped"} and mtimes(out) == before
+    status, _, stderr = run(capsys, "convert", root, "-o", out, "--layout", "sideways")
+    assert status == 2 and "mirror" in stderr and "flat" in stderr

@@ -52,6 +52,7 @@ class FileResult:
     reason: Optional[str] = None
     input_bytes: int = 0
     facts: Optional[dict] = None
+    relative_path: Optional[str] = None
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -295,20 +296,29 @@ def _worker_convert(path, out_dir, options, stem, skip_existing):  # pragma: no 
 
 # ---- the batch -------------------------------------------------------------------------------------------------
 class Batch:
-    """Inputs, their stems and options, the results so far, and what is in flight.
+    """Inputs, where their outputs go and options, the results so far, and what is in flight.
+
+    ``places``: input -> :class:`~ScancoUnitsLib.discovery.OutputPlace` (output folder, stem, path
+    relative to its root; :func:`~ScancoUnitsLib.discovery.place_outputs`); without it every output
+    goes into ``out_dir`` under ``stems``.
 
     ``on_result(FileResult)`` is called in the calling thread as each file finishes (also for
     interrupted files). ``progress``: an object with ``start(path)``, ``fraction(path, done,
     total)`` and ``finish(result)`` (see :class:`BatchProgress`), or None.
     """
 
-    def __init__(self, inputs: Sequence[Path], out_dir, options, stems: Dict[Path, str], *,
-                 skip_existing: bool = False, on_result: Optional[Callable[[FileResult], None]] = None,
-                 progress=None):
+    def __init__(self, inputs: Sequence[Path], out_dir, options, stems: Optional[Dict[Path, str]] = None, *,
+                 places=None, skip_existing: bool = False,
+                 on_result: Optional[Callable[[FileResult], None]] = None, progress=None):
+        from .discovery import OutputPlace
+
         self.inputs = [Path(i) for i in inputs]
         self.out_dir = Path(out_dir)
         self.options = options
-        self.stems = stems
+        if places is None:
+            places = {i: OutputPlace(self.out_dir, stems[i], i.name) for i in self.inputs}
+        self.places = {Path(i): place for i, place in places.items()}
+        self.stems = {i: place.stem for i, place in self.places.items()}
         self.skip_existing = skip_existing
         self.on_result = on_result
         self.progress = progress
@@ -317,6 +327,10 @@ class Batch:
         self.in_flight: Dict[Path, float] = {}     # path -> perf_counter() when seen started
         self.started = time.time() - 60.0          # temporary files older than this are not this batch's
         self._lock = threading.Lock()
+
+    def folder_of(self, path: Path) -> Path:
+        """The output folder of one input."""
+        return self.places[Path(path)].folder
 
     # bookkeeping
     def mark_started(self, path: Path) -> None:
@@ -327,6 +341,9 @@ class Batch:
             self.progress.start(path)
 
     def add(self, path: Path, result: FileResult) -> None:
+        place = self.places.get(Path(path))
+        if place is not None and result.relative_path is None:
+            result.relative_path = place.relative
         with self._lock:
             self.in_flight.pop(path, None)
             self.results.append(result)
@@ -339,7 +356,7 @@ class Batch:
     def interrupted(self, path: Path, interrupt: BaseException, seconds: Optional[float] = None) -> None:
         """Its with-blocks removed its temporary files on the way out; the sweep catches the ones a
         signal or a killed worker left behind."""
-        remove_partials_of(self.out_dir, self.stems[path], newer_than=self.started)
+        remove_partials_of(self.folder_of(path), self.stems[path], newer_than=self.started)
         if seconds is None:
             since = self.in_flight.get(path)
             seconds = time.perf_counter() - since if since is not None else 0.0
@@ -365,7 +382,7 @@ class Batch:
             self.mark_started(path)
             reporter = None if self.progress is None else self.progress.fraction_callback(path)
             try:
-                result = convert_one(path, self.out_dir, self.options, self.stems[path],
+                result = convert_one(path, self.folder_of(path), self.options, self.stems[path],
                                      skip_existing=self.skip_existing, progress=reporter)
             except KeyboardInterrupt as interrupt:
                 ignore_further_signals()
@@ -383,7 +400,7 @@ class Batch:
         events = context.Queue() if getattr(self.progress, "live", False) else None
         pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
                                    initargs=(events,))
-        futures = {pool.submit(_worker_convert, i, self.out_dir, self.options, self.stems[i],
+        futures = {pool.submit(_worker_convert, i, self.folder_of(i), self.options, self.stems[i],
                                self.skip_existing): i for i in self.inputs}
         pending = set(futures)
         try:
@@ -398,7 +415,7 @@ class Batch:
                         if signum is not None:  # a signal reached the workers: the batch stops too
                             signalled = signum
                     except BrokenProcessPool:
-                        remove_partials_of(self.out_dir, self.stems[path], newer_than=self.started)
+                        remove_partials_of(self.folder_of(path), self.stems[path], newer_than=self.started)
                         result = FileResult(str(path), "failed",
                                             error=f"{path}: the worker process converting it died (out of "
                                                   "memory?); its partial outputs were removed")
@@ -466,7 +483,7 @@ class Batch:
                 if f.result()[0] is not None:
                     result = f.result()[0]
                     if result.status == "interrupted":
-                        remove_partials_of(self.out_dir, self.stems[path], newer_than=self.started)
+                        remove_partials_of(self.folder_of(path), self.stems[path], newer_than=self.started)
                     self.add(path, result)  # finished before the signal reached it, or stopped by it
             else:
                 self.interrupted(path, interrupt)

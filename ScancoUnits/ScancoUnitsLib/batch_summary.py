@@ -26,7 +26,7 @@ FACT_FIELDS = (
     + _CALIBRATION_FIELDS
     + tuple(f"threshold_{end}_{suffix}" for suffix, _ in _THRESHOLD_UNITS for end in ("low", "high"))
 )
-SUMMARY_COLUMNS = ("input", "status", "reason", "error", "seconds") + FACT_FIELDS + STATISTICS_FIELDS + ("warnings", "outputs")
+SUMMARY_COLUMNS = ("input", "relative_path", "status", "reason", "error", "seconds") + FACT_FIELDS + STATISTICS_FIELDS + ("warnings", "outputs")
 
 
 def facts_from_metadata(metadata: Optional[dict]) -> dict:
@@ -60,7 +60,8 @@ def summary_csv_text(results: Iterable) -> str:
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for result in results:
-        row = {"input": result.input, "status": result.status, "reason": result.reason or "",
+        row = {"input": result.input, "relative_path": getattr(result, "relative_path", None) or "",
+               "status": result.status, "reason": result.reason or "",
                "error": result.error or "",
                "seconds": f"{result.seconds:.3f}", "warnings": "; ".join(result.warnings),
                "outputs": "; ".join(f"{role}={path}" for role, path in result.outputs.items())}

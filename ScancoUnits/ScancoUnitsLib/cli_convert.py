@@ -18,7 +18,8 @@ from typing import List
 from .request import add_request_arguments, request_from_args
 from .batch import (Batch, BatchProgress, FileResult, NOT_STARTED, exit_code_for, ignore_further_signals,
                     remove_partials_of, signal_name)
-from .discovery import assign_stems, discover, find_inputs  # noqa: F401 - find_inputs: public, used by tests
+from .discovery import (DEFAULT_LAYOUT, LAYOUTS, assign_stems, discover, find_inputs,  # noqa: F401 - find_inputs: public
+                        place_outputs, skip_kind)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # SIGTERM: 143 (128 + 15)
 
@@ -42,6 +43,10 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of whole studies: discovery, re-runs, machine-readable results, Dask."""
     p.add_argument("-r", "--recursive", action="store_true",
                    help="search folders at any depth (files recognised by name or by their SCANCO magic)")
+    p.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
+                   help="mirror (default): each input's outputs go into -o / its folder relative to the folder "
+                        "given (out/s1/v1/C0001_HU.nrrd); flat: every output into -o, same names told apart by "
+                        "their folder names (s1_v1_C0001_HU.nrrd)")
     p.add_argument("--skip-existing", action="store_true",
                    help="keep a file's outputs when its complete set exists, made from the same input (size, "
                         "modification time) with the same options; an incomplete or stale set is redone")
@@ -72,7 +77,7 @@ class _Printer:
         self.progress.print_line(stream, text)
 
     def result(self, result: FileResult) -> None:
-        counted = result.status != "skipped" or result.reason != _not_scanco()
+        counted = result.status != "skipped" or skip_kind(result.reason) is None
         if counted:
             self.done += 1
         if result.error and result.status == "failed":  # interrupted ones: one message at the end
@@ -84,13 +89,12 @@ class _Printer:
         elif not self.quiet and counted and result.status in ("converted", "skipped"):
             what = "wrote" if result.status == "converted" else "kept (up to date)"
             names = ", ".join(Path(p).name for p in result.outputs.values())
-            self._out(sys.stdout, f"[{self.done}/{self.total}] {result.name}: {what} {names}")
+            self._out(sys.stdout, f"[{self.done}/{self.total}] {_shown_name(result)}: {what} {names}")
 
 
-def _not_scanco() -> str:
-    from .discovery import NOT_SCANCO
-
-    return NOT_SCANCO
+def _shown_name(result: FileResult) -> str:
+    """The input's path relative to the folder given (its name when given by name)."""
+    return result.relative_path or result.name
 
 
 def _one_line(text: str) -> str:
@@ -111,12 +115,15 @@ def _summary(results: List[FileResult], stream) -> None:
         else:
             detail = r.error or r.reason or ""
         seconds = f"{r.seconds:8.2f}" if r.status != "skipped" or r.outputs else f"{'':8s}"
-        print(f"{r.name:40s} {r.status:11s} {seconds} {rate}  {_one_line(detail)}", file=stream)
+        print(f"{_shown_name(r):40s} {r.status:11s} {seconds} {rate}  {_one_line(detail)}", file=stream)
     count = {s: 0 for s in ("converted", "skipped", "failed", "interrupted")}
-    ignored = not_started = 0
+    ignored = own = not_started = 0
     for r in results:
-        if r.status == "skipped" and r.reason == _not_scanco():
+        kind = skip_kind(r.reason) if r.status == "skipped" else None
+        if kind == "other":
             ignored += 1
+        elif kind == "own":
+            own += 1
         elif r.status == "interrupted" and r.error and NOT_STARTED in r.error:
             not_started += 1
         else:
@@ -128,6 +135,8 @@ def _summary(results: List[FileResult], stream) -> None:
         line += f", {count['interrupted']} interrupted, {not_started} not started"
     if ignored:
         line += f"; {ignored} other file(s) in the folders ignored (not SCANCO files)"
+    if own:
+        line += f"; {own} output(s) of earlier runs not read as inputs"
     print(line, file=stream)
 
 
@@ -170,7 +179,6 @@ def _write_summary_csv(path, results) -> bool:
 
 def _cmd_convert(args) -> int:
     from .atomic_output import install_signal_cleanup
-    from .discovery import NOT_SCANCO
 
     problem = _usage_problem(args)
     if problem:
@@ -200,7 +208,7 @@ def _cmd_convert(args) -> int:
     printer = _Printer(args, progress)
     printer.total = len(found.inputs)
     found_results = [FileResult(n.path, "failed", error=f"{n.path}: {n.reason}") for n in found.problems]
-    found_results += [FileResult(n.path, "skipped", reason=NOT_SCANCO) for n in found.skipped]
+    found_results += [FileResult(n.path, "skipped", reason=n.reason, relative_path=n.relative) for n in found.skipped]
     for r in found_results:
         printer.result(r)
     out_dir = Path(args.output)
@@ -210,9 +218,9 @@ def _cmd_convert(args) -> int:
         print(f"scanco-units: error: {out_dir}: cannot create output folder ({exc.strerror or exc})",
               file=sys.stderr)
         return EXIT_FAILED
-    stems = assign_stems(found.inputs)
+    places = place_outputs(found, out_dir, args.layout)
     install_signal_cleanup()
-    batch = Batch(found.inputs, out_dir, options, stems, skip_existing=args.skip_existing,
+    batch = Batch(found.inputs, out_dir, options, places=places, skip_existing=args.skip_existing,
                   on_result=printer.result, progress=progress)
     summary_stream = sys.stderr if args.json else sys.stdout
     try:
