@@ -492,3 +492,55 @@ def test_flat_layout_tells_same_names_apart_and_skip_existing_keeps_them(tmp_pat
     assert {r["status"] for r in json_lines(stdout)} == {"skipped"} and mtimes(out) == before
     status, _, stderr = run(capsys, "convert", root, "-o", out, "--layout", "sideways")
     assert status == 2 and "mirror" in stderr and "flat" in stderr
+
+
+# ---- names that are not UTF-8 -------------------------------------------------------------------------------
+
+def cli_process(*argv, env_extra=None, **kw):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(S.__file__).resolve().parents[1]))
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "ScancoUnitsLib.cli", *map(os.fspath, argv)],
+                          capture_output=True, env=env, timeout=300, **kw)
+
+
+def test_names_that_are_not_utf8_go_through_every_output(tmp_path):
+    if os.name != "posix":
+        pytest.skip("file names are bytes on POSIX only")
+    root = os.fsencode(tmp_path / "in")
+    sub = os.path.join(root, b"Visit_\xe9")
+    try:
+        os.makedirs(sub)
+        with open(os.path.join(root, b"Protokoll_M\xfcller.txt"), "wb") as f:
+            f.write(b"notes")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    scan = os.fsdecode(os.path.join(sub, b"M\xfcller.AIM"))
+    S.write_aim(scan, VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    report = ["--report"] if __import__("importlib").util.find_spec("matplotlib") else []
+    out, summary = tmp_path / "out", tmp_path / "summary.csv"
+    strict = {"PYTHONIOENCODING": "utf-8:strict"}  # a locale that cannot print the name
+    for extra in ([], ["--jobs", "2"]):
+        done = cli_process("convert", tmp_path / "in", "-r", "-o", out, "--json", "--summary", summary,
+                           "--overwrite", *report, *extra, env_extra=strict)
+        assert done.returncode == 0, done.stderr
+        assert b"Traceback" not in done.stderr and b"internal error" not in done.stderr
+        records = {r["input"]: r for r in json_lines(done.stdout.decode("ascii"))}
+        assert records[scan]["status"] == "converted"
+        assert records[os.fsdecode(os.path.join(root, b"Protokoll_M\xfcller.txt"))]["status"] == "skipped"
+        assert b"M\xfcller.AIM" in done.stderr  # the table names the file by its own bytes
+    csv_bytes = summary.read_bytes()
+    assert os.path.join(sub, b"M\xfcller.AIM") in csv_bytes and b"Protokoll_M\xfcller.txt" in csv_bytes
+    folder = os.path.join(os.fsencode(out), b"Visit_\xe9")
+    names = sorted(os.listdir(folder))
+    assert b"M\xfcller_HU.nrrd" in names and b"M\xfcller_metadata.json" in names
+    with open(os.path.join(folder, b"M\xfcller_HU.nrrd"), "rb") as f:
+        assert b"ScancoUnits_source_file:=M\xfcller.AIM" in f.read(4096)
+    with open(os.path.join(folder, b"M\xfcller_metadata.json"), "rb") as f:
+        assert json.loads(f.read())["input"]["path"] == os.path.abspath(scan)
+    done = cli_process("convert", tmp_path / "in", "-r", "-o", out, "--skip-existing", "--statistics", *report,
+                       env_extra=strict)
+    assert done.returncode == 0, done.stderr
+    assert b"kept (up to date)" in done.stdout and b"M\xfcller.AIM" in done.stdout

@@ -76,5 +76,5 @@ def write_summary_csv(path, results: Iterable) -> None:
     from .atomic_output import atomic_output_file
 
     text = summary_csv_text(results)
-    with atomic_output_file(path, "w", overwrite=True, encoding="utf-8", newline="") as f:
-        f.write(text)
+    with atomic_output_file(path, "wb", overwrite=True) as f:
+        f.write(text.encode("utf-8", "surrogateescape"))  # a file name that is not UTF-8: its own bytes

@@ -177,8 +177,21 @@ def _write_summary_csv(path, results) -> bool:
     return True
 
 
+def _names_as_bytes_on_the_streams() -> None:
+    """File names are bytes on POSIX; one that is not UTF-8 is carried as surrogate escapes and
+    printed as its own bytes, whatever the locale or PYTHONIOENCODING asked for (never a
+    UnicodeEncodeError in the middle of a batch)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="surrogateescape")
+        except (AttributeError, ValueError, OSError):  # not a text stream of io (a test's capture)
+            pass
+
+
 def _cmd_convert(args) -> int:
     from .atomic_output import install_signal_cleanup
+
+    _names_as_bytes_on_the_streams()
 
     problem = _usage_problem(args)
     if problem:
