@@ -544,3 +544,118 @@ def test_names_that_are_not_utf8_go_through_every_output(tmp_path):
                        env_extra=strict)
     assert done.returncode == 0, done.stderr
     assert b"kept (up to date)" in done.stdout and b"M\xfcller.AIM" in done.stdout
+
+
+# ---- worker processes: a dead worker, a dead parent ------------------------------------------------------------
+
+def _needs_fork():
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=False) != "fork":
+        pytest.skip("the worker is patched through fork")
+
+
+def four_inputs(folder: Path):
+    folder.mkdir()
+    return [S.write_isq(folder / f"{name}.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+            for name in "abcd"]
+
+
+@pytest.mark.parametrize("deaths", [1, 2], ids=["dies-once", "dies-twice"])
+def test_a_killed_worker_costs_only_its_file_retried_once(tmp_path, capsys, monkeypatch, deaths):
+    import signal
+
+    from ScancoUnitsLib import convert
+
+    _needs_fork()
+    four_inputs(tmp_path / "in")
+    marker = tmp_path / "deaths"
+    real = convert.convert_header
+
+    def killed_mid_file(header, out_dir, options, **kw):
+        if header.path.endswith("b.isq") and len(os.listdir(marker)) < deaths:
+            def kill_at_first_slab(done, total):  # temporary files exist by now, as for the OOM killer
+                (marker / str(len(os.listdir(marker)))).write_text("x")
+                os.kill(os.getpid(), signal.SIGKILL)
+            kw["progress"] = kill_at_first_slab
+        return real(header, out_dir, options, **kw)
+
+    marker.mkdir()
+    monkeypatch.setattr(convert, "convert_header", killed_mid_file)
+    out = tmp_path / "out"
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "in", "-o", out, "--jobs", "2", "--json")
+    got = {Path(r["input"]).name: r for r in json_lines(stdout)}
+    assert len(os.listdir(marker)) == deaths
+    assert {n: r["status"] for n, r in got.items() if n != "b.isq"} == {"a.isq": "converted", "c.isq": "converted",
+                                                                       "d.isq": "converted"}
+    assert not [n for n in os.listdir(out) if ".partial-" in n]
+    if deaths == 1:
+        assert status == 0 and got["b.isq"]["status"] == "converted"
+        assert "died (killed by SIGKILL" in got["b.isq"]["warnings"][0] and "retry" in got["b.isq"]["warnings"][0]
+        assert error_lines(stderr) == []
+    else:
+        assert status == 1 and got["b.isq"]["status"] == "failed"
+        [line] = error_lines(stderr)
+        assert "b.isq" in line and "died (killed by SIGKILL" in line and "also on the retry" in line
+        assert not [n for n in os.listdir(out) if n.startswith("b_")]
+
+
+_ORPHAN_SCRIPT = r"""
+import os, sys, time
+from ScancoUnitsLib import batch, cli, convert
+if sys.argv[1] == "watchdog":
+    batch._PR_SET_PDEATHSIG = 0   # no prctl: only the parent-pid watchdog
+pids = sys.argv[2]
+real = convert.convert_header
+def slow(header, out_dir, options, **kw):
+    open(os.path.join(pids, str(os.getpid())), "w").close()
+    def crawl(done, total):
+        time.sleep(0.5)
+    kw["progress"] = crawl
+    return real(header, out_dir, options, **kw)
+convert.convert_header = slow
+sys.exit(cli.main(["convert", *sys.argv[3:], "--slab-slices", "1"]))
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # exited (a zombie nobody reaps)
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+@pytest.mark.parametrize("mechanism", ["prctl", "watchdog"])
+def test_workers_exit_when_the_parent_is_killed(tmp_path, mechanism):
+    import signal
+    import subprocess
+    import sys
+
+    _needs_fork()
+    four_inputs(tmp_path / "in")
+    pids, out = tmp_path / "pids", tmp_path / "out"
+    pids.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(Path(S.__file__).resolve().parents[1]))
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, mechanism, str(pids), str(tmp_path / "in"),
+                               "-o", str(out), "--jobs", "2"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(os.listdir(pids)) < 2 or not [n for n in os.listdir(out) if ".partial-" in n]:
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        workers = [int(n) for n in os.listdir(pids)]
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 15
+        while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = [pid for pid in workers if not _gone(pid)]
+    finally:
+        for pid in [int(n) for n in os.listdir(pids)]:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert alive == []
+    assert not [n for n in os.listdir(out) if ".partial-" in n]  # the busy workers cleaned up first
