@@ -659,3 +659,82 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path, mechanism):
                 os.kill(pid, signal.SIGKILL)
     assert alive == []
     assert not [n for n in os.listdir(out) if ".partial-" in n]  # the busy workers cleaned up first
+
+
+# ---- counts, -q, --summary folder, --strict -------------------------------------------------------------------
+
+def mixed_inputs(folder: Path):
+    """a.isq: mask inside the data; e.isq: empty mask at the defaults; bad.isq: truncated."""
+    folder.mkdir()
+    S.write_isq(folder / "a.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    S.write_isq(folder / "e.isq", np.zeros((3, 4, 5), np.int16), voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    (folder / "bad.isq").write_bytes(b"CTDATA-HEADER_V1" + b"\x00" * 100)
+    return [folder / n for n in ("a.isq", "bad.isq", "e.isq")]
+
+
+def test_progress_counter_never_runs_past_the_total(tmp_path, capsys):
+    a, bad, e = mixed_inputs(tmp_path / "in")
+    status, stdout, _ = run(capsys, "convert", tmp_path / "missing.isq", a, bad, e, tmp_path / "gone", "-o",
+                            tmp_path / "o")
+    assert status == 1
+    counters = [line.split("]")[0][1:] for line in stdout.splitlines() if line.startswith("[")]
+    assert counters and all(int(done) <= int(total) for done, total in (c.split("/") for c in counters))
+    assert counters[-1] == "5/5"
+
+
+def test_summary_folder_is_checked_before_any_file_is_converted(tmp_path, capsys):
+    a, _, _ = mixed_inputs(tmp_path / "in")
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "o"
+    status, stdout, stderr = run(capsys, "convert", a, "-o", out, "--summary", tmp_path / "a_file" / "s.csv")
+    [line] = error_lines(stderr)
+    assert status == 1 and "--summary" in line and "a_file" in line
+    assert not out.exists() or os.listdir(out) == []  # nothing converted
+    # a missing folder is made, like -o
+    status, _, stderr = run(capsys, "convert", a, "-o", out, "--summary", tmp_path / "new" / "deeper" / "s.csv")
+    assert status == 0, stderr
+    assert (tmp_path / "new" / "deeper" / "s.csv").exists()
+
+
+def test_quiet_prints_failures_and_final_counts_only(tmp_path, capsys):
+    mixed_inputs(tmp_path / "in")
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "in", "-o", tmp_path / "o", "-q")
+    assert status == 1
+    assert "a.isq" not in stdout and "e.isq" not in stdout  # no row for the files that went well
+    assert "bad.isq" in stdout and "2 converted, 1 failed" in stdout
+    assert [line for line in stderr.splitlines() if "warning" in line] == []
+    assert len(error_lines(stderr)) == 1
+
+
+def test_empty_and_full_masks_are_counted_in_the_table_and_the_json(tmp_path, capsys):
+    mixed_inputs(tmp_path / "in")
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "in", "-o", tmp_path / "o", "--json")
+    got = {Path(r["input"]).name: r for r in json_lines(stdout)}
+    assert got["e.isq"]["mask_coverage"] == "empty" and got["a.isq"]["mask_coverage"] is None
+    assert "masks: 1 empty, 0 full" in stderr
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "in" / "e.isq", "-o", tmp_path / "full", "--json",
+                                 "--low", "-1000", "--high", "1000")
+    assert json_lines(stdout)[0]["mask_coverage"] == "full" and "masks: 0 empty, 1 full" in stderr
+
+
+def test_strict_turns_warnings_into_failures(tmp_path, capsys):
+    from ScancoUnitsLib.batch import STRICT_FAILURE
+
+    a, bad, e = mixed_inputs(tmp_path / "in")
+    clipped = S.write_isq(tmp_path / "in" / "hot.isq", VOLUME, voxel_size_mm=(0.01,) * 3,
+                          calibration=Calibration(mu_scaling=100, mu_water_per_cm=0.514, density_slope=355.52,
+                                                  density_intercept=-196.6, density_unit="mg HA/ccm"))
+    out = tmp_path / "o"
+    status, stdout, stderr = run(capsys, "convert", a, e, clipped, "-o", out, "--json")
+    assert status == 0  # warnings only
+    status, stdout, stderr = run(capsys, "convert", a, e, clipped, "-o", tmp_path / "s", "--json", "--strict")
+    got = {Path(r["input"]).name: r for r in json_lines(stdout)}
+    assert status == 1
+    assert got["a.isq"]["status"] == "converted"
+    assert got["e.isq"]["status"] == "failed" and "mask is empty" in got["e.isq"]["error"]
+    assert got["hot.isq"]["status"] == "failed" and "clipped" in got["hot.isq"]["error"]
+    assert all(STRICT_FAILURE in got[n]["error"] for n in ("e.isq", "hot.isq"))
+    assert len(error_lines(stderr)) == 2
+    # a kept set with a warning fails under --strict too
+    status, stdout, _ = run(capsys, "convert", e, "-o", out, "--skip-existing", "--strict", "--json")
+    assert status == 1 and json_lines(stdout)[0]["status"] == "failed"

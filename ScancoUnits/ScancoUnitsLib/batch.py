@@ -53,6 +53,7 @@ class FileResult:
     input_bytes: int = 0
     facts: Optional[dict] = None
     relative_path: Optional[str] = None
+    mask_coverage: Optional[str] = None   # "empty" or "full" when the threshold mask is (see mask_coverage_of)
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -65,6 +66,31 @@ class FileResult:
     def to_dict(self) -> dict:
         """JSON-ready; the shape of one ``--json`` line."""
         return asdict(self)
+
+
+def mask_coverage_of(result: FileResult) -> Optional[str]:
+    """"empty" / "full" when a result's warnings say its threshold mask holds no / every voxel (the
+    warning of :func:`~ScancoUnitsLib.convert.mask_coverage_warning`), else None."""
+    from .convert import MASK_COVERAGE_MARK
+
+    for note in result.warnings:
+        for kind in ("empty", "full"):
+            if f"{MASK_COVERAGE_MARK}{kind}" in note:
+                return kind
+    return None
+
+
+STRICT_FAILURE = "failed because of --strict (a warning is a failure)"
+
+
+def strict_result(result: FileResult) -> FileResult:
+    """``--strict``: a converted (or kept) file with any warning (empty or full mask, clipped HU, a
+    conflicting header...) is a failure; its outputs are complete and stay, for inspection."""
+    if result.status not in ("converted", "skipped") or not result.warnings:
+        return result
+    kept = "its outputs were written and are kept" if result.status == "converted" else "its outputs are kept"
+    return replace(result, status="failed",
+                   error=f"{_naming_input(Path(result.input), result.warnings[0])} [{STRICT_FAILURE}; {kept}]")
 
 
 # ---- one file ---------------------------------------------------------------------------------------
@@ -429,7 +455,7 @@ class Batch:
     """
 
     def __init__(self, inputs: Sequence[Path], out_dir, options, stems: Optional[Dict[Path, str]] = None, *,
-                 places=None, skip_existing: bool = False,
+                 places=None, skip_existing: bool = False, strict: bool = False,
                  on_result: Optional[Callable[[FileResult], None]] = None, progress=None):
         from .discovery import OutputPlace
 
@@ -441,6 +467,7 @@ class Batch:
         self.places = {Path(i): place for i, place in places.items()}
         self.stems = {i: place.stem for i, place in self.places.items()}
         self.skip_existing = skip_existing
+        self.strict = strict
         self.on_result = on_result
         self.progress = progress
         self.results: List[FileResult] = []
@@ -465,6 +492,9 @@ class Batch:
         place = self.places.get(Path(path))
         if place is not None and result.relative_path is None:
             result.relative_path = place.relative
+        result.mask_coverage = mask_coverage_of(result)
+        if self.strict:
+            result = strict_result(result)
         with self._lock:
             self.in_flight.pop(path, None)
             self.results.append(result)

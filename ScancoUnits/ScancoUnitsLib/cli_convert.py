@@ -36,7 +36,9 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jobs", type=int, default=1, help="convert several files at once")
     p.add_argument("--threads", type=int, default=2, help="compression threads per output")
     p.add_argument("--slab-slices", type=int, default=None, help=argparse.SUPPRESS)
-    p.add_argument("-q", "--quiet", action="store_true", help="only errors and the summary")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print only failures and the final counts (no line per file, no warnings, no table of "
+                        "the files that went well)")
 
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,6 +52,9 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-existing", action="store_true",
                    help="keep a file's outputs when its complete set exists, made from the same input (size, "
                         "modification time) with the same options; an incomplete or stale set is redone")
+    p.add_argument("--strict", action="store_true",
+                   help="a file with any warning (empty or full mask, clipped HU, a conflicting header) fails "
+                        "(its complete outputs are kept, for inspection); exit status 1")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object per input on stdout (JSON Lines) as each finishes")
     p.add_argument("--summary", metavar="FILE.csv",
@@ -82,7 +87,7 @@ class _Printer:
             self.done += 1
         if result.error and result.status == "failed":  # interrupted ones: one message at the end
             self._out(sys.stderr, f"scanco-units: error: {_one_line(result.error)}")
-        for note in result.warnings if result.status == "converted" else ():
+        for note in result.warnings if result.status == "converted" and not self.quiet else ():
             self._out(sys.stderr, f"scanco-units: warning: {_one_line(note)}")
         if self.json:
             self._out(sys.stdout, json.dumps(result.to_dict(), allow_nan=False, default=str))
@@ -101,13 +106,17 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split("\n")).replace("\r", " ")
 
 
-def _summary(results: List[FileResult], stream) -> None:
+def _summary(results: List[FileResult], stream, quiet: bool = False) -> None:
+    """The end-of-run table (``quiet``: only the files that failed or were interrupted) and the
+    counts line."""
     if not results:
         print("scanco-units: no input files", file=sys.stderr)
         return
-    print(file=stream)
-    print(f"{'file':40s} {'status':11s} {'seconds':>8s} {'MB/s':>8s}  outputs / reason", file=stream)
-    for r in results:
+    rows = [r for r in results if not quiet or r.status in ("failed", "interrupted")]
+    if rows:
+        print(file=stream)
+        print(f"{'file':40s} {'status':11s} {'seconds':>8s} {'MB/s':>8s}  outputs / reason", file=stream)
+    for r in rows:
         rate = (f"{r.input_bytes / 1e6 / r.seconds:8.1f}" if r.status == "converted" and r.seconds > 0
                 else f"{'':8s}")
         if r.status in ("converted", "skipped") and r.outputs:
@@ -138,6 +147,12 @@ def _summary(results: List[FileResult], stream) -> None:
     if own:
         line += f"; {own} output(s) of earlier runs not read as inputs"
     print(line, file=stream)
+    coverage = [r.mask_coverage for r in results if r.status in ("converted", "skipped", "failed")]
+    warned = sum(1 for r in results if r.warnings and r.status in ("converted", "skipped", "failed"))
+    if coverage.count("empty") or coverage.count("full") or warned:
+        print(f"masks: {coverage.count('empty')} empty, {coverage.count('full')} full; "
+              f"{warned} file(s) with warnings" + (" (also in their _metadata.json)" if warned else ""),
+              file=stream)
 
 
 # ---- the command -------------------------------------------------------------------------------------------
@@ -163,6 +178,22 @@ def _usage_problem(args):
     if args.summary and os.path.isdir(args.summary):
         return f"--summary {args.summary}: is a folder; name a .csv file"
     return None
+
+
+def _prepare_summary_folder(path) -> bool:
+    """The summary's folder is made (like -o) and checked before any file is converted, not after a
+    night-long batch."""
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as exc:
+        print(f"scanco-units: error: --summary {path}: cannot create its folder {folder} "
+              f"({exc.strerror or exc})", file=sys.stderr)
+        return False
+    if not os.access(folder, os.W_OK | os.X_OK):
+        print(f"scanco-units: error: --summary {path}: its folder {folder} is not writable", file=sys.stderr)
+        return False
+    return True
 
 
 def _write_summary_csv(path, results) -> bool:
@@ -219,7 +250,7 @@ def _cmd_convert(args) -> int:
     found = discover(args.paths, recursive=args.recursive)
     progress = BatchProgress(found.inputs, sys.stderr, live=sys.stderr.isatty() and not args.quiet)
     printer = _Printer(args, progress)
-    printer.total = len(found.inputs)
+    printer.total = len(found.inputs) + len(found.problems)  # the problems are counted as they are printed
     found_results = [FileResult(n.path, "failed", error=f"{n.path}: {n.reason}") for n in found.problems]
     found_results += [FileResult(n.path, "skipped", reason=n.reason, relative_path=n.relative) for n in found.skipped]
     for r in found_results:
@@ -231,9 +262,11 @@ def _cmd_convert(args) -> int:
         print(f"scanco-units: error: {out_dir}: cannot create output folder ({exc.strerror or exc})",
               file=sys.stderr)
         return EXIT_FAILED
+    if args.summary and not _prepare_summary_folder(args.summary):
+        return EXIT_FAILED
     places = place_outputs(found, out_dir, args.layout)
     install_signal_cleanup()
-    batch = Batch(found.inputs, out_dir, options, places=places, skip_existing=args.skip_existing,
+    batch = Batch(found.inputs, out_dir, options, places=places, skip_existing=args.skip_existing, strict=args.strict,
                   on_result=printer.result, progress=progress)
     summary_stream = sys.stderr if args.json else sys.stdout
     try:
@@ -261,13 +294,13 @@ def _cmd_convert(args) -> int:
               f"{finished} finished file(s) kept, {not_started} not started", file=sys.stderr)
         results = found_results + batch.results
         if not args.quiet or not args.json:
-            _summary(results, summary_stream)
+            _summary(results, summary_stream, quiet=args.quiet)
         if args.summary:
             _write_summary_csv(args.summary, results)
         return exit_code_for(interrupt)
     results = found_results + batch.results
     if not (args.json and args.quiet):
-        _summary(results, summary_stream)
+        _summary(results, summary_stream, quiet=args.quiet)
     summary_ok = _write_summary_csv(args.summary, results) if args.summary else True
     failed = any(r.status == "failed" for r in results) or not found.inputs or not summary_ok
     return EXIT_FAILED if failed else EXIT_OK
