@@ -738,3 +738,36 @@ def test_strict_turns_warnings_into_failures(tmp_path, capsys):
     # a kept set with a warning fails under --strict too
     status, stdout, _ = run(capsys, "convert", e, "-o", out, "--skip-existing", "--strict", "--json")
     assert status == 1 and json_lines(stdout)[0]["status"] == "failed"
+
+
+def tree_state(root: Path):
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    kinds = study(tmp_path / "study")
+    out, summary = tmp_path / "out", tmp_path / "new" / "summary.csv"
+    before = tree_state(tmp_path)
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "study", "-r", "-o", out, "--dry-run",
+                                 "--summary", summary, "--low", "120", "--high", "900")
+    assert tree_state(tmp_path) == before  # no -o, no summary folder, nothing
+    assert status == 1, stderr  # TRUNC.isq would fail
+    assert "nothing is written" in stdout.splitlines()[0]
+    assert f"{os.path.join('s1', 'v1', 'C0001.ISQ;1')}: would convert" in stdout
+    assert str(out / "s1" / "v1" / "C0001_HU.nrrd") in stdout  # mirrored outputs, per file
+    assert "TRUNC.isq: would fail" in stdout
+    for name in kinds["other"]:
+        assert f"{name}: skipped: {NOT_SCANCO}" in stdout
+    block = stdout.split("C0001.ISQ;1: would convert", 1)[1].split("would", 1)[0]
+    assert "120" in block and "900" in block
+    for unit in ("native", "hu", "mg"):
+        assert unit in block.lower(), unit
+    # after a real run, --skip-existing: kept, and still nothing written
+    assert run(capsys, "convert", tmp_path / "study", "-r", "-o", out, "--statistics")[0] == 1
+    before = tree_state(tmp_path)
+    status, stdout, _ = run(capsys, "convert", tmp_path / "study", "-r", "-o", out, "--dry-run", "--skip-existing",
+                            "--statistics")
+    assert tree_state(tmp_path) == before
+    assert f"{os.path.join('s1', 'v1', 'C0001.ISQ;1')}: would keep (up to date)" in stdout
+    status, stdout, _ = run(capsys, "convert", tmp_path / "study", "-r", "-o", out, "--dry-run")
+    assert "exists already" in stdout

@@ -52,6 +52,9 @@ def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-existing", action="store_true",
                    help="keep a file's outputs when its complete set exists, made from the same input (size, "
                         "modification time) with the same options; an incomplete or stale set is redone")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (inputs found, skipped with reasons, outputs per file, thresholds in every "
+                        "unit) and write nothing")
     p.add_argument("--strict", action="store_true",
                    help="a file with any warning (empty or full mask, clipped HU, a conflicting header) fails "
                         "(its complete outputs are kept, for inspection); exit status 1")
@@ -248,6 +251,8 @@ def _cmd_convert(args) -> int:
             print(f"scanco-units: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
     found = discover(args.paths, recursive=args.recursive)
+    if args.dry_run:
+        return _dry_run(args, found, place_outputs(found, Path(args.output), args.layout), options)
     progress = BatchProgress(found.inputs, sys.stderr, live=sys.stderr.isatty() and not args.quiet)
     printer = _Printer(args, progress)
     printer.total = len(found.inputs) + len(found.problems)  # the problems are counted as they are printed
@@ -304,6 +309,88 @@ def _cmd_convert(args) -> int:
     summary_ok = _write_summary_csv(args.summary, results) if args.summary else True
     failed = any(r.status == "failed" for r in results) or not found.inputs or not summary_ok
     return EXIT_FAILED if failed else EXIT_OK
+
+
+# ---- --dry-run ----------------------------------------------------------------------------------------------
+def _thresholds_lines(resolved, density_unit: str) -> List[str]:
+    """The thresholds of one file in every unit. The ``info`` formatter
+    (:func:`~ScancoUnitsLib.info_text.format_thresholds`) when it is there, else a plain one."""
+    try:
+        from .info_text import format_thresholds
+    except ImportError:
+        format_thresholds = None
+    if format_thresholds is not None:
+        try:
+            return format_thresholds(resolved).splitlines()
+        except (AttributeError, TypeError, ValueError):
+            pass
+    from .quantities import threshold_unit_label
+
+    spec = resolved.spec
+    lines = [f"thresholds: {float(spec.low):g} .. {float(spec.high):g} {threshold_unit_label(spec.unit, density_unit)}"
+             f" -> mask {resolved.native_low} <= native <= {resolved.native_high}"]
+    for unit, pair in resolved.values.items():
+        if pair is not None:
+            lines.append(f"  {unit + ':':20s} {float(pair[0]):.6g} .. {float(pair[1]):.6g}")
+    return lines
+
+
+def _plan_of_file(path: Path, place, options, skip_existing: bool) -> tuple:
+    """(status word, lines) of one input in a dry run: reads its header only."""
+    from .batch import existing_metadata
+    from .convert import plan_files
+    from .errors import ScancoError
+    from .reader import read_header
+    from .request import plan_request
+
+    try:
+        header = read_header(path)
+        plan = plan_request(header, options)
+        files = plan_files(plan, place.folder, place.stem)
+    except ScancoError as exc:
+        return "would fail", [_one_line(exc)]
+    paths = [p for f in files for p in f.paths] + [place.folder / f"{place.stem}_metadata.json"]
+    if options.report:
+        paths.append(place.folder / f"{place.stem}_report.png")
+    lines = []
+    if skip_existing and existing_metadata(header, place.folder, options, place.stem) is not None:
+        status = "would keep (up to date)"
+    else:
+        existing = [p for p in paths if os.path.lexists(p)]
+        if existing and not (options.overwrite or skip_existing):
+            status = "would fail"
+            lines.append(f"{existing[0]}: the file exists already (--overwrite replaces it; --skip-existing "
+                         "keeps finished outputs)")
+        else:
+            status = "would convert" + (" (replacing an earlier set)" if existing else "")
+    lines.append("outputs: " + ", ".join(str(p) for p in paths))
+    if plan.thresholds is not None:
+        lines += _thresholds_lines(plan.thresholds, options.density_unit)
+    lines += [f"note: {_one_line(n)}" for n in plan.notes] + [f"warning: {_one_line(w)}" for w in plan.warnings]
+    return status, lines
+
+
+def _dry_run(args, found, places, options) -> int:
+    """Print what a run would do; write nothing (no folder, no summary). Exit 1 when some input
+    would fail."""
+    out = sys.stdout
+    print(f"dry run: nothing is written. {len(found.inputs)} input(s), {len(found.skipped)} skipped, "
+          f"{len(found.problems)} problem(s); outputs under {args.output} ({args.layout} layout)", file=out)
+    failing = len(found.problems)
+    for note in found.problems:
+        print(f"{note.path}: would fail: {note.reason}", file=out)
+    for note in found.skipped:
+        print(f"{note.relative or note.path}: skipped: {note.reason}", file=out)
+    for path in found.inputs:
+        place = places[path]
+        status, lines = _plan_of_file(path, place, options, args.skip_existing)
+        failing += status == "would fail"
+        print(f"{place.relative}: {status}", file=out)
+        for line in lines:
+            print(f"    {line}", file=out)
+    if args.summary:
+        print(f"summary: would be written to {args.summary}", file=out)
+    return EXIT_FAILED if failing or not found.inputs else EXIT_OK
 
 
 CONVERT_EPILOG = """\
