@@ -771,3 +771,68 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
     assert f"{os.path.join('s1', 'v1', 'C0001.ISQ;1')}: would keep (up to date)" in stdout
     status, stdout, _ = run(capsys, "convert", tmp_path / "study", "-r", "-o", out, "--dry-run")
     assert "exists already" in stdout
+
+
+# ---- entries that are not files; a closed standard output -------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_folders_and_dangling_links_named_like_scans_are_listed_as_skipped(tmp_path, capsys):
+    import threading
+
+    from ScancoUnitsLib.discovery import NOT_REGULAR
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    S.write_aim(folder / "X.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    os.mkfifo(folder / "pipe.AIM")
+    (folder / "visit.ISQ").mkdir()
+    S.write_aim(folder / "visit.ISQ" / "inner.aim", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    os.symlink(folder / "nowhere.ISQ", folder / "dangling.ISQ")
+    os.symlink(folder / "visit.ISQ", folder / "linked")
+    outcome = {}
+
+    def convert_it():  # opening the FIFO would block for ever: run it where a hang is seen
+        outcome["flat"] = run(capsys, "convert", folder, "-o", tmp_path / "o", "--json")
+        outcome["named"] = run(capsys, "convert", folder / "pipe.AIM", "-o", tmp_path / "o2", "--json")
+        outcome["recursive"] = run(capsys, "convert", folder, "-r", "-o", tmp_path / "o3", "--json")
+
+    worker = threading.Thread(target=convert_it, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "a FIFO was opened"
+    status, stdout, _ = outcome["flat"]
+    got = {Path(r["input"]).name: r for r in json_lines(stdout)}
+    assert status == 0 and got["X.AIM"]["status"] == "converted"
+    assert got["pipe.AIM"]["status"] == "skipped" and got["pipe.AIM"]["reason"] == NOT_REGULAR["fifo"]
+    assert got["visit.ISQ"]["reason"] == NOT_REGULAR["folder"]
+    assert got["dangling.ISQ"]["reason"] == NOT_REGULAR["dangling"]
+    assert got["linked"]["reason"] == NOT_REGULAR["folder_link"]
+    status, _, stderr = outcome["named"]
+    [line] = error_lines(stderr)
+    assert status == 1 and "pipe.AIM" in line and "FIFO" in line
+    status, stdout, _ = outcome["recursive"]
+    got = {Path(r["input"]).name: r["status"] for r in json_lines(stdout)}
+    assert got["inner.aim"] == "converted" and got["pipe.AIM"] == "skipped"
+
+
+def test_json_into_a_closed_pipe_finishes_the_batch_and_says_so(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    four_inputs(src)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(S.__file__).resolve().parents[1]))
+    for extra in ([], ["--jobs", "2"]):
+        process = subprocess.Popen([sys.executable, "-m", "ScancoUnitsLib.cli", "convert", str(src), "-o", str(out),
+                                    "--json", "--overwrite", *extra],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        process.stdout.close()  # as `| head -1` after its line: every write to stdout fails
+        _, stderr = process.communicate(timeout=120)
+        text = stderr.decode()
+        assert process.returncode == 1, text
+        assert "Traceback" not in text and "Exception ignored" not in text
+        [line] = [x for x in text.splitlines() if "standard output" in x]
+        assert line.startswith("scanco-units: error:")
+        assert sorted(p.name for p in out.glob("*_metadata.json")) == [f"{n}_metadata.json" for n in "abcd"]
+        assert not [n for n in os.listdir(out) if ".partial-" in n]

@@ -80,9 +80,41 @@ class _Printer:
         self.progress = progress
         self.done = 0
         self.total = 0
+        self.stdout_lost = False
+        self.stdout_lines = 0
 
     def _out(self, stream, text: str) -> None:
-        self.progress.print_line(stream, text)
+        if stream is sys.stdout and self.stdout_lost:
+            return
+        try:
+            self.progress.print_line(stream, text)
+        except (OSError, ValueError) as exc:  # a closed pipe (`--json | head -1`), a full disk under `>`
+            if stream is sys.stdout:
+                self.lose_stdout(exc)
+            return  # stderr gone: nobody to tell
+        if stream is sys.stdout:
+            self.stdout_lines += 1
+
+    def lose_stdout(self, exc: BaseException) -> None:
+        """Standard output cannot be written any more: say so once on stderr; the batch goes on (its
+        outputs are what matters) and the exit status is 1. Later writes, and Python's own flush at
+        exit, go to the null device instead of raising."""
+        if self.stdout_lost:
+            return
+        self.stdout_lost = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        why = getattr(exc, "strerror", None) or type(exc).__name__
+        try:
+            self.progress.print_line(sys.stderr, f"scanco-units: error: standard output cannot be written ({why}) "
+                                                 f"after {self.stdout_lines} line(s): the batch goes on, its "
+                                                 "further per-file output is not shown; exit status 1")
+        except (OSError, ValueError):
+            pass
 
     def result(self, result: FileResult) -> None:
         counted = result.status != "skipped" or skip_kind(result.reason) is None
@@ -156,6 +188,17 @@ def _summary(results: List[FileResult], stream, quiet: bool = False) -> None:
         print(f"masks: {coverage.count('empty')} empty, {coverage.count('full')} full; "
               f"{warned} file(s) with warnings" + (" (also in their _metadata.json)" if warned else ""),
               file=stream)
+
+
+def _print_summary(printer: _Printer, results: List[FileResult], stream, quiet: bool) -> None:
+    if stream is sys.stdout and printer.stdout_lost:
+        return
+    try:
+        _summary(results, stream, quiet=quiet)
+        stream.flush()
+    except (OSError, ValueError) as exc:
+        if stream is sys.stdout:
+            printer.lose_stdout(exc)
 
 
 # ---- the command -------------------------------------------------------------------------------------------
@@ -299,15 +342,15 @@ def _cmd_convert(args) -> int:
               f"{finished} finished file(s) kept, {not_started} not started", file=sys.stderr)
         results = found_results + batch.results
         if not args.quiet or not args.json:
-            _summary(results, summary_stream, quiet=args.quiet)
+            _print_summary(printer, results, summary_stream, quiet=args.quiet)
         if args.summary:
             _write_summary_csv(args.summary, results)
         return exit_code_for(interrupt)
     results = found_results + batch.results
     if not (args.json and args.quiet):
-        _summary(results, summary_stream, quiet=args.quiet)
+        _print_summary(printer, results, summary_stream, quiet=args.quiet)
     summary_ok = _write_summary_csv(args.summary, results) if args.summary else True
-    failed = any(r.status == "failed" for r in results) or not found.inputs or not summary_ok
+    failed = any(r.status == "failed" for r in results) or not found.inputs or not summary_ok or printer.stdout_lost
     return EXIT_FAILED if failed else EXIT_OK
 
 
