@@ -701,8 +701,9 @@ def test_quiet_prints_failures_and_final_counts_only(tmp_path, capsys):
     status, stdout, stderr = run(capsys, "convert", tmp_path / "in", "-o", tmp_path / "o", "-q")
     assert status == 1
     assert "a.isq" not in stdout and "e.isq" not in stdout  # no row for the files that went well
-    assert "bad.isq" in stdout and "2 converted, 1 failed" in stdout
-    assert [line for line in stderr.splitlines() if "warning" in line] == []
+    assert "bad.isq" in stdout and "2 converted, 1 failed" in stdout and "masks: 1 empty" in stdout
+    [warning] = [line for line in stderr.splitlines() if line.startswith("scanco-units: warning:")]
+    assert "e.isq" in warning  # nothing wrong is silent, -q or not
     assert len(error_lines(stderr)) == 1
 
 

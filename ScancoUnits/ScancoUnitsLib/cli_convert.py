@@ -37,8 +37,8 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=2, help="compression threads per output")
     p.add_argument("--slab-slices", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("-q", "--quiet", action="store_true",
-                   help="print only failures and the final counts (no line per file, no warnings, no table of "
-                        "the files that went well)")
+                   help="print only failures, warnings and the final counts (no line per file, no table rows "
+                        "for the files that went well)")
 
 
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
@@ -122,7 +122,7 @@ class _Printer:
             self.done += 1
         if result.error and result.status == "failed":  # interrupted ones: one message at the end
             self._out(sys.stderr, f"scanco-units: error: {_one_line(result.error)}")
-        for note in result.warnings if result.status == "converted" and not self.quiet else ():
+        for note in result.warnings if result.status == "converted" else ():  # never silent, -q or not
             self._out(sys.stderr, f"scanco-units: warning: {_one_line(note)}")
         if self.json:
             self._out(sys.stdout, json.dumps(result.to_dict(), allow_nan=False, default=str))
