@@ -398,3 +398,442 @@ def test_to_dask_reads_only_the_slices_a_block_needs(tmp_path, monkeypatch):
     np.testing.assert_array_equal(block, expected)
     with pytest.raises(ValueError, match="unknown quantity"):
         S.to_dask(path, "furlongs")
+
+
+# ---- our own outputs, layouts ------------------------------------------------------------------------------
+
+def by_relative(stdout: str):
+    return {r["relative_path"]: r for r in json_lines(stdout)}
+
+
+@pytest.mark.parametrize("layout", ["mirror", "flat"])
+def test_own_outputs_inside_the_study_are_never_inputs(tmp_path, capsys, layout):
+    from ScancoUnitsLib.discovery import OWN_OUTPUT
+
+    study_root = tmp_path / "study"
+    (study_root / "s1" / "v1").mkdir(parents=True)
+    S.write_aim(study_root / "s1" / "v1" / "X.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    out = study_root / "out"
+    argv = ("convert", study_root, "-r", "-o", out, "--format", "aim", "--outputs", "native,mask",
+            "--skip-existing", "--json", "--layout", layout)
+    for attempt in range(3):
+        status, stdout, stderr = run(capsys, *argv)
+        assert status == 0, stderr
+        records = json_lines(stdout)
+        converted = [r for r in records if r["status"] == "converted"]
+        assert [Path(r["input"]).name for r in converted] == (["X.AIM"] if attempt == 0 else [])
+        own = [r for r in records if r["status"] == "skipped" and (r["reason"] or "").startswith(OWN_OUTPUT)]
+        assert sorted(Path(r["input"]).name for r in own) == (
+            [] if attempt == 0 else ["X_BWmask.AIM", "X_metadata.json", "X_native.AIM"])
+    written = sorted(p.name for p in out.rglob("*") if p.is_file())
+    assert written == ["X_BWmask.AIM", "X_metadata.json", "X_native.AIM"]  # no X_native_native_BWmask.AIM
+    assert "output(s) of earlier runs not read as inputs" in stderr
+
+
+def test_own_output_given_by_name_is_skipped_and_a_foreign_metadata_hides_nothing(tmp_path, capsys):
+    from ScancoUnitsLib.discovery import OWN_OUTPUT
+
+    src = tmp_path / "in"
+    src.mkdir()
+    S.write_aim(src / "X.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    assert run(capsys, "convert", src / "X.AIM", "-o", src, "--format", "aim", "--outputs", "native")[0] == 0
+    status, stdout, _ = run(capsys, "convert", src / "X_native.AIM", "-o", tmp_path / "o", "--json")
+    [record] = json_lines(stdout)
+    assert record["status"] == "skipped" and record["reason"].startswith(OWN_OUTPUT)
+    # a metadata file that is not ours (no ScancoUnits software entry) does not make anything an output
+    other = tmp_path / "other"
+    other.mkdir()
+    S.write_aim(other / "Y.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    (other / "Y_metadata.json").write_text(json.dumps({"outputs": {"hu": {"file": "Y.AIM", "files": ["Y.AIM"]}}}))
+    status, stdout, _ = run(capsys, "convert", other, "-o", tmp_path / "o2", "--json")
+    assert status == 0 and {Path(r["input"]).name: r["status"] for r in json_lines(stdout)}["Y.AIM"] == "converted"
+
+
+def nested_study(root: Path, *subjects: str) -> None:
+    for subject in subjects:
+        folder = root / subject / "v1"
+        folder.mkdir(parents=True, exist_ok=True)
+        S.write_aim(folder / "TRAB_1237.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+
+
+def test_mirror_layout_names_depend_on_the_file_alone_and_skip_existing_keeps_them(tmp_path, capsys):
+    root, out, summary = tmp_path / "study", tmp_path / "out", tmp_path / "summary.csv"
+    nested_study(root, "s1")
+    status, stdout, stderr = run(capsys, "convert", root, "-r", "-o", out, "--json", "--summary", summary)
+    assert status == 0, stderr
+    assert (out / "s1" / "v1" / "TRAB_1237_HU.nrrd").exists()
+    assert by_relative(stdout)[os.path.join("s1", "v1", "TRAB_1237.AIM")]["status"] == "converted"
+    before = mtimes(out / "s1" / "v1")
+    nested_study(root, "s2")  # a second file of the same name: the first one's names do not change
+    status, stdout, stderr = run(capsys, "convert", root, "-r", "-o", out, "--json", "--skip-existing",
+                                 "--summary", summary)
+    assert status == 0, stderr
+    got = {k: r["status"] for k, r in by_relative(stdout).items()}
+    assert got == {os.path.join("s1", "v1", "TRAB_1237.AIM"): "skipped",
+                   os.path.join("s2", "v1", "TRAB_1237.AIM"): "converted"}
+    assert mtimes(out / "s1" / "v1") == before
+    assert sorted(p.name for p in (out / "s2" / "v1").iterdir()) == sorted(before)
+    assert not [p for p in out.iterdir() if p.is_file()]  # nothing flattened into -o
+    rows = list(csv.DictReader(io.StringIO(summary.read_text())))
+    assert sorted(r["relative_path"] for r in rows) == [os.path.join("s1", "v1", "TRAB_1237.AIM"),
+                                                        os.path.join("s2", "v1", "TRAB_1237.AIM")]
+
+
+def test_flat_layout_tells_same_names_apart_and_skip_existing_keeps_them(tmp_path, capsys):
+    root, out = tmp_path / "study", tmp_path / "out"
+    nested_study(root, "s1", "s2")
+    status, _, stderr = run(capsys, "convert", root, "-r", "-o", out, "--layout", "flat", "--statistics")
+    assert status == 0, stderr
+    assert (out / "s1_v1_TRAB_1237_HU.nrrd").exists() and (out / "s2_v1_TRAB_1237_HU.nrrd").exists()
+    before = mtimes(out)
+    status, stdout, stderr = run(capsys, "convert", root, "-r", "-o", out, "--layout", "flat", "--skip-existing",
+                                 "--json")
+    assert status == 0, stderr
+    assert {r["status"] for r in json_lines(stdout)} == {"skipped"} and mtimes(out) == before
+    status, _, stderr = run(capsys, "convert", root, "-o", out, "--layout", "sideways")
+    assert status == 2 and "mirror" in stderr and "flat" in stderr
+
+
+# ---- names that are not UTF-8 -------------------------------------------------------------------------------
+
+def cli_process(*argv, env_extra=None, **kw):
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(Path(S.__file__).resolve().parents[1]))
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "ScancoUnitsLib.cli", *map(os.fspath, argv)],
+                          capture_output=True, env=env, timeout=300, **kw)
+
+
+def test_names_that_are_not_utf8_go_through_every_output(tmp_path):
+    if os.name != "posix":
+        pytest.skip("file names are bytes on POSIX only")
+    root = os.fsencode(tmp_path / "in")
+    sub = os.path.join(root, b"Visit_\xe9")
+    try:
+        os.makedirs(sub)
+        with open(os.path.join(root, b"Protokoll_M\xfcller.txt"), "wb") as f:
+            f.write(b"notes")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    scan = os.fsdecode(os.path.join(sub, b"M\xfcller.AIM"))
+    S.write_aim(scan, VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    report = ["--report"] if __import__("importlib").util.find_spec("matplotlib") else []
+    out, summary = tmp_path / "out", tmp_path / "summary.csv"
+    strict = {"PYTHONIOENCODING": "utf-8:strict"}  # a locale that cannot print the name
+    for extra in ([], ["--jobs", "2"]):
+        done = cli_process("convert", tmp_path / "in", "-r", "-o", out, "--json", "--summary", summary,
+                           "--overwrite", *report, *extra, env_extra=strict)
+        assert done.returncode == 0, done.stderr
+        assert b"Traceback" not in done.stderr and b"internal error" not in done.stderr
+        records = {r["input"]: r for r in json_lines(done.stdout.decode("ascii"))}
+        assert records[scan]["status"] == "converted"
+        assert records[os.fsdecode(os.path.join(root, b"Protokoll_M\xfcller.txt"))]["status"] == "skipped"
+        assert b"M\xfcller.AIM" in done.stderr  # the table names the file by its own bytes
+    csv_bytes = summary.read_bytes()
+    assert os.path.join(sub, b"M\xfcller.AIM") in csv_bytes and b"Protokoll_M\xfcller.txt" in csv_bytes
+    folder = os.path.join(os.fsencode(out), b"Visit_\xe9")
+    names = sorted(os.listdir(folder))
+    assert b"M\xfcller_HU.nrrd" in names and b"M\xfcller_metadata.json" in names
+    with open(os.path.join(folder, b"M\xfcller_HU.nrrd"), "rb") as f:
+        assert b"ScancoUnits_source_file:=M\xfcller.AIM" in f.read(4096)
+    with open(os.path.join(folder, b"M\xfcller_metadata.json"), "rb") as f:
+        assert json.loads(f.read())["input"]["path"] == os.path.abspath(scan)
+    done = cli_process("convert", tmp_path / "in", "-r", "-o", out, "--skip-existing", "--statistics", *report,
+                       env_extra=strict)
+    assert done.returncode == 0, done.stderr
+    assert b"kept (up to date)" in done.stdout and b"M\xfcller.AIM" in done.stdout
+
+
+# ---- worker processes: a dead worker, a dead parent ------------------------------------------------------------
+
+def _needs_fork():
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=False) != "fork":
+        pytest.skip("the worker is patched through fork")
+
+
+def four_inputs(folder: Path):
+    folder.mkdir()
+    return [S.write_isq(folder / f"{name}.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+            for name in "abcd"]
+
+
+@pytest.mark.parametrize("deaths", [1, 2], ids=["dies-once", "dies-twice"])
+def test_a_killed_worker_costs_only_its_file_retried_once(tmp_path, capsys, monkeypatch, deaths):
+    import signal
+
+    from ScancoUnitsLib import convert
+
+    _needs_fork()
+    four_inputs(tmp_path / "in")
+    marker = tmp_path / "deaths"
+    real = convert.convert_header
+
+    def killed_mid_file(header, out_dir, options, **kw):
+        if header.path.endswith("b.isq") and len(os.listdir(marker)) < deaths:
+            def kill_at_first_slab(done, total):  # temporary files exist by now, as for the OOM killer
+                (marker / str(len(os.listdir(marker)))).write_text("x")
+                os.kill(os.getpid(), signal.SIGKILL)
+            kw["progress"] = kill_at_first_slab
+        return real(header, out_dir, options, **kw)
+
+    marker.mkdir()
+    monkeypatch.setattr(convert, "convert_header", killed_mid_file)
+    out = tmp_path / "out"
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "in", "-o", out, "--jobs", "2", "--json")
+    got = {Path(r["input"]).name: r for r in json_lines(stdout)}
+    assert len(os.listdir(marker)) == deaths
+    assert {n: r["status"] for n, r in got.items() if n != "b.isq"} == {"a.isq": "converted", "c.isq": "converted",
+                                                                       "d.isq": "converted"}
+    assert not [n for n in os.listdir(out) if ".partial-" in n]
+    if deaths == 1:
+        assert status == 0 and got["b.isq"]["status"] == "converted"
+        assert "died (killed by SIGKILL" in got["b.isq"]["warnings"][0] and "retry" in got["b.isq"]["warnings"][0]
+        assert error_lines(stderr) == []
+    else:
+        assert status == 1 and got["b.isq"]["status"] == "failed"
+        [line] = error_lines(stderr)
+        assert "b.isq" in line and "died (killed by SIGKILL" in line and "also on the retry" in line
+        assert not [n for n in os.listdir(out) if n.startswith("b_")]
+
+
+_ORPHAN_SCRIPT = r"""
+import os, sys, time
+from ScancoUnitsLib import batch, cli, convert
+if sys.argv[1] == "watchdog":
+    batch._PR_SET_PDEATHSIG = 0   # no prctl: only the parent-pid watchdog
+pids = sys.argv[2]
+real = convert.convert_header
+def slow(header, out_dir, options, **kw):
+    open(os.path.join(pids, str(os.getpid())), "w").close()
+    def crawl(done, total):
+        time.sleep(0.5)
+    kw["progress"] = crawl
+    return real(header, out_dir, options, **kw)
+convert.convert_header = slow
+sys.exit(cli.main(["convert", *sys.argv[3:], "--slab-slices", "1"]))
+"""
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")  # exited (a zombie nobody reaps)
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+@pytest.mark.parametrize("mechanism", ["prctl", "watchdog"])
+def test_workers_exit_when_the_parent_is_killed(tmp_path, mechanism):
+    import signal
+    import subprocess
+    import sys
+
+    _needs_fork()
+    four_inputs(tmp_path / "in")
+    pids, out = tmp_path / "pids", tmp_path / "out"
+    pids.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(Path(S.__file__).resolve().parents[1]))
+    parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_SCRIPT, mechanism, str(pids), str(tmp_path / "in"),
+                               "-o", str(out), "--jobs", "2"], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(os.listdir(pids)) < 2 or not [n for n in os.listdir(out) if ".partial-" in n]:
+            assert time.monotonic() < deadline and parent.poll() is None
+            time.sleep(0.05)
+        workers = [int(n) for n in os.listdir(pids)]
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(10)
+        deadline = time.monotonic() + 15
+        while not all(_gone(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = [pid for pid in workers if not _gone(pid)]
+    finally:
+        for pid in [int(n) for n in os.listdir(pids)]:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert alive == []
+    assert not [n for n in os.listdir(out) if ".partial-" in n]  # the busy workers cleaned up first
+
+
+# ---- counts, -q, --summary folder, --strict -------------------------------------------------------------------
+
+def mixed_inputs(folder: Path):
+    """a.isq: mask inside the data; e.isq: empty mask at the defaults; bad.isq: truncated."""
+    folder.mkdir()
+    S.write_isq(folder / "a.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    S.write_isq(folder / "e.isq", np.zeros((3, 4, 5), np.int16), voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    (folder / "bad.isq").write_bytes(b"CTDATA-HEADER_V1" + b"\x00" * 100)
+    return [folder / n for n in ("a.isq", "bad.isq", "e.isq")]
+
+
+def test_progress_counter_never_runs_past_the_total(tmp_path, capsys):
+    a, bad, e = mixed_inputs(tmp_path / "in")
+    status, stdout, _ = run(capsys, "convert", tmp_path / "missing.isq", a, bad, e, tmp_path / "gone", "-o",
+                            tmp_path / "o")
+    assert status == 1
+    counters = [line.split("]")[0][1:] for line in stdout.splitlines() if line.startswith("[")]
+    assert counters and all(int(done) <= int(total) for done, total in (c.split("/") for c in counters))
+    assert counters[-1] == "5/5"
+
+
+def test_summary_folder_is_checked_before_any_file_is_converted(tmp_path, capsys):
+    a, _, _ = mixed_inputs(tmp_path / "in")
+    (tmp_path / "a_file").write_text("x")
+    out = tmp_path / "o"
+    status, stdout, stderr = run(capsys, "convert", a, "-o", out, "--summary", tmp_path / "a_file" / "s.csv")
+    [line] = error_lines(stderr)
+    assert status == 1 and "--summary" in line and "a_file" in line
+    assert not out.exists() or os.listdir(out) == []  # nothing converted
+    # a missing folder is made, like -o
+    status, _, stderr = run(capsys, "convert", a, "-o", out, "--summary", tmp_path / "new" / "deeper" / "s.csv")
+    assert status == 0, stderr
+    assert (tmp_path / "new" / "deeper" / "s.csv").exists()
+
+
+def test_quiet_prints_failures_and_final_counts_only(tmp_path, capsys):
+    mixed_inputs(tmp_path / "in")
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "in", "-o", tmp_path / "o", "-q")
+    assert status == 1
+    assert "a.isq" not in stdout and "e.isq" not in stdout  # no row for the files that went well
+    assert "bad.isq" in stdout and "2 converted, 1 failed" in stdout and "masks: 1 empty" in stdout
+    [warning] = [line for line in stderr.splitlines() if line.startswith("scanco-units: warning:")]
+    assert "e.isq" in warning  # nothing wrong is silent, -q or not
+    assert len(error_lines(stderr)) == 1
+
+
+def test_empty_and_full_masks_are_counted_in_the_table_and_the_json(tmp_path, capsys):
+    mixed_inputs(tmp_path / "in")
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "in", "-o", tmp_path / "o", "--json")
+    got = {Path(r["input"]).name: r for r in json_lines(stdout)}
+    assert got["e.isq"]["mask_coverage"] == "empty" and got["a.isq"]["mask_coverage"] is None
+    assert "masks: 1 empty, 0 full" in stderr
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "in" / "e.isq", "-o", tmp_path / "full", "--json",
+                                 "--low", "-1000", "--high", "1000")
+    assert json_lines(stdout)[0]["mask_coverage"] == "full" and "masks: 0 empty, 1 full" in stderr
+
+
+def test_strict_turns_warnings_into_failures(tmp_path, capsys):
+    from ScancoUnitsLib.batch import STRICT_FAILURE
+
+    a, bad, e = mixed_inputs(tmp_path / "in")
+    clipped = S.write_isq(tmp_path / "in" / "hot.isq", VOLUME, voxel_size_mm=(0.01,) * 3,
+                          calibration=Calibration(mu_scaling=100, mu_water_per_cm=0.514, density_slope=355.52,
+                                                  density_intercept=-196.6, density_unit="mg HA/ccm"))
+    out = tmp_path / "o"
+    status, stdout, stderr = run(capsys, "convert", a, e, clipped, "-o", out, "--json")
+    assert status == 0  # warnings only
+    status, stdout, stderr = run(capsys, "convert", a, e, clipped, "-o", tmp_path / "s", "--json", "--strict")
+    got = {Path(r["input"]).name: r for r in json_lines(stdout)}
+    assert status == 1
+    assert got["a.isq"]["status"] == "converted"
+    assert got["e.isq"]["status"] == "failed" and "mask is empty" in got["e.isq"]["error"]
+    assert got["hot.isq"]["status"] == "failed" and "clipped" in got["hot.isq"]["error"]
+    assert all(STRICT_FAILURE in got[n]["error"] for n in ("e.isq", "hot.isq"))
+    assert len(error_lines(stderr)) == 2
+    # a kept set with a warning fails under --strict too
+    status, stdout, _ = run(capsys, "convert", e, "-o", out, "--skip-existing", "--strict", "--json")
+    assert status == 1 and json_lines(stdout)[0]["status"] == "failed"
+
+
+def tree_state(root: Path):
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    kinds = study(tmp_path / "study")
+    out, summary = tmp_path / "out", tmp_path / "new" / "summary.csv"
+    before = tree_state(tmp_path)
+    status, stdout, stderr = run(capsys, "convert", tmp_path / "study", "-r", "-o", out, "--dry-run",
+                                 "--summary", summary, "--low", "120", "--high", "900")
+    assert tree_state(tmp_path) == before  # no -o, no summary folder, nothing
+    assert status == 1, stderr  # TRUNC.isq would fail
+    assert "nothing is written" in stdout.splitlines()[0]
+    assert f"{os.path.join('s1', 'v1', 'C0001.ISQ;1')}: would convert" in stdout
+    assert str(out / "s1" / "v1" / "C0001_HU.nrrd") in stdout  # mirrored outputs, per file
+    assert "TRUNC.isq: would fail" in stdout
+    for name in kinds["other"]:
+        assert f"{name}: skipped: {NOT_SCANCO}" in stdout
+    block = stdout.split("C0001.ISQ;1: would convert", 1)[1].split("would", 1)[0]
+    assert "120" in block and "900" in block
+    for unit in ("native", "hu", "mg"):
+        assert unit in block.lower(), unit
+    # after a real run, --skip-existing: kept, and still nothing written
+    assert run(capsys, "convert", tmp_path / "study", "-r", "-o", out, "--statistics")[0] == 1
+    before = tree_state(tmp_path)
+    status, stdout, _ = run(capsys, "convert", tmp_path / "study", "-r", "-o", out, "--dry-run", "--skip-existing",
+                            "--statistics")
+    assert tree_state(tmp_path) == before
+    assert f"{os.path.join('s1', 'v1', 'C0001.ISQ;1')}: would keep (up to date)" in stdout
+    status, stdout, _ = run(capsys, "convert", tmp_path / "study", "-r", "-o", out, "--dry-run")
+    assert "exists already" in stdout
+
+
+# ---- entries that are not files; a closed standard output -------------------------------------------------------
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_fifos_folders_and_dangling_links_named_like_scans_are_listed_as_skipped(tmp_path, capsys):
+    import threading
+
+    from ScancoUnitsLib.discovery import NOT_REGULAR
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    S.write_aim(folder / "X.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    os.mkfifo(folder / "pipe.AIM")
+    (folder / "visit.ISQ").mkdir()
+    S.write_aim(folder / "visit.ISQ" / "inner.aim", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    os.symlink(folder / "nowhere.ISQ", folder / "dangling.ISQ")
+    os.symlink(folder / "visit.ISQ", folder / "linked")
+    outcome = {}
+
+    def convert_it():  # opening the FIFO would block for ever: run it where a hang is seen
+        outcome["flat"] = run(capsys, "convert", folder, "-o", tmp_path / "o", "--json")
+        outcome["named"] = run(capsys, "convert", folder / "pipe.AIM", "-o", tmp_path / "o2", "--json")
+        outcome["recursive"] = run(capsys, "convert", folder, "-r", "-o", tmp_path / "o3", "--json")
+
+    worker = threading.Thread(target=convert_it, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "a FIFO was opened"
+    status, stdout, _ = outcome["flat"]
+    got = {Path(r["input"]).name: r for r in json_lines(stdout)}
+    assert status == 0 and got["X.AIM"]["status"] == "converted"
+    assert got["pipe.AIM"]["status"] == "skipped" and got["pipe.AIM"]["reason"] == NOT_REGULAR["fifo"]
+    assert got["visit.ISQ"]["reason"] == NOT_REGULAR["folder"]
+    assert got["dangling.ISQ"]["reason"] == NOT_REGULAR["dangling"]
+    assert got["linked"]["reason"] == NOT_REGULAR["folder_link"]
+    status, _, stderr = outcome["named"]
+    [line] = error_lines(stderr)
+    assert status == 1 and "pipe.AIM" in line and "FIFO" in line
+    status, stdout, _ = outcome["recursive"]
+    got = {Path(r["input"]).name: r["status"] for r in json_lines(stdout)}
+    assert got["inner.aim"] == "converted" and got["pipe.AIM"] == "skipped"
+
+
+def test_json_into_a_closed_pipe_finishes_the_batch_and_says_so(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "in"
+    four_inputs(src)
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(Path(S.__file__).resolve().parents[1]))
+    for extra in ([], ["--jobs", "2"]):
+        process = subprocess.Popen([sys.executable, "-m", "ScancoUnitsLib.cli", "convert", str(src), "-o", str(out),
+                                    "--json", "--overwrite", *extra],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        process.stdout.close()  # as `| head -1` after its line: every write to stdout fails
+        _, stderr = process.communicate(timeout=120)
+        text = stderr.decode()
+        assert process.returncode == 1, text
+        assert "Traceback" not in text and "Exception ignored" not in text
+        [line] = [x for x in text.splitlines() if "standard output" in x]
+        assert line.startswith("scanco-units: error:")
+        assert sorted(p.name for p in out.glob("*_metadata.json")) == [f"{n}_metadata.json" for n in "abcd"]
+        assert not [n for n in os.listdir(out) if ".partial-" in n]

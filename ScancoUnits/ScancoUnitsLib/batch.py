@@ -52,6 +52,8 @@ class FileResult:
     reason: Optional[str] = None
     input_bytes: int = 0
     facts: Optional[dict] = None
+    relative_path: Optional[str] = None
+    mask_coverage: Optional[str] = None   # "empty" or "full" when the threshold mask is (see mask_coverage_of)
 
     def __post_init__(self):
         if self.status not in STATUSES:
@@ -64,6 +66,31 @@ class FileResult:
     def to_dict(self) -> dict:
         """JSON-ready; the shape of one ``--json`` line."""
         return asdict(self)
+
+
+def mask_coverage_of(result: FileResult) -> Optional[str]:
+    """"empty" / "full" when a result's warnings say its threshold mask holds no / every voxel (the
+    warning of :func:`~ScancoUnitsLib.convert.mask_coverage_warning`), else None."""
+    from .convert import MASK_COVERAGE_MARK
+
+    for note in result.warnings:
+        for kind in ("empty", "full"):
+            if f"{MASK_COVERAGE_MARK}{kind}" in note:
+                return kind
+    return None
+
+
+STRICT_FAILURE = "failed because of --strict (a warning is a failure)"
+
+
+def strict_result(result: FileResult) -> FileResult:
+    """``--strict``: a converted (or kept) file with any warning (empty or full mask, clipped HU, a
+    conflicting header...) is a failure; its outputs are complete and stay, for inspection."""
+    if result.status not in ("converted", "skipped") or not result.warnings:
+        return result
+    kept = "its outputs were written and are kept" if result.status == "converted" else "its outputs are kept"
+    return replace(result, status="failed",
+                   error=f"{_naming_input(Path(result.input), result.warnings[0])} [{STRICT_FAILURE}; {kept}]")
 
 
 # ---- one file ---------------------------------------------------------------------------------------
@@ -236,49 +263,110 @@ def ignore_further_signals() -> None:
 
 
 # ---- worker processes (--jobs N) --------------------------------------------------------------------------
-_worker_state = {"busy": False, "stopping": False, "signalled": False, "events": None}
+# One pipe per worker and one file per worker at a time: the parent always knows which file a worker
+# holds, so a worker that dies (kill -9, the OOM killer) costs only that file, which is retried once in
+# a fresh worker; the others go on.
+_worker_state = {"busy": False, "stopping": False, "signalled": False}
 _EVENT_INTERVAL_S = 0.2  # a worker tells the parent how far it is at most this often
+_PARENT_CHECK_S = 0.5    # how often a worker checks that its parent is still there
+_STOP_GRACE_S = 60.0     # how long an interrupted batch waits for busy workers to clean up
+_PR_SET_PDEATHSIG = 1    # linux/prctl.h
 
 
 def _worker_signal(signum, frame):  # pragma: no cover - runs in worker processes
-    """Busy: stop the conversion (its with-blocks remove its temporary files). Idle, or already
-    unwinding: ignore it; the parent ends the pool cleanly (a worker that exited here could die
-    holding a queue lock and hang the others)."""
+    """Busy: stop the conversion (its with-blocks remove its temporary files). Idle: exit (a worker
+    holds no lock another one needs). Already unwinding: ignore it."""
     from .atomic_output import Interrupted
 
     _worker_state["signalled"] = True  # start nothing new
-    if _worker_state["busy"] and not _worker_state["stopping"]:
+    if not _worker_state["busy"]:
+        os._exit(0)
+    if not _worker_state["stopping"]:
         _worker_state["stopping"] = True
         raise Interrupted(signum)
 
 
-def _worker_init(events=None) -> None:  # pragma: no cover - runs in worker processes
-    """``events``: a multiprocessing queue for ("start" | "fraction", path, done, total) tuples."""
-    if events is not None:
-        events.cancel_join_thread()  # never hang at exit on a queue the parent stopped reading
-        _worker_state["events"] = events
+def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - runs in worker processes
+    """A worker whose parent is gone (killed, kill -9) stops like on SIGTERM: on Linux the kernel
+    sends it (prctl PR_SET_PDEATHSIG); elsewhere, and as a fallback, a thread watches the parent
+    pid. A busy worker removes its temporary files first."""
+    import sys
+
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass
+
+    def watch():
+        told = False
+        while True:
+            if os.getppid() != parent_pid:
+                if not _worker_state["busy"]:
+                    os._exit(0)
+                if not told:
+                    told = True
+                    try:
+                        os.kill(os.getpid(), signal.SIGTERM)
+                    except OSError:
+                        os._exit(1)
+            time.sleep(_PARENT_CHECK_S)
+
+    threading.Thread(target=watch, name="scanco-parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # gone before prctl took effect
+        os._exit(0)
+
+
+def _worker_main(conn, parent_pid: int, live: bool) -> None:  # pragma: no cover - worker processes
+    """Convert the files the parent sends, one at a time: ("convert", path, out_dir, options, stem,
+    skip_existing) -> ("fraction", path, done, total)* then ("result", path, FileResult or None,
+    signal number or None); None: exit."""
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _worker_signal)
+    _die_with_parent(parent_pid)
+    lock = threading.Lock()
+
+    def send(message) -> None:
+        with lock:
+            conn.send(message)
+
+    while not _worker_state["signalled"] and os.getppid() == parent_pid:
+        try:
+            task = conn.recv()
+        except (EOFError, OSError):
+            return
+        if task is None:
+            return
+        _, path, out_dir, options, stem, skip_existing = task
+        result, signum = _worker_convert(path, out_dir, options, stem, skip_existing, send if live else None)
+        try:
+            send(("result", str(path), result, signum))
+        except (OSError, ValueError):
+            return
 
 
-def _worker_convert(path, out_dir, options, stem, skip_existing):  # pragma: no cover - worker processes
-    """(FileResult or None when not started (queued before an interrupt), signal number or None)."""
+def _worker_convert(path, out_dir, options, stem, skip_existing, send=None):  # pragma: no cover - workers
+    """(FileResult or None when not started (asked after a signal), signal number or None)."""
     if _worker_state["signalled"]:
         return None, None
     _worker_state["busy"], _worker_state["stopping"] = True, False
     started = time.perf_counter()
-    events = _worker_state["events"]
     report = None
-    if events is not None:
-        events.put(("start", str(path), 0, 1))
+    if send is not None:
         last = [started]
 
         def report(done, total):
             now = time.perf_counter()
             if now - last[0] >= _EVENT_INTERVAL_S:
                 last[0] = now
-                events.put(("fraction", str(path), done, total))
+                try:
+                    send(("fraction", str(path), done, total))
+                except (OSError, ValueError):
+                    pass
             return None
     try:
         return convert_one(path, out_dir, options, stem, skip_existing=skip_existing, progress=report), None
@@ -293,23 +381,93 @@ def _worker_convert(path, out_dir, options, stem, skip_existing):  # pragma: no 
         _worker_state["busy"] = False
 
 
+def _death_of(exitcode) -> str:
+    if isinstance(exitcode, int) and exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit status {exitcode}"
+
+
+class _WorkerProcess:
+    """One worker process, its end of the pipe and the file it holds (None: idle)."""
+
+    def __init__(self, context, live: bool):
+        self.conn, child = context.Pipe(duplex=True)
+        self.process = context.Process(target=_worker_main, args=(child, os.getpid(), live),
+                                       name="scanco-units-worker", daemon=True)
+        self.process.start()
+        child.close()
+        self.path: Optional[Path] = None
+
+    def give(self, path: Path, task: tuple) -> bool:
+        try:
+            self.conn.send(task)
+        except (OSError, ValueError):
+            return False
+        self.path = path
+        return True
+
+    def messages(self) -> list:
+        """Everything the worker sent so far ([] when nothing; the pipe closed: [None])."""
+        got = []
+        try:
+            while self.conn.poll():
+                got.append(self.conn.recv())
+        except (EOFError, OSError, ValueError):
+            got.append(None)
+        return got
+
+    def dead(self) -> bool:
+        return self.process.exitcode is not None
+
+    def stop(self, timeout: float = 5.0) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        self.process.join(timeout)
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join(5)
+        self.conn.close()
+
+    def signal(self, signum) -> None:
+        if self.process.exitcode is None:
+            try:
+                os.kill(self.process.pid, signum)
+            except OSError:
+                pass
+
+
 # ---- the batch -------------------------------------------------------------------------------------------------
 class Batch:
-    """Inputs, their stems and options, the results so far, and what is in flight.
+    """Inputs, where their outputs go and options, the results so far, and what is in flight.
+
+    ``places``: input -> :class:`~ScancoUnitsLib.discovery.OutputPlace` (output folder, stem, path
+    relative to its root; :func:`~ScancoUnitsLib.discovery.place_outputs`); without it every output
+    goes into ``out_dir`` under ``stems``.
 
     ``on_result(FileResult)`` is called in the calling thread as each file finishes (also for
     interrupted files). ``progress``: an object with ``start(path)``, ``fraction(path, done,
     total)`` and ``finish(result)`` (see :class:`BatchProgress`), or None.
     """
 
-    def __init__(self, inputs: Sequence[Path], out_dir, options, stems: Dict[Path, str], *,
-                 skip_existing: bool = False, on_result: Optional[Callable[[FileResult], None]] = None,
-                 progress=None):
+    def __init__(self, inputs: Sequence[Path], out_dir, options, stems: Optional[Dict[Path, str]] = None, *,
+                 places=None, skip_existing: bool = False, strict: bool = False,
+                 on_result: Optional[Callable[[FileResult], None]] = None, progress=None):
+        from .discovery import OutputPlace
+
         self.inputs = [Path(i) for i in inputs]
         self.out_dir = Path(out_dir)
         self.options = options
-        self.stems = stems
+        if places is None:
+            places = {i: OutputPlace(self.out_dir, stems[i], i.name) for i in self.inputs}
+        self.places = {Path(i): place for i, place in places.items()}
+        self.stems = {i: place.stem for i, place in self.places.items()}
         self.skip_existing = skip_existing
+        self.strict = strict
         self.on_result = on_result
         self.progress = progress
         self.results: List[FileResult] = []
@@ -317,6 +475,10 @@ class Batch:
         self.in_flight: Dict[Path, float] = {}     # path -> perf_counter() when seen started
         self.started = time.time() - 60.0          # temporary files older than this are not this batch's
         self._lock = threading.Lock()
+
+    def folder_of(self, path: Path) -> Path:
+        """The output folder of one input."""
+        return self.places[Path(path)].folder
 
     # bookkeeping
     def mark_started(self, path: Path) -> None:
@@ -327,6 +489,12 @@ class Batch:
             self.progress.start(path)
 
     def add(self, path: Path, result: FileResult) -> None:
+        place = self.places.get(Path(path))
+        if place is not None and result.relative_path is None:
+            result.relative_path = place.relative
+        result.mask_coverage = mask_coverage_of(result)
+        if self.strict:
+            result = strict_result(result)
         with self._lock:
             self.in_flight.pop(path, None)
             self.results.append(result)
@@ -339,7 +507,7 @@ class Batch:
     def interrupted(self, path: Path, interrupt: BaseException, seconds: Optional[float] = None) -> None:
         """Its with-blocks removed its temporary files on the way out; the sweep catches the ones a
         signal or a killed worker left behind."""
-        remove_partials_of(self.out_dir, self.stems[path], newer_than=self.started)
+        remove_partials_of(self.folder_of(path), self.stems[path], newer_than=self.started)
         if seconds is None:
             since = self.in_flight.get(path)
             seconds = time.perf_counter() - since if since is not None else 0.0
@@ -365,7 +533,7 @@ class Batch:
             self.mark_started(path)
             reporter = None if self.progress is None else self.progress.fraction_callback(path)
             try:
-                result = convert_one(path, self.out_dir, self.options, self.stems[path],
+                result = convert_one(path, self.folder_of(path), self.options, self.stems[path],
                                      skip_existing=self.skip_existing, progress=reporter)
             except KeyboardInterrupt as interrupt:
                 ignore_further_signals()
@@ -374,103 +542,120 @@ class Batch:
             self.add(path, result)
 
     def run_parallel(self, jobs: int) -> None:
-        from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-        from concurrent.futures.process import BrokenProcessPool
-
+        """``jobs`` worker processes, one file each at a time. A worker that dies (kill -9, out of
+        memory) is replaced; its file is retried once, then reported failed; the others are not
+        touched. A signal that reaches a worker stops the batch (KeyboardInterrupt here)."""
         import multiprocessing
+        from collections import deque
+        from multiprocessing.connection import wait
 
         context = multiprocessing.get_context()
-        events = context.Queue() if getattr(self.progress, "live", False) else None
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
-                                   initargs=(events,))
-        futures = {pool.submit(_worker_convert, i, self.out_dir, self.options, self.stems[i],
-                               self.skip_existing): i for i in self.inputs}
-        pending = set(futures)
+        live = bool(getattr(self.progress, "live", False))
+        queue = deque(self.inputs)
+        deaths: Dict[Path, List[str]] = {}
+        workers: List[_WorkerProcess] = []
         try:
-            while pending:
-                done, pending = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
-                self._drain(events)
+            workers = [_WorkerProcess(context, live) for _ in range(min(jobs, len(queue)))]
+            while queue or any(w.path is not None for w in workers):
+                for w in workers:
+                    while w.path is None and queue and not w.dead():
+                        path = queue.popleft()
+                        if w.give(path, ("convert", path, self.folder_of(path), self.options, self.stems[path],
+                                         self.skip_existing)):
+                            self.mark_started(path)
+                        else:
+                            queue.appendleft(path)
+                            break
+                wait([w.conn for w in workers] + [w.process.sentinel for w in workers], timeout=0.25)
                 signalled = None
-                for f in done:
-                    path = futures[f]
-                    try:
-                        result, signum = f.result()
-                        if signum is not None:  # a signal reached the workers: the batch stops too
-                            signalled = signum
-                    except BrokenProcessPool:
-                        remove_partials_of(self.out_dir, self.stems[path], newer_than=self.started)
-                        result = FileResult(str(path), "failed",
-                                            error=f"{path}: the worker process converting it died (out of "
-                                                  "memory?); its partial outputs were removed")
-                    except Exception as exc:  # noqa: BLE001
-                        result = FileResult(str(path), "failed",
-                                            error=f"{path}: internal error ({type(exc).__name__}: {exc})")
-                    if result is not None:
-                        self.add(path, result)
+                for index, w in enumerate(workers):
+                    dead = w.dead()
+                    for message in w.messages():  # a result sent just before the worker died counts
+                        signum = self._take(w, message, queue, deaths)
+                        signalled = signum if signum is not None else signalled
+                    if dead or w.dead():
+                        for message in w.messages():
+                            signum = self._take(w, message, queue, deaths)
+                            signalled = signum if signum is not None else signalled
+                        workers[index] = self._replace_dead(w, context, live, queue, deaths)
                 if signalled is not None:
                     from .atomic_output import Interrupted
 
                     raise Interrupted(signalled)
         except KeyboardInterrupt as interrupt:
             ignore_further_signals()
-            self._stop_pool(pool, futures, interrupt)
+            self._stop_workers(workers, interrupt)
             raise
-        pool.shutdown(wait=True)
+        for w in workers:
+            w.stop()
 
-    def _drain(self, events) -> None:
-        """Starts and progress the workers reported (for the files-in-flight display)."""
-        import queue
+    def _take(self, w: "_WorkerProcess", message, queue, deaths) -> Optional[int]:
+        """One message of a worker: progress, or the result of its file. Returns the signal number
+        a worker was stopped by, if any."""
+        if message is None or w.path is None:
+            return None
+        if message[0] == "fraction":
+            callback = self.progress.fraction_callback(w.path) if self.progress is not None else None
+            if callback is not None:
+                callback(message[2], message[3])
+            return None
+        path, (result, signum) = w.path, message[2:]
+        w.path = None
+        if result is None:
+            queue.appendleft(path)  # asked after a signal: not started (not_started() reports it)
+            return signum
+        if deaths.get(path):
+            result.warnings.insert(0, f"{path}: {deaths[path][0]}; converted on the retry")
+        self.add(path, result)
+        return signum
 
-        while events is not None:
-            try:
-                kind, path, done, total = events.get_nowait()
-            except (queue.Empty, OSError, ValueError, EOFError):
-                return
-            path = Path(path)
-            if path in self.reported:
-                continue
-            self.mark_started(path)
-            if kind == "fraction":
-                callback = self.progress.fraction_callback(path)
-                if callback is not None:
-                    callback(done, total)
-
-    def _stop_pool(self, pool, futures, interrupt) -> None:
-        from concurrent.futures import wait
-
-        for f in futures:
-            f.cancel()  # not dispatched yet: never started
-        processes = list((getattr(pool, "_processes", None) or {}).values())
-        # Busy workers turn SIGTERM into Interrupted and clean up; idle ones ignore it. Repeat, since a
-        # worker may pick up a call that was already queued when the signal came.
-        pending = [f for f in futures if not f.done()]
-        deadline = time.monotonic() + 60
-        while pending and time.monotonic() < deadline:
-            for process in processes:
-                if process.exitcode is None:
-                    try:
-                        os.kill(process.pid, signal.SIGTERM)
-                    except OSError:
-                        pass
-            pending = list(wait(pending, timeout=0.5).not_done)
-        if pending:  # stuck workers (a hung network drive...): stop them the hard way
-            for process in processes:
-                try:
-                    process.kill()
-                except (OSError, ValueError, AttributeError):
-                    pass
-        for f, path in futures.items():
-            if path in self.reported or f.cancelled():
-                continue  # reported already / never started
-            if f.done() and f.exception() is None:
-                if f.result()[0] is not None:
-                    result = f.result()[0]
-                    if result.status == "interrupted":
-                        remove_partials_of(self.out_dir, self.stems[path], newer_than=self.started)
-                    self.add(path, result)  # finished before the signal reached it, or stopped by it
+    def _replace_dead(self, w: "_WorkerProcess", context, live: bool, queue, deaths) -> "_WorkerProcess":
+        """A worker died: its file (if it held one) is retried once, at the front of the queue, or
+        reported failed; a fresh worker takes its place."""
+        w.process.join(1)
+        path, w.path = w.path, None
+        if path is not None:
+            remove_partials_of(self.folder_of(path), self.stems[path], newer_than=self.started)
+            why = f"the worker process converting it died ({_death_of(w.process.exitcode)}; out of memory?)"
+            deaths.setdefault(path, []).append(why)
+            if len(deaths[path]) == 1:
+                queue.appendleft(path)
             else:
-                self.interrupted(path, interrupt)
-        pool.shutdown(wait=not pending, cancel_futures=True)
+                self.add(path, FileResult(str(path), "failed",
+                                          error=f"{path}: {why}, also on the retry; its partial outputs were removed"))
+        w.conn.close()
+        return _WorkerProcess(context, live)
+
+    def _stop_workers(self, workers: List["_WorkerProcess"], interrupt) -> None:
+        """After a signal: busy workers turn SIGTERM into Interrupted and clean up (repeated, as a
+        worker may be between two calls); their results are kept; a worker that does not answer in
+        time is killed and its file reported interrupted. Idle workers exit."""
+        deadline = time.monotonic() + _STOP_GRACE_S
+        busy = [w for w in workers if w.path is not None]
+        for w in workers:
+            if w.path is None:
+                w.stop(timeout=1.0)
+        while busy and time.monotonic() < deadline:
+            for w in busy:
+                w.signal(signal.SIGTERM)
+            time.sleep(0.2)
+            for w in list(busy):
+                for message in w.messages():
+                    if message is not None and message[0] == "result" and w.path is not None:
+                        path, result = w.path, message[2]
+                        w.path = None
+                        if result is not None:
+                            if result.status == "interrupted":
+                                remove_partials_of(self.folder_of(path), self.stems[path], newer_than=self.started)
+                            self.add(path, result)  # finished before the signal reached it, or stopped by it
+                if w.path is None or w.dead():
+                    busy.remove(w)
+        for w in workers:
+            if w.path is not None:  # died or stuck (a hung network drive...)
+                w.process.kill()
+                self.interrupted(w.path, interrupt)
+                w.path = None
+            w.stop(timeout=1.0)
 
 
 # ---- progress on a terminal --------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ FACT_FIELDS = (
     + tuple(f"threshold_{end}_{suffix}" for suffix, _ in _THRESHOLD_UNITS for end in ("low", "high"))
     + ("notes",)  # what was decided for the file (e.g. thresholds not applied to a char mask)
 )
-SUMMARY_COLUMNS = ("input", "status", "reason", "error", "seconds") + FACT_FIELDS + STATISTICS_FIELDS + ("warnings", "outputs")
+SUMMARY_COLUMNS = ("input", "relative_path", "status", "reason", "error", "seconds") + FACT_FIELDS + STATISTICS_FIELDS + ("warnings", "outputs")
 
 
 def facts_from_metadata(metadata: Optional[dict]) -> dict:
@@ -62,7 +62,8 @@ def summary_csv_text(results: Iterable) -> str:
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for result in results:
-        row = {"input": result.input, "status": result.status, "reason": result.reason or "",
+        row = {"input": result.input, "relative_path": getattr(result, "relative_path", None) or "",
+               "status": result.status, "reason": result.reason or "",
                "error": result.error or "",
                "seconds": f"{result.seconds:.3f}", "warnings": "; ".join(result.warnings),
                "outputs": "; ".join(f"{role}={path}" for role, path in result.outputs.items())}
@@ -77,5 +78,5 @@ def write_summary_csv(path, results: Iterable) -> None:
     from .atomic_output import atomic_output_file
 
     text = summary_csv_text(results)
-    with atomic_output_file(path, "w", overwrite=True, encoding="utf-8", newline="") as f:
-        f.write(text)
+    with atomic_output_file(path, "wb", overwrite=True) as f:
+        f.write(text.encode("utf-8", "surrogateescape"))  # a file name that is not UTF-8: its own bytes

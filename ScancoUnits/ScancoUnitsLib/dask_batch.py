@@ -166,7 +166,7 @@ def run_on_dask(batch: Batch, scheduler: Optional[str] = None, local_workers: Op
         try:
             for path in batch.inputs:
                 stem = batch.stems[path]
-                future = client.submit(dask_task, str(path), str(batch.out_dir), batch.options, stem,
+                future = client.submit(dask_task, str(path), str(batch.folder_of(path)), batch.options, stem,
                                        batch.skip_existing, batch.started, event_name,
                                        key=f"scanco-units-{stem}-{token}", pure=False)
                 futures[future] = path
@@ -195,14 +195,14 @@ def run_on_dask(batch: Batch, scheduler: Optional[str] = None, local_workers: Op
                 if cluster is not None:
                     cluster.close()  # its workers end: a task that did not stop ends with them
         for path in stragglers:
-            remove_partials_of(batch.out_dir, batch.stems[path], newer_than=batch.started)
+            remove_partials_of(batch.folder_of(path), batch.stems[path], newer_than=batch.started)
 
 
 def _outcome(future, path: Path, batch: Batch) -> FileResult:
     try:
         return future.result()
     except Exception as exc:  # noqa: BLE001 - KilledWorker, CancelledError, a task error
-        remove_partials_of(batch.out_dir, batch.stems[path], newer_than=batch.started)
+        remove_partials_of(batch.folder_of(path), batch.stems[path], newer_than=batch.started)
         return _failure(path, exc)
 
 
@@ -245,6 +245,6 @@ def _stop(client, futures, pending, batch: Batch, event_name: str) -> list:
         except Exception:  # noqa: BLE001
             pass
     for path in stragglers:
-        remove_partials_of(batch.out_dir, batch.stems[path], newer_than=batch.started)
+        remove_partials_of(batch.folder_of(path), batch.stems[path], newer_than=batch.started)
         batch.interrupted(path, KeyboardInterrupt())
     return stragglers

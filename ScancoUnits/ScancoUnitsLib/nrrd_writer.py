@@ -223,7 +223,7 @@ def nrrd_header(shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_
         text = "\n".join(lines) + "\n"
     else:
         text = "\n".join(lines) + "\n\n"
-    return text.encode("utf-8")
+    return text.encode("utf-8", "surrogateescape")  # a file name that is not UTF-8: its own bytes
 
 
 # ---------------------------------------------------------------------------------------------------

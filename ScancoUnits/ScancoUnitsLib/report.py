@@ -267,11 +267,11 @@ class ReportBuilder:
         fig = self.figure(metadata)
         fig.savefig(fileobj, format="png", dpi=REPORT_DPI,
                     metadata={"Software": f"ScancoUnits {__version__}",
-                              "Title": f"QC report of {os.path.basename(self.header.path)}"})
+                              "Title": f"QC report of {_shown_name(self.header.path)}"})
 
     def _draw_title(self, fig, metadata) -> None:
         h, c = self.header, self.header.calibration
-        name = os.path.basename(h.path)
+        name = _shown_name(h.path)
         fig.text(0.05, 0.965, name, fontsize=19, fontweight="bold", va="top", ha="left")
         fig.text(0.985, 0.965, "ScancoUnits QC report", fontsize=12, color="#555555", va="top", ha="right")
         line1 = header_summary(h).one_line()
@@ -502,7 +502,7 @@ class ReportBuilder:
         outputs = metadata.get("outputs") if isinstance(metadata, dict) else None
         if outputs:
             parts.append(_outputs_text(outputs))
-        fig.text(0.05, 0.012, "   ·   ".join(parts), fontsize=8.5, color="#555555", ha="left", va="bottom")
+        fig.text(0.05, 0.012, _drawable("   ·   ".join(parts)), fontsize=8.5, color="#555555", ha="left", va="bottom")
         warnings = list(metadata.get("warnings") or []) if isinstance(metadata, dict) else []
         coverage = metadata.get("mask_coverage") if isinstance(metadata, dict) else None
         if coverage:  # an empty or full mask is the first thing to see: its own line, in full
@@ -512,7 +512,7 @@ class ReportBuilder:
                      color="#b00020", ha="left", va="top", linespacing=1.25)
             warnings = [w for w in warnings if coverage not in str(w)]
         if warnings:
-            fig.text(0.05, 0.034, "warning: " + " | ".join(str(w) for w in warnings)[:260], fontsize=8.5,
+            fig.text(0.05, 0.034, _drawable("warning: " + " | ".join(str(w) for w in warnings)[:260]), fontsize=8.5,
                      color="#b00020", ha="left", va="bottom")
 
 
@@ -529,6 +529,16 @@ def _outputs_text(outputs: dict, limit: int = 200) -> str:
     if len(text) > limit:
         text = _shorten(text, limit - 12) + f" ({len(names)} files)"
     return text
+
+
+def _drawable(text: str) -> str:
+    """Text as a figure can draw it: the bytes of a file name that is not UTF-8 (surrogate-escaped)
+    shown as \\xNN."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _shown_name(path) -> str:
+    return _drawable(os.path.basename(path))
 
 
 def _shorten(text: str, limit: int) -> str:
