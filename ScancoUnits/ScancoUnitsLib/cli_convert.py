@@ -18,6 +18,7 @@ from typing import List
 from .request import add_request_arguments, request_from_args
 from .batch import (Batch, BatchProgress, FileResult, NOT_STARTED, exit_code_for, ignore_further_signals,
                     remove_partials_of, signal_name)
+from .info_text import format_thresholds
 from .discovery import (DEFAULT_LAYOUT, LAYOUTS, assign_stems, discover, find_inputs,  # noqa: F401 - find_inputs: public
                         place_outputs, skip_kind)
 
@@ -365,27 +366,9 @@ def _cmd_convert(args) -> int:
 
 
 # ---- --dry-run ----------------------------------------------------------------------------------------------
-def _thresholds_lines(resolved, density_unit: str) -> List[str]:
-    """The thresholds of one file in every unit. The ``info`` formatter
-    (:func:`~ScancoUnitsLib.info_text.format_thresholds`) when it is there, else a plain one."""
-    try:
-        from .info_text import format_thresholds
-    except ImportError:
-        format_thresholds = None
-    if format_thresholds is not None:
-        try:
-            return format_thresholds(resolved).splitlines()
-        except (AttributeError, TypeError, ValueError):
-            pass
-    from .quantities import threshold_unit_label
-
-    spec = resolved.spec
-    lines = [f"thresholds: {float(spec.low):g} .. {float(spec.high):g} {threshold_unit_label(spec.unit, density_unit)}"
-             f" -> mask {resolved.native_low} <= native <= {resolved.native_high}"]
-    for unit, pair in resolved.values.items():
-        if pair is not None:
-            lines.append(f"  {unit + ':':20s} {float(pair[0]):.6g} .. {float(pair[1]):.6g}")
-    return lines
+def _thresholds_lines(resolved) -> List[str]:
+    """The thresholds of one file in every unit, as ``info`` shows them."""
+    return format_thresholds(resolved).splitlines()
 
 
 def _plan_of_file(path: Path, place, options, skip_existing: bool) -> tuple:
@@ -418,7 +401,7 @@ def _plan_of_file(path: Path, place, options, skip_existing: bool) -> tuple:
             status = "would convert" + (" (replacing an earlier set)" if existing else "")
     lines.append("outputs: " + ", ".join(str(p) for p in paths))
     if plan.thresholds is not None:
-        lines += _thresholds_lines(plan.thresholds, options.density_unit)
+        lines += _thresholds_lines(plan.thresholds)
     lines += [f"note: {_one_line(n)}" for n in plan.notes] + [f"warning: {_one_line(w)}" for w in plan.warnings]
     return status, lines
 
