@@ -649,3 +649,45 @@ def test_real_files_geometry_matches_itk(real_data, scene):
         if name == "TRAB_1240_SEG.AIM":  # binary-compressed mask: non-zero voxels
             assert list(nodes) == ["native", "mask_labelmap", "mask_segmentation"]
             assert _segment_voxel_count(nodes["mask_segmentation"]) == int(np.count_nonzero(itk_array))
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 21: the mask labelmap and the mask segmentation are two independent nodes
+# ---------------------------------------------------------------------------------------------------
+def _segment_array(segmentation_node):
+    segment = segmentation_node.GetSegmentation().GetNthSegment(0)
+    image = segment.GetRepresentation("Binary labelmap")
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()), image
+
+
+def test_mask_labelmap_and_segmentation_never_share_voxels(scene, files):
+    nodes = lib.load_scan_into_scene(scene, files["isq"])
+    labelmap = array(nodes["mask_labelmap"])
+    segment_voxels, segment_image = _segment_array(nodes["mask_segmentation"])
+    expected = ((files["volume"] >= 8192) & (files["volume"] <= 32767)).astype(np.uint8)
+    np.testing.assert_array_equal(labelmap, expected)
+    np.testing.assert_array_equal(segment_voxels.reshape(labelmap.shape), expected)
+    assert not np.shares_memory(segment_voxels, labelmap)
+    assert nodes["mask_labelmap"].GetImageData().GetPointData().GetScalars() is not \
+        segment_image.GetPointData().GetScalars()
+
+    # editing the labelmap (zeroing it, as a user's script or the Editor would) leaves the segment alone
+    labelmap[:] = 0
+    nodes["mask_labelmap"].GetImageData().Modified()
+    np.testing.assert_array_equal(_segment_array(nodes["mask_segmentation"])[0].reshape(labelmap.shape), expected)
+
+    # editing the segment (Segment Editor's merge writes into the segment's image; "Add" gives label 2)
+    # leaves the labelmap alone
+    labelmap[:] = expected
+    segment_voxels[:] = 2
+    segment_image.Modified()
+    np.testing.assert_array_equal(array(nodes["mask_labelmap"]), expected)
+
+
+def test_segmentation_only_load_hands_over_the_buffer_without_a_copy(scene, files):
+    """Without the labelmap node (removed after building the segment) there is nobody to share with."""
+    nodes = lib.load_scan_into_scene(scene, files["isq"], outputs=["mask_segmentation"])
+    segment_voxels, _image = _segment_array(nodes["mask_segmentation"])
+    expected = ((files["volume"] >= 8192) & (files["volume"] <= 32767)).astype(np.uint8)
+    np.testing.assert_array_equal(segment_voxels.reshape(expected.shape), expected)
+    assert scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0

@@ -84,15 +84,14 @@ def test_empty_mask_load_gives_a_named_empty_segment(files):
     assert segment.GetColor() == pytest.approx(lib.MASK_COLOR_RGB)
     assert _segment_voxels(nodes["mask_segmentation"], segmentation.GetNthSegmentID(0)) == 0
     assert nodes["mask_segmentation"].GetAttribute("ScancoUnits.SegmentName") == "Bone 250-1000 per mille"
-    # no copy behind the segment (the old path made an un-owned, leaked copy of the mask): the segment's
-    # binary labelmap is the labelmap node's own voxel buffer
+    # the segment has its own voxels (issue 21): never the labelmap node's buffer
     representation = segment.GetRepresentation(
         slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
     assert representation.GetScalarType() == vtk.VTK_UNSIGNED_CHAR
     from vtk.util import numpy_support
 
-    shared = numpy_support.vtk_to_numpy(representation.GetPointData().GetScalars())
-    assert shared.__array_interface__["data"][0] == labelmap.__array_interface__["data"][0]
+    own = numpy_support.vtk_to_numpy(representation.GetPointData().GetScalars())
+    assert not np.shares_memory(own, labelmap)
 
 
 def test_empty_mask_of_a_real_xtremect2_scan(real_data):

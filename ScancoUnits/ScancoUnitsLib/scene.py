@@ -497,7 +497,8 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
             mask_node.SetAndObserveDisplayNodeID(display.GetID())
             if "mask_segmentation" in roles:
                 segmentation = _segmentation_from_labelmap(scene, mask_node, f"{base} mask segmentation",
-                                                           label_name, common, threshold_attributes)
+                                                           label_name, common, threshold_attributes,
+                                                           own_copy="mask_labelmap" in roles)
                 created.append(segmentation)
                 nodes["mask_segmentation"] = segmentation
             if "mask_labelmap" in roles:
@@ -515,15 +516,19 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
     return LoadResult(ordered, exported, native_histogram, given_warnings, plan)
 
 
-def _segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, common, threshold_attributes):
-    """A segmentation with one segment whose binary labelmap IS the labelmap node's voxel buffer.
+def _segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, common, threshold_attributes,
+                                own_copy: bool = True):
+    """A segmentation with one segment whose binary labelmap holds the labelmap node's voxels.
 
-    ``vtkSegment::AddRepresentation`` keeps the given ``vtkOrientedImageData`` (a smart pointer, no copy),
-    and ``vtkOrientedImageData::ShallowCopy`` of the labelmap's ``vtkImageData`` shares its scalar array:
-    no copy of the mask and no rescan of its labels (``ImportLabelmapToSegmentationNode`` did both). The
-    segment's label value is vtkSegment's default, 1, the mask's foreground. An empty mask gives a named,
-    empty segment on the same grid. Edits of the segment change the shared voxels, so the labelmap node
-    shows them too (they are one mask).
+    With ``own_copy`` (the labelmap node stays in the scene) the segment gets its own copy of the voxels
+    (``vtkOrientedImageData::DeepCopy``): two nodes never share one buffer, so Segment Editor's edits
+    of the segment (merge modes write into the segment's image) do not reach the labelmap node behind
+    its back, and zeroing the labelmap's array does not empty the segment. Without it (the labelmap is
+    only the segmentation's source and is removed right after) the buffer is handed over with
+    ``ShallowCopy``: no copy, and after the removal the segment is its only owner.
+    ``vtkSegment::AddRepresentation`` keeps the given ``vtkOrientedImageData`` (a smart pointer). The
+    segment's label value is vtkSegment's default, 1, the mask's foreground. An empty mask gives a
+    named, empty segment on the same grid.
     """
     import slicer
     import vtk
@@ -533,7 +538,10 @@ def _segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, com
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
         image = slicer.vtkOrientedImageData()
-        image.ShallowCopy(labelmap.GetImageData())
+        if own_copy:
+            image.DeepCopy(labelmap.GetImageData())
+        else:
+            image.ShallowCopy(labelmap.GetImageData())
         matrix = vtk.vtkMatrix4x4()
         labelmap.GetIJKToRASMatrix(matrix)
         image.SetImageToWorldMatrix(matrix)
