@@ -548,8 +548,10 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               _("SCANCO AIM (*.aim *.AIM);;All files (*)"))
         if not path:
             return
+        # QFileDialog.getSaveFileName asked before returning an existing file (Qt's default, no
+        # DontConfirmOverwrite): the user confirmed, so the file is replaced
         with slicer.util.tryWithErrorDisplay(_("Failed to save the mask as AIM."), waitCursor=True):
-            written = self.logic.saveMaskAsAim(node, path, segmentId=segmentId)
+            written = self.logic.saveMaskAsAim(node, path, segmentId=segmentId, overwrite=True)
         slicer.util.showStatusMessage(_("Saved {path}").format(path=str(written)), 5000)
 
     def _removeChart(self) -> None:
@@ -737,9 +739,12 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         folder = os.path.dirname(source) if source else ""
         return os.path.join(folder, f"{stem}_MASK.AIM")
 
-    def saveMaskAsAim(self, node, path, segmentId=None, source=None):
+    def saveMaskAsAim(self, node, path, segmentId=None, source=None, overwrite=False):
         """Save a labelmap volume node, or one segment of a segmentation node (``segmentId``; None: its only
         segment), as a SCANCO char AIM on the grid of its source scan; returns the written path.
+
+        ``overwrite``: replace an existing file (atomically: the new file is renamed over it when complete);
+        pass it only after the user confirmed. The source scan itself is never replaced.
 
         Calls ScancoUnitsLib.save_mask_as_aim (``source``: the scan's path when the node does not record
         it); a grid that is not the scan's (rotated, resampled, half-voxel shift) is refused with a
@@ -752,7 +757,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         except ImportError as exc:
             raise RuntimeError(_("This ScancoUnitsLib cannot write masks as AIM (no mask_aim module): "
                                  "update the extension.")) from exc
-        return save_mask_as_aim(node, path, source=source, segment_id=segmentId)
+        return save_mask_as_aim(node, path, source=source, segment_id=segmentId, overwrite=bool(overwrite))
 
     def loadScan(self, path, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
                  progressCallback=None, cancel=None, name=None, huDtype="int16", warn=None, scene=None):
@@ -944,7 +949,9 @@ class ScancoUnitsFileWriter:
                                        "Save mask as AIM to choose the segment").format(
                                            name=node.GetName(), count=len(segments)))
                 segmentId = segments[0][0]
-            ScancoUnitsLogic().saveMaskAsAim(node, filePath, segmentId=segmentId)
+            # Save Data and Export to file ask before replacing a file (qSlicerSaveDataDialog::confirmOverwrite,
+            # qSlicerExportNodeDialog "File Exists"), and Slicer's own writers replace: so does this one
+            ScancoUnitsLogic().saveMaskAsAim(node, filePath, segmentId=segmentId, overwrite=True)
         except Exception as exc:
             logging.error(f"ScancoUnits: failed to write {filePath}: {exc}")
             self.parent.userMessages().AddMessage(vtk.vtkCommand.ErrorEvent, _(

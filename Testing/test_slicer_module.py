@@ -211,8 +211,9 @@ def fake_mask_aim(monkeypatch):
     """A recording stand-in for ScancoUnitsLib.mask_aim.save_mask_as_aim."""
     calls = []
 
-    def save_mask_as_aim(node, path, *, source=None, segment_id=None):
-        calls.append({"node": node, "path": path, "source": source, "segment_id": segment_id})
+    def save_mask_as_aim(node, path, *, source=None, segment_id=None, overwrite=False):
+        calls.append({"node": node, "path": path, "source": source, "segment_id": segment_id,
+                      "overwrite": overwrite})
         if getattr(save_mask_as_aim, "error", None):
             raise save_mask_as_aim.error
         Path(path).write_bytes(b"AIM")
@@ -245,7 +246,7 @@ def test_logic_save_mask_as_aim_calls_the_library(module, files, fake_mask_aim, 
     out = tmp_path / "C0001234_MASK.AIM"
     assert logic.saveMaskAsAim(nodes["mask_labelmap"], str(out)) == out
     assert fake_mask_aim.calls[-1] == {"node": nodes["mask_labelmap"], "path": str(out), "source": None,
-                                       "segment_id": None}
+                                       "segment_id": None, "overwrite": False}   # scripted: no silent replace
     segment_id = nodes["mask_segmentation"].GetSegmentation().GetNthSegmentID(0)
     logic.saveMaskAsAim(nodes["mask_segmentation"], str(out), segmentId=segment_id, source="/scans/x.isq")
     assert fake_mask_aim.calls[-1]["segment_id"] == segment_id
@@ -303,6 +304,8 @@ def test_file_writer_writes_the_exported_copy(module, fake_mask_aim, tmp_path):
     path = str(tmp_path / "out.aim")
     assert writer.write({"nodeID": copy.GetID(), "fileName": path, "fileFormat": "SCANCO AIM (.aim)"}) is True
     assert fake_mask_aim.calls[-1]["node"] is copy and fake_mask_aim.calls[-1]["path"] == path
+    # Save Data / Export to file asked before replacing (qSlicerSaveDataDialog::confirmOverwrite): replace
+    assert fake_mask_aim.calls[-1]["overwrite"] is True
     assert parent.writtenNodes == [copy.GetID()]
     # without that hint (Save Data from the main scene) the main scene's node is written
     assert writer.write({"nodeID": main_node.GetID(), "fileName": path}) is True
@@ -350,3 +353,35 @@ def test_save_mask_as_aim_round_trip_with_the_library(module, files, tmp_path):
     assert Path(written) == out
     back = read_volume(out)
     np.testing.assert_array_equal(back != 0, edited != 0)
+
+
+def test_confirmed_overwrite_replaces_the_file_and_never_the_source(module, files, tmp_path):
+    """After the user confirmed (panel file dialog, Save Data) the existing AIM is replaced atomically;
+    a scripted call without overwrite refuses; the source scan is never replaced."""
+    pytest.importorskip("ScancoUnitsLib.mask_aim")
+    from ScancoUnitsLib.errors import ScancoError
+    from ScancoUnitsLib.reader import read_volume
+
+    logic = module.ScancoUnitsLogic()
+    nodes = logic.loadScan(str(files["isq"]), outputs=["mask_labelmap"])
+    out = tmp_path / "C0001234_MASK.AIM"
+    out.write_bytes(b"an older mask")
+    with pytest.raises(ScancoError, match="exists"):
+        logic.saveMaskAsAim(nodes["mask_labelmap"], str(out))
+    assert out.read_bytes() == b"an older mask"
+    assert logic.saveMaskAsAim(nodes["mask_labelmap"], str(out), overwrite=True) == out
+    expected = slicer.util.arrayFromVolume(nodes["mask_labelmap"]) != 0
+    np.testing.assert_array_equal(read_volume(out) != 0, expected)
+    # the file writer (Save Data / Export to file, which asked first) replaces as well
+    parent = slicer_module_stubs.WriterParent()
+    writer = module.ScancoUnitsFileWriter(parent)
+    slicer.util.arrayFromVolume(nodes["mask_labelmap"])[:] = 0
+    nodes["mask_labelmap"].GetImageData().Modified()
+    assert writer.write({"nodeID": nodes["mask_labelmap"].GetID(), "fileName": str(out)}) is True, parent.messages()
+    assert not read_volume(out).any()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["C0001234_MASK.AIM"]   # no temporary left
+    # the scan the mask came from is an input: refused whatever overwrite says
+    source_bytes = Path(files["isq"]).read_bytes()
+    with pytest.raises(ScancoError):
+        logic.saveMaskAsAim(nodes["mask_labelmap"], str(files["isq"]), overwrite=True)
+    assert Path(files["isq"]).read_bytes() == source_bytes

@@ -282,7 +282,8 @@ def test_save_mask_as_aim_passes_node_and_segment(harness, scan, monkeypatch, tm
     calls = []
     fake = types.ModuleType("ScancoUnitsLib.mask_aim")
 
-    def save_mask_as_aim(node, path, *, source=None, segment_id=None):
+    def save_mask_as_aim(node, path, *, source=None, segment_id=None, overwrite=False):
+        assert overwrite is True   # the file dialog asked before returning an existing name
         calls.append((node, path, segment_id))
         return Path(path)
 
