@@ -246,6 +246,15 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self.releaseSceneReferences()
+
+    def releaseSceneReferences(self) -> None:
+        """Drop every reference the panel holds to nodes of the closing scene (Close Scene must free the
+        volumes: the loaded nodes keep their image data alive, gigabytes for a large scan)."""
+        self._loadedNodes = {}
+        self._chart = None
+        if self._observedMaskNode is not None:
+            self.onMaskNodeChanged(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -910,6 +919,14 @@ class ScancoUnitsFileWriter:
     def __init__(self, parent):
         self.parent = parent
         self._lastObject = None
+        self._sceneObservation = None
+        scene = getattr(slicer, "mrmlScene", None)
+        if scene is not None:   # Close Scene releases the remembered node (and its voxels)
+            self._sceneObservation = (scene, scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent,
+                                                               self._onSceneStartClose))
+
+    def _onSceneStartClose(self, caller=None, event=None):
+        self._lastObject = None
 
     def description(self):
         return _("SCANCO AIM mask (ScancoUnits)")
@@ -918,7 +935,10 @@ class ScancoUnitsFileWriter:
         return WRITER_FILE_TYPE
 
     def extensions(self, obj):
-        if obj is not None:
+        # Only a node of another scene (Export to file's temporary copy) is remembered, until write() has
+        # run: a node of the main scene is found by its ID, and holding it (Save Data lists every node's
+        # formats) would keep its voxels alive after Close Scene.
+        if obj is not None and hasattr(obj, "GetScene") and obj.GetScene() is not slicer.mrmlScene:
             self._lastObject = obj
         return ["SCANCO AIM (.aim)"]
 

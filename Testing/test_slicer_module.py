@@ -385,3 +385,28 @@ def test_confirmed_overwrite_replaces_the_file_and_never_the_source(module, file
     with pytest.raises(ScancoError):
         logic.saveMaskAsAim(nodes["mask_labelmap"], str(files["isq"]), overwrite=True)
     assert Path(files["isq"]).read_bytes() == source_bytes
+
+
+def test_file_writer_holds_no_node_of_the_main_scene(module, fake_mask_aim, tmp_path):
+    """Save Data asks every node's formats (extensions(node)); the writer must not keep one alive, and an
+    exported copy is released after write or on Close Scene."""
+    import weakref
+
+    writer = module.ScancoUnitsFileWriter(slicer_module_stubs.WriterParent())
+    main = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "main")
+    writer.extensions(main)
+    assert writer._lastObject is None
+    temporary_scene = slicer.vtkMRMLScene()
+    copy = temporary_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "copy")
+    writer.extensions(copy)
+    assert writer._lastObject is copy
+    slicer.mrmlScene.Clear(0)   # Close Scene
+    assert writer._lastObject is None
+    writer.extensions(copy)
+    writer.write({"nodeID": copy.GetID(), "fileName": str(tmp_path / "x.aim")})
+    assert writer._lastObject is None
+    alive = weakref.ref(copy)
+    temporary_scene.RemoveNode(copy)
+    del copy
+    fake_mask_aim.calls.clear()
+    assert alive() is None

@@ -344,3 +344,20 @@ def test_setup_connects_the_path_fields_by_their_text(harness, monkeypatch):
     assert dict(fakes.maskNodeSelector.connections)["currentNodeChanged(vtkMRMLNode*)"] == widget.onMaskNodeChanged
     assert widget._parameterNode is not None
     widget.cleanup()
+
+
+@pytest.mark.filterwarnings("ignore:does not have observer")   # the harness never observed its parameter node
+def test_close_scene_frees_the_loaded_volumes(harness, scan):
+    """Close Scene (StartCloseEvent, observed as in setup) drops the panel's references to the loaded
+    nodes: their image data are then held by nobody but this test (reference count 1)."""
+    widget = harness.widget
+    widget.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, widget.onSceneStartClose)
+    harness.type_path(str(scan["vms"]))
+    widget.onApplyButton()
+    assert widget._loadedNodes
+    images = [node.GetImageData() for node in widget._loadedNodes.values() if hasattr(node, "GetImageData")]
+    assert images and all(image.GetReferenceCount() > 1 for image in images)
+    slicer.mrmlScene.Clear(0)
+    assert widget._loadedNodes == {} and widget._chart is None and widget._observedMaskNode is None
+    assert [image.GetReferenceCount() for image in images] == [1] * len(images)
+    widget.removeObservers()
