@@ -879,6 +879,11 @@ class ScancoUnitsFileReader:
 
             header = read_header(filePath)
             options = lib.reader_options_from_properties(properties, header)
+            uncalibrated = lib.calibration_warning(header)
+            if uncalibrated and not header.is_mask and not any(r in ("hu", "density", "mu")
+                                                                for r in options["outputs"]):
+                warn(_("{name}: {problem} Loaded as native values.").format(
+                    name=os.path.basename(filePath), problem=uncalibrated))
             nodes = lib.load_scan_into_scene(slicer.mrmlScene, filePath, header=header, warn=warn, **options)
         except Exception as exc:
             logging.error(f"ScancoUnits: failed to load {filePath}: {exc}")
@@ -1138,18 +1143,24 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         np.testing.assert_allclose(matrix[:3, 3], [-(ox + 0 * sx), -(oy + 2 * sy), oz + 1 * sz], atol=1e-12)
 
     def test_uncalibrated_file_loads_native(self):
-        self.delayDisplay("A file without calibration loads native values")
+        self.delayDisplay("A file without calibration: the default outputs are refused, native values load")
         from ScancoUnitsLib import Calibration, write_isq
+        from ScancoUnitsLib.errors import CalibrationMissingError
 
         volume = self._volume()
         path = os.path.join(self.tempDir, "native.isq")
         write_isq(path, volume, voxel_size_mm=self.VOXEL_SIZE_MM, calibration=Calibration(mu_scaling=8192))
-        warnings = []
-        nodes = ScancoUnitsLogic().loadScan(path, warn=warnings.append)
-        self.assertIn("native", nodes)
-        self.assertNotIn("hu", nodes)
-        self.assertTrue(warnings)
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(CalibrationMissingError):   # as the command line: HU needs mu_water
+            ScancoUnitsLogic().loadScan(path)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        nodes = ScancoUnitsLogic().loadScan(path, outputs=["native"])
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["native"]), volume)
+        from ScancoUnitsLib.reader import read_header
+        from ScancoUnitsLib.scene import reader_options_from_properties
+
+        # a drop asks for the native values of such a file
+        self.assertEqual(reader_options_from_properties({}, read_header(path))["outputs"], ("native",))
 
     def test_cancel_removes_nodes(self):
         self.delayDisplay("Cancelling leaves the scene unchanged")

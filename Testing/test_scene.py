@@ -407,16 +407,42 @@ def test_cancel_removes_every_created_node(scene, files, how):
 
 
 def test_uncalibrated_file_default_and_explicit(scene, files):
-    warnings = []
-    nodes = lib.load_scan_into_scene(scene, files["native_isq"], warn=warnings.append)
-    assert list(nodes) == ["native", "mask_labelmap", "mask_segmentation"]
-    assert len(warnings) == 2 and "HU" in warnings[0] and "mu_water" in warnings[0]
     before = scene.GetNumberOfNodes()
+    with pytest.raises(CalibrationMissingError, match="mu_water"):   # the default set needs HU
+        lib.load_scan_into_scene(scene, files["native_isq"])
     with pytest.raises(CalibrationMissingError):
         lib.load_scan_into_scene(scene, files["native_isq"], outputs=["hu", "mask_labelmap"])
     with pytest.raises(CalibrationMissingError):
         lib.load_scan_into_scene(scene, files["native_isq"], outputs=["mask_labelmap"], thresholds=(0, 5000, "hu"))
     assert scene.GetNumberOfNodes() == before
+    nodes = lib.load_scan_into_scene(scene, files["native_isq"], outputs=["native", "mask_labelmap"])
+    assert list(nodes) == ["native", "mask_labelmap"]
+
+
+def test_uncalibrated_file_with_default_outputs_one_rule_in_cli_and_scene(scene, files, tmp_path, capsys):
+    """Issue 21: the same file, the default outputs: refused by the command line and by the scene alike
+    (the one plan_request rule), each naming the file and the missing calibration, nothing written or added."""
+    from cli_harness import error_lines, run_cli
+
+    out = tmp_path / "out"
+    status, _out, err = run_cli(capsys, "convert", files["native_isq"], "-o", out)
+    assert status != 0
+    (cli_line,) = error_lines(err)
+    assert "native.isq" in cli_line and "mu_water" in cli_line and "--outputs native,mask" in cli_line
+    assert not out.exists() or not any(out.iterdir())
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(CalibrationMissingError) as refused:
+        lib.load_scan_into_scene(scene, files["native_isq"])
+    text = str(refused.value)
+    assert "native.isq" in text and "mu_water" in text and "native, mask_labelmap" in text
+    assert scene.GetNumberOfNodes() == before
+    # the same reason in both: the part before the way out is identical
+    assert cli_line.split("(")[0].split("native.isq")[-1] == text.split("(")[0].split("native.isq")[-1]
+    # and the same outputs where the file allows them: native values and the mask, in both
+    status, _out, err = run_cli(capsys, "convert", files["native_isq"], "-o", out, "--outputs", "native,mask")
+    assert status == 0, err
+    nodes = lib.load_scan_into_scene(scene, files["native_isq"], outputs=["native", "mask_labelmap"])
+    assert list(nodes) == ["native", "mask_labelmap"]
 
 
 def test_char_mask_aim_loads_as_mask(scene, files, itk_reference):
@@ -554,6 +580,13 @@ def test_file_reader_properties_and_errors(module, files, tmp_path):
     parent = slicer_module_stubs.ReaderParent()
     assert module.ScancoUnitsFileReader(parent).load({"fileName": str(files["native_isq"]), "units": "hu"}) is False
     assert "mu_water" in parent.messages()[0][1]
+
+    # a drop of an uncalibrated file: its native values, never silently
+    parent = slicer_module_stubs.ReaderParent()
+    assert module.ScancoUnitsFileReader(parent).load({"fileName": str(files["native_isq"])}) is True
+    assert [slicer.mrmlScene.GetNodeByID(i).GetName() for i in parent.loadedNodes] == ["native native"]
+    (kind, text), = parent.messages()
+    assert kind == vtk.vtkCommand.WarningEvent and "native.isq" in text and "Not calibrated" in text
 
 
 def test_logic_process_loads_and_exports(module, files, tmp_path):
