@@ -35,6 +35,40 @@ WRITER_FILE_TYPE = "ScancoUnitsAimMaskFile"
 MASK_NODE_CLASSES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode")
 
 
+def oneLineError(exc):
+    """The text of an error as one line (the dialogs show no traceback; it goes to the log)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def showActionFailure(message, exc):
+    """One error dialog: what failed and why, in one line each; the traceback only in the log (debug)."""
+    logging.debug("ScancoUnits: %s", message, exc_info=(type(exc), exc, exc.__traceback__))
+    slicer.util.errorDisplay(f"{message}\n{oneLineError(exc)}", windowTitle=_("Scanco Units"))
+
+
+@contextlib.contextmanager
+def userAction(message, waitCursor=False):
+    """Run a user action (a button, a dialog) so that any error is one error dialog, never a traceback:
+    the exception is shown with ``message`` and not raised further (the slot returns)."""
+    cursorSet = False
+    try:
+        if waitCursor:
+            import qt
+
+            slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
+            cursorSet = True
+        yield
+    except Exception as exc:
+        if cursorSet:
+            slicer.app.restoreOverrideCursor()
+            cursorSet = False
+        showActionFailure(message, exc)
+    finally:
+        if cursorSet:
+            slicer.app.restoreOverrideCursor()
+
+
 #
 # ScancoUnits
 #
@@ -440,12 +474,18 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- Apply -------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
+        with userAction(_("Failed to read the SCANCO file.")):
+            self._apply()
+
+    def _apply(self) -> None:
         p = self._parameterNode
         if self._busy or self._header is None:
             return
         exportDirectory = p.exportDirectory if p.exportEnabled else None
         options = dict(outputs=self._outputs(), thresholds=self._thresholdSpec(),
                        densityUnit=p.densityUnit.value, **self._logicSampling())
+        # before anything is asked or read: the request is valid and the nodes fit in memory
+        self.logic.checkLoad(self._header, **options)
         if exportDirectory:
             existing = self.logic.existingExportFiles(p.inputFilePath, exportDirectory, header=self._header,
                                                       **options)
@@ -454,14 +494,13 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
         labelText = _("Reading {name}...").format(name=os.path.basename(p.inputFilePath))
         with self._busyWithProgress(labelText) as (onProgress, cancelled):
-            with slicer.util.tryWithErrorDisplay(_("Failed to read the SCANCO file."), waitCursor=True):
-                try:
-                    nodes, files = self.logic.process(p.inputFilePath, exportDirectory=exportDirectory,
-                                                      progressCallback=onProgress, cancel=cancelled,
-                                                      overwrite=True, header=self._header, **options)
-                except self.logic.lib.LoadCancelled:
-                    slicer.util.showStatusMessage(_("Cancelled: nothing was added or written."), 5000)
-                    return
+            try:
+                nodes, files = self.logic.process(p.inputFilePath, exportDirectory=exportDirectory,
+                                                  progressCallback=onProgress, cancel=cancelled,
+                                                  overwrite=True, header=self._header, **options)
+            except self.logic.lib.LoadCancelled:
+                slicer.util.showStatusMessage(_("Cancelled: nothing was added or written."), 5000)
+                return
         # the file (and folder) were used: remember them in the path fields' history (settingKey in the .ui)
         self.ui.inputFileSelector.addCurrentPathToHistory()
         if exportDirectory:
@@ -490,6 +529,10 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onShowHistogram(self) -> None:
         """Show the histogram: from the Logic's store when the file's voxels were already seen, else read once
         behind the modal progress dialog (Cancel stops it); never a silent second read."""
+        with userAction(_("Failed to show the histogram.")):
+            self._showHistogram()
+
+    def _showHistogram(self) -> None:
         header = self._header
         if header is None or self._busy:
             return
@@ -497,15 +540,13 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if histogram is None:
             labelText = _("Histogram of {name}...").format(name=os.path.basename(header.path))
             with self._busyWithProgress(labelText) as (onProgress, cancelled):
-                with slicer.util.tryWithErrorDisplay(_("Failed to compute the histogram."), waitCursor=True):
-                    try:
-                        histogram = self.logic.histogramOf(header, progressCallback=onProgress, cancel=cancelled)
-                    except self.logic.lib.LoadCancelled:
-                        slicer.util.showStatusMessage(_("Histogram cancelled."), 5000)
-                        return
-        with slicer.util.tryWithErrorDisplay(_("Failed to show the histogram."), waitCursor=True):
-            self._removeChart()
-            self._chart = self.logic.showHistogram(header, self._resolvedThresholds(), histogram=histogram)
+                try:
+                    histogram = self.logic.histogramOf(header, progressCallback=onProgress, cancel=cancelled)
+                except self.logic.lib.LoadCancelled:
+                    slicer.util.showStatusMessage(_("Histogram cancelled."), 5000)
+                    return
+        self._removeChart()
+        self._chart = self.logic.showHistogram(header, self._resolvedThresholds(), histogram=histogram)
 
     # ---- save mask as AIM ----------------------------------------------------------------------------
     _SEGMENT_EVENTS = ("SegmentAdded", "SegmentRemoved", "SegmentModified")
@@ -546,6 +587,10 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                and (not isSegmentation or combo.count > 0))
 
     def onSaveMaskAsAim(self) -> None:
+        with userAction(_("Failed to save the mask as AIM.")):
+            self._saveMaskAsAim()
+
+    def _saveMaskAsAim(self) -> None:
         import qt
 
         node = self.ui.maskNodeSelector.currentNode()
@@ -559,8 +604,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         # QFileDialog.getSaveFileName asked before returning an existing file (Qt's default, no
         # DontConfirmOverwrite): the user confirmed, so the file is replaced
-        with slicer.util.tryWithErrorDisplay(_("Failed to save the mask as AIM."), waitCursor=True):
-            written = self.logic.saveMaskAsAim(node, path, segmentId=segmentId, overwrite=True)
+        written = self.logic.saveMaskAsAim(node, path, segmentId=segmentId, overwrite=True)
         slicer.util.showStatusMessage(_("Saved {path}").format(path=str(written)), 5000)
 
     def _removeChart(self) -> None:
@@ -782,6 +826,22 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         return self.lib.export_scan(path, outputDirectory, outputs, thresholds=thresholds, density_unit=densityUnit,
                                     hu_dtype=huDtype, compress=compress, overwrite=overwrite,
                                     progress=progressCallback, cancel=cancel)
+
+    def checkLoad(self, header, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
+                  huDtype="int16", **_ignored):
+        """Raise (one line naming the file) when a load of ``header``'s file with these options would be
+        refused: an output the calibration cannot give, or nodes that do not fit in the memory available
+        (ScancoUnitsLib.memory_fit.InsufficientMemoryError, with the figures and the ways out)."""
+        from ScancoUnitsLib.memory_fit import require_memory_fit
+        from ScancoUnitsLib.request import ConversionRequest, normalise_roles, plan_request, threshold_spec_from
+        from ScancoUnitsLib.quantities import NODE_ROLES
+
+        request = ConversionRequest(thresholds=threshold_spec_from(thresholds), density_unit=densityUnit,
+                                    hu_dtype=huDtype)
+        nodeOutputs = None if outputs is None else normalise_roles(outputs, NODE_ROLES)
+        plan = plan_request(header, request, node_outputs=nodeOutputs, adapt_defaults=True, warn=lambda _t: None)
+        return require_memory_fit(header, plan.node_roles, subsample_step=subsampleStep, region=region,
+                                  hu_dtype=huDtype)
 
     def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="g/cc",
                             header=None, **_ignored):

@@ -157,6 +157,8 @@ class Harness:
         monkeypatch.setattr(slicer.util, "showStatusMessage", lambda text, ms=0: self.status.append(text))
         monkeypatch.setattr(slicer.util, "mainWindow", lambda: None)
         monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda *a, **k: True)
+        self.errors = []   # (text, keyword arguments) of every error dialog
+        monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **k: self.errors.append((text, k)))
 
         widget = module.ScancoUnitsWidget()
         names = sorted(set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_CODE)))
@@ -361,3 +363,79 @@ def test_close_scene_frees_the_loaded_volumes(harness, scan):
     assert widget._loadedNodes == {} and widget._chart is None and widget._observedMaskNode is None
     assert [image.GetReferenceCount() for image in images] == [1] * len(images)
     widget.removeObservers()
+
+
+def _assert_one_line_error(harness, *words):
+    (text, kwargs), = harness.errors
+    assert "Traceback" not in text and "detailedText" not in kwargs
+    message, reason = text.split("\n")   # what failed, why: one line each
+    for word in words:
+        assert word in reason, (word, reason)
+    harness.errors.clear()
+
+
+@pytest.mark.parametrize("case", ["hu_thresholds", "stale_hu_box", "export_folder_is_a_file"])
+def test_every_action_failure_is_one_error_dialog(harness, scan, tmp_path, case):
+    """An uncalibrated file with HU thresholds / an HU output and the export on: existingExportFiles (and
+    the load) fail; Apply shows one one-line error dialog and raises nothing."""
+    from ScancoUnitsLib import Calibration, write_isq
+
+    native = write_isq(tmp_path / "native.isq", scan["volume"], voxel_size_mm=(0.06,) * 3,
+                       calibration=Calibration(mu_scaling=8192))
+    harness.type_path(str(native if case != "export_folder_is_a_file" else scan["vms"]))
+    harness.p.exportEnabled = True
+    harness.p.exportDirectory = str(tmp_path / "out")
+    if case == "hu_thresholds":
+        harness.p.thresholdUnit = harness.module.ThresholdUnit.hu
+        harness.p.lowerThreshold, harness.p.upperThreshold = 400.0, 3000.0
+        words = ["native.isq", "mu_water"]
+    elif case == "stale_hu_box":
+        harness.ui.createHUCheckBox.enabled = True   # as if the panel had not caught up with the file
+        words = ["native.isq", "mu_water"]
+    else:
+        (tmp_path / "out").write_text("a file where the folder should be")
+        words = ["out"]
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    harness.widget.onApplyButton()   # raises nothing
+    _assert_one_line_error(harness, *words)
+    assert slicer.mrmlScene.GetNumberOfNodes() == before
+    assert not harness.widget._busy and harness.ui.applyButton.enabled
+
+
+def test_histogram_and_save_failures_are_one_error_dialog(harness, scan, tmp_path, monkeypatch):
+    harness.type_path(str(scan["vms"]))
+
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error", str(scan["vms"]))
+
+    monkeypatch.setattr(harness.widget.logic, "histogramOf", broken)
+    harness.widget.onShowHistogram()
+    _assert_one_line_error(harness, "Input/output error")
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "no source")
+    harness.ui.maskNodeSelector.setCurrentNode(labelmap)
+    harness.save_name = str(tmp_path / "x.aim")
+    harness.widget.onSaveMaskAsAim()   # no SCANCO source: refused by the library
+    _assert_one_line_error(harness, "no source")
+    assert not (tmp_path / "x.aim").exists()
+
+
+def test_apply_refuses_a_load_that_does_not_fit_in_memory(harness, scan, monkeypatch):
+    """Nodes needing more than the memory available: refused before anything is read, with the figures and
+    the ways out; with every n-th voxel the same load goes through."""
+    from ScancoUnitsLib import memory_fit
+
+    volume_voxels = scan["volume"].size
+    monkeypatch.setattr(memory_fit, "available_memory_bytes", lambda: volume_voxels * 2)   # < 8 bytes a voxel
+    harness.type_path(str(scan["vms"]))
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    harness.widget.onApplyButton()
+    assert harness.dialogs == []   # nothing was read
+    (text, _k), = harness.errors
+    assert "C0004255.ISQ;1: the chosen nodes need 9.4 KiB of memory, 2.3 KiB is available" in text, text
+    assert "every 2nd voxel" in text and "sub-region" in text and "fewer outputs" in text
+    harness.errors.clear()
+    assert slicer.mrmlScene.GetNumberOfNodes() == before
+    harness.p.loadMode = harness.module.LoadMode.subsample
+    harness.p.subsampleStep = 2
+    harness.widget.onApplyButton()
+    assert harness.errors == [] and harness.widget._loadedNodes

@@ -27,6 +27,7 @@ from .convert import convert_header, mask_coverage_warning, output_stem, plan_fi
 from .engine import EngineOutput, run_engine
 from .errors import ConversionCancelled
 from .header import ScancoHeader
+from . import memory_fit
 from .histogram import NativeHistogram
 from .quantities import DEFAULT_DENSITY_UNIT, DEFAULT_NODE_ROLES, NODE_ROLES, QUANTITIES, canonical_density_unit
 from .reader import open_voxels, read_header, sniff_format  # noqa: F401 - sniff_format: public here
@@ -317,7 +318,7 @@ def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_
                          hu_dtype: str = "int16", subsample_step=1, region=None, name: Optional[str] = None,
                          progress: Optional[ProgressCallback] = None, cancel=None,
                          warn: Optional[Callable[[str], None]] = None, slab_slices: Optional[int] = None,
-                         header: Optional[ScancoHeader] = None) -> Dict[str, object]:
+                         header: Optional[ScancoHeader] = None, check_memory: bool = True) -> Dict[str, object]:
     """Read a SCANCO ISQ/AIM file into ``scene``; returns ``{role: node}``.
 
     Roles (see :data:`ROLES`): ``hu`` (scalar volume, int16 HU or float32 with ``hu_dtype="float32"``),
@@ -337,10 +338,12 @@ def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_
     * ``progress(fraction)`` is called after every slab; ``cancel`` (callable or threading.Event) is checked
       before every slab. On cancel (:class:`LoadCancelled`) or any error every node created here is removed.
     * ``warn(text)``: where non-fatal problems go (default ``logging.warning``).
+    * ``check_memory``: refuse a load that does not fit in the memory available (see :func:`load_scan`).
     """
     return load_scan(scene, path, outputs=outputs, thresholds=thresholds, density_unit=density_unit,
                      hu_dtype=hu_dtype, subsample_step=subsample_step, region=region, name=name,
-                     progress=progress, cancel=cancel, warn=warn, slab_slices=slab_slices, header=header).nodes
+                     progress=progress, cancel=cancel, warn=warn, slab_slices=slab_slices, header=header,
+                     check_memory=check_memory).nodes
 
 
 def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str = DEFAULT_DENSITY_UNIT,
@@ -348,10 +351,12 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
               progress: Optional[ProgressCallback] = None, cancel=None,
               warn: Optional[Callable[[str], None]] = None, slab_slices: Optional[int] = None,
               header: Optional[ScancoHeader] = None, export_dir=None, compress: bool = True,
-              overwrite: bool = False, histogram: bool = False) -> LoadResult:
+              overwrite: bool = False, histogram: bool = False, check_memory: bool = True) -> LoadResult:
     """:func:`load_scan_into_scene`, plus: ``export_dir`` writes the full-resolution files of the same
     outputs in the same pass (one read of the file; the nodes may still be subsampled), ``histogram``
-    collects the exact native histogram of the pass (for the panel's chart)."""
+    collects the exact native histogram of the pass (for the panel's chart). ``check_memory``: before
+    any node is made, refuse (:class:`~ScancoUnitsLib.memory_fit.InsufficientMemoryError`, with the
+    figures and the ways out) a load whose nodes need more memory than is available."""
     import slicer  # noqa: F401 - fail early and clearly when Slicer is absent
 
     given_warnings: List[str] = []
@@ -373,6 +378,9 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
     plan = plan_request(header, request, node_outputs=node_outputs, adapt_defaults=True, warn=warning)
     roles = plan.node_roles
     sampling = plan_sampling(header, subsample_step=subsample_step, region=region)
+    if check_memory:
+        memory_fit.require_memory_fit(header, roles, subsample_step=subsample_step, region=region,
+                                      hu_dtype=hu_dtype)
     if slab_slices is None:   # whole file slices are read, whatever the x/y sampling
         file_x, file_y, _ = header.dimensions
         slab_slices = max(1, min(sampling.shape_zyx[0], _SLAB_VOXELS // max(1, file_x * file_y)))
