@@ -891,6 +891,47 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 #
 
 
+@contextlib.contextmanager
+def readerProgress(filePath):
+    """Progress and Cancel for a load through Slicer's IO manager (drop, Add Data, Sample Data).
+
+    qSlicerIOManager::loadNodes shows only a "Loading file..." dialog without a Cancel button for one
+    file (qSlicerIOManagerPrivate::startProgressDialog(1)); this dialog follows the slabs and cancels
+    the load (nothing is added). Yields ``(onProgress(fraction), cancelled() -> bool)``; without the
+    application (headless, ctest without a main window) both do nothing.
+    """
+    app = getattr(slicer, "app", None)
+    dialog = None
+    if app is not None and hasattr(app, "processEvents"):
+        try:
+            import qt
+
+            dialog = slicer.util.createProgressDialog(windowTitle=_("Scanco Units"), maximum=1000, labelText=_(
+                "Reading {name}...").format(name=os.path.basename(filePath)))
+            dialog.windowModality = qt.Qt.ApplicationModal
+            dialog.minimumDuration = 500   # small files: no flash of a dialog
+        except Exception as exc:  # no Qt: load without a dialog
+            logging.debug(f"ScancoUnits: no progress dialog: {exc}")
+            dialog = None
+
+    def onProgress(fraction):
+        if dialog is not None:
+            dialog.value = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+            app.processEvents()
+
+    def cancelled():
+        if dialog is None:
+            return False
+        app.processEvents()
+        return bool(dialog.wasCanceled)
+
+    try:
+        yield onProgress, cancelled
+    finally:
+        if dialog is not None:
+            dialog.close()
+
+
 class ScancoUnitsFileReader:
     """Drag-and-drop / Add Data reader for SCANCO ISQ and AIM (v020, v030) files, recognised by content.
 
@@ -933,6 +974,7 @@ class ScancoUnitsFileReader:
             logging.warning(text)
             messages.AddMessage(vtk.vtkCommand.WarningEvent, text)
 
+        lib = None
         try:
             from ScancoUnitsLib import scene as lib
             from ScancoUnitsLib.reader import read_header
@@ -944,8 +986,15 @@ class ScancoUnitsFileReader:
                                                                 for r in options["outputs"]):
                 warn(_("{name}: {problem} Loaded as native values.").format(
                     name=os.path.basename(filePath), problem=uncalibrated))
-            nodes = lib.load_scan_into_scene(slicer.mrmlScene, filePath, header=header, warn=warn, **options)
+            with readerProgress(filePath) as (onProgress, cancelled):
+                nodes = lib.load_scan_into_scene(slicer.mrmlScene, filePath, header=header, warn=warn,
+                                                 progress=onProgress, cancel=cancelled, **options)
         except Exception as exc:
+            if lib is not None and isinstance(exc, lib.LoadCancelled):   # the user's Cancel
+                logging.info(f"ScancoUnits: loading {filePath} cancelled")
+                messages.AddMessage(vtk.vtkCommand.WarningEvent, _(
+                    "Loading {path} was cancelled: nothing was added.").format(path=filePath))
+                return False
             logging.error(f"ScancoUnits: failed to load {filePath}: {exc}")
             messages.AddMessage(vtk.vtkCommand.ErrorEvent, _("Failed to load {path}: {error}").format(
                 path=filePath, error=exc))
