@@ -177,6 +177,30 @@ class DensityUnit(enum.Enum):
     def label(self):
         return self.value
 
+    @classmethod
+    def of(cls, spelling):
+        """The member of a density unit in any spelling the library accepts ("g/cc", "mgHA/ccm", ...)."""
+        from ScancoUnitsLib.quantities import canonical_density_unit
+
+        canonical = canonical_density_unit(spelling)
+        return next(m for m in cls if canonical_density_unit(m.value) == canonical)
+
+
+def libraryDefaults():
+    """The panel's defaults, read from ScancoUnitsLib.quantities when asked (never copied here): the
+    threshold pair in per mille and the density unit the command line and the Python API use."""
+    from ScancoUnitsLib import quantities
+
+    low, high = quantities.DEFAULT_THRESHOLDS_PERMILLE
+    return {"thresholdUnit": ThresholdUnit.permille, "lowerThreshold": float(low), "upperThreshold": float(high),
+            "densityUnit": DensityUnit.of(quantities.DEFAULT_DENSITY_UNIT)}
+
+
+def _densityUnitOrDefault(densityUnit):
+    from ScancoUnitsLib.quantities import DEFAULT_DENSITY_UNIT
+
+    return DEFAULT_DENSITY_UNIT if densityUnit is None else densityUnit
+
 
 class LoadMode(enum.Enum):
     full = "full"
@@ -192,12 +216,14 @@ class ScancoUnitsParameterNode:
     """The panel's settings, saved with the scene. Paths are plain strings (empty = not set)."""
 
     inputFilePath: str = ""
-    thresholdUnit: ThresholdUnit = ThresholdUnit.permille
-    lowerThreshold: float = 250.0
-    upperThreshold: float = 1000.0
+    # the library's defaults (ScancoUnitsLib.quantities); a new parameter node takes them again when it is
+    # made (ScancoUnitsLogic.getParameterNode), so a changed library default moves the panel
+    thresholdUnit: ThresholdUnit = libraryDefaults()["thresholdUnit"]
+    lowerThreshold: float = libraryDefaults()["lowerThreshold"]
+    upperThreshold: float = libraryDefaults()["upperThreshold"]
     createHU: bool = True
     createDensity: bool = True
-    densityUnit: DensityUnit = DensityUnit.g_cc   # the one default (quantities.DEFAULT_DENSITY_UNIT)
+    densityUnit: DensityUnit = libraryDefaults()["densityUnit"]
     createAttenuation: bool = False
     createNative: bool = False
     createMaskLabelmap: bool = True
@@ -673,8 +699,17 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 
         return scene
 
+    #: attribute of the parameter node once it holds the library's defaults (a saved scene keeps its values)
+    DEFAULTS_ATTRIBUTE = "ScancoUnits.LibraryDefaultsApplied"
+
     def getParameterNode(self):
-        return ScancoUnitsParameterNode(super().getParameterNode())
+        node = super().getParameterNode()
+        wrapper = ScancoUnitsParameterNode(node)
+        if node is not None and not node.GetAttribute(self.DEFAULTS_ATTRIBUTE):
+            for name, value in libraryDefaults().items():
+                setattr(wrapper, name, value)
+            node.SetAttribute(self.DEFAULTS_ATTRIBUTE, "1")
+        return wrapper
 
     def readHeader(self, path):
         from ScancoUnitsLib.reader import read_header
@@ -812,22 +847,22 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
                                  "update the extension.")) from exc
         return save_mask_as_aim(node, path, source=source, segment_id=segmentId, overwrite=bool(overwrite))
 
-    def loadScan(self, path, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
+    def loadScan(self, path, outputs=None, thresholds=None, densityUnit=None, subsampleStep=1, region=None,
                  progressCallback=None, cancel=None, name=None, huDtype="int16", warn=None, scene=None):
         """Create the nodes of ``path``; returns ``{role: node}``. See ScancoUnitsLib.scene.load_scan_into_scene."""
         return self.lib.load_scan_into_scene(
-            scene or slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds, density_unit=densityUnit,
+            scene or slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds, density_unit=_densityUnitOrDefault(densityUnit),
             hu_dtype=huDtype, subsample_step=subsampleStep, region=region, name=name, progress=progressCallback,
             cancel=cancel, warn=warn)
 
-    def exportScan(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="g/cc",
+    def exportScan(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit=None,
                    huDtype="int16", compress=True, overwrite=False, progressCallback=None, cancel=None):
         """Write the outputs of ``path`` as NRRD files at full resolution (streamed); returns ``{role: path}``."""
-        return self.lib.export_scan(path, outputDirectory, outputs, thresholds=thresholds, density_unit=densityUnit,
+        return self.lib.export_scan(path, outputDirectory, outputs, thresholds=thresholds, density_unit=_densityUnitOrDefault(densityUnit),
                                     hu_dtype=huDtype, compress=compress, overwrite=overwrite,
                                     progress=progressCallback, cancel=cancel)
 
-    def checkLoad(self, header, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
+    def checkLoad(self, header, outputs=None, thresholds=None, densityUnit=None, subsampleStep=1, region=None,
                   huDtype="int16", **_ignored):
         """Raise (one line naming the file) when a load of ``header``'s file with these options would be
         refused: an output the calibration cannot give, or nodes that do not fit in the memory available
@@ -836,21 +871,21 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         from ScancoUnitsLib.request import ConversionRequest, normalise_roles, plan_request, threshold_spec_from
         from ScancoUnitsLib.quantities import NODE_ROLES
 
-        request = ConversionRequest(thresholds=threshold_spec_from(thresholds), density_unit=densityUnit,
+        request = ConversionRequest(thresholds=threshold_spec_from(thresholds), density_unit=_densityUnitOrDefault(densityUnit),
                                     hu_dtype=huDtype)
         nodeOutputs = None if outputs is None else normalise_roles(outputs, NODE_ROLES)
         plan = plan_request(header, request, node_outputs=nodeOutputs, adapt_defaults=True, warn=lambda _t: None)
         return require_memory_fit(header, plan.node_roles, subsample_step=subsampleStep, region=region,
                                   hu_dtype=huDtype)
 
-    def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="g/cc",
+    def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit=None,
                             header=None, **_ignored):
         """Planned export files that exist already (``header``: the one read for this action, reused)."""
         planned = self.lib.planned_export_files(path, outputDirectory, outputs, thresholds=thresholds,
-                                                density_unit=densityUnit, header=header)
+                                                density_unit=_densityUnitOrDefault(densityUnit), header=header)
         return [str(p) for p in planned if os.path.exists(p)]
 
-    def process(self, path, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
+    def process(self, path, outputs=None, thresholds=None, densityUnit=None, subsampleStep=1, region=None,
                 exportDirectory=None, progressCallback=None, cancel=None, overwrite=False, huDtype="int16",
                 header=None):
         """Load into the scene and, when ``exportDirectory`` is given, export at full resolution, in ONE pass
@@ -867,7 +902,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
                 progressCallback(fraction, text)
 
         result = self.lib.load_scan(
-            slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds, density_unit=densityUnit,
+            slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds, density_unit=_densityUnitOrDefault(densityUnit),
             hu_dtype=huDtype, subsample_step=subsampleStep, region=region, progress=onProgress, cancel=cancel,
             header=header, export_dir=exportDirectory, overwrite=overwrite, histogram=True)
         if result.histogram is not None:

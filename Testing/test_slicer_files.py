@@ -372,7 +372,12 @@ def test_panel_ui_loads_and_renders_with_pyside6(tmp_path):
     assert summary["collapsed"]["histogramCollapsibleButton"] is True
     assert summary["collapsed"]["saveMaskCollapsibleButton"] is True
     assert summary["threshold_units"] == ["per mille", "native", "1/cm", "HU", "mg HA/ccm"]
-    assert (summary["lower_threshold"], summary["upper_threshold"]) == (250.0, 1000.0)
+    from ScancoUnitsLib import quantities
+
+    # the defaults shown are the library's (the .ui holds no threshold value and no default unit)
+    assert (summary["lower_threshold"], summary["upper_threshold"]) == quantities.DEFAULT_THRESHOLDS_PERMILLE
+    assert quantities.canonical_density_unit(summary["density_unit"]) == \
+        quantities.canonical_density_unit(quantities.DEFAULT_DENSITY_UNIT)
     assert set(summary["parameter_names"]) == set(_ui_parameter_names())
     assert summary["filled_from_library"]
     # 250 per mille is native 8192 (round to nearest of 8191.75) and 1000 per mille native 32767
@@ -390,3 +395,14 @@ def test_panel_ui_loads_and_renders_with_pyside6(tmp_path):
         shot.write_bytes(out.read_bytes())
     assert shot.is_file(), "Screenshots/panel.png is missing: run Testing/tools/render_panel.py"
     assert _png_size(shot)[0] == width, "Screenshots/panel.png is stale: run Testing/tools/render_panel.py"
+
+
+def test_ui_holds_no_default_thresholds():
+    """The threshold spin boxes get their values from the parameter node, which takes the library's
+    defaults: a value written into the .ui would be a second copy that stays behind."""
+    widgets = {w.get("name"): w for w in _ui_tree().iter("widget")}
+    for name in ("lowerThresholdSpinBox", "upperThresholdSpinBox"):
+        values = [p for p in widgets[name].findall("property") if p.get("name") == "value"]
+        assert values == [], name
+    density = widgets["densityUnitComboBox"]
+    assert not [p for p in density.findall("property") if p.get("name") == "currentIndex"]

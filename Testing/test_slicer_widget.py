@@ -439,3 +439,42 @@ def test_apply_refuses_a_load_that_does_not_fit_in_memory(harness, scan, monkeyp
     harness.p.subsampleStep = 2
     harness.widget.onApplyButton()
     assert harness.errors == [] and harness.widget._loadedNodes
+
+
+def test_panel_takes_the_library_defaults(monkeypatch):
+    """A changed library default (thresholds, density unit) moves the panel: a new parameter node takes the
+    library's values when it is made, not literals of the module file; a saved node keeps its own."""
+    from ScancoUnitsLib import quantities
+
+    module = slicer_module_stubs.load_scanco_units_module()
+    slicer_module_stubs.new_scene()
+    p = module.ScancoUnitsLogic().getParameterNode()
+    assert (p.lowerThreshold, p.upperThreshold) == quantities.DEFAULT_THRESHOLDS_PERMILLE
+    assert p.densityUnit == module.DensityUnit.of(quantities.DEFAULT_DENSITY_UNIT)
+    assert p.thresholdUnit == module.ThresholdUnit.permille
+
+    monkeypatch.setattr(quantities, "DEFAULT_THRESHOLDS_PERMILLE", (300.0, 900.0))
+    monkeypatch.setattr(quantities, "DEFAULT_DENSITY_UNIT", "mg HA/ccm")
+    slicer_module_stubs.new_scene()
+    p = module.ScancoUnitsLogic().getParameterNode()
+    assert (p.lowerThreshold, p.upperThreshold) == (300.0, 900.0)
+    assert p.densityUnit == module.DensityUnit.mg_ha_ccm
+    # the values the user set (or a loaded scene holds) stay
+    p.lowerThreshold = 420.0
+    again = module.ScancoUnitsLogic().getParameterNode()
+    assert again.parameterNode is p.parameterNode and again.parameterNode.GetAttribute(
+        module.ScancoUnitsLogic.DEFAULTS_ATTRIBUTE) == "1"
+
+
+def test_logic_default_density_unit_is_the_librarys(monkeypatch, tmp_path):
+    from ScancoUnitsLib import quantities
+
+    module = slicer_module_stubs.load_scanco_units_module()
+    slicer_module_stubs.new_scene()
+    path = write_isq(tmp_path / "d.isq", np.full((2, 3, 4), 9000, np.int16), voxel_size_mm=(0.06,) * 3,
+                     calibration=CAL)
+    nodes = module.ScancoUnitsLogic().loadScan(str(path), outputs=["density"])
+    assert nodes["density"].GetVoxelValueUnits().GetCodeValue() == "g/cm3"
+    monkeypatch.setattr(quantities, "DEFAULT_DENSITY_UNIT", "mg HA/ccm")
+    nodes = module.ScancoUnitsLogic().loadScan(str(path), outputs=["density"])
+    assert nodes["density"].GetVoxelValueUnits().GetCodeValue() == "mg/cm3"
