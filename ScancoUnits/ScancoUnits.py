@@ -263,6 +263,8 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingThresholds = False
         self._chart = None  # (chart node, table node, {role: series node}) of the histogram
         self._loadedNodes = {}
+        self._previewNode = None  # the volume showing the threshold preview (only while asked for)
+        self._previewAllowed = True  # False while the module is not shown
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -296,9 +298,12 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
+        self._previewAllowed = True
         self.initializeParameterNode()
 
     def exit(self) -> None:
+        self._previewAllowed = False   # the checkbox is out of sight: no preview the user cannot see why
+        self._clearPreview()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -312,6 +317,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         """Drop every reference the panel holds to nodes of the closing scene (Close Scene must free the
         volumes: the loaded nodes keep their image data alive, gigabytes for a large scan)."""
         self._loadedNodes = {}
+        self._previewNode = None
         self._chart = None
         if self._observedMaskNode is not None:
             self.onMaskNodeChanged(None)
@@ -643,27 +649,35 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._chart = None
 
     def _updateThresholdFeedback(self) -> None:
-        """Move the histogram's threshold lines and the mask preview to the thresholds of the panel."""
-        resolved = self._resolvedThresholds()
-        if resolved is None:
-            return
-        from ScancoUnitsLib.histogram_chart import (clear_threshold_preview, preview_mask_on_scan_node,
-                                                    update_threshold_lines)
+        """Move the histogram's threshold lines and the mask preview to the thresholds of the panel.
 
-        if self._chart is not None and slicer.mrmlScene.IsNodePresent(self._chart[1]):
+        The preview (display threshold of the loaded HU or density volume) is off by default and is only
+        ever on the node the panel loaded last, while "Preview the mask" is checked and the panel is
+        shown: unchecking, a new load, leaving the module or closing the scene switch it off again, so
+        it is never left (and saved with the scene) on a node the user did not ask it for."""
+        from ScancoUnitsLib.histogram_chart import preview_mask_on_scan_node, update_threshold_lines
+
+        resolved = self._resolvedThresholds()
+        if resolved is not None and self._chart is not None and slicer.mrmlScene.IsNodePresent(self._chart[1]):
             update_threshold_lines(self._chart[1], resolved, series_nodes=self._chart[2])
-        source = os.path.basename(self._header.path)
-        for role in ("hu", "density"):
-            node = self._loadedNodes.get(role)
-            if node is None or not slicer.mrmlScene.IsNodePresent(node):
-                continue
-            if node.GetAttribute("ScancoUnits.SourceFile") != source:
-                continue
-            if self.ui.previewMaskCheckBox.checked:
-                preview_mask_on_scan_node(node, resolved, self._header.calibration)
-            else:
-                clear_threshold_preview(node)
-            break
+        target = None
+        if resolved is not None and self.ui.previewMaskCheckBox.checked and self._previewAllowed:
+            source = os.path.basename(self._header.path)
+            target = next((node for node in (self._loadedNodes.get(r) for r in ("hu", "density"))
+                           if node is not None and slicer.mrmlScene.IsNodePresent(node)
+                           and node.GetAttribute("ScancoUnits.SourceFile") == source), None)
+        if self._previewNode is not None and self._previewNode is not target:
+            self._clearPreview()
+        if target is not None:
+            preview_mask_on_scan_node(target, resolved, self._header.calibration)
+            self._previewNode = target
+
+    def _clearPreview(self) -> None:
+        from ScancoUnitsLib.histogram_chart import clear_threshold_preview
+
+        node, self._previewNode = self._previewNode, None
+        if node is not None and node.GetScene() is not None:
+            clear_threshold_preview(node)
 
     def _logicSampling(self):
         sampling = self._sampling()

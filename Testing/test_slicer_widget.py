@@ -478,3 +478,45 @@ def test_logic_default_density_unit_is_the_librarys(monkeypatch, tmp_path):
     monkeypatch.setattr(quantities, "DEFAULT_DENSITY_UNIT", "mg HA/ccm")
     nodes = module.ScancoUnitsLogic().loadScan(str(path), outputs=["density"])
     assert nodes["density"].GetVoxelValueUnits().GetCodeValue() == "mg/cm3"
+
+
+def _preview_on(node):
+    return bool(node.GetDisplayNode().GetApplyThreshold())
+
+
+@pytest.mark.filterwarnings("ignore:does not have observer")   # exit(): the harness never observed its node
+def test_threshold_preview_is_off_by_default_and_never_left_behind(harness, scan, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    ui_file = slicer_module_stubs.MODULE_FILE.parent / "Resources" / "UI" / "ScancoUnits.ui"
+    box = next(w for w in ET.parse(ui_file).getroot().iter("widget") if w.get("name") == "previewMaskCheckBox")
+    checked = [p.find("bool").text for p in box.findall("property") if p.get("name") == "checked"]
+    assert checked in ([], ["false"])   # off by default
+    widget, ui = harness.widget, harness.ui
+    harness.type_path(str(scan["vms"]))
+    widget.onApplyButton()
+    first = widget._loadedNodes["hu"]
+    assert not _preview_on(first)   # a fresh load shows every voxel
+    ui.previewMaskCheckBox.checked = True   # the user asks for it
+    widget._updateThresholdFeedback()
+    assert _preview_on(first)
+    ui.previewMaskCheckBox.checked = False
+    widget._updateThresholdFeedback()
+    assert not _preview_on(first)
+    # asked for again, then a second load: the preview moves, the first node shows all its voxels again
+    ui.previewMaskCheckBox.checked = True
+    widget._updateThresholdFeedback()
+    widget.onApplyButton()
+    second = widget._loadedNodes["hu"]
+    assert second is not first and _preview_on(second) and not _preview_on(first)
+    # another file in the path field: the loaded node is not its scan any more
+    harness.type_path(str(scan["odd_case"]))
+    assert not _preview_on(second)
+    harness.type_path(str(scan["vms"]))
+    assert _preview_on(second)
+    # leaving the module switches it off (nobody would see why only bone is shown); coming back, on again
+    widget.exit()
+    assert not _preview_on(second)
+    widget._previewAllowed = True   # enter() without the parameter-node wiring of the harness
+    widget._updateThresholdFeedback()
+    assert _preview_on(second)
