@@ -699,8 +699,9 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         nodes["density"], nodes["mask_segmentation"]
     """
 
-    #: z slices read at a time when the histogram has to be read from the file
-    HISTOGRAM_SLAB_SLICES = 16
+    #: z slices read at a time when the histogram has to be read from the file; None: the engine's slab
+    #: (ScancoUnitsLib.engine.slab_slices_for, about 1 Mi voxels: 2 MB of int16 even for 4k x 4k slices)
+    HISTOGRAM_SLAB_SLICES = None
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -783,6 +784,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         return histogram
 
     def _readHistogram(self, header, progressCallback=None, cancel=None):
+        from ScancoUnitsLib.engine import slab_slices_for
         from ScancoUnitsLib.histogram import NativeHistogram
         from ScancoUnitsLib.reader import open_voxels
 
@@ -790,7 +792,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
             histogram = NativeHistogram(source.dtype)
             depth = max(int(source.shape[0]), 1)
             done = 0
-            for slab in source.iter_slabs(self.HISTOGRAM_SLAB_SLICES):
+            for slab in source.iter_slabs(slab_slices_for(header, self.HISTOGRAM_SLAB_SLICES)):
                 if cancel is not None and cancel():
                     raise self.lib.LoadCancelled(header.path)
                 histogram.accumulate(slab)

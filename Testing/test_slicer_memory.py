@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ScancoUnitsLib import Calibration, read_header, write_isq
-from ScancoUnitsLib import memory_fit
+from ScancoUnitsLib import engine, memory_fit
 from ScancoUnitsLib.memory_fit import InsufficientMemoryError
 
 TESTING = Path(__file__).resolve().parent
@@ -138,7 +138,7 @@ def reader_app(monkeypatch):
 
 def test_reader_shows_progress_and_closes_it(reader_app, isq, monkeypatch):
     module, dialogs, _events = reader_app
-    monkeypatch.setattr(lib, "_SLAB_VOXELS", 10 * 12 * 4)   # 4 slices a slab: several progress steps
+    monkeypatch.setattr(engine, "TARGET_SLAB_VOXELS", 10 * 12 * 4)   # 4 slices a slab: several progress steps
     parent = slicer_module_stubs.ReaderParent()
     assert module.ScancoUnitsFileReader(parent).load({"fileName": str(isq), "show": False})
     dialog, = dialogs
@@ -149,7 +149,7 @@ def test_reader_shows_progress_and_closes_it(reader_app, isq, monkeypatch):
 
 def test_reader_cancel_adds_nothing(reader_app, isq, monkeypatch):
     module, dialogs, events = reader_app
-    monkeypatch.setattr(lib, "_SLAB_VOXELS", 10 * 12 * 4)
+    monkeypatch.setattr(engine, "TARGET_SLAB_VOXELS", 10 * 12 * 4)
     events["cancel_after"] = 2
     before = slicer.mrmlScene.GetNumberOfNodes()
     parent = slicer_module_stubs.ReaderParent()

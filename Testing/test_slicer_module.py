@@ -410,3 +410,41 @@ def test_file_writer_holds_no_node_of_the_main_scene(module, fake_mask_aim, tmp_
     del copy
     fake_mask_aim.calls.clear()
     assert alive() is None
+
+
+def test_histogram_read_uses_the_engines_slab(module, tmp_path, monkeypatch):
+    """Issue 21: the histogram is read in the engine's slabs (about 1 Mi voxels), not 16 whole slices
+    (hundreds of MB on 4k x 4k slices)."""
+    from ScancoUnitsLib import engine, reader as reader_module
+
+    volume = np.random.default_rng(8).integers(0, 9000, size=(10, 512, 512)).astype(np.int16)
+    path = write_isq(tmp_path / "wide.isq", volume, voxel_size_mm=SIZE_MM, calibration=CAL)
+    header = read_header(path)
+    slabs = []
+    original = reader_module.open_voxels
+
+    class Spy:
+        def __init__(self, source):
+            self.source = source
+
+        def __enter__(self):
+            inner = self.source.__enter__()
+            real_iter = inner.iter_slabs
+
+            def iter_slabs(slices):
+                for slab in real_iter(slices):
+                    slabs.append(slab.shape)
+                    yield slab
+
+            inner.iter_slabs = iter_slabs
+            return inner
+
+        def __exit__(self, *exc):
+            return self.source.__exit__(*exc)
+
+    monkeypatch.setattr(reader_module, "open_voxels", lambda *a, **k: Spy(original(*a, **k)))
+    histogram = module.ScancoUnitsLogic().histogramOf(header)
+    assert histogram.total == volume.size
+    assert all(z * y * x <= engine.TARGET_SLAB_VOXELS for z, y, x in slabs)
+    assert [z for z, _, _ in slabs] == [4, 4, 2] == \
+        [min(engine.slab_slices_for(header), 10 - i) for i in range(0, 10, engine.slab_slices_for(header))]

@@ -24,7 +24,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .convert import convert_header, mask_coverage_warning, output_stem, plan_files
-from .engine import EngineOutput, run_engine
+from .engine import EngineOutput, run_engine, slab_slices_for
 from .errors import ConversionCancelled
 from .header import ScancoHeader
 from . import memory_fit
@@ -59,7 +59,6 @@ make_threshold_spec = threshold_spec_from
 
 _ATTRIBUTE_PREFIX = "ScancoUnits."
 MASK_COLOR_RGB = (0.90, 0.85, 0.55)   # bone-ivory segment and label colour
-_SLAB_VOXELS = 1 << 20   # about 1 Mi voxels read and converted at a time (2 MB of int16): little memory beside the nodes
 
 ProgressCallback = Callable[[float], None]
 
@@ -334,7 +333,7 @@ def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_
       without explicit thresholds: non-zero voxels.
     * ``subsample_step`` (int or (z, y, x)) and ``region`` ((z, y, x) slices or (start, stop) pairs): load
       ``file[z0:z1:sz, y0:y1:sy, x0:x1:sx]`` with matching geometry.
-    * ``slab_slices``: slices read and converted at a time (default: about 4 Mi voxels).
+    * ``slab_slices``: slices read and converted at a time (default: the engine's, about 1 Mi voxels).
     * ``progress(fraction)`` is called after every slab; ``cancel`` (callable or threading.Event) is checked
       before every slab. On cancel (:class:`LoadCancelled`) or any error every node created here is removed.
     * ``warn(text)``: where non-fatal problems go (default ``logging.warning``).
@@ -381,9 +380,8 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
     if check_memory:
         memory_fit.require_memory_fit(header, roles, subsample_step=subsample_step, region=region,
                                       hu_dtype=hu_dtype)
-    if slab_slices is None:   # whole file slices are read, whatever the x/y sampling
-        file_x, file_y, _ = header.dimensions
-        slab_slices = max(1, min(sampling.shape_zyx[0], _SLAB_VOXELS // max(1, file_x * file_y)))
+    if slab_slices is None:   # the engine's slab (about 1 Mi voxels of whole file slices, whatever the sampling)
+        slab_slices = max(1, min(sampling.shape_zyx[0], slab_slices_for(header)))
     resolved = plan.thresholds
     char_mask = plan.output("mask") is not None and plan.output("mask").quantity == "char_mask"
     spec = request.threshold_spec
