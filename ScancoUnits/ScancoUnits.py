@@ -1009,10 +1009,13 @@ class ScancoUnitsFileReader:
         return ["SCANCO micro-CT image (*.isq *.aim *.isq;* *.aim;*)"]
 
     def canLoadFileConfidence(self, filePath):
-        from ScancoUnitsLib.scene import sniff_format
+        # The name first, as Slicer's SlicerScriptedFileReaderWriterTest.py reader does
+        # (supportedNameFilters), then the magic: only .isq/.aim (any case, ;N) and extensionless files
+        # are opened. 0.8 beats the core Volumes reader, which claims them at 0.5 through "All Files (*)"
+        # (qSlicerFileReader::canLoadFileConfidence: 0.5 + 0.01 x matched extension length, 0 for "*").
+        from ScancoUnitsLib.scene import file_reader_confidence
 
-        # Slicer's core Volumes reader claims .isq at about 0.54: win whenever the magic matches.
-        return 0.8 if sniff_format(filePath) else 0.0
+        return file_reader_confidence(filePath)
 
     def canLoadFile(self, filePath):
         return self.canLoadFileConfidence(filePath) > 0.55
@@ -1108,7 +1111,10 @@ class ScancoUnitsFileWriter:
         return ["SCANCO AIM (.aim)"]
 
     def canWriteObject(self, obj):
-        return bool(obj is not None and any(obj.IsA(c) for c in MASK_NODE_CLASSES))
+        """A labelmap or segmentation that records its SCANCO scan (ScancoUnits.SourcePath, set by the load and
+        kept by Export to file's copy, vtkMRMLNode::CopyContent): only those have a grid an AIM can carry."""
+        return bool(obj is not None and hasattr(obj, "IsA") and any(obj.IsA(c) for c in MASK_NODE_CLASSES)
+                    and obj.GetAttribute("ScancoUnits.SourcePath"))
 
     def canWriteObjectConfidence(self, obj):
         return float(self.CONFIDENCE) if self.canWriteObject(obj) else 0.0
@@ -1126,6 +1132,13 @@ class ScancoUnitsFileWriter:
             node = self._node(nodeID)
             if node is None:
                 raise ValueError(_("no node with ID {id}").format(id=nodeID))
+            if node.GetScene() is slicer.mrmlScene:
+                # Save Data (and slicer.util.saveNode) save a node of the scene: the scene then refers to
+                # the node's storage node, which cannot read an AIM back; an AIM is an export (Export to
+                # file writes a copy in its own scene), so the scene's storage is left as it is
+                raise ValueError(_("SCANCO AIM is an export format: use Export to file... (or Scanco Units > "
+                                   "Save mask as AIM); Save Data keeps the node in a format the scene can "
+                                   "load again (e.g. NRRD)"))
             segmentId = None
             if node.IsA("vtkMRMLSegmentationNode"):
                 segments = ScancoUnitsLogic.maskSegments(node)
@@ -1397,9 +1410,12 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Export to file offers SCANCO AIM for masks (the registered ScancoUnitsFileWriter)")
         ioManager = slicer.app.coreIOManager()
         labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        labelmap.SetAttribute("ScancoUnits.SourcePath", path)   # only masks of a SCANCO scan are offered
         scalar = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        plain = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
         self.assertIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(labelmap))
         self.assertNotIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(scalar))
+        self.assertNotIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(plain))
         self.assertNotEqual(ioManager.fileWriterExtensions(labelmap)[0], "SCANCO AIM (.aim)")  # NRRD stays default
         self.assertEqual(ioManager.fileWriterFileType(labelmap, "SCANCO AIM (.aim)"), WRITER_FILE_TYPE)
         try:

@@ -724,3 +724,35 @@ def test_segmentation_only_load_hands_over_the_buffer_without_a_copy(scene, file
     expected = ((files["volume"] >= 8192) & (files["volume"] <= 32767)).astype(np.uint8)
     np.testing.assert_array_equal(segment_voxels.reshape(expected.shape), expected)
     assert scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 21: the reader checks the name first, the magic only for SCANCO names and extensionless files
+# ---------------------------------------------------------------------------------------------------
+def test_reader_claims_by_name_first_then_magic(module, files, tmp_path, monkeypatch):
+    reader = module.ScancoUnitsFileReader(slicer_module_stubs.ReaderParent())
+    aim_bytes = Path(files["aim20"]).read_bytes()
+    isq_bytes = Path(files["isq"]).read_bytes()
+    cases = {
+        "scan.AIM": (aim_bytes, 0.8), "scan.aim;3": (aim_bytes, 0.8), "C0004255.ISQ;1": (isq_bytes, 0.8),
+        "C0004255": (isq_bytes, 0.8),            # copied off the scanner without an extension
+        "AIMFILE": (aim_bytes, 0.8),
+        "volume.nrrd": (aim_bytes, 0.0),         # AIM v020 magic, but a NRRD name: the core reader's file
+        "image.dcm": (isq_bytes, 0.0), "scan.isq.bak": (isq_bytes, 0.0), "scan.ISQ~": (isq_bytes, 0.0),
+        "junk.isq": (b"\0" * 600, 0.0), "README": (b"just text" * 100, 0.0),
+    }
+    for name, (data, expected) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert reader.canLoadFileConfidence(str(path)) == expected, name
+        assert reader.canLoadFile(str(path)) is (expected > 0.55), name
+    # above Slicer's core Volumes reader, which gets these files only through "All Files (*)": 0.5
+    assert lib.file_reader_confidence(files["isq"]) > 0.5
+    # a file whose name is not SCANCO's is not even opened
+    opened = []
+    monkeypatch.setattr(lib, "sniff_format", lambda p: opened.append(p))
+    for name in ("volume.nrrd", "image.dcm", "scan.isq.bak"):
+        assert reader.canLoadFileConfidence(str(tmp_path / name)) == 0.0
+    assert opened == []
+    reader.canLoadFileConfidence(str(tmp_path / "C0004255"))
+    assert opened == [str(tmp_path / "C0004255")]

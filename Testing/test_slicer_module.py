@@ -271,18 +271,36 @@ def test_logic_save_mask_as_aim_without_the_library_says_so(module, monkeypatch,
         module.ScancoUnitsLogic().saveMaskAsAim(node, str(tmp_path / "x.aim"))
 
 
-def test_file_writer_offers_aim_for_masks_only(module):
+def _with_source(node, path="/scans/C0001234.ISQ"):
+    node.SetAttribute("ScancoUnits.SourcePath", str(path))
+    return node
+
+
+def _exported_copy(writer, node):
+    """What Export to file does (qSlicerCoreIOManager::exportNodes): a copy of the node (CopyContent, so
+    the attributes too) in a temporary scene, shown to the writer by extensions(copy) before write."""
+    temporary = slicer.vtkMRMLScene()
+    copy = temporary.AddNewNodeByClass(node.GetClassName(), node.GetName())
+    copy.CopyContent(node, False)
+    writer.extensions(copy)
+    return temporary, copy
+
+
+def test_file_writer_offers_aim_only_for_masks_with_a_scanco_source(module):
     writer = module.ScancoUnitsFileWriter(slicer_module_stubs.WriterParent())
     scene = slicer.mrmlScene
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    scalar = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    labelmap = _with_source(scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode"))
+    segmentation = _with_source(scene.AddNewNodeByClass("vtkMRMLSegmentationNode"))
+    scalar = _with_source(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"))
+    plain_labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")   # no SCANCO scan behind it
+    plain_segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     assert writer.fileType() == module.WRITER_FILE_TYPE != module.READER_FILE_TYPE
     assert isinstance(writer.description(), str)
     # qSlicerScriptedFileWriter insists on exact Python types: list of str, bool, float
     extensions = writer.extensions(labelmap)
     assert type(extensions) is list and extensions == ["SCANCO AIM (.aim)"]
-    for node, can in ((labelmap, True), (segmentation, True), (scalar, False)):
+    for node, can in ((labelmap, True), (segmentation, True), (scalar, False), (plain_labelmap, False),
+                      (plain_segmentation, False), (None, False)):
         assert writer.canWriteObject(node) is can
         confidence = writer.canWriteObjectConfidence(node)
         assert type(confidence) is float
@@ -290,38 +308,42 @@ def test_file_writer_offers_aim_for_masks_only(module):
         assert (0.0 < confidence < 0.5) if can else confidence == 0.0
 
 
-def test_file_writer_writes_the_exported_copy(module, fake_mask_aim, tmp_path):
+def test_file_writer_writes_the_exported_copy_and_leaves_save_data_alone(module, fake_mask_aim, tmp_path):
     """Export to file writes a copy in a temporary scene whose node IDs can equal other nodes' IDs in the
     main scene; the writer must write the node the IO manager showed it (extensions(node)), not the main
-    scene's node of the same ID."""
-    main_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "main")
-    temporary_scene = slicer.vtkMRMLScene()
-    copy = temporary_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "copy")
-    assert copy.GetID() == main_node.GetID()
+    scene's node of the same ID. Save Data (a node of the main scene) is refused with the way out: the scene
+    would refer to a storage node that cannot read the AIM back."""
+    main_node = _with_source(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "main"))
     parent = slicer_module_stubs.WriterParent()
     writer = module.ScancoUnitsFileWriter(parent)
-    writer.extensions(copy)   # what qSlicerCoreIOManagerPrivate::writers does before write
+    temporary_scene, copy = _exported_copy(writer, main_node)
+    assert copy.GetID() == main_node.GetID() and copy.GetAttribute("ScancoUnits.SourcePath")
     path = str(tmp_path / "out.aim")
     assert writer.write({"nodeID": copy.GetID(), "fileName": path, "fileFormat": "SCANCO AIM (.aim)"}) is True
     assert fake_mask_aim.calls[-1]["node"] is copy and fake_mask_aim.calls[-1]["path"] == path
-    # Save Data / Export to file asked before replacing (qSlicerSaveDataDialog::confirmOverwrite): replace
-    assert fake_mask_aim.calls[-1]["overwrite"] is True
     assert parent.writtenNodes == [copy.GetID()]
-    # without that hint (Save Data from the main scene) the main scene's node is written
-    assert writer.write({"nodeID": main_node.GetID(), "fileName": path}) is True
-    assert fake_mask_aim.calls[-1]["node"] is main_node
+    # Save Data: the main scene's node, no hint; refused, storage untouched, nothing written
+    storage_before = main_node.GetStorageNode()
+    calls = len(fake_mask_aim.calls)
+    assert writer.write({"nodeID": main_node.GetID(), "fileName": str(tmp_path / "saved.aim")}) is False
+    assert len(fake_mask_aim.calls) == calls and not (tmp_path / "saved.aim").exists()
+    assert main_node.GetStorageNode() is storage_before
+    (kind, text), = parent.messages()
+    assert kind == vtk.vtkCommand.ErrorEvent and "saved.aim" in text and "Export to file" in text
 
 
 def test_file_writer_segments_and_errors(module, fake_mask_aim, tmp_path):
     parent = slicer_module_stubs.WriterParent()
     writer = module.ScancoUnitsFileWriter(parent)
-    one = _segmentation_with(slicer.mrmlScene, ["Bone"])
+    one = _with_source(_segmentation_with(slicer.mrmlScene, ["Bone"]))
     path = str(tmp_path / "seg.aim")
-    assert writer.write({"nodeID": one.GetID(), "fileName": path}) is True
+    _scene1, copy = _exported_copy(writer, one)
+    assert writer.write({"nodeID": copy.GetID(), "fileName": path}) is True
     assert fake_mask_aim.calls[-1]["segment_id"] == one.GetSegmentation().GetNthSegmentID(0)
-    two = _segmentation_with(slicer.mrmlScene, ["Cortex", "Trabecular"])
+    two = _with_source(_segmentation_with(slicer.mrmlScene, ["Cortex", "Trabecular"]))
     calls = len(fake_mask_aim.calls)
-    assert writer.write({"nodeID": two.GetID(), "fileName": path}) is False
+    _scene2, copy = _exported_copy(writer, two)
+    assert writer.write({"nodeID": copy.GetID(), "fileName": path}) is False
     assert len(fake_mask_aim.calls) == calls
     (kind, text), = parent.messages()
     assert kind == vtk.vtkCommand.ErrorEvent and "2 segments" in text and "seg.aim" in text
@@ -331,8 +353,9 @@ def test_file_writer_segments_and_errors(module, fake_mask_aim, tmp_path):
     parent = slicer_module_stubs.WriterParent()
     writer = module.ScancoUnitsFileWriter(parent)
     fake_mask_aim.error = ScancoError("mask.aim: the labelmap grid is rotated against its source scan")
-    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    assert writer.write({"nodeID": labelmap.GetID(), "fileName": str(tmp_path / "mask.aim")}) is False
+    labelmap = _with_source(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode"))
+    _scene3, copy = _exported_copy(writer, labelmap)
+    assert writer.write({"nodeID": copy.GetID(), "fileName": str(tmp_path / "mask.aim")}) is False
     (kind, text), = parent.messages()
     assert "rotated" in text and "mask.aim" in text
     assert writer.write({"nodeID": "vtkMRMLLabelMapVolumeNode999", "fileName": path}) is False
@@ -372,12 +395,13 @@ def test_confirmed_overwrite_replaces_the_file_and_never_the_source(module, file
     assert logic.saveMaskAsAim(nodes["mask_labelmap"], str(out), overwrite=True) == out
     expected = slicer.util.arrayFromVolume(nodes["mask_labelmap"]) != 0
     np.testing.assert_array_equal(read_volume(out) != 0, expected)
-    # the file writer (Save Data / Export to file, which asked first) replaces as well
+    # the file writer (Export to file, which asked first) replaces as well
     parent = slicer_module_stubs.WriterParent()
     writer = module.ScancoUnitsFileWriter(parent)
     slicer.util.arrayFromVolume(nodes["mask_labelmap"])[:] = 0
     nodes["mask_labelmap"].GetImageData().Modified()
-    assert writer.write({"nodeID": nodes["mask_labelmap"].GetID(), "fileName": str(out)}) is True, parent.messages()
+    _temporary, copy = _exported_copy(writer, nodes["mask_labelmap"])
+    assert writer.write({"nodeID": copy.GetID(), "fileName": str(out)}) is True, parent.messages()
     assert not read_volume(out).any()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["C0001234_MASK.AIM"]   # no temporary left
     # the scan the mask came from is an input: refused whatever overwrite says

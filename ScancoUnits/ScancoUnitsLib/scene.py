@@ -63,6 +63,30 @@ MASK_COLOR_RGB = (0.90, 0.85, 0.55)   # bone-ivory segment and label colour
 ProgressCallback = Callable[[float], None]
 
 
+def is_scanco_file_name(path) -> bool:
+    """True for the names SCANCO files have: ``.isq`` / ``.aim`` in any case, VMS versions (``;1``) too
+    (:data:`~ScancoUnitsLib.discovery.SCANCO_NAME`, the command line's rule), or no extension at all
+    (files copied off the scanner without one). The Slicer file reader checks the name first and the
+    magic only for these names, so a ``.nrrd`` or ``.dcm`` is never opened, let alone claimed."""
+    from .discovery import SCANCO_NAME
+
+    name = os.path.basename(os.fspath(path))
+    if SCANCO_NAME.search(name):
+        return True
+    stem = name.split(";", 1)[0]
+    return bool(stem) and "." not in stem
+
+
+def file_reader_confidence(path) -> float:
+    """The Slicer file reader's ``canLoadFileConfidence``: 0.8 for a SCANCO name (see
+    :func:`is_scanco_file_name`) whose first bytes are SCANCO magic, else 0.0. Slicer's core Volumes
+    reader claims such files with 0.5 (only through its "All Files (*)" filter), so 0.8 wins there and
+    leaves every other file to the readers made for it."""
+    if not is_scanco_file_name(path):
+        return 0.0
+    return 0.8 if sniff_format(path) else 0.0
+
+
 def _is_cancelled(cancel) -> bool:
     if cancel is None:
         return False
