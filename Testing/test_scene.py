@@ -756,3 +756,14 @@ def test_reader_claims_by_name_first_then_magic(module, files, tmp_path, monkeyp
     assert opened == []
     reader.canLoadFileConfidence(str(tmp_path / "C0004255"))
     assert opened == [str(tmp_path / "C0004255")]
+
+
+@pytest.mark.parametrize("sampling", [{"subsample_step": 2}, {"region": ((1, 6), (2, 7), (0, 9))},
+                                      {"subsample_step": (1, 2, 3)}])
+def test_segment_has_its_own_copy_for_sampled_loads_too(scene, files, sampling):
+    nodes = lib.load_scan_into_scene(scene, files["isq"], outputs=["mask_labelmap", "mask_segmentation"],
+                                     slab_slices=2, **sampling)
+    labelmap = array(nodes["mask_labelmap"])
+    segment_voxels, _image = _segment_array(nodes["mask_segmentation"])
+    np.testing.assert_array_equal(segment_voxels.reshape(labelmap.shape), labelmap)
+    assert labelmap.any() and not np.shares_memory(segment_voxels, labelmap)
