@@ -867,14 +867,16 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
                  progressCallback=None, cancel=None, name=None, huDtype="int16", warn=None, scene=None):
         """Create the nodes of ``path``; returns ``{role: node}``. See ScancoUnitsLib.scene.load_scan_into_scene."""
         return self.lib.load_scan_into_scene(
-            scene or slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds, density_unit=_densityUnitOrDefault(densityUnit),
+            scene or slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds,
+            density_unit=_densityUnitOrDefault(densityUnit),
             hu_dtype=huDtype, subsample_step=subsampleStep, region=region, name=name, progress=progressCallback,
             cancel=cancel, warn=warn)
 
     def exportScan(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit=None,
                    huDtype="int16", compress=True, overwrite=False, progressCallback=None, cancel=None):
         """Write the outputs of ``path`` as NRRD files at full resolution (streamed); returns ``{role: path}``."""
-        return self.lib.export_scan(path, outputDirectory, outputs, thresholds=thresholds, density_unit=_densityUnitOrDefault(densityUnit),
+        return self.lib.export_scan(path, outputDirectory, outputs, thresholds=thresholds,
+                                    density_unit=_densityUnitOrDefault(densityUnit),
                                     hu_dtype=huDtype, compress=compress, overwrite=overwrite,
                                     progress=progressCallback, cancel=cancel)
 
@@ -887,7 +889,8 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         from ScancoUnitsLib.request import ConversionRequest, normalise_roles, plan_request, threshold_spec_from
         from ScancoUnitsLib.quantities import NODE_ROLES
 
-        request = ConversionRequest(thresholds=threshold_spec_from(thresholds), density_unit=_densityUnitOrDefault(densityUnit),
+        request = ConversionRequest(thresholds=threshold_spec_from(thresholds),
+                                    density_unit=_densityUnitOrDefault(densityUnit),
                                     hu_dtype=huDtype)
         nodeOutputs = None if outputs is None else normalise_roles(outputs, NODE_ROLES)
         plan = plan_request(header, request, node_outputs=nodeOutputs, adapt_defaults=True, warn=lambda _t: None)
@@ -918,7 +921,8 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
                 progressCallback(fraction, text)
 
         result = self.lib.load_scan(
-            slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds, density_unit=_densityUnitOrDefault(densityUnit),
+            slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds,
+            density_unit=_densityUnitOrDefault(densityUnit),
             hu_dtype=huDtype, subsample_step=subsampleStep, region=region, progress=onProgress, cancel=cancel,
             header=header, export_dir=exportDirectory, overwrite=overwrite, histogram=True)
         if result.histogram is not None:
