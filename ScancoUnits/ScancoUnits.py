@@ -48,25 +48,14 @@ def showActionFailure(message, exc):
 
 
 @contextlib.contextmanager
-def userAction(message, waitCursor=False):
+def userAction(message):
     """Run a user action (a button, a dialog) so that any error is one error dialog, never a traceback:
-    the exception is shown with ``message`` and not raised further (the slot returns)."""
-    cursorSet = False
+    the exception is shown with ``message`` and not raised further (the slot returns). Unlike
+    slicer.util.tryWithErrorDisplay, which puts the traceback in the dialog's details and re-raises."""
     try:
-        if waitCursor:
-            import qt
-
-            slicer.app.setOverrideCursor(qt.Qt.WaitCursor)
-            cursorSet = True
         yield
     except Exception as exc:
-        if cursorSet:
-            slicer.app.restoreOverrideCursor()
-            cursorSet = False
         showActionFailure(message, exc)
-    finally:
-        if cursorSet:
-            slicer.app.restoreOverrideCursor()
 
 
 #
