@@ -35,6 +35,29 @@ WRITER_FILE_TYPE = "ScancoUnitsAimMaskFile"
 MASK_NODE_CLASSES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode")
 
 
+def oneLineError(exc):
+    """The text of an error as one line (the dialogs show no traceback; it goes to the log)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def showActionFailure(message, exc):
+    """One error dialog: what failed and why, in one line each; the traceback only in the log (debug)."""
+    logging.debug("ScancoUnits: %s", message, exc_info=(type(exc), exc, exc.__traceback__))
+    slicer.util.errorDisplay(f"{message}\n{oneLineError(exc)}", windowTitle=_("Scanco Units"))
+
+
+@contextlib.contextmanager
+def userAction(message):
+    """Run a user action (a button, a dialog) so that any error is one error dialog, never a traceback:
+    the exception is shown with ``message`` and not raised further (the slot returns). Unlike
+    slicer.util.tryWithErrorDisplay, which puts the traceback in the dialog's details and re-raises."""
+    try:
+        yield
+    except Exception as exc:
+        showActionFailure(message, exc)
+
+
 #
 # ScancoUnits
 #
@@ -143,6 +166,30 @@ class DensityUnit(enum.Enum):
     def label(self):
         return self.value
 
+    @classmethod
+    def of(cls, spelling):
+        """The member of a density unit in any spelling the library accepts ("g/cc", "mgHA/ccm", ...)."""
+        from ScancoUnitsLib.quantities import canonical_density_unit
+
+        canonical = canonical_density_unit(spelling)
+        return next(m for m in cls if canonical_density_unit(m.value) == canonical)
+
+
+def libraryDefaults():
+    """The panel's defaults, read from ScancoUnitsLib.quantities when asked (never copied here): the
+    threshold pair in per mille and the density unit the command line and the Python API use."""
+    from ScancoUnitsLib import quantities
+
+    low, high = quantities.DEFAULT_THRESHOLDS_PERMILLE
+    return {"thresholdUnit": ThresholdUnit.permille, "lowerThreshold": float(low), "upperThreshold": float(high),
+            "densityUnit": DensityUnit.of(quantities.DEFAULT_DENSITY_UNIT)}
+
+
+def _densityUnitOrDefault(densityUnit):
+    from ScancoUnitsLib.quantities import DEFAULT_DENSITY_UNIT
+
+    return DEFAULT_DENSITY_UNIT if densityUnit is None else densityUnit
+
 
 class LoadMode(enum.Enum):
     full = "full"
@@ -158,12 +205,14 @@ class ScancoUnitsParameterNode:
     """The panel's settings, saved with the scene. Paths are plain strings (empty = not set)."""
 
     inputFilePath: str = ""
-    thresholdUnit: ThresholdUnit = ThresholdUnit.permille
-    lowerThreshold: float = 250.0
-    upperThreshold: float = 1000.0
+    # the library's defaults (ScancoUnitsLib.quantities); a new parameter node takes them again when it is
+    # made (ScancoUnitsLogic.getParameterNode), so a changed library default moves the panel
+    thresholdUnit: ThresholdUnit = libraryDefaults()["thresholdUnit"]
+    lowerThreshold: float = libraryDefaults()["lowerThreshold"]
+    upperThreshold: float = libraryDefaults()["upperThreshold"]
     createHU: bool = True
     createDensity: bool = True
-    densityUnit: DensityUnit = DensityUnit.g_cc   # the one default (quantities.DEFAULT_DENSITY_UNIT)
+    densityUnit: DensityUnit = libraryDefaults()["densityUnit"]
     createAttenuation: bool = False
     createNative: bool = False
     createMaskLabelmap: bool = True
@@ -203,6 +252,8 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updatingThresholds = False
         self._chart = None  # (chart node, table node, {role: series node}) of the histogram
         self._loadedNodes = {}
+        self._previewNode = None  # the volume showing the threshold preview (only while asked for)
+        self._previewAllowed = True  # False while the module is not shown
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -236,9 +287,12 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.removeObservers()
 
     def enter(self) -> None:
+        self._previewAllowed = True
         self.initializeParameterNode()
 
     def exit(self) -> None:
+        self._previewAllowed = False   # the checkbox is out of sight: no preview the user cannot see why
+        self._clearPreview()
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
@@ -246,6 +300,16 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
+        self.releaseSceneReferences()
+
+    def releaseSceneReferences(self) -> None:
+        """Drop every reference the panel holds to nodes of the closing scene (Close Scene must free the
+        volumes: the loaded nodes keep their image data alive, gigabytes for a large scan)."""
+        self._loadedNodes = {}
+        self._previewNode = None
+        self._chart = None
+        if self._observedMaskNode is not None:
+            self.onMaskNodeChanged(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -431,12 +495,18 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- Apply -------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
+        with userAction(_("Failed to read the SCANCO file.")):
+            self._apply()
+
+    def _apply(self) -> None:
         p = self._parameterNode
         if self._busy or self._header is None:
             return
         exportDirectory = p.exportDirectory if p.exportEnabled else None
         options = dict(outputs=self._outputs(), thresholds=self._thresholdSpec(),
                        densityUnit=p.densityUnit.value, **self._logicSampling())
+        # before anything is asked or read: the request is valid and the nodes fit in memory
+        self.logic.checkLoad(self._header, **options)
         if exportDirectory:
             existing = self.logic.existingExportFiles(p.inputFilePath, exportDirectory, header=self._header,
                                                       **options)
@@ -445,14 +515,13 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 return
         labelText = _("Reading {name}...").format(name=os.path.basename(p.inputFilePath))
         with self._busyWithProgress(labelText) as (onProgress, cancelled):
-            with slicer.util.tryWithErrorDisplay(_("Failed to read the SCANCO file."), waitCursor=True):
-                try:
-                    nodes, files = self.logic.process(p.inputFilePath, exportDirectory=exportDirectory,
-                                                      progressCallback=onProgress, cancel=cancelled,
-                                                      overwrite=True, header=self._header, **options)
-                except self.logic.lib.LoadCancelled:
-                    slicer.util.showStatusMessage(_("Cancelled: nothing was added or written."), 5000)
-                    return
+            try:
+                nodes, files = self.logic.process(p.inputFilePath, exportDirectory=exportDirectory,
+                                                  progressCallback=onProgress, cancel=cancelled,
+                                                  overwrite=True, header=self._header, **options)
+            except self.logic.lib.LoadCancelled:
+                slicer.util.showStatusMessage(_("Cancelled: nothing was added or written."), 5000)
+                return
         # the file (and folder) were used: remember them in the path fields' history (settingKey in the .ui)
         self.ui.inputFileSelector.addCurrentPathToHistory()
         if exportDirectory:
@@ -481,6 +550,10 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onShowHistogram(self) -> None:
         """Show the histogram: from the Logic's store when the file's voxels were already seen, else read once
         behind the modal progress dialog (Cancel stops it); never a silent second read."""
+        with userAction(_("Failed to show the histogram.")):
+            self._showHistogram()
+
+    def _showHistogram(self) -> None:
         header = self._header
         if header is None or self._busy:
             return
@@ -488,15 +561,13 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if histogram is None:
             labelText = _("Histogram of {name}...").format(name=os.path.basename(header.path))
             with self._busyWithProgress(labelText) as (onProgress, cancelled):
-                with slicer.util.tryWithErrorDisplay(_("Failed to compute the histogram."), waitCursor=True):
-                    try:
-                        histogram = self.logic.histogramOf(header, progressCallback=onProgress, cancel=cancelled)
-                    except self.logic.lib.LoadCancelled:
-                        slicer.util.showStatusMessage(_("Histogram cancelled."), 5000)
-                        return
-        with slicer.util.tryWithErrorDisplay(_("Failed to show the histogram."), waitCursor=True):
-            self._removeChart()
-            self._chart = self.logic.showHistogram(header, self._resolvedThresholds(), histogram=histogram)
+                try:
+                    histogram = self.logic.histogramOf(header, progressCallback=onProgress, cancel=cancelled)
+                except self.logic.lib.LoadCancelled:
+                    slicer.util.showStatusMessage(_("Histogram cancelled."), 5000)
+                    return
+        self._removeChart()
+        self._chart = self.logic.showHistogram(header, self._resolvedThresholds(), histogram=histogram)
 
     # ---- save mask as AIM ----------------------------------------------------------------------------
     _SEGMENT_EVENTS = ("SegmentAdded", "SegmentRemoved", "SegmentModified")
@@ -537,6 +608,10 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                and (not isSegmentation or combo.count > 0))
 
     def onSaveMaskAsAim(self) -> None:
+        with userAction(_("Failed to save the mask as AIM.")):
+            self._saveMaskAsAim()
+
+    def _saveMaskAsAim(self) -> None:
         import qt
 
         node = self.ui.maskNodeSelector.currentNode()
@@ -548,8 +623,9 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               _("SCANCO AIM (*.aim *.AIM);;All files (*)"))
         if not path:
             return
-        with slicer.util.tryWithErrorDisplay(_("Failed to save the mask as AIM."), waitCursor=True):
-            written = self.logic.saveMaskAsAim(node, path, segmentId=segmentId)
+        # QFileDialog.getSaveFileName asked before returning an existing file (Qt's default, no
+        # DontConfirmOverwrite): the user confirmed, so the file is replaced
+        written = self.logic.saveMaskAsAim(node, path, segmentId=segmentId, overwrite=True)
         slicer.util.showStatusMessage(_("Saved {path}").format(path=str(written)), 5000)
 
     def _removeChart(self) -> None:
@@ -562,27 +638,35 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._chart = None
 
     def _updateThresholdFeedback(self) -> None:
-        """Move the histogram's threshold lines and the mask preview to the thresholds of the panel."""
-        resolved = self._resolvedThresholds()
-        if resolved is None:
-            return
-        from ScancoUnitsLib.histogram_chart import (clear_threshold_preview, preview_mask_on_scan_node,
-                                                    update_threshold_lines)
+        """Move the histogram's threshold lines and the mask preview to the thresholds of the panel.
 
-        if self._chart is not None and slicer.mrmlScene.IsNodePresent(self._chart[1]):
+        The preview (display threshold of the loaded HU or density volume) is off by default and is only
+        ever on the node the panel loaded last, while "Preview the mask" is checked and the panel is
+        shown: unchecking, a new load, leaving the module or closing the scene switch it off again, so
+        it is never left (and saved with the scene) on a node the user did not ask it for."""
+        from ScancoUnitsLib.histogram_chart import preview_mask_on_scan_node, update_threshold_lines
+
+        resolved = self._resolvedThresholds()
+        if resolved is not None and self._chart is not None and slicer.mrmlScene.IsNodePresent(self._chart[1]):
             update_threshold_lines(self._chart[1], resolved, series_nodes=self._chart[2])
-        source = os.path.basename(self._header.path)
-        for role in ("hu", "density"):
-            node = self._loadedNodes.get(role)
-            if node is None or not slicer.mrmlScene.IsNodePresent(node):
-                continue
-            if node.GetAttribute("ScancoUnits.SourceFile") != source:
-                continue
-            if self.ui.previewMaskCheckBox.checked:
-                preview_mask_on_scan_node(node, resolved, self._header.calibration)
-            else:
-                clear_threshold_preview(node)
-            break
+        target = None
+        if resolved is not None and self.ui.previewMaskCheckBox.checked and self._previewAllowed:
+            source = os.path.basename(self._header.path)
+            target = next((node for node in (self._loadedNodes.get(r) for r in ("hu", "density"))
+                           if node is not None and slicer.mrmlScene.IsNodePresent(node)
+                           and node.GetAttribute("ScancoUnits.SourceFile") == source), None)
+        if self._previewNode is not None and self._previewNode is not target:
+            self._clearPreview()
+        if target is not None:
+            preview_mask_on_scan_node(target, resolved, self._header.calibration)
+            self._previewNode = target
+
+    def _clearPreview(self) -> None:
+        from ScancoUnitsLib.histogram_chart import clear_threshold_preview
+
+        node, self._previewNode = self._previewNode, None
+        if node is not None and node.GetScene() is not None:
+            clear_threshold_preview(node)
 
     def _logicSampling(self):
         sampling = self._sampling()
@@ -604,8 +688,9 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         nodes["density"], nodes["mask_segmentation"]
     """
 
-    #: z slices read at a time when the histogram has to be read from the file
-    HISTOGRAM_SLAB_SLICES = 16
+    #: z slices read at a time when the histogram has to be read from the file; None: the engine's slab
+    #: (ScancoUnitsLib.engine.slab_slices_for, about 1 Mi voxels: 2 MB of int16 even for 4k x 4k slices)
+    HISTOGRAM_SLAB_SLICES = None
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -618,8 +703,17 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 
         return scene
 
+    #: attribute of the parameter node once it holds the library's defaults (a saved scene keeps its values)
+    DEFAULTS_ATTRIBUTE = "ScancoUnits.LibraryDefaultsApplied"
+
     def getParameterNode(self):
-        return ScancoUnitsParameterNode(super().getParameterNode())
+        node = super().getParameterNode()
+        wrapper = ScancoUnitsParameterNode(node)
+        if node is not None and not node.GetAttribute(self.DEFAULTS_ATTRIBUTE):
+            for name, value in libraryDefaults().items():
+                setattr(wrapper, name, value)
+            node.SetAttribute(self.DEFAULTS_ATTRIBUTE, "1")
+        return wrapper
 
     def readHeader(self, path):
         from ScancoUnitsLib.reader import read_header
@@ -679,6 +773,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         return histogram
 
     def _readHistogram(self, header, progressCallback=None, cancel=None):
+        from ScancoUnitsLib.engine import slab_slices_for
         from ScancoUnitsLib.histogram import NativeHistogram
         from ScancoUnitsLib.reader import open_voxels
 
@@ -686,7 +781,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
             histogram = NativeHistogram(source.dtype)
             depth = max(int(source.shape[0]), 1)
             done = 0
-            for slab in source.iter_slabs(self.HISTOGRAM_SLAB_SLICES):
+            for slab in source.iter_slabs(slab_slices_for(header, self.HISTOGRAM_SLAB_SLICES)):
                 if cancel is not None and cancel():
                     raise self.lib.LoadCancelled(header.path)
                 histogram.accumulate(slab)
@@ -737,9 +832,12 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         folder = os.path.dirname(source) if source else ""
         return os.path.join(folder, f"{stem}_MASK.AIM")
 
-    def saveMaskAsAim(self, node, path, segmentId=None, source=None):
+    def saveMaskAsAim(self, node, path, segmentId=None, source=None, overwrite=False):
         """Save a labelmap volume node, or one segment of a segmentation node (``segmentId``; None: its only
         segment), as a SCANCO char AIM on the grid of its source scan; returns the written path.
+
+        ``overwrite``: replace an existing file (atomically: the new file is renamed over it when complete);
+        pass it only after the user confirmed. The source scan itself is never replaced.
 
         Calls ScancoUnitsLib.save_mask_as_aim (``source``: the scan's path when the node does not record
         it); a grid that is not the scan's (rotated, resampled, half-voxel shift) is refused with a
@@ -752,31 +850,50 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         except ImportError as exc:
             raise RuntimeError(_("This ScancoUnitsLib cannot write masks as AIM (no mask_aim module): "
                                  "update the extension.")) from exc
-        return save_mask_as_aim(node, path, source=source, segment_id=segmentId)
+        return save_mask_as_aim(node, path, source=source, segment_id=segmentId, overwrite=bool(overwrite))
 
-    def loadScan(self, path, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
+    def loadScan(self, path, outputs=None, thresholds=None, densityUnit=None, subsampleStep=1, region=None,
                  progressCallback=None, cancel=None, name=None, huDtype="int16", warn=None, scene=None):
         """Create the nodes of ``path``; returns ``{role: node}``. See ScancoUnitsLib.scene.load_scan_into_scene."""
         return self.lib.load_scan_into_scene(
-            scene or slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds, density_unit=densityUnit,
+            scene or slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds,
+            density_unit=_densityUnitOrDefault(densityUnit),
             hu_dtype=huDtype, subsample_step=subsampleStep, region=region, name=name, progress=progressCallback,
             cancel=cancel, warn=warn)
 
-    def exportScan(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="g/cc",
+    def exportScan(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit=None,
                    huDtype="int16", compress=True, overwrite=False, progressCallback=None, cancel=None):
         """Write the outputs of ``path`` as NRRD files at full resolution (streamed); returns ``{role: path}``."""
-        return self.lib.export_scan(path, outputDirectory, outputs, thresholds=thresholds, density_unit=densityUnit,
+        return self.lib.export_scan(path, outputDirectory, outputs, thresholds=thresholds,
+                                    density_unit=_densityUnitOrDefault(densityUnit),
                                     hu_dtype=huDtype, compress=compress, overwrite=overwrite,
                                     progress=progressCallback, cancel=cancel)
 
-    def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit="g/cc",
+    def checkLoad(self, header, outputs=None, thresholds=None, densityUnit=None, subsampleStep=1, region=None,
+                  huDtype="int16", **_ignored):
+        """Raise (one line naming the file) when a load of ``header``'s file with these options would be
+        refused: an output the calibration cannot give, or nodes that do not fit in the memory available
+        (ScancoUnitsLib.memory_fit.InsufficientMemoryError, with the figures and the ways out)."""
+        from ScancoUnitsLib.memory_fit import require_memory_fit
+        from ScancoUnitsLib.request import ConversionRequest, normalise_roles, plan_request, threshold_spec_from
+        from ScancoUnitsLib.quantities import NODE_ROLES
+
+        request = ConversionRequest(thresholds=threshold_spec_from(thresholds),
+                                    density_unit=_densityUnitOrDefault(densityUnit),
+                                    hu_dtype=huDtype)
+        nodeOutputs = None if outputs is None else normalise_roles(outputs, NODE_ROLES)
+        plan = plan_request(header, request, node_outputs=nodeOutputs, adapt_defaults=True, warn=lambda _t: None)
+        return require_memory_fit(header, plan.node_roles, subsample_step=subsampleStep, region=region,
+                                  hu_dtype=huDtype)
+
+    def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit=None,
                             header=None, **_ignored):
         """Planned export files that exist already (``header``: the one read for this action, reused)."""
         planned = self.lib.planned_export_files(path, outputDirectory, outputs, thresholds=thresholds,
-                                                density_unit=densityUnit, header=header)
+                                                density_unit=_densityUnitOrDefault(densityUnit), header=header)
         return [str(p) for p in planned if os.path.exists(p)]
 
-    def process(self, path, outputs=None, thresholds=None, densityUnit="g/cc", subsampleStep=1, region=None,
+    def process(self, path, outputs=None, thresholds=None, densityUnit=None, subsampleStep=1, region=None,
                 exportDirectory=None, progressCallback=None, cancel=None, overwrite=False, huDtype="int16",
                 header=None):
         """Load into the scene and, when ``exportDirectory`` is given, export at full resolution, in ONE pass
@@ -793,7 +910,8 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
                 progressCallback(fraction, text)
 
         result = self.lib.load_scan(
-            slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds, density_unit=densityUnit,
+            slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds,
+            density_unit=_densityUnitOrDefault(densityUnit),
             hu_dtype=huDtype, subsample_step=subsampleStep, region=region, progress=onProgress, cancel=cancel,
             header=header, export_dir=exportDirectory, overwrite=overwrite, histogram=True)
         if result.histogram is not None:
@@ -815,6 +933,47 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 #
 # ScancoUnitsFileReader
 #
+
+
+@contextlib.contextmanager
+def readerProgress(filePath):
+    """Progress and Cancel for a load through Slicer's IO manager (drop, Add Data, Sample Data).
+
+    qSlicerIOManager::loadNodes shows only a "Loading file..." dialog without a Cancel button for one
+    file (qSlicerIOManagerPrivate::startProgressDialog(1)); this dialog follows the slabs and cancels
+    the load (nothing is added). Yields ``(onProgress(fraction), cancelled() -> bool)``; without the
+    application (headless, ctest without a main window) both do nothing.
+    """
+    app = getattr(slicer, "app", None)
+    dialog = None
+    if app is not None and hasattr(app, "processEvents"):
+        try:
+            import qt
+
+            dialog = slicer.util.createProgressDialog(windowTitle=_("Scanco Units"), maximum=1000, labelText=_(
+                "Reading {name}...").format(name=os.path.basename(filePath)))
+            dialog.windowModality = qt.Qt.ApplicationModal
+            dialog.minimumDuration = 500   # small files: no flash of a dialog
+        except Exception as exc:  # no Qt: load without a dialog
+            logging.debug(f"ScancoUnits: no progress dialog: {exc}")
+            dialog = None
+
+    def onProgress(fraction):
+        if dialog is not None:
+            dialog.value = int(round(1000 * min(max(fraction, 0.0), 1.0)))
+            app.processEvents()
+
+    def cancelled():
+        if dialog is None:
+            return False
+        app.processEvents()
+        return bool(dialog.wasCanceled)
+
+    try:
+        yield onProgress, cancelled
+    finally:
+        if dialog is not None:
+            dialog.close()
 
 
 class ScancoUnitsFileReader:
@@ -843,10 +1002,13 @@ class ScancoUnitsFileReader:
         return ["SCANCO micro-CT image (*.isq *.aim *.isq;* *.aim;*)"]
 
     def canLoadFileConfidence(self, filePath):
-        from ScancoUnitsLib.scene import sniff_format
+        # The name first, as Slicer's SlicerScriptedFileReaderWriterTest.py reader does
+        # (supportedNameFilters), then the magic: only .isq/.aim (any case, ;N) and extensionless files
+        # are opened. 0.8 beats the core Volumes reader, which claims them at 0.5 through "All Files (*)"
+        # (qSlicerFileReader::canLoadFileConfidence: 0.5 + 0.01 x matched extension length, 0 for "*").
+        from ScancoUnitsLib.scene import file_reader_confidence
 
-        # Slicer's core Volumes reader claims .isq at about 0.54: win whenever the magic matches.
-        return 0.8 if sniff_format(filePath) else 0.0
+        return file_reader_confidence(filePath)
 
     def canLoadFile(self, filePath):
         return self.canLoadFileConfidence(filePath) > 0.55
@@ -859,14 +1021,27 @@ class ScancoUnitsFileReader:
             logging.warning(text)
             messages.AddMessage(vtk.vtkCommand.WarningEvent, text)
 
+        lib = None
         try:
             from ScancoUnitsLib import scene as lib
             from ScancoUnitsLib.reader import read_header
 
             header = read_header(filePath)
             options = lib.reader_options_from_properties(properties, header)
-            nodes = lib.load_scan_into_scene(slicer.mrmlScene, filePath, header=header, warn=warn, **options)
+            uncalibrated = lib.calibration_warning(header)
+            if uncalibrated and not header.is_mask and not any(r in ("hu", "density", "mu")
+                                                                for r in options["outputs"]):
+                warn(_("{name}: {problem} Loaded as native values.").format(
+                    name=os.path.basename(filePath), problem=uncalibrated))
+            with readerProgress(filePath) as (onProgress, cancelled):
+                nodes = lib.load_scan_into_scene(slicer.mrmlScene, filePath, header=header, warn=warn,
+                                                 progress=onProgress, cancel=cancelled, **options)
         except Exception as exc:
+            if lib is not None and isinstance(exc, lib.LoadCancelled):   # the user's Cancel
+                logging.info(f"ScancoUnits: loading {filePath} cancelled")
+                messages.AddMessage(vtk.vtkCommand.WarningEvent, _(
+                    "Loading {path} was cancelled: nothing was added.").format(path=filePath))
+                return False
             logging.error(f"ScancoUnits: failed to load {filePath}: {exc}")
             messages.AddMessage(vtk.vtkCommand.ErrorEvent, _("Failed to load {path}: {error}").format(
                 path=filePath, error=exc))
@@ -905,6 +1080,14 @@ class ScancoUnitsFileWriter:
     def __init__(self, parent):
         self.parent = parent
         self._lastObject = None
+        self._sceneObservation = None
+        scene = getattr(slicer, "mrmlScene", None)
+        if scene is not None:   # Close Scene releases the remembered node (and its voxels)
+            self._sceneObservation = (scene, scene.AddObserver(slicer.vtkMRMLScene.StartCloseEvent,
+                                                               self._onSceneStartClose))
+
+    def _onSceneStartClose(self, caller=None, event=None):
+        self._lastObject = None
 
     def description(self):
         return _("SCANCO AIM mask (ScancoUnits)")
@@ -913,12 +1096,18 @@ class ScancoUnitsFileWriter:
         return WRITER_FILE_TYPE
 
     def extensions(self, obj):
-        if obj is not None:
+        # Only a node of another scene (Export to file's temporary copy) is remembered, until write() has
+        # run: a node of the main scene is found by its ID, and holding it (Save Data lists every node's
+        # formats) would keep its voxels alive after Close Scene.
+        if obj is not None and hasattr(obj, "GetScene") and obj.GetScene() is not slicer.mrmlScene:
             self._lastObject = obj
         return ["SCANCO AIM (.aim)"]
 
     def canWriteObject(self, obj):
-        return bool(obj is not None and any(obj.IsA(c) for c in MASK_NODE_CLASSES))
+        """A labelmap or segmentation that records its SCANCO scan (ScancoUnits.SourcePath, set by the load and
+        kept by Export to file's copy, vtkMRMLNode::CopyContent): only those have a grid an AIM can carry."""
+        return bool(obj is not None and hasattr(obj, "IsA") and any(obj.IsA(c) for c in MASK_NODE_CLASSES)
+                    and obj.GetAttribute("ScancoUnits.SourcePath"))
 
     def canWriteObjectConfidence(self, obj):
         return float(self.CONFIDENCE) if self.canWriteObject(obj) else 0.0
@@ -936,6 +1125,13 @@ class ScancoUnitsFileWriter:
             node = self._node(nodeID)
             if node is None:
                 raise ValueError(_("no node with ID {id}").format(id=nodeID))
+            if node.GetScene() is slicer.mrmlScene:
+                # Save Data (and slicer.util.saveNode) save a node of the scene: the scene then refers to
+                # the node's storage node, which cannot read an AIM back; an AIM is an export (Export to
+                # file writes a copy in its own scene), so the scene's storage is left as it is
+                raise ValueError(_("SCANCO AIM is an export format: use Export to file... (or Scanco Units > "
+                                   "Save mask as AIM); Save Data keeps the node in a format the scene can "
+                                   "load again (e.g. NRRD)"))
             segmentId = None
             if node.IsA("vtkMRMLSegmentationNode"):
                 segments = ScancoUnitsLogic.maskSegments(node)
@@ -944,7 +1140,9 @@ class ScancoUnitsFileWriter:
                                        "Save mask as AIM to choose the segment").format(
                                            name=node.GetName(), count=len(segments)))
                 segmentId = segments[0][0]
-            ScancoUnitsLogic().saveMaskAsAim(node, filePath, segmentId=segmentId)
+            # Save Data and Export to file ask before replacing a file (qSlicerSaveDataDialog::confirmOverwrite,
+            # qSlicerExportNodeDialog "File Exists"), and Slicer's own writers replace: so does this one
+            ScancoUnitsLogic().saveMaskAsAim(node, filePath, segmentId=segmentId, overwrite=True)
         except Exception as exc:
             logging.error(f"ScancoUnits: failed to write {filePath}: {exc}")
             self.parent.userMessages().AddMessage(vtk.vtkCommand.ErrorEvent, _(
@@ -1111,18 +1309,24 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         np.testing.assert_allclose(matrix[:3, 3], [-(ox + 0 * sx), -(oy + 2 * sy), oz + 1 * sz], atol=1e-12)
 
     def test_uncalibrated_file_loads_native(self):
-        self.delayDisplay("A file without calibration loads native values")
+        self.delayDisplay("A file without calibration: the default outputs are refused, native values load")
         from ScancoUnitsLib import Calibration, write_isq
+        from ScancoUnitsLib.errors import CalibrationMissingError
 
         volume = self._volume()
         path = os.path.join(self.tempDir, "native.isq")
         write_isq(path, volume, voxel_size_mm=self.VOXEL_SIZE_MM, calibration=Calibration(mu_scaling=8192))
-        warnings = []
-        nodes = ScancoUnitsLogic().loadScan(path, warn=warnings.append)
-        self.assertIn("native", nodes)
-        self.assertNotIn("hu", nodes)
-        self.assertTrue(warnings)
+        before = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(CalibrationMissingError):   # as the command line: HU needs mu_water
+            ScancoUnitsLogic().loadScan(path)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
+        nodes = ScancoUnitsLogic().loadScan(path, outputs=["native"])
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["native"]), volume)
+        from ScancoUnitsLib.reader import read_header
+        from ScancoUnitsLib.scene import reader_options_from_properties
+
+        # a drop asks for the native values of such a file
+        self.assertEqual(reader_options_from_properties({}, read_header(path))["outputs"], ("native",))
 
     def test_cancel_removes_nodes(self):
         self.delayDisplay("Cancelling leaves the scene unchanged")
@@ -1199,9 +1403,12 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Export to file offers SCANCO AIM for masks (the registered ScancoUnitsFileWriter)")
         ioManager = slicer.app.coreIOManager()
         labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+        labelmap.SetAttribute("ScancoUnits.SourcePath", path)   # only masks of a SCANCO scan are offered
         scalar = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+        plain = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
         self.assertIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(labelmap))
         self.assertNotIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(scalar))
+        self.assertNotIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(plain))
         self.assertNotEqual(ioManager.fileWriterExtensions(labelmap)[0], "SCANCO AIM (.aim)")  # NRRD stays default
         self.assertEqual(ioManager.fileWriterFileType(labelmap, "SCANCO AIM (.aim)"), WRITER_FILE_TYPE)
         try:

@@ -407,16 +407,42 @@ def test_cancel_removes_every_created_node(scene, files, how):
 
 
 def test_uncalibrated_file_default_and_explicit(scene, files):
-    warnings = []
-    nodes = lib.load_scan_into_scene(scene, files["native_isq"], warn=warnings.append)
-    assert list(nodes) == ["native", "mask_labelmap", "mask_segmentation"]
-    assert len(warnings) == 2 and "HU" in warnings[0] and "mu_water" in warnings[0]
     before = scene.GetNumberOfNodes()
+    with pytest.raises(CalibrationMissingError, match="mu_water"):   # the default set needs HU
+        lib.load_scan_into_scene(scene, files["native_isq"])
     with pytest.raises(CalibrationMissingError):
         lib.load_scan_into_scene(scene, files["native_isq"], outputs=["hu", "mask_labelmap"])
     with pytest.raises(CalibrationMissingError):
         lib.load_scan_into_scene(scene, files["native_isq"], outputs=["mask_labelmap"], thresholds=(0, 5000, "hu"))
     assert scene.GetNumberOfNodes() == before
+    nodes = lib.load_scan_into_scene(scene, files["native_isq"], outputs=["native", "mask_labelmap"])
+    assert list(nodes) == ["native", "mask_labelmap"]
+
+
+def test_uncalibrated_file_with_default_outputs_one_rule_in_cli_and_scene(scene, files, tmp_path, capsys):
+    """Issue 21: the same file, the default outputs: refused by the command line and by the scene alike
+    (the one plan_request rule), each naming the file and the missing calibration, nothing written or added."""
+    from cli_harness import error_lines, run_cli
+
+    out = tmp_path / "out"
+    status, _out, err = run_cli(capsys, "convert", files["native_isq"], "-o", out)
+    assert status != 0
+    (cli_line,) = error_lines(err)
+    assert "native.isq" in cli_line and "mu_water" in cli_line and "--outputs native,mask" in cli_line
+    assert not out.exists() or not any(out.iterdir())
+    before = scene.GetNumberOfNodes()
+    with pytest.raises(CalibrationMissingError) as refused:
+        lib.load_scan_into_scene(scene, files["native_isq"])
+    text = str(refused.value)
+    assert "native.isq" in text and "mu_water" in text and "native, mask_labelmap" in text
+    assert scene.GetNumberOfNodes() == before
+    # the same reason in both: the part before the way out is identical
+    assert cli_line.split("(")[0].split("native.isq")[-1] == text.split("(")[0].split("native.isq")[-1]
+    # and the same outputs where the file allows them: native values and the mask, in both
+    status, _out, err = run_cli(capsys, "convert", files["native_isq"], "-o", out, "--outputs", "native,mask")
+    assert status == 0, err
+    nodes = lib.load_scan_into_scene(scene, files["native_isq"], outputs=["native", "mask_labelmap"])
+    assert list(nodes) == ["native", "mask_labelmap"]
 
 
 def test_char_mask_aim_loads_as_mask(scene, files, itk_reference):
@@ -555,6 +581,13 @@ def test_file_reader_properties_and_errors(module, files, tmp_path):
     assert module.ScancoUnitsFileReader(parent).load({"fileName": str(files["native_isq"]), "units": "hu"}) is False
     assert "mu_water" in parent.messages()[0][1]
 
+    # a drop of an uncalibrated file: its native values, never silently
+    parent = slicer_module_stubs.ReaderParent()
+    assert module.ScancoUnitsFileReader(parent).load({"fileName": str(files["native_isq"])}) is True
+    assert [slicer.mrmlScene.GetNodeByID(i).GetName() for i in parent.loadedNodes] == ["native native"]
+    (kind, text), = parent.messages()
+    assert kind == vtk.vtkCommand.WarningEvent and "native.isq" in text and "Not calibrated" in text
+
 
 def test_logic_process_loads_and_exports(module, files, tmp_path):
     logic = module.ScancoUnitsLogic()
@@ -649,3 +682,88 @@ def test_real_files_geometry_matches_itk(real_data, scene):
         if name == "TRAB_1240_SEG.AIM":  # binary-compressed mask: non-zero voxels
             assert list(nodes) == ["native", "mask_labelmap", "mask_segmentation"]
             assert _segment_voxel_count(nodes["mask_segmentation"]) == int(np.count_nonzero(itk_array))
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 21: the mask labelmap and the mask segmentation are two independent nodes
+# ---------------------------------------------------------------------------------------------------
+def _segment_array(segmentation_node):
+    segment = segmentation_node.GetSegmentation().GetNthSegment(0)
+    image = segment.GetRepresentation("Binary labelmap")
+    return numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()), image
+
+
+def test_mask_labelmap_and_segmentation_never_share_voxels(scene, files):
+    nodes = lib.load_scan_into_scene(scene, files["isq"])
+    labelmap = array(nodes["mask_labelmap"])
+    segment_voxels, segment_image = _segment_array(nodes["mask_segmentation"])
+    expected = ((files["volume"] >= 8192) & (files["volume"] <= 32767)).astype(np.uint8)
+    np.testing.assert_array_equal(labelmap, expected)
+    np.testing.assert_array_equal(segment_voxels.reshape(labelmap.shape), expected)
+    assert not np.shares_memory(segment_voxels, labelmap)
+    assert nodes["mask_labelmap"].GetImageData().GetPointData().GetScalars() is not \
+        segment_image.GetPointData().GetScalars()
+
+    # editing the labelmap (zeroing it, as a user's script or the Editor would) leaves the segment alone
+    labelmap[:] = 0
+    nodes["mask_labelmap"].GetImageData().Modified()
+    np.testing.assert_array_equal(_segment_array(nodes["mask_segmentation"])[0].reshape(labelmap.shape), expected)
+
+    # editing the segment (Segment Editor's merge writes into the segment's image; "Add" gives label 2)
+    # leaves the labelmap alone
+    labelmap[:] = expected
+    segment_voxels[:] = 2
+    segment_image.Modified()
+    np.testing.assert_array_equal(array(nodes["mask_labelmap"]), expected)
+
+
+def test_segmentation_only_load_hands_over_the_buffer_without_a_copy(scene, files):
+    """Without the labelmap node (removed after building the segment) there is nobody to share with."""
+    nodes = lib.load_scan_into_scene(scene, files["isq"], outputs=["mask_segmentation"])
+    segment_voxels, _image = _segment_array(nodes["mask_segmentation"])
+    expected = ((files["volume"] >= 8192) & (files["volume"] <= 32767)).astype(np.uint8)
+    np.testing.assert_array_equal(segment_voxels.reshape(expected.shape), expected)
+    assert scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 21: the reader checks the name first, the magic only for SCANCO names and extensionless files
+# ---------------------------------------------------------------------------------------------------
+def test_reader_claims_by_name_first_then_magic(module, files, tmp_path, monkeypatch):
+    reader = module.ScancoUnitsFileReader(slicer_module_stubs.ReaderParent())
+    aim_bytes = Path(files["aim20"]).read_bytes()
+    isq_bytes = Path(files["isq"]).read_bytes()
+    cases = {
+        "scan.AIM": (aim_bytes, 0.8), "scan.aim;3": (aim_bytes, 0.8), "C0004255.ISQ;1": (isq_bytes, 0.8),
+        "C0004255": (isq_bytes, 0.8),            # copied off the scanner without an extension
+        "AIMFILE": (aim_bytes, 0.8),
+        "volume.nrrd": (aim_bytes, 0.0),         # AIM v020 magic, but a NRRD name: the core reader's file
+        "image.dcm": (isq_bytes, 0.0), "scan.isq.bak": (isq_bytes, 0.0), "scan.ISQ~": (isq_bytes, 0.0),
+        "junk.isq": (b"\0" * 600, 0.0), "README": (b"just text" * 100, 0.0),
+    }
+    for name, (data, expected) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        assert reader.canLoadFileConfidence(str(path)) == expected, name
+        assert reader.canLoadFile(str(path)) is (expected > 0.55), name
+    # above Slicer's core Volumes reader, which gets these files only through "All Files (*)": 0.5
+    assert lib.file_reader_confidence(files["isq"]) > 0.5
+    # a file whose name is not SCANCO's is not even opened
+    opened = []
+    monkeypatch.setattr(lib, "sniff_format", lambda p: opened.append(p))
+    for name in ("volume.nrrd", "image.dcm", "scan.isq.bak"):
+        assert reader.canLoadFileConfidence(str(tmp_path / name)) == 0.0
+    assert opened == []
+    reader.canLoadFileConfidence(str(tmp_path / "C0004255"))
+    assert opened == [str(tmp_path / "C0004255")]
+
+
+@pytest.mark.parametrize("sampling", [{"subsample_step": 2}, {"region": ((1, 6), (2, 7), (0, 9))},
+                                      {"subsample_step": (1, 2, 3)}])
+def test_segment_has_its_own_copy_for_sampled_loads_too(scene, files, sampling):
+    nodes = lib.load_scan_into_scene(scene, files["isq"], outputs=["mask_labelmap", "mask_segmentation"],
+                                     slab_slices=2, **sampling)
+    labelmap = array(nodes["mask_labelmap"])
+    segment_voxels, _image = _segment_array(nodes["mask_segmentation"])
+    np.testing.assert_array_equal(segment_voxels.reshape(labelmap.shape), labelmap)
+    assert labelmap.any() and not np.shares_memory(segment_voxels, labelmap)

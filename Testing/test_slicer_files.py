@@ -31,6 +31,10 @@ RESOURCES = MODULE_DIR / "Resources"
 UI_FILE = RESOURCES / "UI" / "ScancoUnits.ui"
 MODULE_FILE = MODULE_DIR / "ScancoUnits.py"
 RAW_BASE = "https://raw.githubusercontent.com/ScancoUnits/SlicerScancoUnits/main/"
+CATALOG_ENTRY = REPO / "ScancoUnits.json"
+#: Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json of github:Slicer/Slicer (last changed in commit
+#: cf2a70e6331d, 2024-11-26), copied unchanged: the schema ScancoUnits.json names in "$schema"
+CATALOG_SCHEMA = REPO / "Testing" / "slicer-extension-catalog-entry-schema-v1.0.1.json"
 EXTENSION_VARIABLES = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",
                        "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS",
                        "EXTENSION_DEPENDS")
@@ -372,7 +376,12 @@ def test_panel_ui_loads_and_renders_with_pyside6(tmp_path):
     assert summary["collapsed"]["histogramCollapsibleButton"] is True
     assert summary["collapsed"]["saveMaskCollapsibleButton"] is True
     assert summary["threshold_units"] == ["per mille", "native", "1/cm", "HU", "mg HA/ccm"]
-    assert (summary["lower_threshold"], summary["upper_threshold"]) == (250.0, 1000.0)
+    from ScancoUnitsLib import quantities
+
+    # the defaults shown are the library's (the .ui holds no threshold value and no default unit)
+    assert (summary["lower_threshold"], summary["upper_threshold"]) == quantities.DEFAULT_THRESHOLDS_PERMILLE
+    assert quantities.canonical_density_unit(summary["density_unit"]) == \
+        quantities.canonical_density_unit(quantities.DEFAULT_DENSITY_UNIT)
     assert set(summary["parameter_names"]) == set(_ui_parameter_names())
     assert summary["filled_from_library"]
     # 250 per mille is native 8192 (round to nearest of 8191.75) and 1000 per mille native 32767
@@ -390,3 +399,133 @@ def test_panel_ui_loads_and_renders_with_pyside6(tmp_path):
         shot.write_bytes(out.read_bytes())
     assert shot.is_file(), "Screenshots/panel.png is missing: run Testing/tools/render_panel.py"
     assert _png_size(shot)[0] == width, "Screenshots/panel.png is stale: run Testing/tools/render_panel.py"
+
+
+def test_ui_holds_no_default_thresholds():
+    """The threshold spin boxes get their values from the parameter node, which takes the library's
+    defaults: a value written into the .ui would be a second copy that stays behind."""
+    widgets = {w.get("name"): w for w in _ui_tree().iter("widget")}
+    for name in ("lowerThresholdSpinBox", "upperThresholdSpinBox"):
+        values = [p for p in widgets[name].findall("property") if p.get("name") == "value"]
+        assert values == [], name
+    density = widgets["densityUnitComboBox"]
+    assert not [p for p in density.findall("property") if p.get("name") == "currentIndex"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Extensions Index catalog entry (ScancoUnits.json)
+# ---------------------------------------------------------------------------------------------------
+_JSON_TYPES = {"object": dict, "array": list, "string": str, "boolean": bool, "number": (int, float),
+               "integer": int, "null": type(None)}
+
+
+def schema_errors(instance, schema, where="$"):
+    """The draft-07 keywords the catalog schema uses (type, required, properties, additionalProperties,
+    enum, minimum, maximum, items): a list of "where: problem" (empty = valid)."""
+    errors = []
+    kind = schema.get("type")
+    if kind is not None:
+        expected = _JSON_TYPES[kind]
+        is_bool = isinstance(instance, bool)
+        if not isinstance(instance, expected) or (is_bool and kind in ("integer", "number")):
+            return [f"{where}: {instance!r} is not of type {kind}"]
+    if "enum" in schema and instance not in schema["enum"]:
+        errors.append(f"{where}: {instance!r} is not one of {schema['enum']}")
+    if "minimum" in schema and instance < schema["minimum"]:
+        errors.append(f"{where}: {instance!r} is below the minimum {schema['minimum']}")
+    if "maximum" in schema and instance > schema["maximum"]:
+        errors.append(f"{where}: {instance!r} is above the maximum {schema['maximum']}")
+    if isinstance(instance, dict):
+        for name in schema.get("required", []):
+            if name not in instance:
+                errors.append(f"{where}: {name!r} is a required property")
+        properties = schema.get("properties", {})
+        for name, value in instance.items():
+            if name in properties:
+                errors += schema_errors(value, properties[name], f"{where}.{name}")
+            elif schema.get("additionalProperties", True) is False:
+                errors.append(f"{where}: additional property {name!r} is not allowed")
+    if isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(instance):
+            errors += schema_errors(item, schema["items"], f"{where}[{i}]")
+    return errors
+
+
+def test_schema_validator_finds_what_the_schema_forbids():
+    schema = json.loads(CATALOG_SCHEMA.read_text(encoding="utf-8"))
+    good = {"$schema": "x", "category": "Quantification", "scm_url": "https://example.org/r.git"}
+    assert schema_errors(good, schema) == []
+    bad = [dict(good, tier=0), dict(good, tier=6), dict(good, tier="3"), dict(good, tier=True),
+           dict(good, scm_type="svn"), dict(good, build_dependencies=[1]), dict(good, homepage="x"),
+           {k: v for k, v in good.items() if k != "scm_url"}, dict(good, enabled="yes")]
+    for entry in bad:
+        assert schema_errors(entry, schema), entry
+    keywords = set()
+
+    def collect(node):
+        if isinstance(node, dict):
+            keywords.update(node)
+            for key, value in node.items():
+                if key != "properties":
+                    collect(value)
+            for value in node.get("properties", {}).values():
+                collect(value)
+
+    collect(schema)
+    understood = {"$schema", "$id", "type", "title", "description", "required", "additionalProperties",
+                  "properties", "enum", "default", "minimum", "maximum", "items", "additionalItems"}
+    assert keywords <= understood, f"the schema uses keywords this validator does not check: {keywords - understood}"
+
+
+def test_catalog_entry_is_valid_against_the_extensions_index_schema(top_cmake):
+    entry = json.loads(CATALOG_ENTRY.read_text(encoding="utf-8"))
+    schema = json.loads(CATALOG_SCHEMA.read_text(encoding="utf-8"))
+    assert schema["$id"].startswith(entry["$schema"].rstrip("#")), "ScancoUnits.json names another schema"
+    assert schema_errors(entry, schema) == []
+    try:
+        import jsonschema
+    except ImportError:
+        pass
+    else:   # the reference implementation, when it is installed
+        jsonschema.validate(entry, schema)
+    for key in ("$schema", "scm_url", "scm_revision", "build_dependencies", "category", "tier"):
+        assert key in entry, key
+    _, variables = top_cmake
+    # the Index checks that the file is named after project(); the rest must agree with the CMake metadata
+    assert CATALOG_ENTRY.stem == "ScancoUnits"
+    assert entry["category"] == variables["EXTENSION_CATEGORY"][0]
+    assert entry["scm_url"] == variables["EXTENSION_HOMEPAGE"][0] + ".git"
+    assert entry["build_dependencies"] == [] and variables["EXTENSION_DEPENDS"] == ["NA"]
+
+
+def test_repository_address_is_set_in_one_place(top_cmake):
+    """The homepage, icon and screenshot URLs are made from one CMake variable; the module's help link and the
+    README use the same address."""
+    _, variables = top_cmake
+    text = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    repository = variables["SCANCOUNITS_REPOSITORY"][0]
+    assert text.count(repository) == 1, "the repository address is written more than once in CMakeLists.txt"
+    assert variables["EXTENSION_HOMEPAGE"] == [f"https://github.com/{repository}"]
+    for key in ("EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        assert all(url.startswith(f"https://raw.githubusercontent.com/{repository}/") for url in
+                   " ".join(variables[key]).split()), key
+    homepage = variables["EXTENSION_HOMEPAGE"][0]
+    assert homepage in MODULE_FILE.read_text(encoding="utf-8")
+    links = set(re.findall(r"https://github\.com/[\w.-]+/[\w.-]+", (REPO / "README.md").read_text(encoding="utf-8")))
+    ours = {link for link in links if "ScancoUnits" in link}
+    assert ours <= {homepage, homepage + ".git"}, ours
+
+
+def test_readme_names_the_licence_and_the_panel_picture():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    licence = (REPO / "LICENSE.txt").read_text(encoding="utf-8")
+    assert "Apache License" in licence and "Version 2.0" in licence
+    assert re.search(r"Apache License,? (Version )?2\.0", readme), "the README does not name the licence"
+    assert "LICENSE.txt" in readme
+    from ScancoUnitsLib import quantities
+
+    section = readme[readme.index("## Use in 3D Slicer"):]
+    section = section[:section.index("\n## ", 5)]
+    assert "stand-in" in section and ".ui" in section   # where the panel picture comes from
+    assert f"default {quantities.DEFAULT_DENSITY_UNIT}" in section or \
+        f"{quantities.DEFAULT_DENSITY_UNIT} by default" in section

@@ -84,15 +84,14 @@ def test_empty_mask_load_gives_a_named_empty_segment(files):
     assert segment.GetColor() == pytest.approx(lib.MASK_COLOR_RGB)
     assert _segment_voxels(nodes["mask_segmentation"], segmentation.GetNthSegmentID(0)) == 0
     assert nodes["mask_segmentation"].GetAttribute("ScancoUnits.SegmentName") == "Bone 250-1000 per mille"
-    # no copy behind the segment (the old path made an un-owned, leaked copy of the mask): the segment's
-    # binary labelmap is the labelmap node's own voxel buffer
+    # the segment has its own voxels (issue 21): never the labelmap node's buffer
     representation = segment.GetRepresentation(
         slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
     assert representation.GetScalarType() == vtk.VTK_UNSIGNED_CHAR
     from vtk.util import numpy_support
 
-    shared = numpy_support.vtk_to_numpy(representation.GetPointData().GetScalars())
-    assert shared.__array_interface__["data"][0] == labelmap.__array_interface__["data"][0]
+    own = numpy_support.vtk_to_numpy(representation.GetPointData().GetScalars())
+    assert not np.shares_memory(own, labelmap)
 
 
 def test_empty_mask_of_a_real_xtremect2_scan(real_data):
@@ -212,8 +211,9 @@ def fake_mask_aim(monkeypatch):
     """A recording stand-in for ScancoUnitsLib.mask_aim.save_mask_as_aim."""
     calls = []
 
-    def save_mask_as_aim(node, path, *, source=None, segment_id=None):
-        calls.append({"node": node, "path": path, "source": source, "segment_id": segment_id})
+    def save_mask_as_aim(node, path, *, source=None, segment_id=None, overwrite=False):
+        calls.append({"node": node, "path": path, "source": source, "segment_id": segment_id,
+                      "overwrite": overwrite})
         if getattr(save_mask_as_aim, "error", None):
             raise save_mask_as_aim.error
         Path(path).write_bytes(b"AIM")
@@ -246,7 +246,7 @@ def test_logic_save_mask_as_aim_calls_the_library(module, files, fake_mask_aim, 
     out = tmp_path / "C0001234_MASK.AIM"
     assert logic.saveMaskAsAim(nodes["mask_labelmap"], str(out)) == out
     assert fake_mask_aim.calls[-1] == {"node": nodes["mask_labelmap"], "path": str(out), "source": None,
-                                       "segment_id": None}
+                                       "segment_id": None, "overwrite": False}   # scripted: no silent replace
     segment_id = nodes["mask_segmentation"].GetSegmentation().GetNthSegmentID(0)
     logic.saveMaskAsAim(nodes["mask_segmentation"], str(out), segmentId=segment_id, source="/scans/x.isq")
     assert fake_mask_aim.calls[-1]["segment_id"] == segment_id
@@ -271,18 +271,36 @@ def test_logic_save_mask_as_aim_without_the_library_says_so(module, monkeypatch,
         module.ScancoUnitsLogic().saveMaskAsAim(node, str(tmp_path / "x.aim"))
 
 
-def test_file_writer_offers_aim_for_masks_only(module):
+def _with_source(node, path="/scans/C0001234.ISQ"):
+    node.SetAttribute("ScancoUnits.SourcePath", str(path))
+    return node
+
+
+def _exported_copy(writer, node):
+    """What Export to file does (qSlicerCoreIOManager::exportNodes): a copy of the node (CopyContent, so
+    the attributes too) in a temporary scene, shown to the writer by extensions(copy) before write."""
+    temporary = slicer.vtkMRMLScene()
+    copy = temporary.AddNewNodeByClass(node.GetClassName(), node.GetName())
+    copy.CopyContent(node, False)
+    writer.extensions(copy)
+    return temporary, copy
+
+
+def test_file_writer_offers_aim_only_for_masks_with_a_scanco_source(module):
     writer = module.ScancoUnitsFileWriter(slicer_module_stubs.WriterParent())
     scene = slicer.mrmlScene
-    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    scalar = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
+    labelmap = _with_source(scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode"))
+    segmentation = _with_source(scene.AddNewNodeByClass("vtkMRMLSegmentationNode"))
+    scalar = _with_source(scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"))
+    plain_labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")   # no SCANCO scan behind it
+    plain_segmentation = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
     assert writer.fileType() == module.WRITER_FILE_TYPE != module.READER_FILE_TYPE
     assert isinstance(writer.description(), str)
     # qSlicerScriptedFileWriter insists on exact Python types: list of str, bool, float
     extensions = writer.extensions(labelmap)
     assert type(extensions) is list and extensions == ["SCANCO AIM (.aim)"]
-    for node, can in ((labelmap, True), (segmentation, True), (scalar, False)):
+    for node, can in ((labelmap, True), (segmentation, True), (scalar, False), (plain_labelmap, False),
+                      (plain_segmentation, False), (None, False)):
         assert writer.canWriteObject(node) is can
         confidence = writer.canWriteObjectConfidence(node)
         assert type(confidence) is float
@@ -290,36 +308,42 @@ def test_file_writer_offers_aim_for_masks_only(module):
         assert (0.0 < confidence < 0.5) if can else confidence == 0.0
 
 
-def test_file_writer_writes_the_exported_copy(module, fake_mask_aim, tmp_path):
+def test_file_writer_writes_the_exported_copy_and_leaves_save_data_alone(module, fake_mask_aim, tmp_path):
     """Export to file writes a copy in a temporary scene whose node IDs can equal other nodes' IDs in the
     main scene; the writer must write the node the IO manager showed it (extensions(node)), not the main
-    scene's node of the same ID."""
-    main_node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "main")
-    temporary_scene = slicer.vtkMRMLScene()
-    copy = temporary_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "copy")
-    assert copy.GetID() == main_node.GetID()
+    scene's node of the same ID. Save Data (a node of the main scene) is refused with the way out: the scene
+    would refer to a storage node that cannot read the AIM back."""
+    main_node = _with_source(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "main"))
     parent = slicer_module_stubs.WriterParent()
     writer = module.ScancoUnitsFileWriter(parent)
-    writer.extensions(copy)   # what qSlicerCoreIOManagerPrivate::writers does before write
+    temporary_scene, copy = _exported_copy(writer, main_node)
+    assert copy.GetID() == main_node.GetID() and copy.GetAttribute("ScancoUnits.SourcePath")
     path = str(tmp_path / "out.aim")
     assert writer.write({"nodeID": copy.GetID(), "fileName": path, "fileFormat": "SCANCO AIM (.aim)"}) is True
     assert fake_mask_aim.calls[-1]["node"] is copy and fake_mask_aim.calls[-1]["path"] == path
     assert parent.writtenNodes == [copy.GetID()]
-    # without that hint (Save Data from the main scene) the main scene's node is written
-    assert writer.write({"nodeID": main_node.GetID(), "fileName": path}) is True
-    assert fake_mask_aim.calls[-1]["node"] is main_node
+    # Save Data: the main scene's node, no hint; refused, storage untouched, nothing written
+    storage_before = main_node.GetStorageNode()
+    calls = len(fake_mask_aim.calls)
+    assert writer.write({"nodeID": main_node.GetID(), "fileName": str(tmp_path / "saved.aim")}) is False
+    assert len(fake_mask_aim.calls) == calls and not (tmp_path / "saved.aim").exists()
+    assert main_node.GetStorageNode() is storage_before
+    (kind, text), = parent.messages()
+    assert kind == vtk.vtkCommand.ErrorEvent and "saved.aim" in text and "Export to file" in text
 
 
 def test_file_writer_segments_and_errors(module, fake_mask_aim, tmp_path):
     parent = slicer_module_stubs.WriterParent()
     writer = module.ScancoUnitsFileWriter(parent)
-    one = _segmentation_with(slicer.mrmlScene, ["Bone"])
+    one = _with_source(_segmentation_with(slicer.mrmlScene, ["Bone"]))
     path = str(tmp_path / "seg.aim")
-    assert writer.write({"nodeID": one.GetID(), "fileName": path}) is True
+    _scene1, copy = _exported_copy(writer, one)
+    assert writer.write({"nodeID": copy.GetID(), "fileName": path}) is True
     assert fake_mask_aim.calls[-1]["segment_id"] == one.GetSegmentation().GetNthSegmentID(0)
-    two = _segmentation_with(slicer.mrmlScene, ["Cortex", "Trabecular"])
+    two = _with_source(_segmentation_with(slicer.mrmlScene, ["Cortex", "Trabecular"]))
     calls = len(fake_mask_aim.calls)
-    assert writer.write({"nodeID": two.GetID(), "fileName": path}) is False
+    _scene2, copy = _exported_copy(writer, two)
+    assert writer.write({"nodeID": copy.GetID(), "fileName": path}) is False
     assert len(fake_mask_aim.calls) == calls
     (kind, text), = parent.messages()
     assert kind == vtk.vtkCommand.ErrorEvent and "2 segments" in text and "seg.aim" in text
@@ -329,8 +353,9 @@ def test_file_writer_segments_and_errors(module, fake_mask_aim, tmp_path):
     parent = slicer_module_stubs.WriterParent()
     writer = module.ScancoUnitsFileWriter(parent)
     fake_mask_aim.error = ScancoError("mask.aim: the labelmap grid is rotated against its source scan")
-    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    assert writer.write({"nodeID": labelmap.GetID(), "fileName": str(tmp_path / "mask.aim")}) is False
+    labelmap = _with_source(slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode"))
+    _scene3, copy = _exported_copy(writer, labelmap)
+    assert writer.write({"nodeID": copy.GetID(), "fileName": str(tmp_path / "mask.aim")}) is False
     (kind, text), = parent.messages()
     assert "rotated" in text and "mask.aim" in text
     assert writer.write({"nodeID": "vtkMRMLLabelMapVolumeNode999", "fileName": path}) is False
@@ -351,3 +376,99 @@ def test_save_mask_as_aim_round_trip_with_the_library(module, files, tmp_path):
     assert Path(written) == out
     back = read_volume(out)
     np.testing.assert_array_equal(back != 0, edited != 0)
+
+
+def test_confirmed_overwrite_replaces_the_file_and_never_the_source(module, files, tmp_path):
+    """After the user confirmed (panel file dialog, Save Data) the existing AIM is replaced atomically;
+    a scripted call without overwrite refuses; the source scan is never replaced."""
+    pytest.importorskip("ScancoUnitsLib.mask_aim")
+    from ScancoUnitsLib.errors import ScancoError
+    from ScancoUnitsLib.reader import read_volume
+
+    logic = module.ScancoUnitsLogic()
+    nodes = logic.loadScan(str(files["isq"]), outputs=["mask_labelmap"])
+    out = tmp_path / "C0001234_MASK.AIM"
+    out.write_bytes(b"an older mask")
+    with pytest.raises(ScancoError, match="exists"):
+        logic.saveMaskAsAim(nodes["mask_labelmap"], str(out))
+    assert out.read_bytes() == b"an older mask"
+    assert logic.saveMaskAsAim(nodes["mask_labelmap"], str(out), overwrite=True) == out
+    expected = slicer.util.arrayFromVolume(nodes["mask_labelmap"]) != 0
+    np.testing.assert_array_equal(read_volume(out) != 0, expected)
+    # the file writer (Export to file, which asked first) replaces as well
+    parent = slicer_module_stubs.WriterParent()
+    writer = module.ScancoUnitsFileWriter(parent)
+    slicer.util.arrayFromVolume(nodes["mask_labelmap"])[:] = 0
+    nodes["mask_labelmap"].GetImageData().Modified()
+    _temporary, copy = _exported_copy(writer, nodes["mask_labelmap"])
+    assert writer.write({"nodeID": copy.GetID(), "fileName": str(out)}) is True, parent.messages()
+    assert not read_volume(out).any()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["C0001234_MASK.AIM"]   # no temporary left
+    # the scan the mask came from is an input: refused whatever overwrite says
+    source_bytes = Path(files["isq"]).read_bytes()
+    with pytest.raises(ScancoError):
+        logic.saveMaskAsAim(nodes["mask_labelmap"], str(files["isq"]), overwrite=True)
+    assert Path(files["isq"]).read_bytes() == source_bytes
+
+
+def test_file_writer_holds_no_node_of_the_main_scene(module, fake_mask_aim, tmp_path):
+    """Save Data asks every node's formats (extensions(node)); the writer must not keep one alive, and an
+    exported copy is released after write or on Close Scene."""
+    import weakref
+
+    writer = module.ScancoUnitsFileWriter(slicer_module_stubs.WriterParent())
+    main = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "main")
+    writer.extensions(main)
+    assert writer._lastObject is None
+    temporary_scene = slicer.vtkMRMLScene()
+    copy = temporary_scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "copy")
+    writer.extensions(copy)
+    assert writer._lastObject is copy
+    slicer.mrmlScene.Clear(0)   # Close Scene
+    assert writer._lastObject is None
+    writer.extensions(copy)
+    writer.write({"nodeID": copy.GetID(), "fileName": str(tmp_path / "x.aim")})
+    assert writer._lastObject is None
+    alive = weakref.ref(copy)
+    temporary_scene.RemoveNode(copy)
+    del copy
+    fake_mask_aim.calls.clear()
+    assert alive() is None
+
+
+def test_histogram_read_uses_the_engines_slab(module, tmp_path, monkeypatch):
+    """Issue 21: the histogram is read in the engine's slabs (about 1 Mi voxels), not 16 whole slices
+    (hundreds of MB on 4k x 4k slices)."""
+    from ScancoUnitsLib import engine, reader as reader_module
+
+    volume = np.random.default_rng(8).integers(0, 9000, size=(10, 512, 512)).astype(np.int16)
+    path = write_isq(tmp_path / "wide.isq", volume, voxel_size_mm=SIZE_MM, calibration=CAL)
+    header = read_header(path)
+    slabs = []
+    original = reader_module.open_voxels
+
+    class Spy:
+        def __init__(self, source):
+            self.source = source
+
+        def __enter__(self):
+            inner = self.source.__enter__()
+            real_iter = inner.iter_slabs
+
+            def iter_slabs(slices):
+                for slab in real_iter(slices):
+                    slabs.append(slab.shape)
+                    yield slab
+
+            inner.iter_slabs = iter_slabs
+            return inner
+
+        def __exit__(self, *exc):
+            return self.source.__exit__(*exc)
+
+    monkeypatch.setattr(reader_module, "open_voxels", lambda *a, **k: Spy(original(*a, **k)))
+    histogram = module.ScancoUnitsLogic().histogramOf(header)
+    assert histogram.total == volume.size
+    assert all(z * y * x <= engine.TARGET_SLAB_VOXELS for z, y, x in slabs)
+    assert [z for z, _, _ in slabs] == [4, 4, 2] == \
+        [min(engine.slab_slices_for(header), 10 - i) for i in range(0, 10, engine.slab_slices_for(header))]

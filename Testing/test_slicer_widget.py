@@ -157,6 +157,8 @@ class Harness:
         monkeypatch.setattr(slicer.util, "showStatusMessage", lambda text, ms=0: self.status.append(text))
         monkeypatch.setattr(slicer.util, "mainWindow", lambda: None)
         monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay", lambda *a, **k: True)
+        self.errors = []   # (text, keyword arguments) of every error dialog
+        monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **k: self.errors.append((text, k)))
 
         widget = module.ScancoUnitsWidget()
         names = sorted(set(re.findall(r"self\.ui\.([A-Za-z_][A-Za-z0-9_]*)", MODULE_CODE)))
@@ -282,7 +284,8 @@ def test_save_mask_as_aim_passes_node_and_segment(harness, scan, monkeypatch, tm
     calls = []
     fake = types.ModuleType("ScancoUnitsLib.mask_aim")
 
-    def save_mask_as_aim(node, path, *, source=None, segment_id=None):
+    def save_mask_as_aim(node, path, *, source=None, segment_id=None, overwrite=False):
+        assert overwrite is True   # the file dialog asked before returning an existing name
         calls.append((node, path, segment_id))
         return Path(path)
 
@@ -343,3 +346,177 @@ def test_setup_connects_the_path_fields_by_their_text(harness, monkeypatch):
     assert dict(fakes.maskNodeSelector.connections)["currentNodeChanged(vtkMRMLNode*)"] == widget.onMaskNodeChanged
     assert widget._parameterNode is not None
     widget.cleanup()
+
+
+@pytest.mark.filterwarnings("ignore:does not have observer")   # the harness never observed its parameter node
+def test_close_scene_frees_the_loaded_volumes(harness, scan):
+    """Close Scene (StartCloseEvent, observed as in setup) drops the panel's references to the loaded
+    nodes: their image data are then held by nobody but this test (reference count 1)."""
+    widget = harness.widget
+    widget.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, widget.onSceneStartClose)
+    harness.type_path(str(scan["vms"]))
+    widget.onApplyButton()
+    assert widget._loadedNodes
+    images = [node.GetImageData() for node in widget._loadedNodes.values() if hasattr(node, "GetImageData")]
+    assert images and all(image.GetReferenceCount() > 1 for image in images)
+    slicer.mrmlScene.Clear(0)
+    assert widget._loadedNodes == {} and widget._chart is None and widget._observedMaskNode is None
+    assert [image.GetReferenceCount() for image in images] == [1] * len(images)
+    widget.removeObservers()
+
+
+def _assert_one_line_error(harness, *words):
+    (text, kwargs), = harness.errors
+    assert "Traceback" not in text and "detailedText" not in kwargs
+    message, reason = text.split("\n")   # what failed, why: one line each
+    for word in words:
+        assert word in reason, (word, reason)
+    harness.errors.clear()
+
+
+@pytest.mark.parametrize("case", ["hu_thresholds", "stale_hu_box", "export_folder_is_a_file"])
+def test_every_action_failure_is_one_error_dialog(harness, scan, tmp_path, case):
+    """An uncalibrated file with HU thresholds / an HU output and the export on: existingExportFiles (and
+    the load) fail; Apply shows one one-line error dialog and raises nothing."""
+    from ScancoUnitsLib import Calibration, write_isq
+
+    native = write_isq(tmp_path / "native.isq", scan["volume"], voxel_size_mm=(0.06,) * 3,
+                       calibration=Calibration(mu_scaling=8192))
+    harness.type_path(str(native if case != "export_folder_is_a_file" else scan["vms"]))
+    harness.p.exportEnabled = True
+    harness.p.exportDirectory = str(tmp_path / "out")
+    if case == "hu_thresholds":
+        harness.p.thresholdUnit = harness.module.ThresholdUnit.hu
+        harness.p.lowerThreshold, harness.p.upperThreshold = 400.0, 3000.0
+        words = ["native.isq", "mu_water"]
+    elif case == "stale_hu_box":
+        harness.ui.createHUCheckBox.enabled = True   # as if the panel had not caught up with the file
+        words = ["native.isq", "mu_water"]
+    else:
+        (tmp_path / "out").write_text("a file where the folder should be")
+        words = ["out"]
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    harness.widget.onApplyButton()   # raises nothing
+    _assert_one_line_error(harness, *words)
+    assert slicer.mrmlScene.GetNumberOfNodes() == before
+    assert not harness.widget._busy and harness.ui.applyButton.enabled
+
+
+def test_histogram_and_save_failures_are_one_error_dialog(harness, scan, tmp_path, monkeypatch):
+    harness.type_path(str(scan["vms"]))
+
+    def broken(*args, **kwargs):
+        raise OSError(5, "Input/output error", str(scan["vms"]))
+
+    monkeypatch.setattr(harness.widget.logic, "histogramOf", broken)
+    harness.widget.onShowHistogram()
+    _assert_one_line_error(harness, "Input/output error")
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "no source")
+    harness.ui.maskNodeSelector.setCurrentNode(labelmap)
+    harness.save_name = str(tmp_path / "x.aim")
+    harness.widget.onSaveMaskAsAim()   # no SCANCO source: refused by the library
+    _assert_one_line_error(harness, "no source")
+    assert not (tmp_path / "x.aim").exists()
+
+
+def test_apply_refuses_a_load_that_does_not_fit_in_memory(harness, scan, monkeypatch):
+    """Nodes needing more than the memory available: refused before anything is read, with the figures and
+    the ways out; with every n-th voxel the same load goes through."""
+    from ScancoUnitsLib import memory_fit
+
+    volume_voxels = scan["volume"].size
+    monkeypatch.setattr(memory_fit, "available_memory_bytes", lambda: volume_voxels * 2)   # < 8 bytes a voxel
+    harness.type_path(str(scan["vms"]))
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    harness.widget.onApplyButton()
+    assert harness.dialogs == []   # nothing was read
+    (text, _k), = harness.errors
+    assert "C0004255.ISQ;1: the chosen nodes need 9.4 KiB of memory, 2.3 KiB is available" in text, text
+    assert "every 2nd voxel" in text and "sub-region" in text and "fewer outputs" in text
+    harness.errors.clear()
+    assert slicer.mrmlScene.GetNumberOfNodes() == before
+    harness.p.loadMode = harness.module.LoadMode.subsample
+    harness.p.subsampleStep = 2
+    harness.widget.onApplyButton()
+    assert harness.errors == [] and harness.widget._loadedNodes
+
+
+def test_panel_takes_the_library_defaults(monkeypatch):
+    """A changed library default (thresholds, density unit) moves the panel: a new parameter node takes the
+    library's values when it is made, not literals of the module file; a saved node keeps its own."""
+    from ScancoUnitsLib import quantities
+
+    module = slicer_module_stubs.load_scanco_units_module()
+    slicer_module_stubs.new_scene()
+    p = module.ScancoUnitsLogic().getParameterNode()
+    assert (p.lowerThreshold, p.upperThreshold) == quantities.DEFAULT_THRESHOLDS_PERMILLE
+    assert p.densityUnit == module.DensityUnit.of(quantities.DEFAULT_DENSITY_UNIT)
+    assert p.thresholdUnit == module.ThresholdUnit.permille
+
+    monkeypatch.setattr(quantities, "DEFAULT_THRESHOLDS_PERMILLE", (300.0, 900.0))
+    monkeypatch.setattr(quantities, "DEFAULT_DENSITY_UNIT", "mg HA/ccm")
+    slicer_module_stubs.new_scene()
+    p = module.ScancoUnitsLogic().getParameterNode()
+    assert (p.lowerThreshold, p.upperThreshold) == (300.0, 900.0)
+    assert p.densityUnit == module.DensityUnit.mg_ha_ccm
+    # the values the user set (or a loaded scene holds) stay
+    p.lowerThreshold = 420.0
+    again = module.ScancoUnitsLogic().getParameterNode()
+    assert again.parameterNode is p.parameterNode and again.parameterNode.GetAttribute(
+        module.ScancoUnitsLogic.DEFAULTS_ATTRIBUTE) == "1"
+
+
+def test_logic_default_density_unit_is_the_librarys(monkeypatch, tmp_path):
+    from ScancoUnitsLib import quantities
+
+    module = slicer_module_stubs.load_scanco_units_module()
+    slicer_module_stubs.new_scene()
+    path = write_isq(tmp_path / "d.isq", np.full((2, 3, 4), 9000, np.int16), voxel_size_mm=(0.06,) * 3,
+                     calibration=CAL)
+    nodes = module.ScancoUnitsLogic().loadScan(str(path), outputs=["density"])
+    assert nodes["density"].GetVoxelValueUnits().GetCodeValue() == "g/cm3"
+    monkeypatch.setattr(quantities, "DEFAULT_DENSITY_UNIT", "mg HA/ccm")
+    nodes = module.ScancoUnitsLogic().loadScan(str(path), outputs=["density"])
+    assert nodes["density"].GetVoxelValueUnits().GetCodeValue() == "mg/cm3"
+
+
+def _preview_on(node):
+    return bool(node.GetDisplayNode().GetApplyThreshold())
+
+
+@pytest.mark.filterwarnings("ignore:does not have observer")   # exit(): the harness never observed its node
+def test_threshold_preview_is_off_by_default_and_never_left_behind(harness, scan, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    ui_file = slicer_module_stubs.MODULE_FILE.parent / "Resources" / "UI" / "ScancoUnits.ui"
+    box = next(w for w in ET.parse(ui_file).getroot().iter("widget") if w.get("name") == "previewMaskCheckBox")
+    checked = [p.find("bool").text for p in box.findall("property") if p.get("name") == "checked"]
+    assert checked in ([], ["false"])   # off by default
+    widget, ui = harness.widget, harness.ui
+    harness.type_path(str(scan["vms"]))
+    widget.onApplyButton()
+    first = widget._loadedNodes["hu"]
+    assert not _preview_on(first)   # a fresh load shows every voxel
+    ui.previewMaskCheckBox.checked = True   # the user asks for it
+    widget._updateThresholdFeedback()
+    assert _preview_on(first)
+    ui.previewMaskCheckBox.checked = False
+    widget._updateThresholdFeedback()
+    assert not _preview_on(first)
+    # asked for again, then a second load: the preview moves, the first node shows all its voxels again
+    ui.previewMaskCheckBox.checked = True
+    widget._updateThresholdFeedback()
+    widget.onApplyButton()
+    second = widget._loadedNodes["hu"]
+    assert second is not first and _preview_on(second) and not _preview_on(first)
+    # another file in the path field: the loaded node is not its scan any more
+    harness.type_path(str(scan["odd_case"]))
+    assert not _preview_on(second)
+    harness.type_path(str(scan["vms"]))
+    assert _preview_on(second)
+    # leaving the module switches it off (nobody would see why only bone is shown); coming back, on again
+    widget.exit()
+    assert not _preview_on(second)
+    widget._previewAllowed = True   # enter() without the parameter-node wiring of the harness
+    widget._updateThresholdFeedback()
+    assert _preview_on(second)

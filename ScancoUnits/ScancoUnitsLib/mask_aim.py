@@ -170,6 +170,7 @@ def save_mask_as_aim(node, path, *, source=None, segment_id=None, overwrite: boo
     flipped or resampled grid, fractional voxel offset, node under a transform.
     """
     from .aim_writer import AimVolumeWriter, derived_log_text
+    from .atomic_output import AtomicOutputSet
 
     name = node.GetName() if hasattr(node, "GetName") else repr(node)
     temporary = None
@@ -205,11 +206,14 @@ def save_mask_as_aim(node, path, *, source=None, segment_id=None, overwrite: boo
                   ("Mask rule", "non-zero label -> 127")]
         log = derived_log_text(header, [(k, v.replace("  ", " ")) for k, v in lines])
         target = Path(os.path.abspath(os.fspath(path)))
-        with AimVolumeWriter(target, voxels.shape, voxels.dtype, voxel_size_mm=header.voxel_size_mm,
-                             position_voxels=position, processing_log=log, mask=True,
-                             overwrite=overwrite) as writer:
-            for z in range(0, voxels.shape[0], _SLAB_SLICES):
-                writer.write_slab(voxels[z:z + _SLAB_SLICES])
+        # the scan the mask belongs to is an input: never replaced, whatever ``overwrite`` says; an
+        # existing mask file is replaced atomically (temporary file renamed over it at commit)
+        with AtomicOutputSet(overwrite=overwrite, protected=(header.path,)) as outputs:
+            with AimVolumeWriter(target, voxels.shape, voxels.dtype, voxel_size_mm=header.voxel_size_mm,
+                                 position_voxels=position, processing_log=log, mask=True,
+                                 atomic=outputs) as writer:
+                for z in range(0, voxels.shape[0], _SLAB_SLICES):
+                    writer.write_slab(voxels[z:z + _SLAB_SLICES])
         return target
     finally:
         if temporary is not None:

@@ -9,10 +9,10 @@ rules for char and float AIMs and uncalibrated files, and the messages live here
 Rules (``plan_request``):
 
 * Grey-value (integer) files: ``outputs=None`` gives HU, density and the mask (Slicer adds the
-  segmentation). When the calibration cannot give HU or density, files are refused (a batch must not
-  silently change what it writes for one file; the message names the missing fields and suggests
-  ``--outputs native,mask``), while an interactive load (``adapt_defaults=True``: Slicer) drops them
-  with a warning and shows the native values.
+  segmentation). When the calibration cannot give HU or density, the file is refused, on the command
+  line and in Slicer alike (a batch must not silently change what it writes for one file; the message
+  names the missing fields and the outputs that still work). Slicer's drop asks for native values
+  of such a file explicitly (``scene.reader_options_from_properties``).
 * A char file (int8/uint8: a SCANCO mask) is a mask: its mask is its non-zero voxels unless
   thresholds are given explicitly; by default it gives that mask (Slicer: also the native values).
 * A float file holds values IPL already converted: written or loaded as stored, never rescaled.
@@ -332,22 +332,7 @@ def plan_request(header: ScancoHeader, request: Optional[ConversionRequest] = No
         else:
             roles = list(DEFAULT_FILE_ROLES)
             node_roles = DEFAULT_NODE_ROLES if for_nodes else ()
-            if for_nodes:  # interactive: drop what the calibration cannot give, with a warning
-                kept = []
-                for role in roles:
-                    if role in CALIBRATED_ROLES:
-                        quantity = role_quantity(role, request.density_unit)
-                        missing = converter.missing_for(quantity)
-                        if missing:
-                            warning(f"{name}: no {QUANTITIES[quantity].unit_label} volume: the header lacks "
-                                    f"{', '.join(missing)}")
-                            continue
-                    kept.append(role)
-                if not any(r in CALIBRATED_ROLES for r in kept):
-                    kept.insert(0, "native")
-                roles = kept
-                node_roles = tuple(r for r in NODE_ROLES
-                                   if r in ("mask_labelmap", "mask_segmentation") or r in roles)
+            # no calibration: refused below, in Slicer as on the command line (one rule, issue 21)
     else:
         roles = list(dict.fromkeys(FILE_ROLE_OF_NODE_ROLE[r] for r in node_roles)) if for_nodes else list(explicit)
         _refuse_for_kind(header, kind, roles)
@@ -359,9 +344,10 @@ def plan_request(header: ScancoHeader, request: Optional[ConversionRequest] = No
             missing.update(dict.fromkeys(converter.missing_for(role_quantity(role, request.density_unit))))
     if missing:
         wanted = ", ".join(r for r in roles if r in CALIBRATED_ROLES)
+        still = "outputs native, mask_labelmap" if for_nodes else outputs_phrase(["native", "mask"])
         raise CalibrationMissingError(
             header.path, f"{wanted} (no usable calibration; native and mask outputs still work: "
-                         f"{outputs_phrase(['native', 'mask'])})", list(missing))
+                         f"{still})", list(missing))
 
     # ---- the mask --------------------------------------------------------------------------------
     resolved = None

@@ -24,9 +24,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from .convert import convert_header, mask_coverage_warning, output_stem, plan_files
-from .engine import EngineOutput, run_engine
+from .engine import EngineOutput, run_engine, slab_slices_for
 from .errors import ConversionCancelled
 from .header import ScancoHeader
+from . import memory_fit
 from .histogram import NativeHistogram
 from .quantities import DEFAULT_DENSITY_UNIT, DEFAULT_NODE_ROLES, NODE_ROLES, QUANTITIES, canonical_density_unit
 from .reader import open_voxels, read_header, sniff_format  # noqa: F401 - sniff_format: public here
@@ -58,9 +59,32 @@ make_threshold_spec = threshold_spec_from
 
 _ATTRIBUTE_PREFIX = "ScancoUnits."
 MASK_COLOR_RGB = (0.90, 0.85, 0.55)   # bone-ivory segment and label colour
-_SLAB_VOXELS = 1 << 20   # about 1 Mi voxels read and converted at a time (2 MB of int16): little memory beside the nodes
 
 ProgressCallback = Callable[[float], None]
+
+
+def is_scanco_file_name(path) -> bool:
+    """True for the names SCANCO files have: ``.isq`` / ``.aim`` in any case, VMS versions (``;1``) too
+    (:data:`~ScancoUnitsLib.discovery.SCANCO_NAME`, the command line's rule), or no extension at all
+    (files copied off the scanner without one). The Slicer file reader checks the name first and the
+    magic only for these names, so a ``.nrrd`` or ``.dcm`` is never opened, let alone claimed."""
+    from .discovery import SCANCO_NAME
+
+    name = os.path.basename(os.fspath(path))
+    if SCANCO_NAME.search(name):
+        return True
+    stem = name.split(";", 1)[0]
+    return bool(stem) and "." not in stem
+
+
+def file_reader_confidence(path) -> float:
+    """The Slicer file reader's ``canLoadFileConfidence``: 0.8 for a SCANCO name (see
+    :func:`is_scanco_file_name`) whose first bytes are SCANCO magic, else 0.0. Slicer's core Volumes
+    reader claims such files with 0.5 (only through its "All Files (*)" filter), so 0.8 wins there and
+    leaves every other file to the readers made for it."""
+    if not is_scanco_file_name(path):
+        return 0.0
+    return 0.8 if sniff_format(path) else 0.0
 
 
 def _is_cancelled(cancel) -> bool:
@@ -317,7 +341,7 @@ def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_
                          hu_dtype: str = "int16", subsample_step=1, region=None, name: Optional[str] = None,
                          progress: Optional[ProgressCallback] = None, cancel=None,
                          warn: Optional[Callable[[str], None]] = None, slab_slices: Optional[int] = None,
-                         header: Optional[ScancoHeader] = None) -> Dict[str, object]:
+                         header: Optional[ScancoHeader] = None, check_memory: bool = True) -> Dict[str, object]:
     """Read a SCANCO ISQ/AIM file into ``scene``; returns ``{role: node}``.
 
     Roles (see :data:`ROLES`): ``hu`` (scalar volume, int16 HU or float32 with ``hu_dtype="float32"``),
@@ -333,14 +357,16 @@ def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_
       without explicit thresholds: non-zero voxels.
     * ``subsample_step`` (int or (z, y, x)) and ``region`` ((z, y, x) slices or (start, stop) pairs): load
       ``file[z0:z1:sz, y0:y1:sy, x0:x1:sx]`` with matching geometry.
-    * ``slab_slices``: slices read and converted at a time (default: about 4 Mi voxels).
+    * ``slab_slices``: slices read and converted at a time (default: the engine's, about 1 Mi voxels).
     * ``progress(fraction)`` is called after every slab; ``cancel`` (callable or threading.Event) is checked
       before every slab. On cancel (:class:`LoadCancelled`) or any error every node created here is removed.
     * ``warn(text)``: where non-fatal problems go (default ``logging.warning``).
+    * ``check_memory``: refuse a load that does not fit in the memory available (see :func:`load_scan`).
     """
     return load_scan(scene, path, outputs=outputs, thresholds=thresholds, density_unit=density_unit,
                      hu_dtype=hu_dtype, subsample_step=subsample_step, region=region, name=name,
-                     progress=progress, cancel=cancel, warn=warn, slab_slices=slab_slices, header=header).nodes
+                     progress=progress, cancel=cancel, warn=warn, slab_slices=slab_slices, header=header,
+                     check_memory=check_memory).nodes
 
 
 def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str = DEFAULT_DENSITY_UNIT,
@@ -348,10 +374,12 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
               progress: Optional[ProgressCallback] = None, cancel=None,
               warn: Optional[Callable[[str], None]] = None, slab_slices: Optional[int] = None,
               header: Optional[ScancoHeader] = None, export_dir=None, compress: bool = True,
-              overwrite: bool = False, histogram: bool = False) -> LoadResult:
+              overwrite: bool = False, histogram: bool = False, check_memory: bool = True) -> LoadResult:
     """:func:`load_scan_into_scene`, plus: ``export_dir`` writes the full-resolution files of the same
     outputs in the same pass (one read of the file; the nodes may still be subsampled), ``histogram``
-    collects the exact native histogram of the pass (for the panel's chart)."""
+    collects the exact native histogram of the pass (for the panel's chart). ``check_memory``: before
+    any node is made, refuse (:class:`~ScancoUnitsLib.memory_fit.InsufficientMemoryError`, with the
+    figures and the ways out) a load whose nodes need more memory than is available."""
     import slicer  # noqa: F401 - fail early and clearly when Slicer is absent
 
     given_warnings: List[str] = []
@@ -373,9 +401,11 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
     plan = plan_request(header, request, node_outputs=node_outputs, adapt_defaults=True, warn=warning)
     roles = plan.node_roles
     sampling = plan_sampling(header, subsample_step=subsample_step, region=region)
-    if slab_slices is None:   # whole file slices are read, whatever the x/y sampling
-        file_x, file_y, _ = header.dimensions
-        slab_slices = max(1, min(sampling.shape_zyx[0], _SLAB_VOXELS // max(1, file_x * file_y)))
+    if check_memory:
+        memory_fit.require_memory_fit(header, roles, subsample_step=subsample_step, region=region,
+                                      hu_dtype=hu_dtype)
+    if slab_slices is None:   # the engine's slab (about 1 Mi voxels of whole file slices, whatever the sampling)
+        slab_slices = max(1, min(sampling.shape_zyx[0], slab_slices_for(header)))
     resolved = plan.thresholds
     char_mask = plan.output("mask") is not None and plan.output("mask").quantity == "char_mask"
     spec = request.threshold_spec
@@ -497,7 +527,8 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
             mask_node.SetAndObserveDisplayNodeID(display.GetID())
             if "mask_segmentation" in roles:
                 segmentation = _segmentation_from_labelmap(scene, mask_node, f"{base} mask segmentation",
-                                                           label_name, common, threshold_attributes)
+                                                           label_name, common, threshold_attributes,
+                                                           own_copy="mask_labelmap" in roles)
                 created.append(segmentation)
                 nodes["mask_segmentation"] = segmentation
             if "mask_labelmap" in roles:
@@ -515,15 +546,19 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
     return LoadResult(ordered, exported, native_histogram, given_warnings, plan)
 
 
-def _segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, common, threshold_attributes):
-    """A segmentation with one segment whose binary labelmap IS the labelmap node's voxel buffer.
+def _segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, common, threshold_attributes,
+                                own_copy: bool = True):
+    """A segmentation with one segment whose binary labelmap holds the labelmap node's voxels.
 
-    ``vtkSegment::AddRepresentation`` keeps the given ``vtkOrientedImageData`` (a smart pointer, no copy),
-    and ``vtkOrientedImageData::ShallowCopy`` of the labelmap's ``vtkImageData`` shares its scalar array:
-    no copy of the mask and no rescan of its labels (``ImportLabelmapToSegmentationNode`` did both). The
-    segment's label value is vtkSegment's default, 1, the mask's foreground. An empty mask gives a named,
-    empty segment on the same grid. Edits of the segment change the shared voxels, so the labelmap node
-    shows them too (they are one mask).
+    With ``own_copy`` (the labelmap node stays in the scene) the segment gets its own copy of the voxels
+    (``vtkOrientedImageData::DeepCopy``): two nodes never share one buffer, so Segment Editor's edits
+    of the segment (merge modes write into the segment's image) do not reach the labelmap node behind
+    its back, and zeroing the labelmap's array does not empty the segment. Without it (the labelmap is
+    only the segmentation's source and is removed right after) the buffer is handed over with
+    ``ShallowCopy``: no copy, and after the removal the segment is its only owner.
+    ``vtkSegment::AddRepresentation`` keeps the given ``vtkOrientedImageData`` (a smart pointer). The
+    segment's label value is vtkSegment's default, 1, the mask's foreground. An empty mask gives a
+    named, empty segment on the same grid.
     """
     import slicer
     import vtk
@@ -533,7 +568,10 @@ def _segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, com
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
         image = slicer.vtkOrientedImageData()
-        image.ShallowCopy(labelmap.GetImageData())
+        if own_copy:
+            image.DeepCopy(labelmap.GetImageData())
+        else:
+            image.ShallowCopy(labelmap.GetImageData())
         matrix = vtk.vtkMatrix4x4()
         labelmap.GetIJKToRASMatrix(matrix)
         image.SetImageToWorldMatrix(matrix)

@@ -76,8 +76,17 @@ def main(argv=None) -> int:
             label = widget.findChild(QtWidgets.QLabel, "calibrationWarningLabel")
             label.setText(warning)
             label.setVisible(bool(warning))
+            # the panel's defaults come from the library (the .ui holds none), as the module's parameter node
+            from ScancoUnitsLib import quantities
+
+            low, high = quantities.DEFAULT_THRESHOLDS_PERMILLE
+            widget.findChild(QtWidgets.QDoubleSpinBox, "lowerThresholdSpinBox").setValue(low)
+            widget.findChild(QtWidgets.QDoubleSpinBox, "upperThresholdSpinBox").setValue(high)
+            density = widget.findChild(QtWidgets.QComboBox, "densityUnitComboBox")
+            density.setCurrentIndex(next(i for i in range(density.count()) if quantities.canonical_density_unit(
+                density.itemText(i)) == quantities.canonical_density_unit(quantities.DEFAULT_DENSITY_UNIT)))
             widget.findChild(QtWidgets.QLabel, "thresholdEquivalentsLabel").setText(
-                scene.threshold_equivalents_html(header, (250, 1000, "permille")))
+                scene.threshold_equivalents_html(header, (low, high, "permille")))
             widget.findChild(QtWidgets.QLabel, "memoryEstimateLabel").setText(
                 scene.memory_estimate_text(header, scene.DEFAULT_OUTPUTS))
             widget.findChild(standins.ctkPathLineEdit, "exportDirectorySelector").currentPath = \
@@ -108,6 +117,7 @@ def main(argv=None) -> int:
                             for i in range(widget.findChild(QtWidgets.QComboBox, "thresholdUnitComboBox").count())],
         "lower_threshold": widget.findChild(QtWidgets.QDoubleSpinBox, "lowerThresholdSpinBox").value(),
         "upper_threshold": widget.findChild(QtWidgets.QDoubleSpinBox, "upperThresholdSpinBox").value(),
+        "density_unit": widget.findChild(QtWidgets.QComboBox, "densityUnitComboBox").currentText(),
         "input_name_filters": widget.findChild(standins.ctkPathLineEdit, "inputFileSelector").nameFilters,
         "equivalents_text": widget.findChild(QtWidgets.QLabel, "thresholdEquivalentsLabel").text(),
     }
