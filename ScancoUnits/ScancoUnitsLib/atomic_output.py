@@ -58,6 +58,7 @@ __all__ = [
     "OutputExistsError",
     "OutputIsInputError",
     "OutputProtectedError",
+    "InputSet",
     "Interrupted",
     "AtomicOutputSet",
     "atomic_output_file",
@@ -672,6 +673,27 @@ def _sync_tree(folder: Path) -> None:
                 os.close(fd)
 
 
+class InputSet:
+    """Input paths no output may be: their absolute and resolved names and their file ids (device,
+    inode: hard links), computed once. Make one per batch and pass it to every output set."""
+
+    def __init__(self, paths=()):
+        self.by_name: dict[str, Path] = {}
+        self.by_id: dict = {}
+        for path in paths:
+            absolute = Path(os.path.abspath(os.fspath(path)))
+            for name in (os.fspath(absolute), os.path.realpath(absolute)):
+                self.by_name.setdefault(os.path.normcase(name), absolute)
+            try:
+                st = os.stat(absolute)
+            except OSError:
+                continue
+            self.by_id.setdefault((st.st_dev, st.st_ino), absolute)
+
+    def __len__(self) -> int:
+        return len(set(self.by_name.values()))
+
+
 class AtomicOutputSet:
     """Several output files that appear together or not at all.
 
@@ -709,8 +731,7 @@ class AtomicOutputSet:
         self._callbacks = []
         self._state = "open"  # open -> committing -> committed | aborted
         self._failure: Optional[BaseException] = None
-        self._protected: dict[str, Path] = {}     # normcase'd absolute and resolved names -> input
-        self._protected_ids: dict = {}            # (st_dev, st_ino) -> input
+        self._protected: list[InputSet] = []
         self._refuse = refuse
         self._record: Optional[Path] = None
         self._replace_also: list[Path] = []
@@ -751,16 +772,16 @@ class AtomicOutputSet:
 
     # -- safety checks made before anything is written ----------------------------------------------
     def protect(self, paths) -> None:
-        """Add input *paths* that no output of this set may be, whatever ``overwrite`` says."""
+        """Add input *paths* (paths, or :class:`InputSet` objects made once for a whole batch) that no
+        output of this set may be, whatever ``overwrite`` says."""
+        loose = []
         for path in paths:
-            absolute = Path(os.path.abspath(os.fspath(path)))
-            for name in (os.fspath(absolute), os.path.realpath(absolute)):
-                self._protected.setdefault(os.path.normcase(name), absolute)
-            try:
-                st = os.stat(absolute)
-            except OSError:
-                continue
-            self._protected_ids.setdefault((st.st_dev, st.st_ino), absolute)
+            if isinstance(path, InputSet):
+                self._protected.append(path)
+            else:
+                loose.append(path)
+        if loose:
+            self._protected.append(InputSet(loose))
         for entry in self._entries:
             self._refuse_protected(entry.final)
         for path in self._replace_also:
@@ -773,19 +794,22 @@ class AtomicOutputSet:
 
     def _refuse_protected(self, final: Path) -> None:
         if self._protected:
-            for name in (os.fspath(final), os.path.realpath(final)):
-                protected = self._protected.get(os.path.normcase(name))
-                if protected is not None:
-                    raise OutputIsInputError(final, protected)
-        if not self._protected_ids and self._refuse is None:
+            names = [os.path.normcase(n) for n in (os.fspath(final), os.path.realpath(final))]
+            for inputs in self._protected:
+                for name in names:
+                    protected = inputs.by_name.get(name)
+                    if protected is not None:
+                        raise OutputIsInputError(final, protected)
+        if not self._protected and self._refuse is None:
             return
         try:
             final_stat = os.stat(final)
         except OSError:
             return
-        protected = self._protected_ids.get((final_stat.st_dev, final_stat.st_ino))
-        if protected is not None:
-            raise OutputIsInputError(final, protected)
+        for inputs in self._protected:
+            protected = inputs.by_id.get((final_stat.st_dev, final_stat.st_ino))
+            if protected is not None:
+                raise OutputIsInputError(final, protected)
         if self._refuse is not None and os.path.lexists(final):
             reason = self._refuse(final)
             if reason:
