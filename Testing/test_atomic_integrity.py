@@ -176,6 +176,15 @@ def test_point3_a_tampered_metadata_never_steers_deletion(tmp_path, capsys):
     assert _json_lines(stdout)[0]["status"] == "converted"
     assert {k: v for k, v in _snapshot(out).items() if k in foreign} == foreign
 
+    # no metadata at all: --skip-existing replaces only files that carry our mark, never a stranger's
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "in_HU.nrrd").write_bytes(b"NRRD0004\ntype: short\n\nsomeone else's")
+    status, stdout, _ = run(capsys, "convert", src, "-o", other, "--outputs", "hu", "--skip-existing", "--json")
+    [record] = _json_lines(stdout)
+    assert status == 1 and record["status"] == "failed" and "in_HU.nrrd" in record["error"]
+    assert (other / "in_HU.nrrd").read_bytes().endswith(b"someone else's")
+
 
 # ---------------------------------------------------------------------------------------------------
 # 4. an input is known by its resolved path, size and mtime

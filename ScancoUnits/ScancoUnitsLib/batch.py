@@ -188,6 +188,7 @@ def convert_one(path, out_dir, options, stem: str, *, skip_existing: bool = Fals
         return FileResult(str(path), "failed", error=_naming_input(path, message),
                           seconds=time.perf_counter() - started, input_bytes=size)
 
+    only_ours = False
     try:
         header = read_header(path)
         if skip_existing:
@@ -202,14 +203,17 @@ def convert_one(path, out_dir, options, stem: str, *, skip_existing: bool = Fals
                 return failed(f"{out_dir / (stem + '_metadata.json')}: the outputs named {stem}_* were made from "
                               f"another input, {found.other_input}; they are kept (--overwrite replaces them; "
                               "or choose another output folder with -o)")
-            if found.state != "other_input":
+            if found.state != "other_input" and not options.overwrite:
                 # this input's set, stale, incomplete or changed (or a commit that never finished): redone.
-                # Only names this plan makes and files the earlier metadata recorded are replaced.
+                # Only names this plan makes and files the earlier metadata recorded are replaced; with
+                # no metadata at all, only files that carry our mark.
                 options = replace(options, overwrite=True)
+                only_ours = found.state == "missing"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             result = convert_module.convert_header(header, out_dir, options, stem=stem, progress=progress,
-                                                   protected=protected)
+                                                   protected=protected,
+                                                   replace_only_ours=only_ours)
         notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
         return FileResult(str(path), "converted", outputs={k: str(v) for k, v in result.outputs.items()},
                           warnings=notes, seconds=time.perf_counter() - started,

@@ -216,22 +216,44 @@ def metadata_checksum(document: dict) -> str:
     return hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
-def refuse_scanco_content(ours=()):
+_OUR_MARK = b"ScancoUnits"  # in every NRRD header, AIM log, PNG text chunk and OME-Zarr attributes we write
+
+
+def carries_our_mark(path) -> bool:
+    """True when the first 64 KiB of *path* (for a folder: its ``.zattrs`` or ``zarr.json``) name
+    ScancoUnits, as every NRRD header, AIM processing log, report and OME-Zarr we write does."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        return any(carries_our_mark(os.path.join(path, name)) for name in (".zattrs", "zarr.json")
+                   if os.path.isfile(os.path.join(path, name)))
+    try:
+        with open(path, "rb") as f:
+            return _OUR_MARK in f.read(1 << 16)
+    except OSError:
+        return False
+
+
+def refuse_scanco_content(ours=(), only_ours: bool = False):
     """A ``refuse`` rule for :class:`~ScancoUnitsLib.atomic_output.AtomicOutputSet`: an existing file
     that is a SCANCO file by its content (ISQ or AIM magic) is never replaced nor removed, unless it is
-    one of *ours* (an output this stem's earlier metadata recorded with its size and checksum)."""
+    one of *ours* (an output this stem's earlier metadata recorded with its size and checksum).
+    ``only_ours`` (a set without its metadata, redone by --skip-existing): every other existing file
+    must carry our mark (:func:`carries_our_mark`) too."""
     from .reader import sniff_format
 
     mine = {os.path.abspath(os.fspath(p)) for p in ours}
 
     def refuse(path) -> Optional[str]:
-        if os.path.abspath(os.fspath(path)) in mine or not os.path.isfile(path):
+        if os.path.abspath(os.fspath(path)) in mine:
             return None
-        kind = sniff_format(path)
-        if kind is None:
-            return None
-        return (f"this is a SCANCO file ({kind} by its content) that this run did not write; a SCANCO file "
-                "is never replaced (choose another output folder with -o)")
+        kind = sniff_format(path) if os.path.isfile(path) else None
+        if kind is not None and not (only_ours and carries_our_mark(path)):
+            return (f"this is a SCANCO file ({kind} by its content) that this run did not write; a SCANCO "
+                    "file is never replaced (choose another output folder with -o)")
+        if only_ours and not carries_our_mark(path):
+            return ("the file exists already, without the metadata of a ScancoUnits run and without its mark "
+                    "(--overwrite replaces it)")
+        return None
     return refuse
 
 
@@ -271,7 +293,8 @@ def _check_same_header(header: ScancoHeader, fd: int) -> None:
     first, second = header.to_dict(), again.to_dict()
     for d in (first, second):
         d.pop("path", None)
-    if first != second:
+    # as text: a NaN constant in a (crafted) header must compare equal to itself
+    if json.dumps(first, sort_keys=True, default=repr) != json.dumps(second, sort_keys=True, default=repr):
         raise ScancoFormatError(header.path, "the file changed between reading its header and its voxels; "
                                              "no output was written")
 
@@ -281,14 +304,15 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
                    progress: Optional[Callable[[int, int], Optional[bool]]] = None,
                    observers: Sequence[SlabObserver] = (), cancel=None,
                    extra_sinks: Optional[Dict[str, list]] = None, plan: Optional[RequestPlan] = None,
-                   protected: Sequence = ()) -> ConversionResult:
+                   protected: Sequence = (), replace_only_ours: bool = False) -> ConversionResult:
     """Convert the file ``header`` describes. ``progress(done_slices, total_slices)`` is called after
     each slab; returning False cancels (nothing is left on disk). Each observer is called once per
     slab as ``observer(z0, native_slab, {role: converted_slab})`` (read-only views, valid only during
     the call): this is how the QC report sees the data without a second pass. ``extra_sinks``
     (role -> sinks) receive the same slabs (Slicer nodes filled in the same pass as the files).
     ``protected``: the other inputs of the run; no output may be one of them, whatever ``overwrite``
-    says (nor any file that is a SCANCO file by its content)."""
+    says (nor any file that is a SCANCO file by its content). ``replace_only_ours`` (with ``overwrite``):
+    an existing file is replaced only when it carries our mark (a set whose commit never finished)."""
     request = options or ConversionRequest()
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -314,7 +338,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
             f"checksum): {', '.join(p.name for p in left[:5])}{' ...' if len(left) > 5 else ''}",))
     output_set = AtomicOutputSet(overwrite=request.overwrite, fsync=request.fsync,
                                  protected=[header.path, *protected], replace_also=stale,
-                                 refuse=refuse_scanco_content(ours))
+                                 refuse=refuse_scanco_content(ours, only_ours=replace_only_ours))
     output_set.set_record(meta_path)
     output_set.check_free(finals)
     out_dir.mkdir(parents=True, exist_ok=True)
