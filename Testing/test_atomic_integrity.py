@@ -161,8 +161,11 @@ def test_point3_a_tampered_metadata_never_steers_deletion(tmp_path, capsys):
     meta_path.write_text(json.dumps(meta))
     foreign = {k: v for k, v in _snapshot(out).items() if not k.startswith("in_") or k.startswith(("in_RHO", "in_mu"))}
 
-    assert run(capsys, "convert", src, "-o", out, "--outputs", "hu,mask", "--overwrite")[0] == 0
+    status, _, stderr = run(capsys, "convert", src, "-o", out, "--outputs", "hu,mask", "--overwrite")
+    assert status == 0, stderr
     assert {k: v for k, v in _snapshot(out).items() if k in foreign} == foreign
+    said = [w for w in json.loads(meta_path.read_text())["warnings"] if "left in place" in w]
+    assert said and all(n in said[0] for n in ("in_RHO.nrrd", "in_mu.nrrd")) and "left in place" in stderr
 
     # a stale --skip-existing (the input changed) redoes the set: still nothing foreign removed
     meta = json.loads(meta_path.read_text())
