@@ -328,14 +328,14 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
     refused: List[Path] = []
     ours = previous_outputs(meta_path, stem_file_names(stem), refused=refused) if os.path.lexists(meta_path) else []
     stale = ours if request.overwrite else []
+    set_warnings = []  # said on stderr and kept in the metadata
     if request.overwrite and os.path.lexists(meta_path) and not stale:
-        plan = replace(plan, warnings=plan.warnings + (
-            f"{meta_path}: unreadable; only outputs with the same names are replaced",))
+        set_warnings.append(f"{meta_path}: unreadable; only outputs with the same names are replaced")
     left = [p for p in refused if p not in finals]
     if request.overwrite and left:
-        plan = replace(plan, warnings=plan.warnings + (
+        set_warnings.append(
             f"{meta_path}: left in place, not provably written by ScancoUnits for {stem} (name, size or "
-            f"checksum): {', '.join(p.name for p in left[:5])}{' ...' if len(left) > 5 else ''}",))
+            f"checksum): {', '.join(p.name for p in left[:5])}{' ...' if len(left) > 5 else ''}")
     output_set = AtomicOutputSet(overwrite=request.overwrite, fsync=request.fsync,
                                  protected=[header.path, *protected], replace_also=stale,
                                  refuse=refuse_scanco_content(ours, only_ours=replace_only_ours))
@@ -354,7 +354,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
     statistics = ScanStatistics(header, plan.thresholds, request.threshold_spec) if request.statistics else None
     if statistics is not None and not statistics.counted:  # int32/float scans: summed slab by slab
         observers.append(statistics.observe)
-    caught: List[str] = list(plan.warnings)
+    caught: List[str] = list(plan.warnings) + set_warnings
     if removed:
         caught.append(f"{out_dir}: removed {len(removed)} temporary file(s) left by a killed run: "
                       + ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
