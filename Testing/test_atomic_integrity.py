@@ -238,6 +238,23 @@ def test_point6_an_input_replaced_while_it_is_converted_fails_that_file(tmp_path
     assert not out.exists() or not list(out.iterdir())
 
 
+def test_point6_an_input_replaced_while_its_outputs_are_committed_fails_that_file(tmp_path, monkeypatch):
+    src = _aim(tmp_path / "scan.AIM")
+    newer = _aim(tmp_path / "incoming.tmp", VOLUME // 2)
+    out = tmp_path / "out"
+    real_fsync = os.fsync
+
+    def fsync(fd):  # the rename lands while the outputs are being synced, after the last check of the data
+        if newer.exists():
+            os.replace(newer, src)
+        return real_fsync(fd)
+
+    monkeypatch.setattr(atomic_output.os, "fsync", fsync)
+    result = convert_one(src, out, ConversionRequest(outputs=("hu",)), "scan")
+    assert result.status == "failed" and "changed" in result.error, result
+    assert not newer.exists() and not list(out.iterdir())
+
+
 # ---------------------------------------------------------------------------------------------------
 # 7. the commit record
 # ---------------------------------------------------------------------------------------------------

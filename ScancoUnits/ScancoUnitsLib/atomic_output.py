@@ -734,6 +734,7 @@ class AtomicOutputSet:
         self._protected: list[InputSet] = []
         self._refuse = refuse
         self._record: Optional[Path] = None
+        self._record_check = None
         self._replace_also: list[Path] = []
         self.protect(protected)
         if replace_also:
@@ -787,10 +788,13 @@ class AtomicOutputSet:
         for path in self._replace_also:
             self._refuse_protected(path)
 
-    def set_record(self, final_path) -> None:
+    def set_record(self, final_path, check=None) -> None:
         """Make *final_path* (a member of this set, added before or after) the commit record: placed
-        last, after every other member and (``fsync``) after the files and folders are on disk."""
+        last, after every other member and (``fsync``) after the files and folders are on disk.
+        ``check()``, when given, runs just before the record is placed (every other member is in place
+        by then); an exception from it takes the whole set back, as any failure of the commit does."""
         self._record = Path(os.path.abspath(os.fspath(final_path)))
+        self._record_check = check
 
     def _refuse_protected(self, final: Path) -> None:
         if self._protected:
@@ -1045,6 +1049,8 @@ class AtomicOutputSet:
             for entry in members:
                 if entry is record and self.fsync:
                     self._sync_folders()  # every other member's name is on disk before the record's
+                if entry is record and self._record_check is not None:
+                    self._record_check()
                 self._refuse_protected(entry.final)
                 if entry is record and any(final == entry.final for final, _b in aside):
                     placed.append(self._place_exclusive(entry))  # its old file was moved aside above

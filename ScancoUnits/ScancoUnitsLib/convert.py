@@ -410,7 +410,10 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
         with output_set.add(meta_path, "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2, allow_nan=False)
             f.write("\n")
-        _check_still_named(header.path, opened)  # replaced or modified meanwhile: fail, write nothing
+        # replaced or modified meanwhile: fail, write nothing (checked again once the files are on disk,
+        # just before the metadata is placed)
+        _check_still_named(header.path, opened)
+        output_set.set_record(meta_path, check=lambda: _check_still_named(header.path, opened))
         output_set.commit()
     result_outputs: Dict[str, Path] = {}
     for f in files:
