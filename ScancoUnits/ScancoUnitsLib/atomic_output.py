@@ -22,13 +22,19 @@ What no handler can clean up (SIGKILL, power loss) is found later by the tempora
 ``.<name>.partial-<writer>-<random>`` (backups: ``.previous-``), where ``<writer>`` is
 :func:`writer_id`: a hash of the host name (and PID namespace), a hash of the boot id, the process id
 and the process start time. :func:`sweep_stale_partials` removes the files whose writer is provably
-gone and leaves (and reports) the others. A final name too long for that suffix gets a shortened,
+gone (same host, same boot, process no longer running) and leaves (and reports) the others. A final name too long for that suffix gets a shortened,
 hashed temporary name (``.<start of name>~<hash>.partial-...``), so any legal final name works.
 
 Safety checks for callers, all made before anything is written: ``protected=`` inputs are never
-written over (:class:`OutputIsInputError`, whatever ``overwrite`` says); :meth:`AtomicOutputSet.check_free`
-finds every collision up front; ``replace_also=`` (see :func:`previous_outputs`) removes an earlier
-output set's other files at commit, all or nothing.
+written over (:class:`OutputIsInputError`, whatever ``overwrite`` says), nor an existing file a
+``refuse=`` rule names (:class:`OutputProtectedError`, e.g. a SCANCO file by its content);
+:meth:`AtomicOutputSet.check_free` finds every collision up front; ``replace_also=`` (see
+:func:`previous_outputs`: only files whose size and checksum an earlier record holds, see
+:func:`fingerprint`) removes an earlier output set's other files at commit, all or nothing.
+
+A set may name its commit record (:meth:`AtomicOutputSet.set_record`, the metadata JSON): it is placed
+last, after the other members and, with ``fsync=True``, after their data and the folder are on disk;
+the earlier record of that name is moved aside first. A set whose record exists was complete.
 """
 
 from __future__ import annotations
