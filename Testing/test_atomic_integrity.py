@@ -411,3 +411,23 @@ def test_point15_every_run_sweeps_its_folder_and_needs_host_and_boot_to_match(tm
     assert other_boot.exists() and other_host.exists()
     assert stale.name in stderr and "removed" in stderr
     assert atomic_output.scan_partials(out).foreign == sorted([other_boot, other_host])
+
+
+def test_point7_no_fsync_opts_out_of_waiting_for_the_disk(tmp_path, monkeypatch, capsys):
+    src = _aim(tmp_path / "scan.AIM")
+    calls = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(atomic_output.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    assert run(capsys, "convert", src, "-o", tmp_path / "a", "--no-fsync")[0] == 0
+    assert calls == []
+    meta = json.loads((tmp_path / "a" / "scan_metadata.json").read_text())
+    assert meta["options"]["fsync"] is False and set(meta["files"]) == {"scan_HU.nrrd", "scan_RHO.nrrd",
+                                                                        "scan_BWmask.nrrd"}
+    assert run(capsys, "convert", src, "-o", tmp_path / "b")[0] == 0
+    assert len(calls) >= 5  # four files and the folder, by default
+    # the flag does not change the bytes: a set made without fsync is up to date for a run with it
+    status, stdout, _ = run(capsys, "convert", src, "-o", tmp_path / "a", "--skip-existing", "--json")
+    assert status == 0 and _json_lines(stdout)[0]["status"] == "converted"  # --json asks for statistics
+    status, stdout, _ = run(capsys, "convert", src, "-o", tmp_path / "a", "--skip-existing", "--json",
+                            "--no-fsync")
+    assert status == 0 and _json_lines(stdout)[0]["status"] == "skipped"
