@@ -244,14 +244,17 @@ def _output_names(stem: str):
 def remove_partials_of(out_dir: Path, stem: str, newer_than: float = 0.0) -> List[Path]:
     """Delete the temporary and backup files of one input's outputs (``.<name>.partial-<writer>-...``)
     whose writer is provably gone (:func:`~ScancoUnitsLib.atomic_output.scan_partials`: this host, this
-    boot, process no longer running), e.g. after its worker process was killed, and modified after
+    boot, process no longer running; or this process's own registered ones), e.g. after its worker
+    process was killed, and modified after
     ``newer_than`` (a time.time() value). Finished outputs, other inputs' files and files of a live
     writer, another host or another boot are not touched."""
-    from .atomic_output import _remove_path, scan_partials
+    from .atomic_output import _remove_path, _unregister, live_partials, scan_partials
 
     names = set(_output_names(stem))
     removed = []
-    for path in scan_partials(out_dir, stem).stale:
+    scan = scan_partials(out_dir, stem)
+    ours = set(live_partials())  # this process's own, of a conversion that was unwound: ours to remove
+    for path in scan.stale + [p for p in scan.live if p in ours]:
         base = atomic_base_name(path.name)
         if base is not None and base not in names and "~" not in base:  # "~": a shortened long name
             continue
@@ -259,6 +262,7 @@ def remove_partials_of(out_dir: Path, stem: str, newer_than: float = 0.0) -> Lis
             if os.lstat(path).st_mtime < newer_than:
                 continue  # older than this batch: the start-of-run sweep reported it
             _remove_path(path)
+            _unregister(str(path))
         except OSError:
             continue
         removed.append(path)
