@@ -136,6 +136,14 @@ def test_point2_no_input_and_no_scanco_file_is_ever_replaced(tmp_path, capsys):
         assert record["status"] == "failed" and "x_HU.nrrd" in record["error"]
         assert "--overwrite" not in record["error"]
 
+    # our own AIM outputs, recorded with their checksums by their metadata, are replaced as usual
+    own = tmp_path / "own"
+    assert run(capsys, "convert", x, "-o", own, "--format", "aim", "--outputs", "native,mask")[0] == 0
+    for extra in (("--overwrite",), ("--skip-existing", "--low", "300")):
+        status, stdout, stderr = run(capsys, "convert", x, "-o", own, "--format", "aim", "--outputs", "native,mask",
+                                     "--json", *extra)
+        assert status == 0 and _json_lines(stdout)[0]["status"] == "converted", stderr
+
 
 # ---------------------------------------------------------------------------------------------------
 # 3. the metadata never steers deletion

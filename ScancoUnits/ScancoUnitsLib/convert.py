@@ -238,7 +238,7 @@ def refuse_scanco_content(ours=(), only_ours: bool = False):
     that is a SCANCO file by its content (ISQ or AIM magic) is never replaced nor removed, unless it is
     one of *ours* (an output this stem's earlier metadata recorded with its size and checksum).
     ``only_ours`` (a set without its metadata, redone by --skip-existing): every other existing file
-    must carry our mark (:func:`carries_our_mark`) too."""
+    must carry our mark (:func:`carries_our_mark`) too, and a SCANCO file is refused all the same."""
     from .reader import sniff_format
 
     mine = {os.path.abspath(os.fspath(p)) for p in ours}
@@ -247,7 +247,7 @@ def refuse_scanco_content(ours=(), only_ours: bool = False):
         if os.path.abspath(os.fspath(path)) in mine:
             return None
         kind = sniff_format(path) if os.path.isfile(path) else None
-        if kind is not None and not (only_ours and carries_our_mark(path)):
+        if kind is not None:  # even one carrying our mark: a mask AIM exported from Slicer is a user's file
             return (f"this is a SCANCO file ({kind} by its content) that this run did not write; a SCANCO "
                     "file is never replaced (choose another output folder with -o)")
         if only_ours and not carries_our_mark(path):
@@ -339,7 +339,6 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
     output_set = AtomicOutputSet(overwrite=request.overwrite, fsync=request.fsync,
                                  protected=[header.path, *protected], replace_also=stale,
                                  refuse=refuse_scanco_content(ours, only_ours=replace_only_ours))
-    output_set.set_record(meta_path)
     output_set.check_free(finals)
     out_dir.mkdir(parents=True, exist_ok=True)
     removed = sweep_stale_partials(out_dir, stem=stem)
@@ -410,8 +409,8 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
         with output_set.add(meta_path, "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2, allow_nan=False)
             f.write("\n")
-        # replaced or modified meanwhile: fail, write nothing (checked again once the files are on disk,
-        # just before the metadata is placed)
+        # the metadata is the commit record, placed last. The input replaced or modified meanwhile: fail,
+        # write nothing (checked now, and again once the files are on disk, just before the record)
         _check_still_named(header.path, opened)
         output_set.set_record(meta_path, check=lambda: _check_still_named(header.path, opened))
         output_set.commit()
