@@ -6,7 +6,8 @@ Guarantees checked here:
 
 * temporary names carry their writer (host, boot, pid, process start time); ``sweep_stale_partials``
   removes exactly the files of writers that are provably gone (a real child killed with SIGKILL),
-  never those of a live process, and leaves (and reports) files it cannot attribute;
+  never those of a live process, nor of another host or boot, and leaves (and reports) files it cannot
+  attribute;
 * any legal final name (<= 255 bytes) works: long names get a shortened, hashed temporary name that
   stays hidden and attributable;
 * an output that is (the same file as) a protected input is refused before anything is written,
@@ -45,7 +46,7 @@ from ScancoUnitsLib.atomic_output import (
     sweep_stale_partials,
     writer_id,
 )
-from ScancoUnitsLib.convert import convert_file
+from ScancoUnitsLib.convert import convert_file, stem_file_names
 from ScancoUnitsLib.errors import ScancoFormatError
 from ScancoUnitsLib.header import Calibration
 from ScancoUnitsLib.reader import open_voxels, read_header
@@ -156,14 +157,16 @@ def test_writer_attribution_rules(tmp_path):
 
         scan = scan_partials(tmp_path)
         assert scan.live == [live_other]
-        assert sorted(scan.stale) == sorted([reused_pid, ours_reused, other_boot])
-        assert sorted(scan.foreign) == sorted([other_host, legacy])
+        assert sorted(scan.stale) == sorted([reused_pid, ours_reused])
+        # another boot of a host of the same name may be another machine sharing the folder: never judged
+        assert sorted(scan.foreign) == sorted([other_boot, other_host, legacy])
 
         assert sweep_stale_partials(tmp_path, stem="b") == [reused_pid]  # stem: only that input's files
-        with pytest.warns(UserWarning, match=r"2 temporary file\(s\) of another host"):
+        with pytest.warns(UserWarning, match=r"3 temporary file\(s\) of another host or boot"):
             removed = sweep_stale_partials(tmp_path)
-        assert sorted(removed) == sorted([ours_reused, other_boot])
-        assert names(tmp_path) == sorted([live_other.name, other_host.name, legacy.name, finished.name])
+        assert sorted(removed) == sorted([ours_reused])
+        assert names(tmp_path) == sorted([live_other.name, other_boot.name, other_host.name, legacy.name,
+                                          finished.name])
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -304,13 +307,17 @@ def test_previous_outputs_of_a_real_conversion(tmp_path):
     src = Path(S.write_isq(tmp_path / "in.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL))
     out = tmp_path / "out"
     convert_file(src, out, outputs=("hu", "density", "mask"), detached=True, compress=True)
-    (out / "in_report.png").write_bytes(b"png")
+    (out / "in_report.png").write_bytes(b"png")  # named like ours, but no run of ours recorded it
     (out / "other_HU.nrrd").write_bytes(b"another input's")
-    listed = previous_outputs(out / "in_metadata.json")
+    refused = []
+    listed = previous_outputs(out / "in_metadata.json", stem_file_names("in"), refused=refused)
     assert sorted(p.name for p in listed) == sorted([
         "in_metadata.json", "in_HU.nhdr", "in_HU.raw.gz", "in_RHO.nhdr", "in_RHO.raw.gz",
-        "in_BWmask.nhdr", "in_BWmask.raw.gz", "in_report.png"])
+        "in_BWmask.nhdr", "in_BWmask.raw.gz"])
     assert all(p.parent == out for p in listed)
+    assert refused == [out / "in_report.png"]
+    (out / "in_HU.raw.gz").write_bytes(b"edited since")  # no longer the file that run recorded
+    assert "in_HU.raw.gz" not in [p.name for p in previous_outputs(out / "in_metadata.json")]
 
 
 @pytest.mark.parametrize("text", ["{broken", "[]", '{"outputs": 3}', '{"outputs": {"hu": "x"}}',
@@ -331,8 +338,10 @@ def _earlier_set(folder: Path):
     for name in ("s_HU.nrrd", "s_BWmask.nhdr", "s_BWmask.raw", "s_metadata.json", "s_report.png"):
         (folder / name).write_bytes(b"old " + name.encode())
     (folder / "s_BWmask.nhdr").write_text("NRRD0004\ntype: uint8\ndata file: s_BWmask.raw\n")
+    recorded = {n: atomic_output.fingerprint(folder / n)
+                for n in ("s_HU.nrrd", "s_BWmask.nhdr", "s_BWmask.raw", "s_report.png")}
     (folder / "s_metadata.json").write_text(json.dumps(
-        {"outputs": {"hu": {"file": "s_HU.nrrd"}, "mask": {"file": "s_BWmask.nhdr"}}}))
+        {"outputs": {"hu": {"file": "s_HU.nrrd"}, "mask": {"file": "s_BWmask.nhdr"}}, "files": recorded}))
     return previous_outputs(folder / "s_metadata.json")
 
 

@@ -254,14 +254,19 @@ def prepare(out: Path, isq: Path, cold: bool) -> None:
 KERNELS = ("numpy", "numba")
 
 
-def run_ours(isq: Path, out: Path, logs: Path, compress: bool, kernel: str = None, cold: bool = False) -> Run:
-    """``kernel``: "numpy" or "numba" (SCANCO_UNITS_KERNEL), None for the engine's own choice."""
+def run_ours(isq: Path, out: Path, logs: Path, compress: bool, kernel: str = None, cold: bool = False,
+             fsync: bool = True) -> Run:
+    """``kernel``: "numpy" or "numba" (SCANCO_UNITS_KERNEL), None for the engine's own choice;
+    ``fsync=False``: with --no-fsync (the files are not waited for before the metadata is placed)."""
     prepare(out, isq, cold)
     cmd = python_child(["-m", "ScancoUnitsLib.cli", "convert", str(isq), "-o", str(out), "-q"])
     name = {"numpy": "ours numpy", "numba": "ours fast"}.get(kernel, "ours")
     if compress:
         cmd.append("--compress")
         name += " --compress"
+    if not fsync:
+        cmd.append("--no-fsync")
+        name += " --no-fsync"
     log = logs / (name.replace(" ", "_").replace("-", "") + ".log")
     wall, rss, cpu, rc = run_child(cmd, log, env={"SCANCO_UNITS_KERNEL": kernel or "",
                                                   "PYTHONPATH": str(REPO / "ScancoUnits")})
@@ -405,6 +410,8 @@ def main(argv=None) -> int:
                         "gone back to a VM host (default: runs start right after the previous outputs are deleted)")
     p.add_argument("--floor-block", type=parse_size, default=FLOOR_BLOCK_BYTES,
                    help="write size of the floor (default 1M)")
+    p.add_argument("--no-fsync-too", action="store_true",
+                   help="also run ours (numpy kernel) with --no-fsync: what waiting for the disk costs")
     p.add_argument("--make-input", nargs=2, metavar=("PATH", "BYTES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.make_input:
@@ -441,7 +448,8 @@ def main(argv=None) -> int:
             kernels = [k for k in KERNELS if k == "numpy" or numba_ok]
             rows_now = {name: Row(size, name) for name in
                         ["dd floor", "python floor"] + [f"ours {'numpy' if k == 'numpy' else 'fast'}" for k in kernels]
-                        + ([] if args.no_compress else ["ours --compress"]) + ["seed notebook"]}
+                        + ([] if args.no_compress else ["ours --compress"])
+                        + (["ours numpy --no-fsync"] if args.no_fsync_too else []) + ["seed notebook"]}
             run_seed_now = not args.skip_seed
             if run_seed_now:
                 need = SEED_MEMORY_FACTOR * input_bytes[size]
@@ -478,6 +486,9 @@ def main(argv=None) -> int:
                                                                 cold=cold))]
             if not args.no_compress:
                 timed.append(("ours --compress", lambda: run_ours(isq, out, logs, compress=True, cold=cold)))
+            if args.no_fsync_too:
+                timed.append(("ours numpy --no-fsync", lambda: run_ours(isq, out, logs, compress=False, kernel="numpy",
+                                                                        cold=cold, fsync=False)))
             for i in range(args.repeat):
                 # each round starts with another pipeline: no pipeline always runs first, or always
                 # right after another one (a run disturbs the memory and the disk of the next one)

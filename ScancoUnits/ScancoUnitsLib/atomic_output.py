@@ -22,13 +22,19 @@ What no handler can clean up (SIGKILL, power loss) is found later by the tempora
 ``.<name>.partial-<writer>-<random>`` (backups: ``.previous-``), where ``<writer>`` is
 :func:`writer_id`: a hash of the host name (and PID namespace), a hash of the boot id, the process id
 and the process start time. :func:`sweep_stale_partials` removes the files whose writer is provably
-gone and leaves (and reports) the others. A final name too long for that suffix gets a shortened,
+gone (same host, same boot, process no longer running) and leaves (and reports) the others. A final name too long for that suffix gets a shortened,
 hashed temporary name (``.<start of name>~<hash>.partial-...``), so any legal final name works.
 
 Safety checks for callers, all made before anything is written: ``protected=`` inputs are never
-written over (:class:`OutputIsInputError`, whatever ``overwrite`` says); :meth:`AtomicOutputSet.check_free`
-finds every collision up front; ``replace_also=`` (see :func:`previous_outputs`) removes an earlier
-output set's other files at commit, all or nothing.
+written over (:class:`OutputIsInputError`, whatever ``overwrite`` says), nor an existing file a
+``refuse=`` rule names (:class:`OutputProtectedError`, e.g. a SCANCO file by its content);
+:meth:`AtomicOutputSet.check_free` finds every collision up front; ``replace_also=`` (see
+:func:`previous_outputs`: only files whose size and checksum an earlier record holds, see
+:func:`fingerprint`) removes an earlier output set's other files at commit, all or nothing.
+
+A set may name its commit record (:meth:`AtomicOutputSet.set_record`, the metadata JSON): it is placed
+last, after the other members and, with ``fsync=True``, after their data and the folder are on disk;
+the earlier record of that name is moved aside first. A set whose record exists was complete.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import sys
 import threading
 import warnings
@@ -56,6 +63,8 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "OutputIsInputError",
+    "OutputProtectedError",
+    "InputSet",
     "Interrupted",
     "AtomicOutputSet",
     "atomic_output_file",
@@ -67,6 +76,7 @@ __all__ = [
     "scan_partials",
     "sweep_stale_partials",
     "previous_outputs",
+    "fingerprint",
 ]
 
 _PARTIAL_MARK = ".partial-"
@@ -130,6 +140,18 @@ class OutputIsInputError(OutputError):
 
     def __reduce__(self):
         return (type(self), (self.path, self.input_path, self.errno))
+
+
+class OutputProtectedError(OutputIsInputError):
+    """An existing file this set would replace is protected for another reason (e.g. it is a SCANCO
+    file by its content): refused whatever ``overwrite`` says."""
+
+    def __init__(self, path, reason: str, os_errno=errno.EEXIST):
+        self.input_path = os.fspath(path)
+        OutputError.__init__(self, path, reason, os_errno)
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.reason, self.errno))
 
 
 class Interrupted(KeyboardInterrupt):
@@ -351,12 +373,15 @@ def writer_id() -> str:
 
 
 def _writer_gone(writer: _Writer) -> Optional[bool]:
-    """True: provably not running any more; False: maybe running; None: written on another host."""
+    """True: provably not running any more; False: maybe running; None: written on another host or in
+    another boot.
+
+    Only a writer of this host *and* this boot can be judged: two machines may share a host name (cluster
+    nodes, containers) and a folder, so a different boot id may be a running writer elsewhere, not a
+    reboot. Files of another boot are left and reported, never removed."""
     me = _this_writer()
-    if writer.host != me.host:
+    if writer.host != me.host or writer.boot != me.boot:
         return None
-    if writer.boot != me.boot:
-        return True  # this host rebooted since: every process of the earlier boot is gone
     if writer.pid == me.pid:
         return writer.start != me.start
     state = _proc_stat(writer.pid)
@@ -399,7 +424,7 @@ class PartialScan:
     folder: Path
     stale: List[Path] = field(default_factory=list)    # their writer is provably gone: safe to remove
     live: List[Path] = field(default_factory=list)     # their writer may still be running
-    foreign: List[Path] = field(default_factory=list)  # another host, or no writer id: never touched
+    foreign: List[Path] = field(default_factory=list)  # another host or boot, or no writer id: never touched
 
 
 def _matches_stem(base: str, stem: Optional[str]) -> bool:
@@ -442,14 +467,16 @@ def _remove_path(path: Path) -> None:
         os.unlink(path)
 
 
-def sweep_stale_partials(folder, stem: Optional[str] = None) -> List[Path]:
+def sweep_stale_partials(folder, stem: Optional[str] = None, *, warn: bool = True) -> List[Path]:
     """Remove the temporary and backup files in *folder* left by writers that are provably gone.
 
-    A writer is gone when it ran on this host in an earlier boot, or in this boot with a process id
-    that is no longer running with the same start time (so a reused pid is not taken for the writer).
-    Files of running writers are never touched; files written on another host (shared file system)
-    or without a writer id are left and reported with one :class:`UserWarning`. With *stem*, only the
-    files of outputs whose names start with *stem* are considered. Returns the removed paths.
+    A writer is gone when it ran on this host in this boot (host name, PID namespace and boot id all
+    match) with a process id that is no longer running with the same start time (so a reused pid is
+    not taken for the writer). Files of running writers are never touched; files written on another
+    host or in another boot (a shared file system: the same host name may be another machine) or
+    without a writer id are left and reported with one :class:`UserWarning` (``warn=False``: not
+    reported; see :func:`scan_partials`). With *stem*, only the files of outputs whose names start with
+    *stem* are considered. Returns the removed paths.
     """
     scan = scan_partials(folder, stem)
     removed = []
@@ -461,20 +488,29 @@ def sweep_stale_partials(folder, stem: Optional[str] = None) -> List[Path]:
         except OSError:
             continue
         removed.append(path)
-    if scan.foreign:
+    if scan.foreign and warn:
         shown = ", ".join(p.name for p in scan.foreign[:3]) + (" ..." if len(scan.foreign) > 3 else "")
-        warnings.warn(f"{scan.folder}: {len(scan.foreign)} temporary file(s) of another host or of an unknown "
+        warnings.warn(f"{scan.folder}: {len(scan.foreign)} temporary file(s) of another host or boot, or of an unknown "
                       f"writer were left in place: {shown}", UserWarning, stacklevel=2)
     return removed
 
 
-def previous_outputs(metadata_json_path) -> List[Path]:
-    """The existing files of the output set an earlier conversion recorded in *metadata_json_path*.
+def previous_outputs(metadata_json_path, names=None, *, refused: Optional[list] = None) -> List[Path]:
+    """The existing files of the output set an earlier conversion recorded in *metadata_json_path*,
+    limited to what is provably ours.
 
-    That is the ``_metadata.json`` itself, every ``"outputs": {role: {"file": name, "files": [names]}}``
-    (every format of every output, with the data file of a detached ``.nhdr``) and ``<stem>_report.png``,
-    all in the JSON's folder. Tolerant: a missing,
-    unreadable or broken JSON lists nothing (the caller may warn); names with a folder part are ignored.
+    A metadata file is only a claim (it may be hand-edited, foreign or tampered with), so it never
+    steers deletion by itself. A listed entry counts only when
+
+    * its name is in *names* (the names this stem can have: :func:`ScancoUnitsLib.convert.stem_file_names`;
+      None: any plain name in the folder), and
+    * the file, or the folder with everything in it, still has the size and checksum that metadata
+      recorded for it (``"files": {name: fingerprint}``, see :func:`fingerprint`). An entry without a
+      recorded fingerprint (metadata of an older release), a changed file, or a folder holding anything
+      else is never listed; its path goes to *refused* (when given) so the caller can say so.
+
+    The metadata itself is listed first. A missing, unreadable or broken JSON lists nothing; names with
+    a folder part are ignored.
     """
     meta = Path(os.path.abspath(os.fspath(metadata_json_path)))
     folder = meta.parent
@@ -485,47 +521,110 @@ def previous_outputs(metadata_json_path) -> List[Path]:
         return []
     if not isinstance(document, dict):
         return []
-    found: List[Path] = [meta]
+    allowed = None if names is None else set(names)
+    recorded = document.get("files") if isinstance(document.get("files"), dict) else {}
+    claimed: List[str] = []
     outputs = document.get("outputs")
     for entry in (outputs.values() if isinstance(outputs, dict) else ()):
         if not isinstance(entry, dict):
             continue
-        names = [entry.get("file")] + (entry.get("files") if isinstance(entry.get("files"), list) else [])
-        for name in names:
-            if not _plain_name(name):
-                continue
-            found.append(folder / name)
-            if name.lower().endswith(".nhdr"):
-                data = _nhdr_data_file(folder / name)
-                if data is not None:
-                    found.append(folder / data)
+        claimed += [entry.get("file")] + (entry.get("files") if isinstance(entry.get("files"), list) else [])
+    claimed += list(recorded)
     if meta.name.endswith("_metadata.json"):
-        found.append(folder / (meta.name[: -len("_metadata.json")] + "_report.png"))
-    unique = list(dict.fromkeys(found))
-    return [p for p in unique if os.path.lexists(p)]
+        claimed.append(meta.name[: -len("_metadata.json")] + "_report.png")
+    found: List[Path] = [meta]
+    for name in dict.fromkeys(n for n in claimed if _plain_name(n) and n != meta.name):
+        path = folder / name
+        if not os.path.lexists(path):
+            continue
+        if allowed is not None and name not in allowed:
+            if refused is not None:
+                refused.append(path)
+            continue
+        expected = recorded.get(name)
+        if not isinstance(expected, dict) or fingerprint(path) != expected:
+            if refused is not None:
+                refused.append(path)
+            continue
+        found.append(path)
+    return [p for p in found if os.path.lexists(p)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# fingerprints: is this still the file we wrote?
+# ---------------------------------------------------------------------------------------------------
+
+FINGERPRINT_WHOLE_BYTES = 8 << 20   # files up to this size are hashed whole
+FINGERPRINT_BLOCKS = 64             # larger ones: this many blocks, evenly spaced, first and last included
+FINGERPRINT_BLOCK_BYTES = 64 << 10
+
+
+def _file_fingerprint(path, size: int) -> dict:
+    digest = hashlib.sha256(size.to_bytes(8, "little"))
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
+                 | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if size <= FINGERPRINT_WHOLE_BYTES:
+            offsets = [(0, size)]
+        else:
+            step = (size - FINGERPRINT_BLOCK_BYTES) / (FINGERPRINT_BLOCKS - 1)
+            offsets = [(int(round(i * step)), FINGERPRINT_BLOCK_BYTES) for i in range(FINGERPRINT_BLOCKS)]
+        for offset, length in offsets:
+            done = 0
+            while done < length:
+                piece = os.pread(fd, min(length - done, 1 << 20), offset + done) if hasattr(os, "pread") \
+                    else (os.lseek(fd, offset + done, 0), os.read(fd, min(length - done, 1 << 20)))[1]
+                if not piece:
+                    break
+                digest.update(piece)
+                done += len(piece)
+    finally:
+        os.close(fd)
+    return {"bytes": size, "sha256": digest.hexdigest(),
+            "sampled": size > FINGERPRINT_WHOLE_BYTES}
+
+
+def fingerprint(path) -> Optional[dict]:
+    """Size and checksum of a file, or of a folder with everything in it; None when it cannot be read.
+
+    Files up to 8 MiB are hashed whole (SHA-256 of the size and the bytes). Larger ones are hashed from
+    64 blocks of 64 KiB spread evenly over the file, the first and the last included (``"sampled":
+    true``): reading 4 MiB per file keeps ``--skip-existing`` fast on GB volumes and catches truncated,
+    emptied, replaced or re-headed files, but not every single-voxel edit. A folder (OME-Zarr) is its
+    total size, its file count and the hash of every relative name with its file's fingerprint; a
+    symbolic link inside it makes it unreadable (None), so it never counts as ours.
+    """
+    path = os.fspath(path)
+    try:
+        st = os.lstat(path)
+        if stat.S_ISREG(st.st_mode):
+            return _file_fingerprint(path, st.st_size)
+        if not stat.S_ISDIR(st.st_mode):
+            return None
+        lines, total, count = [], 0, 0
+        for root, dirs, files in os.walk(path):
+            dirs.sort()
+            for name in sorted(dirs + files):
+                full = os.path.join(root, name)
+                st = os.lstat(full)
+                rel = os.path.relpath(full, path).replace(os.sep, "/")
+                if stat.S_ISDIR(st.st_mode):
+                    lines.append(f"{rel}/")
+                elif stat.S_ISREG(st.st_mode):
+                    lines.append(f"{rel} {_file_fingerprint(full, st.st_size)['sha256']}")
+                    total += st.st_size
+                    count += 1
+                else:
+                    return None
+        digest = hashlib.sha256("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+        return {"bytes": total, "files": count, "sha256": digest}
+    except OSError:
+        return None
 
 
 def _plain_name(name) -> bool:
     return (isinstance(name, str) and name not in ("", ".", "..") and os.path.basename(name) == name
             and "/" not in name and "\\" not in name and "\0" not in name)
-
-
-def _nhdr_data_file(header: Path) -> Optional[str]:
-    """The single ``data file:`` name of a detached NRRD header, None when absent or not a plain name."""
-    try:
-        with open(header, "rb") as f:
-            text = f.read(1 << 16).decode("utf-8", "replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if not line.strip():
-            break
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() in ("data file", "datafile"):
-            value = value.strip()
-            listed = value == "LIST" or value.startswith("LIST ") or "%" in value  # multi-file forms
-            return value if _plain_name(value) and not listed else None
-    return None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -580,6 +679,27 @@ def _sync_tree(folder: Path) -> None:
                 os.close(fd)
 
 
+class InputSet:
+    """Input paths no output may be: their absolute and resolved names and their file ids (device,
+    inode: hard links), computed once. Make one per batch and pass it to every output set."""
+
+    def __init__(self, paths=()):
+        self.by_name: dict[str, Path] = {}
+        self.by_id: dict = {}
+        for path in paths:
+            absolute = Path(os.path.abspath(os.fspath(path)))
+            for name in (os.fspath(absolute), os.path.realpath(absolute)):
+                self.by_name.setdefault(os.path.normcase(name), absolute)
+            try:
+                st = os.stat(absolute)
+            except OSError:
+                continue
+            self.by_id.setdefault((st.st_dev, st.st_ino), absolute)
+
+    def __len__(self) -> int:
+        return len(set(self.by_name.values()))
+
+
 class AtomicOutputSet:
     """Several output files that appear together or not at all.
 
@@ -594,12 +714,22 @@ class AtomicOutputSet:
     Callbacks registered with :meth:`on_commit` (writers use it to finish their data) run first.
 
     *protected*: input paths; an output that is (the same file as) one of them is refused with
-    :class:`OutputIsInputError`, whatever *overwrite* says. *replace_also* (needs ``overwrite=True``):
-    files of an earlier output set (:func:`previous_outputs`) removed at commit together with the
-    replacement, all or nothing: they are moved aside first and put back if the commit fails.
+    :class:`OutputIsInputError`, whatever *overwrite* says (any number of paths: they are kept as a set
+    of resolved names and file ids). *refuse*: ``refuse(existing_path) -> reason or None``, asked about
+    every existing file this set would replace or remove (e.g. "a SCANCO file by its content"); a
+    reason refuses it like an input, whatever *overwrite* says. *replace_also* (needs
+    ``overwrite=True``): files of an earlier output set (:func:`previous_outputs`) removed at commit
+    together with the replacement, all or nothing: they are moved aside first and put back if the
+    commit fails.
+
+    The commit record (:meth:`set_record`, e.g. the metadata JSON) is placed last: an existing file of
+    that name is moved aside before anything else is placed, and with ``fsync=True`` every file and the
+    folder are on disk before the record is renamed into place. So a set whose record exists was
+    complete when the record appeared, and a commit killed half-way leaves no record.
     """
 
-    def __init__(self, overwrite: bool = False, *, fsync: bool = False, protected=(), replace_also=()):
+    def __init__(self, overwrite: bool = False, *, fsync: bool = False, protected=(), replace_also=(),
+                 refuse=None):
         self.overwrite = bool(overwrite)
         self.fsync = bool(fsync)
         self._entries: list[_Entry] = []
@@ -607,7 +737,10 @@ class AtomicOutputSet:
         self._callbacks = []
         self._state = "open"  # open -> committing -> committed | aborted
         self._failure: Optional[BaseException] = None
-        self._protected: list[Path] = []
+        self._protected: list[InputSet] = []
+        self._refuse = refuse
+        self._record: Optional[Path] = None
+        self._record_check = None
         self._replace_also: list[Path] = []
         self.protect(protected)
         if replace_also:
@@ -646,34 +779,51 @@ class AtomicOutputSet:
 
     # -- safety checks made before anything is written ----------------------------------------------
     def protect(self, paths) -> None:
-        """Add input *paths* that no output of this set may be, whatever ``overwrite`` says."""
+        """Add input *paths* (paths, or :class:`InputSet` objects made once for a whole batch) that no
+        output of this set may be, whatever ``overwrite`` says."""
+        loose = []
         for path in paths:
-            absolute = Path(os.path.abspath(os.fspath(path)))
-            if absolute not in self._protected:
-                self._protected.append(absolute)
+            if isinstance(path, InputSet):
+                self._protected.append(path)
+            else:
+                loose.append(path)
+        if loose:
+            self._protected.append(InputSet(loose))
         for entry in self._entries:
             self._refuse_protected(entry.final)
         for path in self._replace_also:
             self._refuse_protected(path)
 
+    def set_record(self, final_path, check=None) -> None:
+        """Make *final_path* (a member of this set, added before or after) the commit record: placed
+        last, after every other member and (``fsync``) after the files and folders are on disk.
+        ``check()``, when given, runs just before the record is placed (every other member is in place
+        by then); an exception from it takes the whole set back, as any failure of the commit does."""
+        self._record = Path(os.path.abspath(os.fspath(final_path)))
+        self._record_check = check
+
     def _refuse_protected(self, final: Path) -> None:
-        if not self._protected:
+        if self._protected:
+            names = [os.path.normcase(n) for n in (os.fspath(final), os.path.realpath(final))]
+            for inputs in self._protected:
+                for name in names:
+                    protected = inputs.by_name.get(name)
+                    if protected is not None:
+                        raise OutputIsInputError(final, protected)
+        if not self._protected and self._refuse is None:
             return
-        names = {os.path.normcase(os.fspath(final)), os.path.normcase(os.path.realpath(final))}
         try:
             final_stat = os.stat(final)
         except OSError:
-            final_stat = None
-        for protected in self._protected:
-            same = bool(names & {os.path.normcase(os.fspath(protected)),
-                                 os.path.normcase(os.path.realpath(protected))})
-            if not same and final_stat is not None:
-                try:
-                    same = os.path.samestat(final_stat, os.stat(protected))
-                except OSError:
-                    same = False
-            if same:
+            return
+        for inputs in self._protected:
+            protected = inputs.by_id.get((final_stat.st_dev, final_stat.st_ino))
+            if protected is not None:
                 raise OutputIsInputError(final, protected)
+        if self._refuse is not None and os.path.lexists(final):
+            reason = self._refuse(final)
+            if reason:
+                raise OutputProtectedError(final, reason)
 
     def check_free(self, paths) -> None:
         """Check every planned final path before anything is read or written.
@@ -882,8 +1032,18 @@ class AtomicOutputSet:
         placed = []  # (entry, backup path or None, had_previous)
         aside = []   # (stale sibling, its hidden backup name)
         entry = None
+        record = self._by_final.get(str(self._record)) if self._record is not None else None
+        members = [e for e in self._entries if e is not record] + ([record] if record is not None else [])
         try:
             finals = {str(e.final) for e in self._entries}
+            if record is not None and self.overwrite and os.path.lexists(record.final) \
+                    and not os.path.isdir(record.final):
+                # the earlier record goes first: while files are being replaced there is none
+                entry = record
+                self._refuse_protected(record.final)
+                backup = _hidden_sibling(record.final, _BACKUP_MARK)
+                os.rename(record.final, backup)  # not registered: it must survive a signal handler
+                aside.append((record.final, backup))
             for stale in self._replace_also:
                 if str(stale) in finals or not os.path.lexists(stale):
                     continue
@@ -892,9 +1052,15 @@ class AtomicOutputSet:
                 backup = _hidden_sibling(stale, _BACKUP_MARK)
                 os.rename(stale, backup)  # not registered: a signal handler must not delete the only copy
                 aside.append((stale, backup))
-            for entry in self._entries:
+            for entry in members:
+                if entry is record and self.fsync:
+                    self._sync_folders()  # every other member's name is on disk before the record's
+                if entry is record and self._record_check is not None:
+                    self._record_check()
                 self._refuse_protected(entry.final)
-                if entry.is_dir:
+                if entry is record and any(final == entry.final for final, _b in aside):
+                    placed.append(self._place_exclusive(entry))  # its old file was moved aside above
+                elif entry.is_dir:
                     placed.append(self._place_directory(entry))
                 elif self.overwrite:
                     placed.append(self._place_replacing(entry))

@@ -7,10 +7,13 @@ finishes and keeps what is needed after Ctrl-C / SIGTERM (which file was interru
 long, which never started). :mod:`~ScancoUnitsLib.dask_batch` runs the same :func:`convert_one` on a
 Dask cluster.
 
-``skip_existing``: a file whose complete output set exists, made from the same input (name, size
-and modification time, recorded in its ``_metadata.json``) with the same options (those that change
-the output bytes: not overwrite, threads or slab size) is ``skipped``; an incomplete or stale set
-is converted again, replacing that set.
+``skip_existing``: a file whose complete output set exists, made from the same input (its resolved
+path, size and modification time, recorded in its ``_metadata.json``) with the same options (those
+that change the output bytes: not overwrite, threads, slab size or fsync) is ``skipped`` — but only
+when every file of the set still has the size and checksum the metadata recorded, and the metadata
+its own checksum. An incomplete, changed or stale set of the same input is converted again,
+replacing that set; a set made from another input (same stem, other path) is neither believed nor
+replaced: that file fails with the other input's name, unless ``--overwrite`` was given.
 """
 
 from __future__ import annotations
@@ -25,14 +28,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .atomic_output import OutputExistsError
+from .atomic_output import OutputExistsError, OutputIsInputError
 from .errors import ScancoError
 
 STATUSES = ("converted", "skipped", "failed", "interrupted")
 UP_TO_DATE = "outputs exist, made from this input (same size and modification time) with the same options"
 NOT_STARTED = "not started (batch interrupted)"
 # options that do not change the bytes of an output (the conversion is exact whatever the slab size)
-_OPTIONS_NOT_COMPARED = ("overwrite", "threads", "slab_slices", "statistics")
+_OPTIONS_NOT_COMPARED = ("overwrite", "threads", "slab_slices", "statistics", "fsync")
 
 
 @dataclass
@@ -99,39 +102,79 @@ def _comparable_options(options: dict) -> dict:
     return {k: v for k, v in plain.items() if k not in _OPTIONS_NOT_COMPARED}
 
 
-def existing_metadata(header, out_dir, options, stem: str) -> Optional[dict]:
-    """The ``_metadata.json`` content of an up-to-date output set of this input, or None when the set
-    is missing, incomplete or stale (other input, changed input, other options)."""
-    from .convert import plan_files
+@dataclass(frozen=True)
+class ExistingSet:
+    """What ``--skip-existing`` found for one input. ``state``: ``"missing"`` (no metadata),
+    ``"up_to_date"`` (``metadata`` is believed: same input, options, files and checksums),
+    ``"redo"`` (a set of this same input that is stale, incomplete or changed: ``reason`` says which)
+    or ``"other_input"`` (made from ``other_input``, another file with the same stem)."""
+
+    state: str
+    metadata: Optional[dict] = None
+    reason: str = ""
+    other_input: Optional[str] = None
+
+
+def _read_metadata(path: Path) -> Optional[dict]:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return document if isinstance(document, dict) else None
+
+
+def existing_set(header, out_dir, options, stem: str) -> ExistingSet:
+    """Judge the output set of ``stem`` in ``out_dir`` for the input ``header`` describes.
+
+    The metadata is only believed when its own checksum matches (a hand-edit shows), it names this
+    input by resolved path, size and mtime, the options are the same, and every planned file exists
+    with the size and checksum recorded for it (a 0-byte, truncated or edited file shows)."""
+    from .atomic_output import fingerprint
+    from .convert import METADATA_CHECKSUM_KEY, metadata_checksum, plan_files
     from .request import plan_request
 
     out_dir = Path(out_dir)
+    meta_path = out_dir / f"{stem}_metadata.json"
+    if not os.path.lexists(meta_path):
+        return ExistingSet("missing")
+    metadata = _read_metadata(meta_path)
+    if metadata is None:
+        return ExistingSet("redo", reason="its metadata is unreadable")
     try:
-        metadata = json.loads((out_dir / f"{stem}_metadata.json").read_text(encoding="utf-8"))
         source = metadata["input"]
+        recorded_path = source.get("resolved_path") or source.get("path") or ""
+        if os.path.normcase(os.path.realpath(recorded_path)) != os.path.normcase(os.path.realpath(header.path)):
+            return ExistingSet("other_input", metadata, other_input=str(source.get("path") or recorded_path))
+        if metadata.get(METADATA_CHECKSUM_KEY) != metadata_checksum(metadata):
+            return ExistingSet("redo", reason="its metadata was edited or written by another release")
         st = os.stat(header.path)
-        if (source.get("size_bytes"), source.get("mtime_ns")) != (st.st_size, st.st_mtime_ns) \
-                or Path(source.get("path", "")).name != Path(header.path).name:
-            return None
+        if (source.get("size_bytes"), source.get("mtime_ns")) != (st.st_size, st.st_mtime_ns):
+            return ExistingSet("redo", reason="the input changed since")
         if _comparable_options(metadata.get("options") or {}) != _comparable_options(options.to_dict()):
-            return None
+            return ExistingSet("redo", reason="other options")
         if options.statistics and not metadata.get("statistics"):  # asked for now, not made then
-            return None
+            return ExistingSet("redo", reason="no statistics")
         planned = plan_files(plan_request(header, options), out_dir, stem)
-        recorded = metadata.get("outputs") or {}
-        if set(recorded) != {f.role for f in planned}:
-            return None
+        recorded_outputs = metadata.get("outputs") or {}
+        if set(recorded_outputs) != {f.role for f in planned}:
+            return ExistingSet("redo", reason="other outputs")
         wanted = [p for f in planned for p in f.paths]
-        if any(p.name not in (recorded[f.role].get("files") or [recorded[f.role].get("file")])
-               for f in planned for p in f.paths):
-            return None
         if options.report:
             wanted.append(out_dir / f"{stem}_report.png")
-        if not all(os.path.exists(p) for p in wanted):   # files, or an OME-Zarr directory
-            return None
+        files = metadata.get("files") or {}
+        for path in wanted:
+            if path.name not in files or fingerprint(path) != files[path.name]:
+                return ExistingSet("redo", reason=f"{path.name} is missing or not the file that was written")
     except (OSError, ValueError, KeyError, TypeError, AttributeError, ScancoError):
-        return None
-    return metadata
+        return ExistingSet("redo", reason="its metadata is incomplete")
+    return ExistingSet("up_to_date", metadata)
+
+
+def existing_metadata(header, out_dir, options, stem: str) -> Optional[dict]:
+    """The ``_metadata.json`` content of an up-to-date output set of this input (see
+    :func:`existing_set`), or None when the set is missing, incomplete, changed or stale."""
+    found = existing_set(header, out_dir, options, stem)
+    return found.metadata if found.state == "up_to_date" else None
 
 
 def _outputs_of(metadata: dict, out_dir: Path, stem: str, report: bool) -> Dict[str, str]:
@@ -150,10 +193,12 @@ def _naming_input(path: Path, message: str) -> str:
 
 
 def convert_one(path, out_dir, options, stem: str, *, skip_existing: bool = False,
-                progress: Optional[Callable[[int, int], Optional[bool]]] = None) -> FileResult:
+                progress: Optional[Callable[[int, int], Optional[bool]]] = None,
+                protected: Sequence = ()) -> FileResult:
     """Convert one input (or skip it, see the module docstring). Never raises for a bad input or a
     bug of ours: the batch goes on. KeyboardInterrupt (Ctrl-C, SIGTERM as
-    :class:`~ScancoUnitsLib.atomic_output.Interrupted`) passes through, outputs cleaned up."""
+    :class:`~ScancoUnitsLib.atomic_output.Interrupted`) passes through, outputs cleaned up.
+    ``protected``: the other inputs of the run (no output may replace one, whatever the flags)."""
     from . import convert as convert_module
     from .batch_summary import facts_from_metadata
     from .reader import read_header
@@ -170,19 +215,32 @@ def convert_one(path, out_dir, options, stem: str, *, skip_existing: bool = Fals
         return FileResult(str(path), "failed", error=_naming_input(path, message),
                           seconds=time.perf_counter() - started, input_bytes=size)
 
+    only_ours = False
     try:
         header = read_header(path)
         if skip_existing:
-            metadata = existing_metadata(header, out_dir, options, stem)
-            if metadata is not None:
+            found = existing_set(header, out_dir, options, stem)
+            if found.state == "up_to_date":
+                metadata = found.metadata
                 return FileResult(str(path), "skipped", outputs=_outputs_of(metadata, out_dir, stem, options.report),
                                   warnings=list(metadata.get("warnings") or []),
                                   seconds=time.perf_counter() - started, stats=metadata.get("statistics"),
                                   reason=UP_TO_DATE, input_bytes=size, facts=facts_from_metadata(metadata))
-            options = replace(options, overwrite=True)  # an incomplete or stale set is redone
+            if found.state == "other_input" and not options.overwrite:
+                return failed(f"{out_dir / (stem + '_metadata.json')}: the outputs named {stem}_* were made from "
+                              f"another input, {found.other_input}; they are kept (--overwrite replaces them; "
+                              "or choose another output folder with -o)")
+            if found.state != "other_input" and not options.overwrite:
+                # this input's set, stale, incomplete or changed (or a commit that never finished): redone.
+                # Only names this plan makes and files the earlier metadata recorded are replaced; with
+                # no metadata at all, only files that carry our mark.
+                options = replace(options, overwrite=True)
+                only_ours = found.state == "missing"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            result = convert_module.convert_header(header, out_dir, options, stem=stem, progress=progress)
+            result = convert_module.convert_header(header, out_dir, options, stem=stem, progress=progress,
+                                                   protected=protected,
+                                                   replace_only_ours=only_ours)
         notes = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
         return FileResult(str(path), "converted", outputs={k: str(v) for k, v in result.outputs.items()},
                           warnings=notes, seconds=time.perf_counter() - started,
@@ -191,6 +249,8 @@ def convert_one(path, out_dir, options, stem: str, *, skip_existing: bool = Fals
     except OutputExistsError as exc:
         return failed(f"{exc.path}: the file exists already (--overwrite replaces it; --skip-existing "
                       "keeps finished outputs)")
+    except OutputIsInputError as exc:  # an input, or a SCANCO file: no flag replaces it
+        return failed(f"{exc.path}: {exc.reason}")
     except ScancoError as exc:
         return failed(str(exc))
     except MemoryError:
@@ -203,33 +263,81 @@ def convert_one(path, out_dir, options, stem: str, *, skip_existing: bool = Fals
 
 # ---- temporary files of a killed conversion ------------------------------------------------------------
 def _output_names(stem: str):
-    from .convert import OUTPUT_SUFFIXES
+    from .convert import stem_file_names
 
-    for suffix in list(OUTPUT_SUFFIXES.values()) + ["_metadata", "_report"]:
-        for ext in (".nrrd", ".nhdr", ".raw", ".raw.gz", ".json", ".png"):
-            yield f"{stem}{suffix}{ext}"
+    return sorted(stem_file_names(stem))
 
 
 def remove_partials_of(out_dir: Path, stem: str, newer_than: float = 0.0) -> List[Path]:
-    """Delete the temporary files (``.<name>.partial-<random>``) of one input's outputs modified
-    after ``newer_than`` (a time.time() value), e.g. after its worker process was killed. Finished
-    outputs and other inputs' files are not touched."""
-    prefixes = tuple(f".{name}.partial-" for name in _output_names(stem))
+    """Delete the temporary and backup files of one input's outputs (``.<name>.partial-<writer>-...``)
+    whose writer is provably gone (:func:`~ScancoUnitsLib.atomic_output.scan_partials`: this host, this
+    boot, process no longer running; or this process's own registered ones), e.g. after its worker
+    process was killed, and modified after
+    ``newer_than`` (a time.time() value). Finished outputs, other inputs' files and files of a live
+    writer, another host or another boot are not touched."""
+    from .atomic_output import _remove_path, _unregister, live_partials, scan_partials
+
+    names = set(_output_names(stem))
     removed = []
-    try:
-        names = os.listdir(out_dir)
-    except OSError:
-        return removed
-    for name in names:
-        if name.startswith(prefixes):
-            try:
-                if os.lstat(Path(out_dir) / name).st_mtime < newer_than:
-                    continue  # older than this batch: not ours
-                os.unlink(Path(out_dir) / name)
-                removed.append(Path(out_dir) / name)
-            except OSError:
-                pass
+    scan = scan_partials(out_dir, stem)
+    ours = set(live_partials())  # this process's own, of a conversion that was unwound: ours to remove
+    for path in scan.stale + [p for p in scan.live if p in ours]:
+        base = atomic_base_name(path.name)
+        if base is not None and base not in names and "~" not in base:  # "~": a shortened long name
+            continue
+        try:
+            if os.lstat(path).st_mtime < newer_than:
+                continue  # older than this batch: the start-of-run sweep reported it
+            _remove_path(path)
+            _unregister(str(path))
+        except OSError:
+            continue
+        removed.append(path)
     return removed
+
+
+def atomic_base_name(temporary_name: str) -> Optional[str]:
+    """``.<name>.partial-<writer>-<random>`` -> ``<name>`` (None for other names)."""
+    from .atomic_output import _ID_PATTERN
+
+    match = _ID_PATTERN.match(temporary_name)
+    return match["base"] if match else None
+
+
+@dataclass
+class SweepReport:
+    """What the start-of-run sweep of an output folder did: ``removed`` temporary files of killed runs
+    (this host and boot, writer gone), ``left`` those it cannot judge (another host or boot, unknown
+    writer: maybe a live run elsewhere)."""
+
+    folder: Path
+    removed: List[Path] = field(default_factory=list)
+    left: List[Path] = field(default_factory=list)
+
+    def lines(self) -> List[str]:
+        """One line each for stderr (none when there was nothing)."""
+        out = []
+        for paths, what in ((self.removed, "removed {n} temporary file(s) left by killed runs"),
+                            (self.left, "left {n} temporary file(s) of another host or boot, or of an unknown "
+                                        "writer, in place (remove them yourself once no run uses them)")):
+            if paths:
+                shown = ", ".join(p.name for p in paths[:5]) + (" ..." if len(paths) > 5 else "")
+                out.append(f"{self.folder}: {what.format(n=len(paths))}: {shown}")
+        return out
+
+
+def sweep_output_folder(out_dir) -> SweepReport:
+    """At the start of a run: remove every stale temporary file of our writers in ``out_dir`` (any
+    input's, not only this run's) and list the ones that cannot be judged."""
+    from .atomic_output import scan_partials, sweep_stale_partials
+
+    out_dir = Path(out_dir)
+    report = SweepReport(out_dir)
+    if not out_dir.is_dir():
+        return report
+    report.removed = sweep_stale_partials(out_dir, warn=False)
+    report.left = scan_partials(out_dir).foreign
+    return report
 
 
 # ---- signals ----------------------------------------------------------------------------------------------
@@ -320,10 +428,11 @@ def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - runs in wor
         os._exit(0)
 
 
-def _worker_main(conn, parent_pid: int, live: bool) -> None:  # pragma: no cover - worker processes
+def _worker_main(conn, parent_pid: int, live: bool, protected=None) -> None:  # pragma: no cover - worker processes
     """Convert the files the parent sends, one at a time: ("convert", path, out_dir, options, stem,
     skip_existing) -> ("fraction", path, done, total)* then ("result", path, FileResult or None,
-    signal number or None); None: exit."""
+    signal number or None); None: exit. ``protected``: the batch's inputs (an InputSet), sent once."""
+    _worker_state["protected"] = protected
     for name in ("SIGINT", "SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _worker_signal)
@@ -369,7 +478,9 @@ def _worker_convert(path, out_dir, options, stem, skip_existing, send=None):  # 
                     pass
             return None
     try:
-        return convert_one(path, out_dir, options, stem, skip_existing=skip_existing, progress=report), None
+        protected = _worker_state.get("protected")
+        return convert_one(path, out_dir, options, stem, skip_existing=skip_existing, progress=report,
+                           protected=[protected] if protected is not None else ()), None
     except KeyboardInterrupt as interrupt:
         from .atomic_output import remove_all_partials
 
@@ -393,9 +504,9 @@ def _death_of(exitcode) -> str:
 class _WorkerProcess:
     """One worker process, its end of the pipe and the file it holds (None: idle)."""
 
-    def __init__(self, context, live: bool):
+    def __init__(self, context, live: bool, protected=None):
         self.conn, child = context.Pipe(duplex=True)
-        self.process = context.Process(target=_worker_main, args=(child, os.getpid(), live),
+        self.process = context.Process(target=_worker_main, args=(child, os.getpid(), live, protected),
                                        name="scanco-units-worker", daemon=True)
         self.process.start()
         child.close()
@@ -474,6 +585,9 @@ class Batch:
         self.reported = set()
         self.in_flight: Dict[Path, float] = {}     # path -> perf_counter() when seen started
         self.started = time.time() - 60.0          # temporary files older than this are not this batch's
+        from .atomic_output import InputSet
+
+        self.protected = InputSet(self.inputs)     # no output of the batch may replace one of its inputs
         self._lock = threading.Lock()
 
     def folder_of(self, path: Path) -> Path:
@@ -534,7 +648,8 @@ class Batch:
             reporter = None if self.progress is None else self.progress.fraction_callback(path)
             try:
                 result = convert_one(path, self.folder_of(path), self.options, self.stems[path],
-                                     skip_existing=self.skip_existing, progress=reporter)
+                                     skip_existing=self.skip_existing, progress=reporter,
+                                     protected=[self.protected])
             except KeyboardInterrupt as interrupt:
                 ignore_further_signals()
                 self.interrupted(path, interrupt)
@@ -555,7 +670,7 @@ class Batch:
         deaths: Dict[Path, List[str]] = {}
         workers: List[_WorkerProcess] = []
         try:
-            workers = [_WorkerProcess(context, live) for _ in range(min(jobs, len(queue)))]
+            workers = [_WorkerProcess(context, live, self.protected) for _ in range(min(jobs, len(queue)))]
             while queue or any(w.path is not None for w in workers):
                 for w in workers:
                     while w.path is None and queue and not w.dead():
@@ -624,7 +739,7 @@ class Batch:
                 self.add(path, FileResult(str(path), "failed",
                                           error=f"{path}: {why}, also on the retry; its partial outputs were removed"))
         w.conn.close()
-        return _WorkerProcess(context, live)
+        return _WorkerProcess(context, live, self.protected)
 
     def _stop_workers(self, workers: List["_WorkerProcess"], interrupt) -> None:
         """After a signal: busy workers turn SIGTERM into Interrupted and clean up (repeated, as a

@@ -3,15 +3,22 @@
 A row's facts come from the file's ``_metadata.json`` content (the conversion's own metadata, or the
 existing one of a skipped file): scanner, geometry, calibration constants, the thresholds in per
 mille, native, HU and mg HA/ccm, and the statistics of :mod:`~ScancoUnitsLib.scan_statistics`.
-Written at the end of the batch through :class:`~ScancoUnitsLib.atomic_output.atomic_output_file`:
-the file appears complete or not at all.
+Written at the end of the batch through :class:`~ScancoUnitsLib.atomic_output.AtomicOutputSet`:
+the file appears complete or not at all. Its path is checked like an output's before the batch
+starts (:func:`summary_path_problem`): never an input of the run, never a SCANCO file, never an
+existing file without ``--overwrite`` unless it is a summary of ours (its header row: a re-run of a
+study refreshes its own summary). A cell that is not a number and starts with ``=``, ``+``,
+``-`` or ``@`` (or a tab or carriage return) gets a leading ``'``, so a spreadsheet shows it as text
+instead of running it as a formula (file names, scanner names and warnings come from the data).
 """
 
 from __future__ import annotations
 
 import csv
 import io
-from typing import Iterable, Optional
+import math
+import os
+from typing import Iterable, Optional, Sequence
 
 from .scan_statistics import STATISTICS_FIELDS
 
@@ -56,6 +63,33 @@ def facts_from_metadata(metadata: Optional[dict]) -> dict:
     return facts
 
 
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _is_number(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(str(value))  # "-0.5", "1e-3", "-inf": a spreadsheet reads these as numbers, not formulas
+    except ValueError:
+        return False
+    return True
+
+
+def csv_cell(value) -> str:
+    """A summary cell: numbers as they are, text that would start a spreadsheet formula behind a ``'``."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    text = str(value)
+    if text.startswith(_FORMULA_STARTS) and not _is_number(value):
+        return "'" + text
+    return text
+
+
 def summary_csv_text(results: Iterable) -> str:
     """CSV text (header row, then one row per :class:`~ScancoUnitsLib.batch.FileResult`)."""
     buffer = io.StringIO()
@@ -69,14 +103,60 @@ def summary_csv_text(results: Iterable) -> str:
                "outputs": "; ".join(f"{role}={path}" for role, path in result.outputs.items())}
         row.update(result.facts or {})
         row.update({k: (result.stats or {}).get(k) for k in STATISTICS_FIELDS})
-        writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in SUMMARY_COLUMNS})
+        writer.writerow({k: csv_cell(row.get(k)) for k in SUMMARY_COLUMNS})
     return buffer.getvalue()
 
 
-def write_summary_csv(path, results: Iterable) -> None:
-    """Write the summary atomically (replacing an older summary of the same name)."""
-    from .atomic_output import atomic_output_file
+def summary_path_problem(path, inputs: Sequence = (), overwrite: bool = False) -> Optional[str]:
+    """Why *path* cannot take the summary of a run over *inputs* (one line), or None. Checked before
+    any voxel is read: an input of the run or a SCANCO file is never replaced, whatever the flags; an
+    existing file only with ``overwrite``."""
+    from .atomic_output import InputSet
+    from .reader import sniff_format
+
+    shown = f"--summary {path}"
+    inputs = inputs if isinstance(inputs, InputSet) else InputSet(inputs)
+    for name in (os.path.abspath(path), os.path.realpath(path)):
+        hit = inputs.by_name.get(os.path.normcase(name))
+        if hit is not None:
+            return f"{shown}: this is the input file {hit}; an input is never overwritten (name another file)"
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    hit = inputs.by_id.get((st.st_dev, st.st_ino))
+    if hit is not None:
+        return f"{shown}: this is the input file {hit}; an input is never overwritten (name another file)"
+    if os.path.isdir(path):
+        return f"{shown}: is a folder; name a .csv file"
+    kind = sniff_format(path)
+    if kind is not None:
+        return f"{shown}: this is a SCANCO file ({kind} by its content); it is never overwritten (name another file)"
+    if not overwrite and not is_summary_file(path):
+        return f"{shown}: the file exists already (--overwrite replaces it)"
+    return None
+
+
+def is_summary_file(path) -> bool:
+    """True when *path* is a regular file whose first line is the header row of a summary of ours (its
+    first columns): a re-run of a study may replace its own summary without ``--overwrite``."""
+    try:
+        with open(path, "r", encoding="utf-8", newline="") as f:
+            first = f.readline(4096)
+    except (OSError, UnicodeDecodeError):
+        return False
+    return os.path.isfile(path) and first.startswith(",".join(SUMMARY_COLUMNS[:5]) + ",")
+
+
+def write_summary_csv(path, results: Iterable, *, overwrite: bool = True, protected: Sequence = ()) -> None:
+    """Write the summary atomically. ``overwrite`` (the default of the Python API): replace an older
+    file of that name; never an input in ``protected`` nor a SCANCO file, whatever ``overwrite`` says."""
+    from .atomic_output import AtomicOutputSet
+    from .convert import refuse_scanco_content
 
     text = summary_csv_text(results)
-    with atomic_output_file(path, "wb", overwrite=True) as f:
-        f.write(text.encode("utf-8", "surrogateescape"))  # a file name that is not UTF-8: its own bytes
+    overwrite = overwrite or is_summary_file(path)
+    with AtomicOutputSet(overwrite=overwrite, protected=protected, refuse=refuse_scanco_content()) as outputs:
+        outputs.check_free([path])
+        with outputs.add(path, "wb") as f:
+            f.write(text.encode("utf-8", "surrogateescape"))  # a file name that is not UTF-8: its own bytes

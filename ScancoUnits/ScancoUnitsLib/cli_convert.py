@@ -241,12 +241,12 @@ def _prepare_summary_folder(path) -> bool:
     return True
 
 
-def _write_summary_csv(path, results) -> bool:
+def _write_summary_csv(path, results, overwrite: bool = True, protected=()) -> bool:
     from .batch_summary import write_summary_csv
     from .errors import ScancoError
 
     try:
-        write_summary_csv(path, results)
+        write_summary_csv(path, results, overwrite=overwrite, protected=protected)
     except (ScancoError, OSError) as exc:
         print(f"scanco-units: error: {path}: cannot write the summary ({exc})", file=sys.stderr)
         return False
@@ -324,9 +324,21 @@ def _cmd_convert(args) -> int:
     if args.summary and not _prepare_summary_folder(args.summary):
         return EXIT_FAILED
     places = place_outputs(found, out_dir, args.layout)
-    install_signal_cleanup()
     batch = Batch(found.inputs, out_dir, options, places=places, skip_existing=args.skip_existing, strict=args.strict,
                   on_result=printer.result, progress=progress)
+    if args.summary:  # checked like an output, before any voxel is read
+        from .batch_summary import summary_path_problem
+
+        problem = summary_path_problem(args.summary, batch.protected, overwrite=args.overwrite)
+        if problem:
+            print(f"scanco-units: error: {problem}", file=sys.stderr)
+            return EXIT_USAGE
+    from .batch import sweep_output_folder
+
+    for folder in sorted({out_dir, *(place.folder for place in places.values())}):
+        for line in sweep_output_folder(folder).lines():  # leftovers of killed runs, whichever input
+            print(f"scanco-units: note: {line}", file=sys.stderr)
+    install_signal_cleanup()
     summary_stream = sys.stderr if args.json else sys.stdout
     try:
         with progress:
@@ -355,12 +367,13 @@ def _cmd_convert(args) -> int:
         if not args.quiet or not args.json:
             _print_summary(printer, results, summary_stream, quiet=args.quiet)
         if args.summary:
-            _write_summary_csv(args.summary, results)
+            _write_summary_csv(args.summary, results, args.overwrite, [batch.protected])
         return exit_code_for(interrupt)
     results = found_results + batch.results
     if not (args.json and args.quiet):
         _print_summary(printer, results, summary_stream, quiet=args.quiet)
-    summary_ok = _write_summary_csv(args.summary, results) if args.summary else True
+    summary_ok = _write_summary_csv(args.summary, results, args.overwrite, [batch.protected]) \
+        if args.summary else True
     failed = any(r.status == "failed" for r in results) or not found.inputs or not summary_ok or printer.stdout_lost
     return EXIT_FAILED if failed else EXIT_OK
 

@@ -9,9 +9,11 @@ together, or none does). Every final path is known, and checked, before any voxe
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import sys
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -19,9 +21,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
 from . import __version__
-from .atomic_output import AtomicOutputSet, previous_outputs, sweep_stale_partials
+from .atomic_output import AtomicOutputSet, fingerprint, previous_outputs, sweep_stale_partials
 from .engine import EngineOutput, SlabObserver, run_engine  # noqa: F401 - SlabObserver is public here
-from .errors import ConversionCancelled, RequestError  # noqa: F401 - ConversionCancelled is public here
+from .errors import ConversionCancelled, RequestError, ScancoFormatError  # noqa: F401 - ConversionCancelled is public here
 from .header import ScancoHeader
 from .option_names import option_name, value_phrase
 from .quantities import QUANTITIES, threshold_unit_label
@@ -176,35 +178,170 @@ def mask_coverage_warning(header: ScancoHeader, plan: RequestPlan, mask_voxels: 
 #: where the mask-coverage sentence starts in its warning (the report shows it without the path)
 MASK_COVERAGE_MARK = "the mask is "
 
+METADATA_SUFFIX = "_metadata.json"
+REPORT_SUFFIX = "_report.png"
+#: the key of the metadata's own checksum (SHA-256 of the rest of the document, see metadata_checksum)
+METADATA_CHECKSUM_KEY = "metadata_sha256"
+
+
+def stem_file_names(stem: str) -> set:
+    """Every file name a conversion can make for *stem*: each role's file in every format (compressed
+    or not, attached or detached), the metadata and the report. Only such names are ever removed as an
+    earlier output set (see :func:`~ScancoUnitsLib.atomic_output.previous_outputs`)."""
+    from .volume_writers import FORMAT_NAMES
+
+    names = {f"{stem}{METADATA_SUFFIX}", f"{stem}{REPORT_SUFFIX}"}
+    base = Path("/") / "names"
+    for format_name in FORMAT_NAMES:
+        try:
+            fmt = get_format(format_name)
+        except ImportError:  # an optional writer that is not installed made no file here
+            continue
+        for suffix in OUTPUT_SUFFIXES.values():
+            for compress in (False, True):
+                for detached in (False, True):
+                    spec = VolumeSpec(base_path=base / f"{stem}{suffix}", shape_zyx=(1, 1, 1), dtype=None,
+                                      spacing_mm=(1.0, 1.0, 1.0), origin_mm=(0.0, 0.0, 0.0), quantity="native",
+                                      unit_label="", description="", compress=compress, detached=detached)
+                    try:
+                        names.update(p.name for p in fmt.paths(spec))
+                    except Exception:  # noqa: BLE001 - a combination the format does not make
+                        continue
+    return names
+
+
+def metadata_checksum(document: dict) -> str:
+    """SHA-256 of a metadata document without its own checksum (canonical JSON): a hand-edited
+    ``_metadata.json`` no longer matches it."""
+    rest = {k: v for k, v in document.items() if k != METADATA_CHECKSUM_KEY}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=True)
+    return hashlib.sha256(text.encode("ascii")).hexdigest()
+
+
+_OUR_MARK = b"ScancoUnits"  # in every NRRD header, AIM log, PNG text chunk and OME-Zarr attributes we write
+
+
+def carries_our_mark(path) -> bool:
+    """True when the first 64 KiB of *path* (for a folder: its ``.zattrs`` or ``zarr.json``) name
+    ScancoUnits, as every NRRD header, AIM processing log, report and OME-Zarr we write does."""
+    path = os.fspath(path)
+    if os.path.isdir(path) and not os.path.islink(path):
+        return any(carries_our_mark(os.path.join(path, name)) for name in (".zattrs", "zarr.json")
+                   if os.path.isfile(os.path.join(path, name)))
+    try:
+        with open(path, "rb") as f:
+            return _OUR_MARK in f.read(1 << 16)
+    except OSError:
+        return False
+
+
+def refuse_scanco_content(ours=(), only_ours: bool = False):
+    """A ``refuse`` rule for :class:`~ScancoUnitsLib.atomic_output.AtomicOutputSet`: an existing file
+    that is a SCANCO file by its content (ISQ or AIM magic) is never replaced nor removed, unless it is
+    one of *ours* (an output this stem's earlier metadata recorded with its size and checksum).
+    ``only_ours`` (a set without its metadata, redone by --skip-existing): every other existing file
+    must carry our mark (:func:`carries_our_mark`) too, and a SCANCO file is refused all the same."""
+    from .reader import sniff_format
+
+    mine = {os.path.abspath(os.fspath(p)) for p in ours}
+
+    def refuse(path) -> Optional[str]:
+        if os.path.abspath(os.fspath(path)) in mine:
+            return None
+        kind = sniff_format(path) if os.path.isfile(path) else None
+        if kind is not None:  # even one carrying our mark: a mask AIM exported from Slicer is a user's file
+            return (f"this is a SCANCO file ({kind} by its content) that this run did not write; a SCANCO "
+                    "file is never replaced (choose another output folder with -o)")
+        if only_ours and not carries_our_mark(path):
+            return ("the file exists already, without the metadata of a ScancoUnits run and without its mark "
+                    "(--overwrite replaces it)")
+        return None
+    return refuse
+
+
+def _opened_identity(path: str, fd: int) -> os.stat_result:
+    """The identity of the file behind *fd*; refuses when *path* no longer names it."""
+    opened = os.fstat(fd)
+    _check_still_named(path, opened)
+    return opened
+
+
+def _check_still_named(path: str, opened: os.stat_result) -> None:
+    """The file *path* names now must be the one opened (same device, inode, size and mtime)."""
+    try:
+        now = os.stat(path)
+    except OSError as exc:
+        raise ScancoFormatError(path, f"the file changed while it was being converted (it is gone: "
+                                      f"{exc.strerror or exc}); no output was written") from None
+    if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+        what = "replaced by another file"
+    elif (now.st_size, now.st_mtime_ns) != (opened.st_size, opened.st_mtime_ns):
+        what = "modified in place"
+    else:
+        return
+    raise ScancoFormatError(path, f"the file changed while it was being converted ({what}); no output was "
+                                  "written (convert it again once it is complete)")
+
+
+def _check_same_header(header: ScancoHeader, fd: int) -> None:
+    """The header was read by an earlier open: the voxels must come from the same file."""
+    opened = os.fstat(fd)
+    if opened.st_size != header.file_size:
+        raise ScancoFormatError(header.path, "the file changed between reading its header and its voxels; "
+                                             "no output was written")
+    if sys.platform.startswith("win") or not os.path.exists(f"/dev/fd/{fd}"):
+        return
+    again = read_header(f"/dev/fd/{fd}")  # the header of the open file itself, whatever the path names now
+    first, second = header.to_dict(), again.to_dict()
+    for d in (first, second):
+        d.pop("path", None)
+    # as text: a NaN constant in a (crafted) header must compare equal to itself
+    if json.dumps(first, sort_keys=True, default=repr) != json.dumps(second, sort_keys=True, default=repr):
+        raise ScancoFormatError(header.path, "the file changed between reading its header and its voxels; "
+                                             "no output was written")
+
 
 def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRequest] = None, *,
                    stem: Optional[str] = None,
                    progress: Optional[Callable[[int, int], Optional[bool]]] = None,
                    observers: Sequence[SlabObserver] = (), cancel=None,
-                   extra_sinks: Optional[Dict[str, list]] = None, plan: Optional[RequestPlan] = None
-                   ) -> ConversionResult:
+                   extra_sinks: Optional[Dict[str, list]] = None, plan: Optional[RequestPlan] = None,
+                   protected: Sequence = (), replace_only_ours: bool = False) -> ConversionResult:
     """Convert the file ``header`` describes. ``progress(done_slices, total_slices)`` is called after
     each slab; returning False cancels (nothing is left on disk). Each observer is called once per
     slab as ``observer(z0, native_slab, {role: converted_slab})`` (read-only views, valid only during
     the call): this is how the QC report sees the data without a second pass. ``extra_sinks``
-    (role -> sinks) receive the same slabs (Slicer nodes filled in the same pass as the files)."""
+    (role -> sinks) receive the same slabs (Slicer nodes filled in the same pass as the files).
+    ``protected``: the other inputs of the run; no output may be one of them, whatever ``overwrite``
+    says (nor any file that is a SCANCO file by its content). ``replace_only_ours`` (with ``overwrite``):
+    an existing file is replaced only when it carries our mark (a set whose commit never finished)."""
     request = options or ConversionRequest()
     started = time.perf_counter()
     out_dir = Path(out_dir)
     stem = stem or request.output_stem or output_stem(header.path)
     plan = plan or plan_request(header, request)
     files = plan_files(plan, out_dir, stem)
-    meta_path = out_dir / f"{stem}_metadata.json"
-    report_path = out_dir / f"{stem}_report.png" if request.report else None
+    meta_path = out_dir / f"{stem}{METADATA_SUFFIX}"
+    report_path = out_dir / f"{stem}{REPORT_SUFFIX}" if request.report else None
+    finals = [p for f in files for p in f.paths] + [meta_path] + ([report_path] if report_path else [])
     # every collision is found before any voxel is read; with --overwrite the earlier set of this stem
-    # (every file its metadata lists) is replaced as a whole; an input is never written over
-    stale = previous_outputs(meta_path) if request.overwrite else []
+    # is replaced as a whole, but only the files that are provably its own: names this stem can have,
+    # with the size and checksum its metadata recorded. An input is never written over, nor a SCANCO file.
+    refused: List[Path] = []
+    ours = previous_outputs(meta_path, stem_file_names(stem), refused=refused) if os.path.lexists(meta_path) else []
+    stale = ours if request.overwrite else []
+    set_warnings = []  # said on stderr and kept in the metadata
     if request.overwrite and os.path.lexists(meta_path) and not stale:
-        plan = replace(plan, warnings=plan.warnings + (
-            f"{meta_path}: unreadable; only outputs with the same names are replaced",))
-    output_set = AtomicOutputSet(overwrite=request.overwrite, protected=[header.path], replace_also=stale)
-    output_set.check_free([p for f in files for p in f.paths] + [meta_path] +
-                          ([report_path] if report_path else []))
+        set_warnings.append(f"{meta_path}: unreadable; only outputs with the same names are replaced")
+    left = [p for p in refused if p not in finals]
+    if request.overwrite and left:
+        set_warnings.append(
+            f"{meta_path}: left in place, not provably written by ScancoUnits for {stem} (name, size or "
+            f"checksum): {', '.join(p.name for p in left[:5])}{' ...' if len(left) > 5 else ''}")
+    output_set = AtomicOutputSet(overwrite=request.overwrite, fsync=request.fsync,
+                                 protected=[header.path, *protected], replace_also=stale,
+                                 refuse=refuse_scanco_content(ours, only_ours=replace_only_ours))
+    output_set.check_free(finals)
     out_dir.mkdir(parents=True, exist_ok=True)
     removed = sweep_stale_partials(out_dir, stem=stem)
 
@@ -218,12 +355,15 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
     statistics = ScanStatistics(header, plan.thresholds, request.threshold_spec) if request.statistics else None
     if statistics is not None and not statistics.counted:  # int32/float scans: summed slab by slab
         observers.append(statistics.observe)
-    caught: List[str] = list(plan.warnings)
+    caught: List[str] = list(plan.warnings) + set_warnings
     if removed:
         caught.append(f"{out_dir}: removed {len(removed)} temporary file(s) left by a killed run: "
                       + ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
 
     with output_set, open_voxels(header) as source:
+        fd = source._file.fileno()
+        _check_same_header(header, fd)
+        opened = _opened_identity(header.path, fd)  # identity of what is read, taken at open
         engine_outputs = {o.role: EngineOutput(o.role, o.quantity, o.dtype) for o in plan.outputs}
         for f in files:
             writer = get_format(f.format).open(f.spec, output_set)
@@ -257,16 +397,24 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
             caught.append(coverage)
         for text in caught[len(plan.warnings):]:
             warnings.warn(text, stacklevel=2)
-        metadata = _metadata(header, plan, files, stats, mask_voxels, hu_clipped, result, caught)
+        metadata = _metadata(header, plan, files, stats, mask_voxels, hu_clipped, result, caught, opened)
         metadata["statistics"] = statistics.to_dict() if statistics is not None else None
         if coverage:
             metadata["mask_coverage"] = coverage[coverage.index(MASK_COVERAGE_MARK):]
         if report_builder is not None:
             with output_set.add(report_path, "wb") as f:
                 report_builder.save(f, metadata)
+        # the record of the set: every file's size and checksum, then the document's own checksum
+        metadata["files"] = {final.name: fingerprint(output_set.temp_path(final)) for final in finals
+                             if final != meta_path}
+        metadata[METADATA_CHECKSUM_KEY] = metadata_checksum(metadata)
         with output_set.add(meta_path, "w", encoding="utf-8") as f:
             json.dump(metadata, f, indent=2, allow_nan=False)
             f.write("\n")
+        # the metadata is the commit record, placed last. The input replaced or modified meanwhile: fail,
+        # write nothing (checked now, and again once the files are on disk, just before the record)
+        _check_still_named(header.path, opened)
+        output_set.set_record(meta_path, check=lambda: _check_still_named(header.path, opened))
         output_set.commit()
     result_outputs: Dict[str, Path] = {}
     for f in files:  # the first format that holds a volume gives its plain key, the others role_format
@@ -280,7 +428,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
 
 
 def _metadata(header, plan: RequestPlan, files: List[PlannedFile], stats, mask_voxels, hu_clipped,
-              result, caught) -> dict:
+              result, caught, opened: Optional[os.stat_result] = None) -> dict:
     outputs = {}
     for out in plan.outputs:
         mine = [f for f in files if f.role == out.role]
@@ -298,7 +446,7 @@ def _metadata(header, plan: RequestPlan, files: List[PlannedFile], stats, mask_v
         thresholds["unit_label"] = threshold_unit_label(plan.thresholds.spec.unit, plan.request.density_unit)
     return {
         "software": {"name": "ScancoUnits", "version": __version__},
-        "input": _input_identity(header),
+        "input": _input_identity(header, opened),
         "header": header.to_dict(),
         "formulas": {
             "mu_per_cm": QUANTITIES["mu"].formula,
@@ -322,11 +470,12 @@ def _metadata(header, plan: RequestPlan, files: List[PlannedFile], stats, mask_v
     }
 
 
-def _input_identity(header: ScancoHeader) -> dict:
-    """Where the input is and which version of it was read (size and mtime: --skip-existing)."""
-    st = os.stat(header.path)
-    return {"path": os.path.abspath(header.path), "bytes": header.file_size, "size_bytes": st.st_size,
-            "mtime_ns": st.st_mtime_ns}
+def _input_identity(header: ScancoHeader, opened: Optional[os.stat_result] = None) -> dict:
+    """Where the input is and which version of it was read: resolved path, size and mtime of the open
+    file (what --skip-existing compares)."""
+    st = opened if opened is not None else os.stat(header.path)
+    return {"path": os.path.abspath(header.path), "resolved_path": os.path.realpath(header.path),
+            "bytes": header.file_size, "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def convert_file(path, out_dir, options: Optional[ConversionRequest] = None, *,
@@ -346,4 +495,4 @@ def convert_file(path, out_dir, options: Optional[ConversionRequest] = None, *,
 
 
 __all__ = ["ConversionOptions", "ConversionRequest", "ConversionResult", "ConversionCancelled", "convert_file",
-           "convert_header", "output_stem", "plan_files", "OUTPUT_SUFFIXES"]
+           "convert_header", "output_stem", "plan_files", "OUTPUT_SUFFIXES", "stem_file_names", "metadata_checksum"]

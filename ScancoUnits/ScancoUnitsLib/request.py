@@ -139,6 +139,7 @@ class ConversionRequest:
     output_stem: Optional[str] = None       # default: input name without extension and ;N
     report: bool = False                    # QC picture <stem>_report.png (needs matplotlib)
     statistics: bool = False                # per-scan statistics in _metadata.json (exact, one pass)
+    fsync: bool = True                      # files and folder on disk before the metadata (commit record)
 
     def __post_init__(self):
         if self.outputs is not None:
@@ -437,6 +438,9 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", action="store_true",
                    help="also write <name>_report.png: mid-slices with the mask outline and the histogram with "
                         "the thresholds (needs matplotlib: pip install scanco-units[report])")
+    p.add_argument("--no-fsync", dest="fsync", action="store_false",
+                   help="do not wait until each file set is on disk before its _metadata.json is placed "
+                        "(faster; a power loss may then leave a set that looks complete)")
 
 
 def threshold_spec_from_args(args) -> ThresholdSpec:
@@ -464,7 +468,7 @@ def request_from_args(args, **overrides) -> ConversionRequest:
                   hu_dtype=args.hu_dtype, formats=getattr(args, "format", DEFAULT_FORMAT),
                   compress=args.compress, detached=args.detached, overwrite=args.overwrite,
                   slab_slices=getattr(args, "slab_slices", None), threads=getattr(args, "threads", 2),
-                  report=getattr(args, "report", False))
+                  report=getattr(args, "report", False), fsync=getattr(args, "fsync", True))
     values.update(overrides)
     return ConversionRequest(**values)
 
