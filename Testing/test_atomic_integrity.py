@@ -95,7 +95,7 @@ def test_point1_summary_is_checked_like_an_output_before_any_voxel_is_read(tmp_p
 
     status, _, stderr = run(capsys, "convert", scan, "-o", out, "--summary", notes, "--overwrite")
     assert status == 0, stderr
-    assert notes.read_text().startswith("input,status,")
+    assert notes.read_text().startswith("input,relative_path,status,")
 
 
 # ---------------------------------------------------------------------------------------------------
