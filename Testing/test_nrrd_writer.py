@@ -588,7 +588,7 @@ def test_slabs_compressed_by_other_threads_append_in_order(tmp_path, fmt):
         writer.write_encoded(pieces)
     assert writer.slices_written == 9
     with pytest.raises(ValueError, match="10 slices written, the volume has 9"):
-        writer.write_encoded(type(encoded[0])(1, encoded[0].pieces))
+        writer.write_encoded(type(encoded[0])(writer.shape_zyx[1], encoded[0].pieces))  # one slice of rows
     writer.close()
     with pytest.raises(ValueError, match="closed"):
         writer.write_encoded(encoded[1])

@@ -142,8 +142,15 @@ class _WriterSink:
         if getattr(writer, "encodes", False):
             self.encode_slab = writer.encode_slab
             self.write_encoded = writer.write_encoded
+        #: a slice too large for the engine's memory budget may come in pieces of rows, in order
+        self.accepts_rows = bool(getattr(writer, "accepts_rows", False))
+        if self.accepts_rows:
+            self.write_rows = self._write_rows
 
     def write(self, z, slab) -> None:
+        self.writer.write_slab(slab)
+
+    def _write_rows(self, z, y0, slab) -> None:
         self.writer.write_slab(slab)
 
 

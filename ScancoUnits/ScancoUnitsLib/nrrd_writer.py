@@ -252,6 +252,7 @@ class NrrdVolumeWriter(SlabWriter):
     """
 
     kind = "NRRD"
+    accepts_rows = True
 
     def __init__(self, path, shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_values=None,
                  encoding: str = "raw", detached: bool = False, compress_level: int = 1, threads=None,
@@ -339,25 +340,30 @@ class NrrdVolumeWriter(SlabWriter):
         arr = self._checked_slab(array)
         if arr is None:
             return
-        count = arr.shape[0]
         arr = np.ascontiguousarray(arr)
         self._guarded(self.data_path, lambda: self._stream.write(memoryview(arr).cast("B")))
-        self._slices_written += count
+        self._advance(arr)
 
     @property
     def error_path(self) -> Path:
         return self.data_path
 
-    def write_at(self, z: range, array) -> None:
+    def write_at(self, z: range, array, row0: int = 0) -> None:
         """Write the slices of ``array`` as file slices ``z`` (raw encoding: any order, any thread): the
-        engine's workers write each slab where it belongs instead of handing it to one writer thread."""
+        engine's workers write each slab where it belongs instead of handing it to one writer thread.
+        A row piece ``(1, rows, x)`` of slice ``z.start`` goes to its rows from ``row0``."""
         if not self.positional:
             raise ValueError(f"{self.path}: only raw NRRD data can be written at known offsets")
-        arr = self._checked_slab(array)
+        arr = self._checked_slab(array, ordered=False)
         if arr is None:
             return
+        nz, ny, nx = self.shape_zyx
+        if not (0 <= z.start and z.start + arr.shape[0] <= nz and 0 <= row0 and row0 + arr.shape[1] <= ny
+                and (row0 == 0 or arr.shape[0] == 1)):
+            raise ValueError(f"{self.path}: slices {z.start}..{z.start + arr.shape[0] - 1}, rows from {row0}, "
+                             f"do not fit a volume of {nz}x{ny}x{nx}")
         arr = np.ascontiguousarray(arr)
-        offset = self._data_offset + z.start * self._slice_bytes
+        offset = self._data_offset + z.start * self._slice_bytes + row0 * nx * self.dtype.itemsize
 
         def write():
             # pwrite(2) at the slab's own offset: no file position is shared, so both workers write
@@ -368,7 +374,8 @@ class NrrdVolumeWriter(SlabWriter):
 
         self._guarded(self.data_path, write)
         with self._file_lock:
-            self._slices_written += arr.shape[0]
+            self._check_room(arr.shape[0] * arr.shape[1])
+            self._advance(arr)
 
     def _finish(self) -> None:
         self._stream.finish()

@@ -8,6 +8,7 @@ uncompressed data, incremental decoding for compressed AIM masks.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from typing import Iterator, Optional, Union
@@ -38,6 +39,13 @@ _NOT_REGULAR = (
     (stat.S_ISBLK, "is a block device, not a regular file"),
     (stat.S_ISSOCK, "is a socket, not a regular file"),
 )
+
+
+def read_error(path, exc: OSError) -> ScancoFormatError:
+    """A one-line error for a failed read of an input (EIO of a failing disk, a vanished network share)."""
+    code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    return ScancoFormatError(path, f"read error: {reason}" + (f" ({code})" if code else ""))
 
 
 def _refuse_not_regular(path: str, mode: int) -> None:
@@ -179,6 +187,39 @@ class VoxelSource:
         for z0 in range(0, nz, slices):
             yield self.read_slab(z0, min(z0 + slices, nz))
 
+    def read_rows(self, z: int, y0: int, y1: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows ``y0 <= y < y1`` of slice ``z`` as an array (1, y1 - y0, x): a piece of a slice too
+        large to hold whole (memory is bounded by bytes, not by slices)."""
+        nz, ny, nx = self.shape
+        if not (0 <= z < nz and 0 <= y0 <= y1 <= ny):
+            raise IndexError(f"rows {y0}:{y1} of slice {z} outside {nz}x{ny}x{nx}")
+        shape = (1, y1 - y0, nx)
+        if self.header.compression is not None:
+            self._ensure_decoder()
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {self.dtype} array of shape {shape}")
+        if y1 == y0:
+            return out
+        if self.header.compression is None:
+            self._read_voxels_at(z * self._slice_voxels + y0 * nx, out, f"slice {z}, rows {y0}..{y1 - 1}")
+        else:
+            self._decoder.read_rows(z, y0, y1, out=out)
+        return out
+
+    def iter_pieces(self, max_voxels: int = 1 << 20) -> Iterator[np.ndarray]:
+        """Every voxel, z ascending, in pieces of at most ``max_voxels`` voxels where a slice is larger
+        (whole slices otherwise): for callers that only accumulate (histograms)."""
+        nz, ny, nx = self.shape
+        if nx * ny <= max_voxels:
+            yield from self.iter_slabs(max(1, max_voxels // (nx * ny)))
+            return
+        rows = max(1, max_voxels // nx)
+        for z in range(nz):
+            for y0 in range(0, ny, rows):
+                yield self.read_rows(z, y0, min(y0 + rows, ny))
+
     def close(self) -> None:
         self._file.close()
 
@@ -190,17 +231,23 @@ class VoxelSource:
 
     # -- internals -------------------------------------------------------------------------------
     def _read_uncompressed(self, z0: int, z1: int, out: np.ndarray) -> None:
+        self._read_voxels_at(z0 * self._slice_voxels, out, f"slices {z0}..{z1 - 1}")
+
+    def _read_voxels_at(self, first_voxel: int, out: np.ndarray, what: str) -> None:
         itemsize = self.dtype.itemsize
-        start = self.header.data_offset + z0 * self._slice_voxels * itemsize
-        self._file.seek(start)
+        start = self.header.data_offset + first_voxel * itemsize
         view = memoryview(out.reshape(-1)).cast("B")
-        got = self._file.readinto(view)
-        while got < len(view):  # readinto may return short on pipes/network files
-            more = self._file.readinto(view[got:])
-            if not more:
-                raise ScancoFormatError(self.path, f"truncated: voxel data ends {len(view) - got} bytes early "
-                                                   f"(slices {z0}..{z1 - 1})")
-            got += more
+        try:
+            self._file.seek(start)
+            got = self._file.readinto(view)
+            while got < len(view):  # readinto may return short on pipes/network files
+                more = self._file.readinto(view[got:])
+                if not more:
+                    raise ScancoFormatError(self.path, f"truncated: voxel data ends {len(view) - got} bytes early "
+                                                       f"({what})")
+                got += more
+        except OSError as exc:
+            raise read_error(self.path, exc) from None
         if self._vax:
             out.reshape(-1)[:] = vax_f_array_to_float32(out.reshape(-1).view(np.uint8))
 
