@@ -510,3 +510,46 @@ def test_split_slices_write_the_same_outputs(tmp_path, monkeypatch, formats, com
     assert list(whole) == list(rows)
     for name in whole:
         assert whole[name] == rows[name], name
+
+
+def test_split_slices_fill_target_arrays_and_plain_sinks(tmp_path, monkeypatch):
+    """Slicer's path (outputs converted straight into node arrays, plain ``write(z, slab)`` sinks and
+    observers): the same arrays with row pieces as with whole slabs, every n-th slice too."""
+    from ScancoUnitsLib import engine
+    from ScancoUnitsLib.engine import EngineOutput, run_engine
+
+    cal = Calibration(mu_scaling=4096, mu_water_per_cm=0.5, density_slope=350.0, density_intercept=-200.0,
+                      density_unit="mg HA/ccm", calibration_type=2)
+    grey = np.random.default_rng(4).integers(-2000, 9000, size=(7, 11, 13)).astype(np.int16)
+    header = S.read_header(S.write_isq(tmp_path / "g.isq", grey, voxel_size_mm=(0.01,) * 3, calibration=cal))
+
+    def run(z_selection):
+        n = len(z_selection)
+        hu = np.zeros((n, 11, 13), np.int16)
+        native = np.zeros((n, 11, 13), np.int16)
+        seen, observed = [], []
+
+        class Plain:
+            def write(self, z, slab):
+                seen.append((z.start, slab.copy()))
+
+        outs = [EngineOutput("hu", "hu", np.dtype(np.int16), [], target=hu),
+                EngineOutput("native", "native", np.dtype(np.int16), [], target=native),
+                EngineOutput("mu", "mu", np.dtype(np.float32), [Plain()])]
+        with S.open_voxels(header) as source:
+            run_engine(header, source, outs, z_selection=z_selection,
+                       observers=[lambda z0, nat, views: observed.append((z0, nat.copy(), views["hu"].copy()))])
+        return hu, native, seen, observed
+
+    for selection in (range(7), range(1, 7, 3)):
+        monkeypatch.setattr(engine, "SLAB_SET_MAX_BYTES", 32 << 20)
+        expected = run(selection)
+        monkeypatch.setattr(engine, "SLAB_SET_MAX_BYTES", 13 * 3 * 8)  # 3 rows a piece
+        got = run(selection)
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+        assert np.array_equal(got[1], grey[selection.start:selection.stop:selection.step])
+        whole_mu = np.concatenate([s for _, s in expected[2]])
+        assert [z for z, s in got[2] for _ in range(s.shape[0])] == list(selection)
+        assert np.array_equal(np.concatenate([s for _, s in got[2]]), whole_mu)
+        assert np.array_equal(np.concatenate([n for _, n, _ in got[3]]), np.concatenate([n for _, n, _ in expected[3]]))
+        assert np.array_equal(np.concatenate([h for _, _, h in got[3]]), got[0])
