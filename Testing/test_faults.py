@@ -667,3 +667,65 @@ def test_every_writer_marks_a_shared_set_failed_instead_of_closing_its_files(tmp
     with pytest.raises(atomic_output.OutputError, match="No space left on device"):
         outputs.commit()
     assert outputs.state == "aborted" and os.listdir(out) == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# control characters in header strings and names (issue 19.13)
+# ---------------------------------------------------------------------------------------------------
+CONTROL_TEXTS = ["70 kVp \x01 filter", "70 kVp \x1b[31mred\x1b[0m", "tab\there\x7f"]
+
+
+@pytest.mark.parametrize("where", ["calibration_text", "density_unit", "name"])
+@pytest.mark.parametrize("text", CONTROL_TEXTS, ids=["soh", "esc", "tab-del"])
+def test_control_characters_are_escaped_never_an_internal_error(tmp_path, capsys, where, text):
+    """\\x01, ESC and DEL in the calibration text, the density unit or the file name: native outputs in
+    every format are written (the NRRD header shows them as visible \\xNN, the metadata JSON keeps the
+    exact text), and ``info`` prints no raw control character."""
+    name = f"scan{text}.isq" if where == "name" else "scan.isq"
+    calibration = _with(**{where: text}) if where != "name" else CAL
+    path = _write("isq", tmp_path / name, calibration)
+    out = tmp_path / "out"
+    formats = "nrrd,nifti,aim" + (",ome-zarr" if _has("zarr") else "")
+    status, stdout, err = run_cli(capsys, "convert", path, "-o", out, "--outputs", "native", "--format", formats)
+    assert status == 0 and "internal error" not in err, err
+    meta = json.loads(next(out.glob("*_metadata.json")).read_text())
+    if where != "name":
+        stored = getattr(read_header(path).calibration, where)  # an ISQ field may cut the text short
+        assert "\x1b" in stored or "\x01" in stored or "\x7f" in stored
+        assert meta["header"]["calibration"][where] == stored
+    else:
+        assert meta["input"]["path"] == str(path)
+    native_file = out / meta["outputs"]["native"]["file"]
+    data, fields = nrrd.read(str(native_file))
+    np.testing.assert_array_equal(data.T, VOLUME)
+    raw_header = native_file.read_bytes()[:4096].split(b"\n\n")[0]
+    assert not any(b < 32 and b not in b"\t\n" or b == 127 for b in raw_header)
+    status, stdout, err = run_cli(capsys, "info", path)
+    assert status == 0 and "internal error" not in err
+    assert not any(ord(ch) < 32 and ch != "\n" or 127 <= ord(ch) < 160 for ch in stdout + err), stdout
+    assert "\\x" in stdout
+    # the default outputs: converted, or (a density unit that is no unit) refused with one line, never internal
+    status, _, err = run_cli(capsys, "convert", path, "-o", tmp_path / "all")
+    assert "internal error" not in err
+    assert status == 0 or (where == "density_unit" and len(error_lines(err)) == 1 and "density unit" in err), err
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize("name", ["line\nbreak.isq", " blank.isq"])
+def test_detached_with_a_name_no_header_line_can_hold_is_refused(tmp_path, capsys, name):
+    """``--detached`` writes the data file's name into a header line: a name with a line break (or a
+    leading blank) is refused with one line naming the input and the way out, before anything is written;
+    attached files of the same input are fine."""
+    path = _write("isq", tmp_path / name, CAL)
+    out = tmp_path / "out"
+    status, _, err = run_cli(capsys, "convert", path, "-o", out, "--detached", "--outputs", "native")
+    assert status == 1 and "internal error" not in err, err
+    assert len(error_lines(err)) == 1 and "without --detached" in err
+    assert not out.exists() or os.listdir(out) == []
+    status, _, err = run_cli(capsys, "convert", path, "-o", out, "--outputs", "native")
+    assert status == 0, err

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .header import DEFAULT_DENSITY_UNIT, Calibration, ScancoHeader
+from .header import DEFAULT_DENSITY_UNIT, Calibration, ScancoHeader, printable
 
 
 def _fmt(value, unit: str = "") -> str:
@@ -73,4 +73,5 @@ def format_header_summary(header: ScancoHeader) -> str:
     ]
     if h.processing_log_items:
         lines.append(f"Processing log:  {len(h.processing_log_items)} entries (--json shows them all)")
-    return "\n".join(lines)
+    # the strings come from the file (and its name): no raw control character or escape sequence
+    return "\n".join(printable(line) for line in lines)

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from .atomic_output import AtomicOutputSet, OutputError, output_error_from
+from .errors import RequestError
+from .header import printable
 from .parallel_gzip import GZIP_CHUNK_BYTES as _GZIP_CHUNK_BYTES  # read at each open: tests shrink it
 from .parallel_gzip import _GzipStream, _RawStream, _write_all, crc32_combine, default_threads, gzip_backend
 from .volume_writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
@@ -74,6 +77,8 @@ _NRRD_FIELDS = {
 }
 
 
+
+_NRRD_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")  # control characters but tab (newline is escaped first)
 
 # ---------------------------------------------------------------------------------------------------
 # header
@@ -136,7 +141,7 @@ def escape_nrrd_value(value) -> str:
 
     Strings are kept (``\\r\\n`` and ``\\r`` become ``\\n``), then backslashes become ``\\\\`` and newlines
     ``\\n`` as the NRRD format asks; Teem-based readers (ITK, Slicer) undo this. Other control
-    characters are refused. Numbers are written with full precision; non-ASCII text is written as UTF-8.
+    characters (tab excepted) are written as the visible text ``\\xNN``. Numbers are written with full precision; non-ASCII text is written as UTF-8.
     """
     if isinstance(value, str):
         text = value
@@ -149,10 +154,10 @@ def escape_nrrd_value(value) -> str:
     else:
         raise TypeError(f"NRRD values must be strings or numbers, not {type(value).__name__}")
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    bad = [ch for ch in text if (ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127]
-    if bad:
-        raise ValueError(f"NRRD value {text[:40]!r} contains the control character {bad[0]!r}")
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    # other control characters (a header's \x01 or ESC) as visible \xNN: the header stays one line a
+    # field and safe to print; the metadata JSON keeps the exact text
+    return _NRRD_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _key_value_items(key_values):
@@ -418,6 +423,12 @@ def write_nrrd(path, volume_zyx, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_v
 def _nrrd_paths(spec: VolumeSpec) -> list[Path]:
     base = Path(spec.base_path)
     if spec.detached:
+        if any(ch in base.name for ch in "\r\n") or base.name != base.name.strip():
+            # the header names its data file on one line ("data file: NAME"), with no surrounding blanks
+            source = spec.source.path if spec.source is not None else base
+            raise RequestError(source, f"a detached NRRD header cannot name the data file {printable(base.name)}"
+                                       " (a line break or leading/trailing blank in the name): rename the input "
+                                       "or convert without --detached")
         header = base.with_name(base.name + ".nhdr")
         return [header, header.with_name(base.name + (".raw.gz" if spec.compress else ".raw"))]
     return [base.with_name(base.name + ".nrrd")]
