@@ -729,3 +729,37 @@ def test_detached_with_a_name_no_header_line_can_hold_is_refused(tmp_path, capsy
     assert not out.exists() or os.listdir(out) == []
     status, _, err = run_cli(capsys, "convert", path, "-o", out, "--outputs", "native")
     assert status == 0, err
+
+
+# ---------------------------------------------------------------------------------------------------
+# a compressed stream longer than the image (issue 19.14)
+# ---------------------------------------------------------------------------------------------------
+def _over_run_bin_cmp(path: Path, extra_run_bytes: int) -> Path:
+    """A 32x32x1 binCmp AIM (1,024 voxels) whose stream goes on for ``extra_run_bytes`` more run bytes."""
+    from ScancoUnitsLib.aim_format import aim_header_bytes
+
+    runs = bytes([255, 255, 255, 255, 8]) + bytes([1]) * extra_run_bytes
+    payload = (4 + 2 + len(runs)).to_bytes(4, "little") + bytes([0, 127]) + runs
+    log = b"\x00"
+    path.write_bytes(aim_header_bytes(20, 0x00150001, (32, 32, 1), (0, 0, 0), (0.01,) * 3, len(log), len(payload))
+                     + log + payload)
+    return path
+
+
+def test_over_run_compressed_stream_warns_on_stderr_and_in_the_metadata(tmp_path, capsys):
+    """10,000 run bytes for 1,024 voxels: the voxels are converted (the first 1,024 are the image), and
+    the run says so on stderr and in the metadata; the same file without the tail converts silently."""
+    path = _over_run_bin_cmp(tmp_path / "long.AIM", 9995)
+    out = tmp_path / "out"
+    status, _, err = run_cli(capsys, "convert", path, "-o", out, "--outputs", "native")
+    assert status == 0, err
+    lines = [l for l in err.splitlines() if l.startswith("scanco-units: warning:") and "9995 bytes after" in l]
+    assert len(lines) == 1 and str(path) in lines[0], err
+    meta = json.loads((out / "long_metadata.json").read_text())
+    assert any("9995 bytes after the last of the image's 1024 voxels" in w for w in meta["warnings"])
+    data, _ = nrrd.read(str(out / meta["outputs"]["native"]["file"]))
+    assert data.shape == (32, 32, 1) and not data.any()
+    exact = _over_run_bin_cmp(tmp_path / "exact.AIM", 0)
+    status, _, err = run_cli(capsys, "convert", exact, "-o", out, "--outputs", "native")
+    assert status == 0 and "warning" not in err, err
+    assert json.loads((out / "exact_metadata.json").read_text())["warnings"] == []

@@ -316,7 +316,9 @@ class _RunStream:
             )
         left = self.bytes_left()
         if left:
-            self.warnings.append(f"{self.name} stream has {left} bytes after the last voxel (ignored)")
+            self.warnings.append(
+                f"{self.name} stream has {left} bytes after the last of the image's {self.voxel_count} voxels "
+                "(ignored: the header's dimensions may be wrong)")
 
 
 def _split_at_need(counts: np.ndarray, need: int):

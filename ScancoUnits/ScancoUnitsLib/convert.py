@@ -247,6 +247,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
                     sink.writer.close()
 
         stats = result.statistics
+        caught.extend(text for text in result.warnings if text not in caught)  # e.g. an over-long stream
         hu_clipped = sum(s.hu_clipped_voxels for s in stats.values())
         nonfinite = sum(s.nonfinite_voxels for s in stats.values())
         mask_voxels = sum(s.mask_voxels for s in stats.values())

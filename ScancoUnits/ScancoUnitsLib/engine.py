@@ -98,6 +98,8 @@ class EngineResult:
     native_min: Optional[float] = None
     native_max: Optional[float] = None
     native_histogram: Optional[np.ndarray] = None
+    #: what the source found odd in the voxel data (``VoxelSource.warnings``): every caller reports them
+    warnings: List[str] = field(default_factory=list)
 
 
 def slab_slices_for(header: ScancoHeader, slab_slices: Optional[int] = None) -> int:
@@ -466,7 +468,9 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
         for pool in (reader, convert_pool, writer):
             pool.shutdown(wait=True, cancel_futures=True)
 
-    return _result(worker_states, outputs, done_slices)
+    result = _result(worker_states, outputs, done_slices)
+    result.warnings = list(getattr(source, "warnings", ()) or ())
+    return result
 
 
 def _result(worker_states: Sequence[_Worker], outputs: Sequence[EngineOutput], done_slices: int) -> EngineResult:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from typing import Iterator, Optional, Union
+from typing import Iterator, List, Optional, Union
 
 import numpy as np
 
@@ -159,6 +159,14 @@ class VoxelSource:
     @property
     def shape(self):
         return self.header.shape_zyx
+
+    @property
+    def warnings(self) -> List[str]:
+        """What was odd in the voxel data read so far, one line each naming the file (a compressed
+        stream longer than the image, a length field shorter than its block...); the voxels read are
+        right, but the file is not what its header says."""
+        found = self._decoder.warnings if self._decoder is not None else []
+        return [f"{self.path}: {text}" for text in found]
 
     def read_slab(self, z0: int, z1: int, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Slices ``z0 <= z < z1`` as an array (z1 - z0, y, x) of the file's native type."""
