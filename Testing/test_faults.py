@@ -763,3 +763,92 @@ def test_over_run_compressed_stream_warns_on_stderr_and_in_the_metadata(tmp_path
     status, _, err = run_cli(capsys, "convert", exact, "-o", out, "--outputs", "native")
     assert status == 0 and "warning" not in err, err
     assert json.loads((out / "exact_metadata.json").read_text())["warnings"] == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# a header over 64 MiB, and read errors (issue 19.15)
+# ---------------------------------------------------------------------------------------------------
+def _huge_header_files(folder: Path):
+    """An AIM whose processing log is 80 MiB and an ISQ whose header is 80 MiB (sparse files)."""
+    huge = 80 << 20
+    aim = Path(S.write_aim(folder / "log.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL))
+    data = bytearray(aim.read_bytes())
+    struct.pack_into("<i", data, 8, huge)  # v020 pre-header: processing log length
+    with open(aim, "wb") as f:
+        f.write(data)
+        f.truncate(len(data) + huge + VOLUME.nbytes)
+    isq = Path(S.write_isq(folder / "ext.ISQ", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL))
+    data = bytearray(isq.read_bytes())
+    struct.pack_into("<i", data, 508, huge // 512)  # data offset in 512-byte blocks
+    with open(isq, "wb") as f:
+        f.write(data)
+        f.truncate(huge + 512 + VOLUME.nbytes)
+    return [aim, isq]
+
+
+def test_header_over_64_mib_is_refused_in_one_line(tmp_path, capsys):
+    for path in _huge_header_files(tmp_path):
+        with pytest.raises(ScancoFormatError, match="more than the 64 MiB a SCANCO header can have"):
+            read_header(path)
+        status, _, err = run_cli(capsys, "convert", path, "-o", tmp_path / "out", "--outputs", "native")
+        assert status == 1 and "internal" not in err, err
+        assert len(error_lines(err)) == 1 and str(path) in err and "64 MiB" in err
+        status, out, err = run_cli(capsys, "info", path)
+        assert status != 0 and "internal" not in out + err
+
+
+class _FailingRead:
+    """A file object that reads normally up to byte ``fail_at``, then fails as a dying disk does (EIO)."""
+
+    def __init__(self, f, fail_at: int):
+        self._f, self._fail_at = f, fail_at
+
+    def _check(self, count: int) -> None:
+        if self._f.tell() + max(count, 1) > self._fail_at:
+            raise OSError(errno.EIO, "Input/output error")
+
+    def read(self, count=-1):
+        self._check(count if count >= 0 else 1 << 62)
+        return self._f.read(count)
+
+    def readinto(self, view):
+        self._check(len(view))
+        return self._f.readinto(view)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+@pytest.mark.parametrize("kind", ["isq", "aim", "binCmp"])
+@pytest.mark.parametrize("where", ["header", "voxels"])
+def test_read_error_names_the_file_in_one_line(tmp_path, capsys, monkeypatch, kind, where):
+    """EIO while the header or the voxels are read: one line naming the file and the reason, exit 1,
+    nothing written; never an internal error."""
+    from ScancoUnitsLib import reader
+
+    if kind == "binCmp":
+        mask = (np.arange(5 * 4 * 6).reshape(5, 4, 6) % 3 == 0).astype(np.int8) * 127
+        path = Path(S.write_aim(tmp_path / "m.AIM", mask, voxel_size_mm=(0.01,) * 3, compression="binCmp"))
+    else:
+        path = _write(kind, tmp_path / f"x.{kind}", CAL)
+    data_offset = read_header(path).data_offset
+    fail_at = 100 if where == "header" else data_offset + 8
+    real_open = reader._open_input
+
+    def failing_open(p):
+        f, size = real_open(p)
+        return _FailingRead(f, fail_at), size
+
+    monkeypatch.setattr(reader, "_open_input", failing_open)
+    out = tmp_path / "out"
+    status, _, err = run_cli(capsys, "convert", path, "-o", out, "--outputs", "native")
+    assert status == 1 and "internal" not in err, err
+    lines = error_lines(err)
+    assert len(lines) == 1 and str(path) in lines[0] and "read error: Input/output error (EIO)" in lines[0], err
+    assert not out.exists() or os.listdir(out) == []

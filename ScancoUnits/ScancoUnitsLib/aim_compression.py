@@ -28,7 +28,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ScancoFormatError
+from .errors import InputReadError, ScancoFormatError
 
 __all__ = [
     "D1T_BIN_CMP",
@@ -153,8 +153,11 @@ class _BlockBytes:
         if self._buffer is not None:
             begin = self.start + rel_offset
             return self._buffer[begin : begin + count]
-        self._file.seek(self.start + rel_offset)
-        data = self._file.read(count)
+        try:
+            self._file.seek(self.start + rel_offset)
+            data = self._file.read(count)
+        except OSError as exc:  # EIO of a failing disk: one line naming the file
+            raise InputReadError(self.path, exc) from None
         return np.frombuffer(data, dtype=np.uint8)
 
     def release(self):

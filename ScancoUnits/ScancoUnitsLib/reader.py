@@ -8,7 +8,6 @@ uncompressed data, incremental decoding for compressed AIM masks.
 
 from __future__ import annotations
 
-import errno
 import os
 import stat
 from typing import Iterator, List, Optional, Union
@@ -22,7 +21,7 @@ from .aim_format import (
     is_legacy_aim,
     parse_aim_header,
 )
-from .errors import ScancoFormatError
+from .errors import InputReadError, ScancoFormatError
 from .header import ScancoHeader
 from .isq_format import ISQ_MAGIC, isq_header_bytes_needed, parse_isq_header
 from .vms_encoding import vax_f_array_to_float32
@@ -43,9 +42,7 @@ _NOT_REGULAR = (
 
 def read_error(path, exc: OSError) -> ScancoFormatError:
     """A one-line error for a failed read of an input (EIO of a failing disk, a vanished network share)."""
-    code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
-    reason = exc.strerror or str(exc) or type(exc).__name__
-    return ScancoFormatError(path, f"read error: {reason}" + (f" ({code})" if code else ""))
+    return InputReadError(path, exc)
 
 
 def _refuse_not_regular(path: str, mode: int) -> None:
@@ -87,6 +84,13 @@ def _open_input(path) -> "tuple[object, int]":
 
 
 def _read_header_from(f, path: str, size: int) -> ScancoHeader:
+    try:
+        return _read_header_bytes(f, path, size)
+    except OSError as exc:
+        raise read_error(path, exc) from None
+
+
+def _read_header_bytes(f, path: str, size: int) -> ScancoHeader:
     first = f.read(_FIRST_READ)
     if len(first) == 0:
         raise ScancoFormatError(path, "empty file")
@@ -100,6 +104,11 @@ def _read_header_from(f, path: str, size: int) -> ScancoHeader:
         raise ScancoFormatError(path, "legacy AIM v010/v011 files are not supported (only v020 and v030)")
     else:
         raise ScancoFormatError(path, "not a SCANCO ISQ or AIM file (unknown magic bytes)")
+    if needed > MAX_HEADER_BYTES and needed <= size:
+        # a file shorter than its header is reported as truncated by the parser
+        raise ScancoFormatError(path, f"the header (with its processing log) is {needed} bytes, more than the "
+                                      f"{MAX_HEADER_BYTES >> 20} MiB a SCANCO header can have; the block sizes are "
+                                      "corrupt or this is not a SCANCO file")
     if needed > len(first):
         # never read more than the file holds, nor an absurd header size
         needed = min(needed, size, MAX_HEADER_BYTES)
