@@ -45,6 +45,21 @@ from ScancoUnitsLib.header import Calibration
 from cli_harness import error_lines, run_cli
 
 pytestmark = pytest.mark.usefixtures("in_process_cli")
+
+
+@pytest.fixture(autouse=True)
+def never_an_internal_error(monkeypatch):
+    """Every command line run of this suite (full disks, signals, absurd headers, hostile names, read
+    errors): "internal error" or a traceback on stdout or stderr fails the test (issue 19)."""
+    checked_run = run_cli
+
+    def run(capsys, *argv):
+        status, out, err = checked_run(capsys, *argv)
+        for text in (out, err):
+            assert "internal error" not in text and "Traceback" not in text, f"{argv}: {text[-500:]}"
+        return status, out, err
+
+    monkeypatch.setitem(globals(), "run_cli", run)
 from ScancoUnitsLib.reader import read_header
 from ScancoUnitsLib.vms_encoding import float_to_vax_f
 
@@ -492,6 +507,7 @@ def _interrupt_mid_file(inputs, out: Path, signum, extra=(), group=False):
         if process.poll() is None:
             process.kill()
             process.communicate()
+    assert "internal error" not in stdout + stderr and "Traceback" not in stdout + stderr, stderr[-500:]
     return process.returncode, stdout, stderr, finished_before
 
 
