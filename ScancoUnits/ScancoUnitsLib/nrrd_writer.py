@@ -293,6 +293,7 @@ class NrrdVolumeWriter(SlabWriter):
         self._set = AtomicOutputSet(overwrite=overwrite, fsync=fsync) if atomic is None else atomic
         self._slices_written = 0
         self._file_lock = threading.Lock()
+        self._seek_lock = threading.Lock()  # seek + write where os.pwrite is missing (Windows)
         #: raw data can be written at known offsets, by several threads, in any order (write_at)
         self.positional = encoding == "raw"
         self._data_offset = 0 if self.detached else len(header)
@@ -375,7 +376,8 @@ class NrrdVolumeWriter(SlabWriter):
             # into the same file at once (a lock here serialised them: the page-cache copies of the
             # two cores queued behind each other). The header went through the buffered file object,
             # flushed when the writer opened, and nothing else is written through it afterwards.
-            _pwrite_all(self._data_file.fileno(), memoryview(arr).cast("B"), offset)
+            # Where os.pwrite is missing (Windows), seek + write under this file's own lock.
+            _pwrite_all(self._data_file.fileno(), memoryview(arr).cast("B"), offset, self._seek_lock)
 
         self._guarded(self.data_path, write)
         with self._file_lock:
@@ -395,12 +397,22 @@ class NrrdVolumeWriter(SlabWriter):
                 f"encoding={self.encoding!r}, {self._slices_written} slices written)")
 
 
-def _pwrite_all(fd: int, data, offset: int) -> None:
-    """Write every byte of *data* at *offset* of *fd* (pwrite may write less than asked)."""
+def _pwrite_all(fd: int, data, offset: int, seek_lock: threading.Lock) -> None:
+    """Write every byte of *data* at *offset* of *fd* (pwrite may write less than asked). Without
+    ``os.pwrite`` (Windows): ``lseek`` + ``write`` while holding ``seek_lock``, the lock of this file
+    (the file position is shared by every thread writing into it)."""
     view = memoryview(data)
-    while len(view):
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+    pwrite = getattr(os, "pwrite", None)
+    if pwrite is not None:
+        while len(view):
+            written = pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+        return
+    with seek_lock:
+        os.lseek(fd, offset, os.SEEK_SET)
+        while len(view):
+            written = os.write(fd, view)
+            view = view[written:]
 
 
 def write_nrrd(path, volume_zyx, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_values=None,
