@@ -330,11 +330,11 @@ def test_enospc_on_the_nth_write_names_the_folder(tmp_path, capsys, monkeypatch,
 
     real_pwrite_all = nrrd_writer._pwrite_all
 
-    def filling_pwrite_all(fd, data, offset):
+    def filling_pwrite_all(fd, data, offset, *seek_lock):
         filling = _FillingFile.by_fd.get(fd)
         if filling is not None:
             filling.count_write()
-        real_pwrite_all(fd, data, offset)
+        real_pwrite_all(fd, data, offset, *seek_lock)
 
     monkeypatch.setattr(_FillingFile, "by_fd", {})
     monkeypatch.setattr(atomic_output, "open", opener, raising=False)
