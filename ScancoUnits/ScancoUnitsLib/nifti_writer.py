@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from .atomic_output import AtomicOutputSet
+from .errors import ScancoError
 # The parallel gzip stream: the one place it is imported (it moves to parallel_gzip.py later).
 from .parallel_gzip import _GzipStream, _RawStream, _write_all, default_threads
 from .volume_writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
@@ -45,11 +46,16 @@ _ASCII_SPELLINGS = {"µ": "u", "³": "3", "²": "2", "°": "deg", "‰": "per mi
 _NIFTI_DTYPES = {np.dtype(t) for t in ("uint8", "int8", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f4", "<f8")}
 
 
+class NiftiUnavailableError(ScancoError, ImportError):
+    """NIfTI output needs the ``nibabel`` package, which is not installed (a one-line failure of the
+    file, as the other extras', never an internal error)."""
+
+
 def _nibabel():
     try:
         import nibabel
     except ImportError:
-        raise ImportError("NIfTI output needs nibabel: pip install 'scanco-units[nifti]'") from None
+        raise NiftiUnavailableError("NIfTI output needs nibabel: pip install 'scanco-units[nifti]'") from None
     return nibabel
 
 
