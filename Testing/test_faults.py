@@ -720,6 +720,12 @@ def test_control_characters_are_escaped_never_an_internal_error(tmp_path, capsys
     assert status == 0 and "internal error" not in err
     assert not any(ord(ch) < 32 and ch != "\n" or 127 <= ord(ch) < 160 for ch in stdout + err), stdout
     assert "\\x" in stdout
+    if where == "name":  # an unreadable file of such a name: the error line is escaped too
+        broken = path.with_name(path.name + ".AIM")
+        broken.write_bytes(b"not a scan")
+        status, stdout, err = run_cli(capsys, "info", broken)
+        assert status == 1 and len(error_lines(err)) == 1
+        assert not any(ord(ch) < 32 and ch != "\n" or 127 <= ord(ch) < 160 for ch in stdout + err), err
     # the default outputs: converted, or (a density unit that is no unit) refused with one line, never internal
     status, _, err = run_cli(capsys, "convert", path, "-o", tmp_path / "all")
     assert "internal error" not in err
