@@ -874,3 +874,16 @@ def test_read_error_names_the_file_in_one_line(tmp_path, capsys, monkeypatch, ki
     lines = error_lines(err)
     assert len(lines) == 1 and str(path) in lines[0] and "read error: Input/output error (EIO)" in lines[0], err
     assert not out.exists() or os.listdir(out) == []
+
+
+def test_over_run_compressed_stream_warns_on_the_slicer_load(tmp_path):
+    """The same over-long stream loaded into a (headless) Slicer scene: the warning reaches the load's
+    warning callback."""
+    slicer = pytest.importorskip("slicer")
+    from ScancoUnitsLib.scene import load_scan_into_scene
+
+    path = _over_run_bin_cmp(tmp_path / "long.AIM", 9995)
+    given = []
+    nodes = load_scan_into_scene(slicer.vtkMRMLScene(), path, outputs=["native"], warn=given.append)
+    assert "native" in nodes
+    assert any("9995 bytes after the last" in w and str(path) in w for w in given), given
