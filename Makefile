@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test test-oldest bench bench-slicer fuzz-long setup clean
+.PHONY: demo test bench bench-slicer fuzz-long setup clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,4 +56,4 @@ test-oldest: $(OLDEST_STAMP)
 	$(VENV_OLDEST)/bin/python -m pytest -q -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) $(VENV_OLDEST) demo-output bench-output
+	rm -rf $(VENV) demo-output bench-output
