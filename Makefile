@@ -30,6 +30,7 @@ demo: $(DEMO_STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+	$(MAKE) test-oldest
 
 # make bench BENCH_ARGS="--size 1G,4G --repeat 3"   (bench/bench.py --help for the options)
 BENCH_ARGS ?= --size 1G --repeat 3
@@ -48,6 +49,22 @@ fuzz-long: $(STAMP)
 	@seed=$${SCANCO_FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
 	echo "fuzz-long: SCANCO_FUZZ_SEED=$$seed HYPOTHESIS_PROFILE=explore"; \
 	SCANCO_FUZZ_EXAMPLES=200000 SCANCO_FUZZ_SEED=$$seed HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q Testing/test_fuzz.py
+
+# the whole suite on the oldest supported stack (Slicer 5.8: Python 3.9 where pyenv or the system has it,
+# numpy 1.26.4) with numpy, pytest and hypothesis alone (the test-oldest extra): the core tests pass, the
+# tests of optional packages skip
+PYTHON_OLDEST ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.9*/bin/python3.9) $(shell command -v python3.9) $(PYTHON))
+VENV_OLDEST := .venv-np126
+OLDEST_STAMP := $(VENV_OLDEST)/.installed-stamp
+
+$(OLDEST_STAMP): pyproject.toml
+	test -x $(VENV_OLDEST)/bin/python || $(PYTHON_OLDEST) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/python -m pip install --quiet -e ".[test-oldest]"
+	touch $(OLDEST_STAMP)
+
+test-oldest: $(OLDEST_STAMP)
+	@$(VENV_OLDEST)/bin/python -c "import sys, numpy; print('test-oldest: Python', sys.version.split()[0], 'numpy', numpy.__version__)"
+	$(VENV_OLDEST)/bin/python -m pytest -q -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) demo-output bench-output

@@ -42,6 +42,33 @@ def pytest_report_header(config):
     return f"hypothesis profile: {_PROFILE}"
 
 
+#: packages of the optional extras and the test oracles (pyproject.toml): a test module that imports one
+#: that is not installed is skipped, not an error (the core suite runs with numpy, pytest and hypothesis
+#: alone: ``make test-oldest``)
+OPTIONAL_TEST_PACKAGES = frozenset({
+    "nrrd", "itk", "aimio", "aimio_py", "slicer", "vtk", "vtkmodules", "ctk", "qt", "PySide6", "matplotlib",
+    "pooch", "isal", "numba", "nibabel", "zarr", "numcodecs", "ome_zarr", "ome_zarr_models", "dask", "distributed",
+})
+
+
+class _ModuleWithOptionalImports(pytest.Module):
+    def _getobj(self):
+        try:
+            return super()._getobj()
+        except self.CollectError as exc:
+            missing = exc.__cause__
+            name = getattr(missing, "name", None) or ""
+            if isinstance(missing, ModuleNotFoundError) and name.split(".")[0] in OPTIONAL_TEST_PACKAGES:
+                pytest.skip(f"needs the optional package {name!r}, which is not installed", allow_module_level=True)
+            raise
+
+
+def pytest_pycollect_makemodule(module_path, parent):
+    if module_path.name.startswith("test_"):
+        return _ModuleWithOptionalImports.from_parent(parent, path=module_path)
+    return None
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """The folder of real SCANCO files (../shared/data/real); tests using it skip where it is absent."""

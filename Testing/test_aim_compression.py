@@ -456,7 +456,7 @@ def test_trailing_data_and_overlong_last_run_warn():
     block = bytes.fromhex("0a000000" "0001" "0202" "0909")
     decoder = CompressedVoxelDecoder(block, 0, len(block), (2, 2, 1), "binCmp")
     assert decoder.read_all().ravel().tolist() == [0, 0, 1, 1]
-    assert any("2 bytes after the last voxel" in w for w in decoder.warnings)
+    assert any("2 bytes after the last of the image" in w for w in decoder.warnings)
     block = bytes.fromhex("07000000" "0001" "09")
     decoder = CompressedVoxelDecoder(block, 0, len(block), (2, 2, 1), "binCmp")
     assert decoder.read_all().ravel().tolist() == [0, 0, 0, 0]

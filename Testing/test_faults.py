@@ -45,6 +45,21 @@ from ScancoUnitsLib.header import Calibration
 from cli_harness import error_lines, run_cli
 
 pytestmark = pytest.mark.usefixtures("in_process_cli")
+
+
+@pytest.fixture(autouse=True)
+def never_an_internal_error(monkeypatch):
+    """Every command line run of this suite (full disks, signals, absurd headers, hostile names, read
+    errors): "internal error" or a traceback on stdout or stderr fails the test (issue 19)."""
+    checked_run = run_cli
+
+    def run(capsys, *argv):
+        status, out, err = checked_run(capsys, *argv)
+        for text in (out, err):
+            assert "internal error" not in text and "Traceback" not in text, f"{argv}: {text[-500:]}"
+        return status, out, err
+
+    monkeypatch.setitem(globals(), "run_cli", run)
 from ScancoUnitsLib.reader import read_header
 from ScancoUnitsLib.vms_encoding import float_to_vax_f
 
@@ -315,11 +330,11 @@ def test_enospc_on_the_nth_write_names_the_folder(tmp_path, capsys, monkeypatch,
 
     real_pwrite_all = nrrd_writer._pwrite_all
 
-    def filling_pwrite_all(fd, data, offset):
+    def filling_pwrite_all(fd, data, offset, *seek_lock):
         filling = _FillingFile.by_fd.get(fd)
         if filling is not None:
             filling.count_write()
-        real_pwrite_all(fd, data, offset)
+        real_pwrite_all(fd, data, offset, *seek_lock)
 
     monkeypatch.setattr(_FillingFile, "by_fd", {})
     monkeypatch.setattr(atomic_output, "open", opener, raising=False)
@@ -492,6 +507,7 @@ def _interrupt_mid_file(inputs, out: Path, signum, extra=(), group=False):
         if process.poll() is None:
             process.kill()
             process.communicate()
+    assert "internal error" not in stdout + stderr and "Traceback" not in stdout + stderr, stderr[-500:]
     return process.returncode, stdout, stderr, finished_before
 
 
@@ -667,3 +683,207 @@ def test_every_writer_marks_a_shared_set_failed_instead_of_closing_its_files(tmp
     with pytest.raises(atomic_output.OutputError, match="No space left on device"):
         outputs.commit()
     assert outputs.state == "aborted" and os.listdir(out) == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# control characters in header strings and names (issue 19.13)
+# ---------------------------------------------------------------------------------------------------
+CONTROL_TEXTS = ["70 kVp \x01 filter", "70 kVp \x1b[31mred\x1b[0m", "tab\there\x7f"]
+
+
+@pytest.mark.parametrize("where", ["calibration_text", "density_unit", "name"])
+@pytest.mark.parametrize("text", CONTROL_TEXTS, ids=["soh", "esc", "tab-del"])
+def test_control_characters_are_escaped_never_an_internal_error(tmp_path, capsys, where, text):
+    """\\x01, ESC and DEL in the calibration text, the density unit or the file name: native outputs in
+    every format are written (the NRRD header shows them as visible \\xNN, the metadata JSON keeps the
+    exact text), and ``info`` prints no raw control character."""
+    name = f"scan{text}.isq" if where == "name" else "scan.isq"
+    calibration = _with(**{where: text}) if where != "name" else CAL
+    path = _write("isq", tmp_path / name, calibration)
+    out = tmp_path / "out"
+    formats = "nrrd,aim" + (",nifti" if _has("nibabel") else "") + (",ome-zarr" if _has("zarr") else "")
+    status, stdout, err = run_cli(capsys, "convert", path, "-o", out, "--outputs", "native", "--format", formats)
+    assert status == 0 and "internal error" not in err, err
+    meta = json.loads(next(out.glob("*_metadata.json")).read_text())
+    if where != "name":
+        stored = getattr(read_header(path).calibration, where)  # an ISQ field may cut the text short
+        assert "\x1b" in stored or "\x01" in stored or "\x7f" in stored
+        assert meta["header"]["calibration"][where] == stored
+    else:
+        assert meta["input"]["path"] == str(path)
+    native_file = out / meta["outputs"]["native"]["file"]
+    data, fields = nrrd.read(str(native_file))
+    np.testing.assert_array_equal(data.T, VOLUME)
+    raw_header = native_file.read_bytes()[:4096].split(b"\n\n")[0]
+    assert not any(b < 32 and b not in b"\t\n" or b == 127 for b in raw_header)
+    status, stdout, err = run_cli(capsys, "info", path)
+    assert status == 0 and "internal error" not in err
+    assert not any(ord(ch) < 32 and ch != "\n" or 127 <= ord(ch) < 160 for ch in stdout + err), stdout
+    assert "\\x" in stdout
+    if where == "name":  # an unreadable file of such a name: the error line is escaped too
+        broken = path.with_name(path.name + ".AIM")
+        broken.write_bytes(b"not a scan")
+        status, stdout, err = run_cli(capsys, "info", broken)
+        assert status == 1 and len(error_lines(err)) == 1
+        assert not any(ord(ch) < 32 and ch != "\n" or 127 <= ord(ch) < 160 for ch in stdout + err), err
+    # the default outputs: converted, or (a density unit that is no unit) refused with one line, never internal
+    status, _, err = run_cli(capsys, "convert", path, "-o", tmp_path / "all")
+    assert "internal error" not in err
+    assert status == 0 or (where == "density_unit" and len(error_lines(err)) == 1 and "density unit" in err), err
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+@pytest.mark.parametrize("name", ["line\nbreak.isq", " blank.isq"])
+def test_detached_with_a_name_no_header_line_can_hold_is_refused(tmp_path, capsys, name):
+    """``--detached`` writes the data file's name into a header line: a name with a line break (or a
+    leading blank) is refused with one line naming the input and the way out, before anything is written;
+    attached files of the same input are fine."""
+    path = _write("isq", tmp_path / name, CAL)
+    out = tmp_path / "out"
+    status, _, err = run_cli(capsys, "convert", path, "-o", out, "--detached", "--outputs", "native")
+    assert status == 1 and "internal error" not in err, err
+    assert len(error_lines(err)) == 1 and "without --detached" in err
+    assert not out.exists() or os.listdir(out) == []
+    status, _, err = run_cli(capsys, "convert", path, "-o", out, "--outputs", "native")
+    assert status == 0, err
+
+
+# ---------------------------------------------------------------------------------------------------
+# a compressed stream longer than the image (issue 19.14)
+# ---------------------------------------------------------------------------------------------------
+def _over_run_bin_cmp(path: Path, extra_run_bytes: int) -> Path:
+    """A 32x32x1 binCmp AIM (1,024 voxels) whose stream goes on for ``extra_run_bytes`` more run bytes."""
+    from ScancoUnitsLib.aim_format import aim_header_bytes
+
+    runs = bytes([255, 255, 255, 255, 8]) + bytes([1]) * extra_run_bytes
+    payload = (4 + 2 + len(runs)).to_bytes(4, "little") + bytes([0, 127]) + runs
+    log = b"\x00"
+    path.write_bytes(aim_header_bytes(20, 0x00150001, (32, 32, 1), (0, 0, 0), (0.01,) * 3, len(log), len(payload))
+                     + log + payload)
+    return path
+
+
+def test_over_run_compressed_stream_warns_on_stderr_and_in_the_metadata(tmp_path, capsys):
+    """10,000 run bytes for 1,024 voxels: the voxels are converted (the first 1,024 are the image), and
+    the run says so on stderr and in the metadata; the same file without the tail converts silently."""
+    path = _over_run_bin_cmp(tmp_path / "long.AIM", 9995)
+    out = tmp_path / "out"
+    status, _, err = run_cli(capsys, "convert", path, "-o", out, "--outputs", "native")
+    assert status == 0, err
+    lines = [l for l in err.splitlines() if l.startswith("scanco-units: warning:") and "9995 bytes after" in l]
+    assert len(lines) == 1 and str(path) in lines[0], err
+    meta = json.loads((out / "long_metadata.json").read_text())
+    assert any("9995 bytes after the last of the image's 1024 voxels" in w for w in meta["warnings"])
+    data, _ = nrrd.read(str(out / meta["outputs"]["native"]["file"]))
+    assert data.shape == (32, 32, 1) and not data.any()
+    exact = _over_run_bin_cmp(tmp_path / "exact.AIM", 0)
+    status, _, err = run_cli(capsys, "convert", exact, "-o", out, "--outputs", "native")
+    assert status == 0 and "warning" not in err, err
+    assert json.loads((out / "exact_metadata.json").read_text())["warnings"] == []
+
+
+# ---------------------------------------------------------------------------------------------------
+# a header over 64 MiB, and read errors (issue 19.15)
+# ---------------------------------------------------------------------------------------------------
+def _huge_header_files(folder: Path):
+    """An AIM whose processing log is 80 MiB and an ISQ whose header is 80 MiB (sparse files)."""
+    huge = 80 << 20
+    aim = Path(S.write_aim(folder / "log.AIM", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL))
+    data = bytearray(aim.read_bytes())
+    struct.pack_into("<i", data, 8, huge)  # v020 pre-header: processing log length
+    with open(aim, "wb") as f:
+        f.write(data)
+        f.truncate(len(data) + huge + VOLUME.nbytes)
+    isq = Path(S.write_isq(folder / "ext.ISQ", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL))
+    data = bytearray(isq.read_bytes())
+    struct.pack_into("<i", data, 508, huge // 512)  # data offset in 512-byte blocks
+    with open(isq, "wb") as f:
+        f.write(data)
+        f.truncate(huge + 512 + VOLUME.nbytes)
+    return [aim, isq]
+
+
+def test_header_over_64_mib_is_refused_in_one_line(tmp_path, capsys):
+    for path in _huge_header_files(tmp_path):
+        with pytest.raises(ScancoFormatError, match="more than the 64 MiB a SCANCO header can have"):
+            read_header(path)
+        status, _, err = run_cli(capsys, "convert", path, "-o", tmp_path / "out", "--outputs", "native")
+        assert status == 1 and "internal" not in err, err
+        assert len(error_lines(err)) == 1 and str(path) in err and "64 MiB" in err
+        status, out, err = run_cli(capsys, "info", path)
+        assert status != 0 and "internal" not in out + err
+
+
+class _FailingRead:
+    """A file object that reads normally up to byte ``fail_at``, then fails as a dying disk does (EIO)."""
+
+    def __init__(self, f, fail_at: int):
+        self._f, self._fail_at = f, fail_at
+
+    def _check(self, count: int) -> None:
+        if self._f.tell() + max(count, 1) > self._fail_at:
+            raise OSError(errno.EIO, "Input/output error")
+
+    def read(self, count=-1):
+        self._check(count if count >= 0 else 1 << 62)
+        return self._f.read(count)
+
+    def readinto(self, view):
+        self._check(len(view))
+        return self._f.readinto(view)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+@pytest.mark.parametrize("kind", ["isq", "aim", "binCmp"])
+@pytest.mark.parametrize("where", ["header", "voxels"])
+def test_read_error_names_the_file_in_one_line(tmp_path, capsys, monkeypatch, kind, where):
+    """EIO while the header or the voxels are read: one line naming the file and the reason, exit 1,
+    nothing written; never an internal error."""
+    from ScancoUnitsLib import reader
+
+    if kind == "binCmp":
+        mask = (np.arange(5 * 4 * 6).reshape(5, 4, 6) % 3 == 0).astype(np.int8) * 127
+        path = Path(S.write_aim(tmp_path / "m.AIM", mask, voxel_size_mm=(0.01,) * 3, compression="binCmp"))
+    else:
+        path = _write(kind, tmp_path / f"x.{kind}", CAL)
+    data_offset = read_header(path).data_offset
+    fail_at = 100 if where == "header" else data_offset + 8
+    real_open = reader._open_input
+
+    def failing_open(p):
+        f, size = real_open(p)
+        return _FailingRead(f, fail_at), size
+
+    monkeypatch.setattr(reader, "_open_input", failing_open)
+    out = tmp_path / "out"
+    status, _, err = run_cli(capsys, "convert", path, "-o", out, "--outputs", "native")
+    assert status == 1 and "internal" not in err, err
+    lines = error_lines(err)
+    assert len(lines) == 1 and str(path) in lines[0] and "read error: Input/output error (EIO)" in lines[0], err
+    assert not out.exists() or os.listdir(out) == []
+
+
+def test_over_run_compressed_stream_warns_on_the_slicer_load(tmp_path):
+    """The same over-long stream loaded into a (headless) Slicer scene: the warning reaches the load's
+    warning callback."""
+    slicer = pytest.importorskip("slicer")
+    from ScancoUnitsLib.scene import load_scan_into_scene
+
+    path = _over_run_bin_cmp(tmp_path / "long.AIM", 9995)
+    given = []
+    nodes = load_scan_into_scene(slicer.vtkMRMLScene(), path, outputs=["native"], warn=given.append)
+    assert "native" in nodes
+    assert any("9995 bytes after the last" in w and str(path) in w for w in given), given

@@ -75,12 +75,13 @@ def test_isq_fixtures(real_data):
 
 def test_info_cli_json_and_text(real_data):
     exe = shutil.which("scanco-units", path=os.path.dirname(sys.executable))
-    out = subprocess.run([exe, "info", "--json", str(real_data / "CALLUS_1237.AIM")],
+    command = [exe] if exe else [sys.executable, "-m", "ScancoUnitsLib.cli"]  # not installed: from the tree
+    out = subprocess.run([*command, "info", "--json", str(real_data / "CALLUS_1237.AIM")],
                          capture_output=True, text=True, check=True).stdout
     d = json.loads(out)
     assert d["dimensions"] == [43, 28, 32] and d["calibration"]["mu_scaling"] == 8192
     assert d["scanner"]["patient_index"] == 1237 and len(d["processing_log_items"]) > 20
-    text = subprocess.run([exe, "info", str(real_data / "test_isq_native_only_binary_25.ISQ")],
+    text = subprocess.run([*command, "info", str(real_data / "test_isq_native_only_binary_25.ISQ")],
                           capture_output=True, text=True, check=True).stdout
     assert "25 x 25 x 25" in text and "WARNING: no HU output possible" in text
 
@@ -370,3 +371,188 @@ def test_slab_iteration_memory_of_1gib_file(tmp_path):
     slices, peak_kib = map(int, out.stdout.split())
     assert slices == nz
     assert peak_kib * 1024 < 150 * 2**20, f"peak RSS {peak_kib} KiB while iterating a 1 GiB file"
+
+
+# ---- memory bounded by bytes: a slice over the budget is read, converted and written in row pieces ----
+
+def _single_slice_bin_cmp(path, nx, ny):
+    """A one-slice all-background binCmp AIM of nx * ny voxels, written without building the volume."""
+    from ScancoUnitsLib.aim_format import aim_header_bytes
+
+    full, rest = divmod(nx * ny, 254)
+    runs = np.full(full + (1 if rest else 0), 255, np.uint8)
+    if rest:
+        runs[-1] = rest
+    payload = (4 + 2 + runs.size).to_bytes(4, "little") + bytes([0, 127]) + runs.tobytes()
+    log = b"\x00"
+    with open(path, "wb") as f:
+        f.write(aim_header_bytes(20, 0x00150001, (nx, ny, 1), (0, 0, 0), (0.01,) * 3, len(log), len(payload)))
+        f.write(log)
+        f.write(payload)
+    return path
+
+
+def test_conversion_of_one_huge_slice_has_bounded_memory(tmp_path):
+    """Issue 19.9: one binCmp slice of 2^18 x 1024 voxels (a 1 MB file, 256 MiB of voxels): whole-slice
+    slabs peaked at more than 512 MB (the native slice and the mask slice); row pieces keep the
+    conversion near the interpreter's own size."""
+    nx, ny = 1 << 18, 1024
+    path = _single_slice_bin_cmp(tmp_path / "wide.AIM", nx, ny)
+    assert path.stat().st_size < 2 << 20
+    out = tmp_path / "out"
+    script = (
+        "import sys\n"
+        "from ScancoUnitsLib import cli\n"
+        "status = cli.main(['convert', sys.argv[1], '-o', sys.argv[2], '-q'])\n"
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
+        "print(status, hwm)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(path), str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    status, peak_kib = map(int, done.stdout.split()[-2:])
+    assert status == 0, done.stderr
+    mask = out / "wide_mask.nrrd"
+    assert mask.stat().st_size > nx * ny  # header + one byte a voxel
+    with open(mask, "rb") as f:
+        f.seek(-(1 << 20), os.SEEK_END)
+        assert not any(f.read())
+    assert peak_kib * 1024 < 200 * 2**20, f"peak RSS {peak_kib} KiB for a slice of {nx * ny} voxels"
+
+
+def _row_kinds(tmp_path):
+    rng = np.random.default_rng(3)
+    mask = (rng.random((5, 9, 11)) > 0.5).astype(np.int8) * 127
+    grey = rng.integers(-3000, 9000, size=(5, 9, 11)).astype(np.int16)
+    files = {
+        "isq": S.write_isq(tmp_path / "g.isq", grey, voxel_size_mm=(0.01,) * 3),
+        "float_vax": S.write_aim(tmp_path / "f.aim", grey.astype(np.float32) / 7, voxel_size_mm=(0.01,) * 3),
+        "binCmp": S.write_aim(tmp_path / "b.aim", mask, voxel_size_mm=(0.01,) * 3, compression="binCmp"),
+        "charCmp": S.write_aim(tmp_path / "c.aim", mask, version=30, voxel_size_mm=(0.01,) * 3,
+                               compression="charCmp"),
+    }
+    return files
+
+
+def test_rows_of_a_slice_match_whole_slices(tmp_path):
+    """``read_rows`` (the pieces of a slice over the memory budget) gives the rows ``read_slab`` gives,
+    for uncompressed, VAX float, binCmp, charCmp, bit8 and bordered compressed data, in any order."""
+    from ScancoUnitsLib.aim_compression import CompressedVoxelDecoder, encode_bin_cmp, encode_bit8
+
+    for kind, path in _row_kinds(tmp_path).items():
+        whole = S.read_volume(path)
+        nz, ny, nx = whole.shape
+        with S.open_voxels(path) as src:
+            for z in (0, 2, 1, 4, 3):  # a backward jump restarts a compressed stream
+                for y0, y1 in ((0, 4), (4, 5), (5, 9), (3, 3), (0, 9)):
+                    got = src.read_rows(z, y0, y1)
+                    assert got.shape == (1, y1 - y0, nx)
+                    assert np.array_equal(got[0], whole[z, y0:y1]), (kind, z, y0, y1)
+            pieces = list(src.iter_pieces(max_voxels=2 * nx))
+            assert all(p.size <= 2 * nx for p in pieces)
+            assert np.array_equal(np.concatenate([p.reshape(-1) for p in pieces]), whole.reshape(-1))
+    rng = np.random.default_rng(5)
+    volume = (rng.random((5, 7, 9)) > 0.4).astype(np.int8) * 127
+    interior = volume[1:4, 2:5, 1:8]
+    block = encode_bin_cmp(interior)
+    bordered = np.zeros_like(volume)
+    bordered[1:4, 2:5, 1:8] = interior
+    bit8 = encode_bit8(volume)
+    for kind, data, off, expected in (("binCmp", block, (1, 2, 1), bordered), ("bit8", bit8, (0, 0, 0), volume)):
+        with CompressedVoxelDecoder(data, 0, len(data), (9, 7, 5), kind, off_xyz=off) as decoder:
+            for z in range(5):
+                for y0, y1 in ((0, 1), (1, 3), (3, 7)):
+                    got = decoder.read_rows(z, y0, y1)
+                    assert np.array_equal(got[0], expected[z, y0:y1]), (kind, z, y0, y1)
+
+
+def _outputs_of(folder):
+    import gzip
+
+    got = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.endswith("_metadata.json"):
+            meta = json.loads(p.read_text())
+            got[p.name] = (meta["outputs"], meta["mask_voxels"], meta["native_range"], meta["statistics"],
+                           meta["hu_clipped_voxels"])
+        elif p.name.endswith(".AIM"):  # the processing log holds the time it was written
+            data = p.read_bytes()
+            got[p.name] = data[S.read_header(p).data_offset:]
+        elif p.is_file():
+            data = p.read_bytes()
+            got[p.name] = gzip.decompress(data) if p.name.endswith(".gz") else data
+        else:
+            got[p.name] = {str(q.relative_to(p)): q.read_bytes() for q in sorted(p.rglob("*")) if q.is_file()}
+    return got
+
+
+@pytest.mark.parametrize("formats,compress", [(("nrrd", "nifti"), False), (("nifti",), True),
+                                              (("aim",), False), (("ome-zarr",), False)])
+def test_split_slices_write_the_same_outputs(tmp_path, monkeypatch, formats, compress):
+    """With a byte budget below one slice, every format (row pieces, or whole slices put together for
+    a writer without them) and the statistics give the files whole slabs give."""
+    from ScancoUnitsLib import engine
+    from ScancoUnitsLib.convert import convert_file
+    from ScancoUnitsLib.thresholds import ThresholdSpec
+
+    if "ome-zarr" in formats:
+        pytest.importorskip("zarr")
+    if "nifti" in formats:
+        pytest.importorskip("nibabel")
+    cal = Calibration(mu_scaling=4096, mu_water_per_cm=0.5, density_slope=350.0, density_intercept=-200.0,
+                      density_unit="mg HA/ccm", calibration_type=2)
+    grey = np.random.default_rng(2).integers(-2000, 9000, size=(6, 13, 17)).astype(np.int16)
+    path = S.write_aim(tmp_path / "g.aim", grey, voxel_size_mm=(0.01,) * 3, calibration=cal)
+    outputs = ("native", "mask") if "aim" in formats else ("hu", "density", "mu", "mask", "native")
+    options = dict(outputs=outputs, formats=formats, compress=compress, statistics=True,
+                   thresholds=ThresholdSpec(200, 900, "permille"))
+    convert_file(path, tmp_path / "whole", **options)
+    monkeypatch.setattr(engine, "SLAB_SET_MAX_BYTES", 17 * 4 * 12)  # 4 rows a piece
+    assert engine.slab_layout(S.read_header(path), 12).rows == 4
+    convert_file(path, tmp_path / "rows", **options)
+    whole, rows = _outputs_of(tmp_path / "whole"), _outputs_of(tmp_path / "rows")
+    assert list(whole) == list(rows)
+    for name in whole:
+        assert whole[name] == rows[name], name
+
+
+def test_split_slices_fill_target_arrays_and_plain_sinks(tmp_path, monkeypatch):
+    """Slicer's path (outputs converted straight into node arrays, plain ``write(z, slab)`` sinks and
+    observers): the same arrays with row pieces as with whole slabs, every n-th slice too."""
+    from ScancoUnitsLib import engine
+    from ScancoUnitsLib.engine import EngineOutput, run_engine
+
+    cal = Calibration(mu_scaling=4096, mu_water_per_cm=0.5, density_slope=350.0, density_intercept=-200.0,
+                      density_unit="mg HA/ccm", calibration_type=2)
+    grey = np.random.default_rng(4).integers(-2000, 9000, size=(7, 11, 13)).astype(np.int16)
+    header = S.read_header(S.write_isq(tmp_path / "g.isq", grey, voxel_size_mm=(0.01,) * 3, calibration=cal))
+
+    def run(z_selection):
+        n = len(z_selection)
+        hu = np.zeros((n, 11, 13), np.int16)
+        native = np.zeros((n, 11, 13), np.int16)
+        seen, observed = [], []
+
+        class Plain:
+            def write(self, z, slab):
+                seen.append((z.start, slab.copy()))
+
+        outs = [EngineOutput("hu", "hu", np.dtype(np.int16), [], target=hu),
+                EngineOutput("native", "native", np.dtype(np.int16), [], target=native),
+                EngineOutput("mu", "mu", np.dtype(np.float32), [Plain()])]
+        with S.open_voxels(header) as source:
+            run_engine(header, source, outs, z_selection=z_selection,
+                       observers=[lambda z0, nat, views: observed.append((z0, nat.copy(), views["hu"].copy()))])
+        return hu, native, seen, observed
+
+    for selection in (range(7), range(1, 7, 3)):
+        monkeypatch.setattr(engine, "SLAB_SET_MAX_BYTES", 32 << 20)
+        expected = run(selection)
+        monkeypatch.setattr(engine, "SLAB_SET_MAX_BYTES", 13 * 3 * 8)  # 3 rows a piece
+        got = run(selection)
+        assert np.array_equal(got[0], expected[0]) and np.array_equal(got[1], expected[1])
+        assert np.array_equal(got[1], grey[selection.start:selection.stop:selection.step])
+        whole_mu = np.concatenate([s for _, s in expected[2]])
+        assert [z for z, s in got[2] for _ in range(s.shape[0])] == list(selection)
+        assert np.array_equal(np.concatenate([s for _, s in got[2]]), whole_mu)
+        assert np.array_equal(np.concatenate([n for _, n, _ in got[3]]), np.concatenate([n for _, n, _ in expected[3]]))
+        assert np.array_equal(np.concatenate([h for _, _, h in got[3]]), got[0])

@@ -28,7 +28,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ScancoFormatError
+from .errors import InputReadError, ScancoFormatError
 
 __all__ = [
     "D1T_BIN_CMP",
@@ -153,8 +153,11 @@ class _BlockBytes:
         if self._buffer is not None:
             begin = self.start + rel_offset
             return self._buffer[begin : begin + count]
-        self._file.seek(self.start + rel_offset)
-        data = self._file.read(count)
+        try:
+            self._file.seek(self.start + rel_offset)
+            data = self._file.read(count)
+        except OSError as exc:  # EIO of a failing disk: one line naming the file
+            raise InputReadError(self.path, exc) from None
         return np.frombuffer(data, dtype=np.uint8)
 
     def release(self):
@@ -316,7 +319,9 @@ class _RunStream:
             )
         left = self.bytes_left()
         if left:
-            self.warnings.append(f"{self.name} stream has {left} bytes after the last voxel (ignored)")
+            self.warnings.append(
+                f"{self.name} stream has {left} bytes after the last of the image's {self.voxel_count} voxels "
+                "(ignored: the header's dimensions may be wrong)")
 
 
 def _split_at_need(counts: np.ndarray, need: int):
@@ -471,6 +476,19 @@ class _Bit8Planes:
         np.multiply(voxels[first : first + (z1 - z0), :dy, :dx].view(np.int8), self.value, out=out)
 
 
+    def read_rows(self, z: int, y0: int, y1: int, out: np.ndarray):
+        """Rows y0..y1-1 of slice z: only the cell rows that hold them are read and unpacked."""
+        dx = self.dims_xyz[0]
+        cx = self.cells_xyz[0]
+        c0, c1 = y0 // 2, (y1 + 1) // 2
+        raw = self.block.read((z // 2) * self.plane_bytes + c0 * cx, (c1 - c0) * cx)
+        bits = np.unpackbits(raw.reshape(c1 - c0, cx)[..., np.newaxis], axis=-1, bitorder="little")
+        bits = bits.reshape(c1 - c0, cx, 2, 2, 2)  # bit index = zbit*4 + ybit*2 + xbit
+        voxels = bits[:, :, z % 2].transpose(0, 2, 1, 3).reshape(2 * (c1 - c0), 2 * cx)
+        first = y0 - 2 * c0
+        np.multiply(voxels[first : first + (y1 - y0), :dx].view(np.int8), self.value, out=out[0])
+
+
 # ---------------------------------------------------------------------------------------------------
 # Public decoder
 # ---------------------------------------------------------------------------------------------------
@@ -559,7 +577,6 @@ class CompressedVoxelDecoder:
                 stream_class = _BinCmpStream if self.kind == "binCmp" else _CharCmpStream
                 self._runs = stream_class(block, data_size, lfb, count, self.warnings)
                 self._bit8 = None
-                self._stream_slices = 0  # interior slices already taken from the stream
                 self._finished = False
                 if self.kind == "binCmp":
                     self.values = tuple(int(v) for v in self._runs.values)
@@ -643,33 +660,59 @@ class CompressedVoxelDecoder:
         """The whole volume (z, y, x) int8."""
         return self.read_slab(0, self.dims_xyz[2])
 
-    def _read_runs(self, z0: int, z1: int, out: np.ndarray):
+    def read_rows(self, z: int, y0: int, y1: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows ``y0 <= y < y1`` of slice ``z`` as (1, y1-y0, x) int8: a piece of a slice too large to
+        hold whole. Pieces read in file order (z, then y ascending) cost no more than whole slabs."""
+        dx, dy, dz = self.dims_xyz
+        z, y0, y1 = int(z), int(y0), int(y1)
+        if not (0 <= z < dz and 0 <= y0 <= y1 <= dy):
+            raise ValueError(f"rows {y0}:{y1} of slice {z} are outside the image's {dx}x{dy}x{dz} voxels")
+        shape = (1, y1 - y0, dx)
+        if out is None:
+            out = np.empty(shape, dtype=np.int8)
+        elif out.shape != shape or out.dtype != np.int8:
+            raise ValueError(f"out must be int8 with shape {shape}, got {out.dtype} {out.shape}")
+        if y1 > y0:
+            if self._bit8 is not None:
+                self._bit8.read_rows(z, y0, y1, out)
+            else:
+                self._read_runs(z, z + 1, out, y0, y1)
+        self._next_z = z + 1 if y1 == dy else z
+        return out
+
+    def _read_runs(self, z0: int, z1: int, out: np.ndarray, y0: int = 0, y1: Optional[int] = None):
+        """Slices z0..z1-1, rows y0..y1-1 into ``out``: whole slices, or rows of a single slice (either
+        way one contiguous run of the interior stream)."""
         runs = self._runs
         dx, dy, dz = self.dims_xyz
+        y1 = dy if y1 is None else y1
         ox, oy, oz = self.off_xyz
         ix, iy, iz = self.interior_xyz
         slice_voxels = ix * iy
         first = max(z0, oz) - oz  # interior slice range of this slab
         stop = min(z1, oz + iz) - oz
+        row0 = max(y0, oy) - oy  # interior row range
+        row1 = min(y1, oy + iy) - oy
         bordered = ox or oy or oz
         if bordered:
             out[...] = 0
-        if stop > first:
-            if first < self._stream_slices:
+        if stop > first and row1 > row0:
+            if (row0, row1) != (0, iy) and stop - first != 1:
+                raise ValueError("rows of several slices are not one run of the stream: read whole slices")
+            start = first * slice_voxels + row0 * ix  # voxels of the stream before this piece
+            if start < runs.emitted:
                 runs.reset()  # warnings about the end of the stream were recorded the first time
-                self._stream_slices = 0
-            if first > self._stream_slices:
-                runs.skip((first - self._stream_slices) * slice_voxels)
-            count = (stop - first) * slice_voxels
-            target = out[first + oz - z0 : stop + oz - z0]
+            if start > runs.emitted:
+                runs.skip(start - runs.emitted)
+            count = (stop - first) * (row1 - row0) * ix
+            target = out[first + oz - z0 : stop + oz - z0, row0 + oy - y0 : row1 + oy - y0]
             if not bordered and target.flags.c_contiguous:
                 runs.produce(count, target.reshape(-1))
             else:
                 decoded = np.empty(count, dtype=np.int8)
                 runs.produce(count, decoded)
-                target[:, oy : oy + iy, ox : ox + ix] = decoded.reshape(stop - first, iy, ix)
-            self._stream_slices = stop
-            if stop == iz and not self._finished:
+                target[:, :, ox : ox + ix] = decoded.reshape(stop - first, row1 - row0, ix)
+            if runs.emitted == iz * slice_voxels and not self._finished:
                 self._finished = True
                 runs.finish_check()
 

@@ -119,7 +119,7 @@ def parse_aim_header(head: bytes, path: str, file_size: int) -> ScancoHeader:
         raise ScancoFormatError(path, f"truncated: processing log of {log_len} bytes runs past the end of the file "
                                       f"({file_size} bytes)")
     if len(head) < data_offset:
-        raise ScancoFormatError(path, "internal: header was not read completely")
+        raise ScancoFormatError(path, f"the header was read only to byte {len(head)} of {data_offset}")
 
     if version == 30:
         s = struct_at

@@ -27,7 +27,8 @@ import math
 import re
 from typing import Iterable, List, Optional, Sequence, Tuple
 
-from .header import Calibration, CalibrationConflict, ScannerInfo, density_mg_per_unit, scaling_in_calibration_text
+from .header import (Calibration, CalibrationConflict, ScannerInfo, density_mg_per_unit, printable,
+                     scaling_in_calibration_text)
 from .vms_encoding import log_date_to_iso
 
 _KEY_VALUE = re.compile(r"^(\S(?:.*?\S)?)\s{2,}(.*?)\s*$")
@@ -205,9 +206,10 @@ def data_range_from_log(items) -> Tuple[Optional[float], Optional[float]]:
 def format_line(key: str, value) -> str:
     if isinstance(value, float):
         value = repr(value)
-    value = str(value)
-    if "\n" in key or "\n" in value or "  " in key:
-        raise ValueError(f"log key/value cannot contain newlines or double spaces: {key!r}")
+    # a value from a file or its name (a line break, ESC) is written visibly: one log line a key
+    value = printable(str(value))
+    if "\n" in key or "  " in key:
+        raise ValueError(f"log key cannot contain newlines or double spaces: {key!r}")
     return f"{key:<{KEY_COLUMN_WIDTH - 1}}  {value}"
 
 

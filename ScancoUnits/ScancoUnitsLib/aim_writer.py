@@ -180,6 +180,7 @@ class AimVolumeWriter(SlabWriter):
     """
 
     kind = "AIM"
+    accepts_rows = True  # voxels go out in file order (raw, VAX floats or binCmp runs): row pieces too
 
     def __init__(self, path, shape_zyx, dtype, *, voxel_size_mm, position_voxels=(0, 0, 0),
                  processing_log: str = "", mask: bool = False, version: Optional[int] = None,
@@ -269,7 +270,7 @@ class AimVolumeWriter(SlabWriter):
                 self._file.write(data)
 
         self._guarded(self.path, write)
-        self._slices_written += arr.shape[0]
+        self._advance(arr)
 
     def _finish(self) -> None:
         data_bytes = self._data_bytes

@@ -27,6 +27,7 @@ def _cmd_info(args) -> int:
     """Text: a readable summary per file. ``--json``: one JSON object per file and line (JSON Lines),
     in the order given: ``{"input", "status": "ok", "error": null, ...the whole header...}``, or
     ``{"input", "status": "failed", "error": "<one line>"}`` for a file that cannot be read."""
+    from .header import printable
     from .info_text import format_header_summary, native_range_in_units, thresholds_text
     from .reader import read_header
     from .request import DEFAULT_THRESHOLDS, threshold_spec_from_args
@@ -42,7 +43,7 @@ def _cmd_info(args) -> int:
             header = read_header(path)
         except ScancoError as exc:
             message = " ".join(str(exc).split())
-            print(f"scanco-units: error: {message}", file=sys.stderr)
+            print(f"scanco-units: error: {printable(message)}", file=sys.stderr)  # no raw ESC of a name
             status = EXIT_FAILED
             if args.json:
                 print(json.dumps({"input": str(path), "status": "failed", "error": message}), flush=True)

@@ -146,8 +146,15 @@ class _WriterSink:
         if getattr(writer, "encodes", False):
             self.encode_slab = writer.encode_slab
             self.write_encoded = writer.write_encoded
+        #: a slice too large for the engine's memory budget may come in pieces of rows, in order
+        self.accepts_rows = bool(getattr(writer, "accepts_rows", False))
+        if self.accepts_rows:
+            self.write_rows = self._write_rows
 
     def write(self, z, slab) -> None:
+        self.writer.write_slab(slab)
+
+    def _write_rows(self, z, y0, slab) -> None:
         self.writer.write_slab(slab)
 
 
@@ -382,6 +389,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
                     sink.writer.close()
 
         stats = result.statistics
+        caught.extend(text for text in result.warnings if text not in caught)  # e.g. an over-long stream
         hu_clipped = sum(s.hu_clipped_voxels for s in stats.values())
         nonfinite = sum(s.nonfinite_voxels for s in stats.values())
         mask_voxels = sum(s.mask_voxels for s in stats.values())

@@ -43,6 +43,9 @@ from .thresholds import ResolvedThresholds
 
 #: about 1 Mi voxels a slab (2 MB of int16, 4 MB of float32): stays in the CPU cache
 TARGET_SLAB_VOXELS = 1 << 20
+#: the most bytes one slab set (the native slab and the engine's buffer of every output) may take; a
+#: slice larger than that is read, converted and written in pieces of whole rows (``SlabLayout``)
+SLAB_SET_MAX_BYTES = 32 << 20
 _PASS_THROUGH = ("native", "float")  # outputs that are the native slab itself (no buffer, no kernel)
 _PAGE_BYTES = 4096
 
@@ -95,6 +98,8 @@ class EngineResult:
     native_min: Optional[float] = None
     native_max: Optional[float] = None
     native_histogram: Optional[np.ndarray] = None
+    #: what the source found odd in the voxel data (``VoxelSource.warnings``): every caller reports them
+    warnings: List[str] = field(default_factory=list)
 
 
 def slab_slices_for(header: ScancoHeader, slab_slices: Optional[int] = None) -> int:
@@ -102,6 +107,64 @@ def slab_slices_for(header: ScancoHeader, slab_slices: Optional[int] = None) -> 
         return int(slab_slices)
     x, y, z = header.dimensions
     return max(1, min(z, TARGET_SLAB_VOXELS // max(1, x * y)))
+
+
+@dataclass(frozen=True)
+class SlabLayout:
+    """How the engine cuts a volume: ``slices`` whole slices a slab, or, when one slice is over the
+    byte budget (``slices`` = 1, ``rows`` < y), pieces of ``rows`` whole rows of one slice."""
+
+    slices: int
+    rows: int
+    ny: int
+
+    @property
+    def splits_slices(self) -> bool:
+        return self.rows < self.ny
+
+
+def slab_layout(header: ScancoHeader, bytes_per_voxel: int, slab_slices: Optional[int] = None,
+                max_bytes: Optional[int] = None) -> SlabLayout:
+    """Slabs of ``slab_slices`` (default about :data:`TARGET_SLAB_VOXELS` voxels), never more than
+    ``max_bytes`` (default :data:`SLAB_SET_MAX_BYTES`) for ``bytes_per_voxel`` (the native value and
+    every output buffer); a slice over the budget is split into pieces of rows of about
+    :data:`TARGET_SLAB_VOXELS` voxels (at least one row: a row has at most 2^20 voxels)."""
+    max_bytes = SLAB_SET_MAX_BYTES if max_bytes is None else int(max_bytes)
+    nx, ny, nz = header.dimensions
+    bytes_per_voxel = max(1, int(bytes_per_voxel))
+    slice_bytes = nx * ny * bytes_per_voxel
+    if slice_bytes > max_bytes:
+        rows = max(1, min(ny, TARGET_SLAB_VOXELS // nx, max_bytes // (nx * bytes_per_voxel)))
+        return SlabLayout(1, rows, ny)
+    slices = slab_slices_for(header, slab_slices)
+    return SlabLayout(max(1, min(slices, max_bytes // slice_bytes)), ny, ny)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """What one task reads, converts and delivers: file slices ``z``, rows ``y0 <= y < y1`` of each."""
+
+    z: range
+    y0: int
+    y1: int
+
+
+class _SliceAssembler:
+    """Whole slices, put together from row pieces, for the sinks and observers that take only whole
+    slices (when the engine splits slices). Used in the writer thread only, pieces in order."""
+
+    def __init__(self, ny: int, nx: int, native_dtype, outputs: Sequence[EngineOutput]):
+        self.native = np.empty((1, ny, nx), dtype=native_dtype)
+        self.views = {o.role: np.empty((1, ny, nx), dtype=o.dtype) for o in outputs}
+        self.ny = ny
+
+    def add(self, y0: int, native: np.ndarray, views: Dict[str, np.ndarray]) -> bool:
+        """Copy a piece in; True when it completes its slice."""
+        rows = native.shape[1]
+        self.native[:, y0:y0 + rows] = native
+        for role, view in views.items():
+            self.views[role][:, y0:y0 + rows] = view
+        return y0 + rows == self.ny
 
 
 def page_aligned_empty(shape, dtype) -> np.ndarray:
@@ -138,14 +201,17 @@ class _Worker:
         self.native = OutputStatistics()
         self.exact_native = kernel is not None and kernel.uses_tables  # native range from the histogram
 
-    def convert(self, native: np.ndarray, buffers: Dict[str, np.ndarray], row0: int = 0) -> Dict[str, np.ndarray]:
-        """``row0``: the slab's first row in the outputs' ``target`` arrays."""
-        n = native.shape[0]
+    def convert(self, native: np.ndarray, buffers: Dict[str, np.ndarray], row0: int = 0,
+                y0: int = 0) -> Dict[str, np.ndarray]:
+        """``row0``: the slab's first slice in the outputs' ``target`` arrays; ``y0``: its first row
+        (``native`` is (n, rows, x): whole slices, or rows of one slice)."""
+        n, rows = native.shape[0], native.shape[1]
         views = {}
         if self.kernel is not None:
             for out in self.outputs:
                 if out.quantity not in _PASS_THROUGH:
-                    views[out.role] = buffers[out.role][:n] if out.target is None else out.target[row0:row0 + n]
+                    views[out.role] = buffers[out.role][:n, :rows] if out.target is None \
+                        else out.target[row0:row0 + n, y0:y0 + rows]
             self.kernel.run(native, views, self.kernel_stats)
         if not self.exact_native and native.dtype.kind in "iu":
             _scan_range(self.native, native)
@@ -153,7 +219,7 @@ class _Worker:
             if out.quantity in _PASS_THROUGH:
                 data = native
                 if out.target is not None:
-                    data = out.target[row0:row0 + n]
+                    data = out.target[row0:row0 + n, y0:y0 + rows]
                     np.copyto(data, native)
                 views[out.role] = data
                 stat = self.stats[out.role]
@@ -191,15 +257,28 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     :class:`ConversionCancelled`; any error
     stops every thread before it propagates. Observers are called as
     ``observer(z0, native_slab, {role: converted slab})`` in z order.
+
+    Memory is bounded by bytes (:func:`slab_layout`): a slice over :data:`SLAB_SET_MAX_BYTES` with every
+    output's buffer is cut into pieces of whole rows. Sinks then get pieces through ``write_rows(z, y0,
+    slab)`` (writers: ``write_at(z, slab, row0)`` and ``encode_slab`` where they ``accepts_rows``),
+    observers through ``observe_rows(z0, y0, native, views)``; a sink or observer without them gets
+    whole slices put together from the pieces (memory: one slice of each output for them).
     """
     nx, ny, nz = header.dimensions
     z_selection = range(nz) if z_selection is None else z_selection
-    slab = slab_slices_for(header, slab_slices)
+    native_dtype = np.dtype(header.voxel_type)
+    buffered = [o for o in outputs if o.quantity not in _PASS_THROUGH and o.target is None]
+    layout = slab_layout(header, native_dtype.itemsize + sum(np.dtype(o.dtype).itemsize for o in buffered),
+                         slab_slices)
+    slab, piece_rows, split = layout.slices, layout.rows, layout.splits_slices
     step = z_selection.step
-    blocks = [z_selection[i:i + slab] for i in range(0, len(z_selection), slab)]
+    if split:
+        blocks = [_Piece(range(zi, zi + 1), y0, min(y0 + piece_rows, ny))
+                  for zi in z_selection for y0 in range(0, ny, piece_rows)]
+    else:
+        blocks = [_Piece(z_selection[i:i + slab], 0, ny) for i in range(0, len(z_selection), slab)]
     total = len(z_selection)
     workers = max(1, min(int(workers), len(blocks) or 1))
-    native_dtype = np.dtype(header.voxel_type)
     kernel_outputs = [KernelOutput(o.role, o.quantity, o.dtype) for o in outputs if o.quantity not in _PASS_THROUGH]
     kernel = None
     if kernel_outputs or (histogram and native_dtype.kind in "iu" and native_dtype.itemsize <= 2):
@@ -217,9 +296,8 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     native_pool: "queue.Queue[np.ndarray]" = queue.Queue()
     buffer_pool: "queue.Queue[Dict[str, np.ndarray]]" = queue.Queue()
     for _ in range(in_flight):
-        native_pool.put(page_aligned_empty((slab, ny, nx), native_dtype))
-        buffer_pool.put({o.role: page_aligned_empty((slab, ny, nx), o.dtype) for o in outputs
-                         if o.quantity not in _PASS_THROUGH and o.target is None})
+        native_pool.put(page_aligned_empty((slab, piece_rows, nx), native_dtype))
+        buffer_pool.put({o.role: page_aligned_empty((slab, piece_rows, nx), o.dtype) for o in buffered})
 
     stop = threading.Event()
     failure: List[BaseException] = []
@@ -232,10 +310,13 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
                 failure.append(exc)
         stop.set()
 
-    def read(z: range) -> np.ndarray:
+    def read(piece: _Piece) -> np.ndarray:
         buf = native_pool.get()
-        target = buf[:len(z)]
-        if step == 1:
+        z = piece.z
+        target = buf[:len(z), :piece.y1 - piece.y0]
+        if split:
+            source.read_rows(z.start, piece.y0, piece.y1, out=target)
+        elif step == 1:
             source.read_slab(z.start, z.stop, out=target)
         else:
             for i, zi in enumerate(z):
@@ -245,12 +326,16 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanco-read")
     convert_pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scanco-convert")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scanco-write")
+
+    def takes_pieces(sink) -> bool:
+        return not split or bool(getattr(sink, "accepts_rows", False))
+
     # sinks that write at known offsets (raw files of a contiguous z range), each with its own lock
     positional_sinks = [(o.role, sink, threading.Lock()) for o in outputs for sink in o.sinks
-                        if hasattr(sink, "write_at")] if step == 1 else []
+                        if hasattr(sink, "write_at") and takes_pieces(sink)] if step == 1 else []
     positional_ids = {id(sink) for _, sink, _ in positional_sinks}
 
-    def _write_positional(z: range, views) -> None:
+    def _write_positional(piece: _Piece, views) -> None:
         # A file takes one write at a time (the kernel's inode lock: the other core spun on it while
         # both workers wrote into the same file). Each worker writes first into a file nobody is
         # writing, and waits only when every file it has left is busy.
@@ -264,49 +349,79 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
                 pending[0][2].acquire()
             role, sink, lock = pending.pop(i)
             try:
-                sink.write_at(z, views[role])
+                if split:
+                    sink.write_at(piece.z, views[role], row0=piece.y0)
+                else:
+                    sink.write_at(piece.z, views[role])
             finally:
                 lock.release()
 
     # sinks that compress (gzip): each worker compresses its own slab, the writer appends in z order
-    encoding = [(o, sink) for o in outputs for sink in o.sinks if hasattr(sink, "encode_slab")]
+    encoding = [(o, sink) for o in outputs for sink in o.sinks
+                if hasattr(sink, "encode_slab") and takes_pieces(sink)]
+    encoding_ids = {id(sink) for _, sink in encoding}
+    # with split slices: who takes row pieces, and who gets whole slices put together from them
+    whole_slice_sinks = [(o.role, sink) for o in outputs for sink in o.sinks
+                         if split and id(sink) not in positional_ids and id(sink) not in encoding_ids
+                         and not hasattr(sink, "write_rows")]
+    whole_slice_ids = {id(sink) for _, sink in whole_slice_sinks}
+    whole_slice_observers = [obs for obs in observers if split and not hasattr(obs, "observe_rows")]
+    assembler = None
+    if whole_slice_sinks or whole_slice_observers:
+        roles = {role for role, _ in whole_slice_sinks}
+        assembler = _SliceAssembler(ny, nx, native_dtype,
+                                    outputs if whole_slice_observers else [o for o in outputs if o.role in roles])
     free_workers: "queue.Queue[_Worker]" = queue.Queue()
     for state in worker_states:
         free_workers.put(state)
 
-    def convert(z: range, read_future):
+    def convert(piece: _Piece, read_future):
         native_buf = read_future.result()
-        native = native_buf[:len(z)]
+        z = piece.z
+        native = native_buf[:len(z), :piece.y1 - piece.y0]
         state = free_workers.get()
         try:
             if stop.is_set():
                 raise _Stopped()
             buffers = buffer_pool.get()
             row0 = (z.start - z_selection.start) // step
-            views = state.convert(native, buffers, row0)
+            views = state.convert(native, buffers, row0, piece.y0)
         finally:
             free_workers.put(state)
         # sinks that write at known offsets take the slab here, in this worker: writes leave the one
         # writer thread (its page-cache copies were the critical path); the rest go in z order below
         if positional_sinks:
-            _write_positional(z, views)
+            _write_positional(piece, views)
         encoded = {id(sink): sink.encode_slab(views[out.role]) for out, sink in encoding}
         return native_buf, native, buffers, views, encoded
 
-    def deliver(z: range, convert_future):
+    def deliver(piece: _Piece, convert_future):
         native_buf, native, buffers, views, encoded = convert_future.result()
+        z = piece.z
         try:
             if stop.is_set():
                 raise _Stopped()
             for observe in observers:
-                observe(z.start, native, views)
+                if not split:
+                    observe(z.start, native, views)
+                elif hasattr(observe, "observe_rows"):
+                    observe.observe_rows(z.start, piece.y0, native, views)
             for out in outputs:
                 data = views[out.role]
                 for sink in out.sinks:
                     if id(sink) in encoded:
                         sink.write_encoded(encoded[id(sink)])
-                    elif id(sink) not in positional_ids:
+                    elif id(sink) in positional_ids or id(sink) in whole_slice_ids:
+                        continue
+                    elif split:
+                        sink.write_rows(z, piece.y0, data)
+                    else:
                         sink.write(z, data)
+            if assembler is not None and assembler.add(piece.y0, native, {r: views[r] for r in assembler.views}):
+                for observe in whole_slice_observers:
+                    observe(z.start, assembler.native, assembler.views)
+                for role, sink in whole_slice_sinks:
+                    sink.write(z, assembler.views[role])
         finally:
             buffer_pool.put(buffers)
             native_pool.put(native_buf)
@@ -316,27 +431,29 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
         reads = {}
         # prime: keep the reader ahead by the number of buffers
         next_read = 0
-        for i, z in enumerate(blocks):
+        for i, piece in enumerate(blocks):
             if _is_cancelled(cancel):
                 raise ConversionCancelled(header.path)
             while next_read < len(blocks) and next_read < i + in_flight - 1:
                 reads[next_read] = reader.submit(read, blocks[next_read])
                 next_read += 1
-            converted = convert_pool.submit(convert, z, reads.pop(i))
-            pending.append((z, writer.submit(deliver, z, converted)))
+            converted = convert_pool.submit(convert, piece, reads.pop(i))
+            pending.append((piece, writer.submit(deliver, piece, converted)))
             # wait for the oldest slab once enough are in flight (bounded memory, ordered progress)
             while pending and (len(pending) >= in_flight - 1 or pending[0][1].done()):
-                zdone, fut = pending.pop(0)
+                done_piece, fut = pending.pop(0)
                 fut.result()
-                done_slices += len(zdone)
+                if done_piece.y1 == ny:
+                    done_slices += len(done_piece.z)
+                    if progress is not None and progress(done_slices, total) is False:
+                        raise ConversionCancelled(header.path)
+        while pending:
+            done_piece, fut = pending.pop(0)
+            fut.result()
+            if done_piece.y1 == ny:
+                done_slices += len(done_piece.z)
                 if progress is not None and progress(done_slices, total) is False:
                     raise ConversionCancelled(header.path)
-        while pending:
-            zdone, fut = pending.pop(0)
-            fut.result()
-            done_slices += len(zdone)
-            if progress is not None and progress(done_slices, total) is False:
-                raise ConversionCancelled(header.path)
     except _Stopped:
         raise failure[0] if failure else RuntimeError("engine stopped")
     except BaseException as exc:
@@ -346,12 +463,14 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
         stop.set()
         # wake a read or conversion waiting for a buffer a cancelled task would have returned
         for _ in range(in_flight):
-            native_pool.put(np.empty((0, ny, nx), dtype=native_dtype))
-            buffer_pool.put({o.role: np.empty((0, ny, nx), dtype=o.dtype) for o in outputs})
+            native_pool.put(np.empty((0, piece_rows, nx), dtype=native_dtype))
+            buffer_pool.put({o.role: np.empty((0, piece_rows, nx), dtype=o.dtype) for o in outputs})
         for pool in (reader, convert_pool, writer):
             pool.shutdown(wait=True, cancel_futures=True)
 
-    return _result(worker_states, outputs, done_slices)
+    result = _result(worker_states, outputs, done_slices)
+    result.warnings = list(getattr(source, "warnings", ()) or ())
+    return result
 
 
 def _result(worker_states: Sequence[_Worker], outputs: Sequence[EngineOutput], done_slices: int) -> EngineResult:

@@ -22,6 +22,19 @@ class ScancoFormatError(ScancoError, ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class InputReadError(ScancoFormatError):
+    """Reading an input failed (EIO from a failing disk, a network share gone): one line naming the file
+    and the system's reason."""
+
+    def __init__(self, path, exc: OSError):
+        import errno
+
+        code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        super().__init__(path, f"read error: {reason}" + (f" ({code})" if code else ""))
+        self.errno = exc.errno
+
+
 class CalibrationMissingError(ScancoError, ValueError):
     """A calibrated unit (HU, density, attenuation) was asked for but the file lacks the constants."""
 

@@ -57,6 +57,16 @@ DENSITY_UNIT_MG_PER_UNIT = {
 #: the unit an absent density unit is taken to be
 DEFAULT_DENSITY_UNIT = "mg HA/ccm"
 
+#: C0 controls, DEL and C1 controls (ESC [ and CSI start terminal escape sequences)
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character (C0, DEL, C1; newlines and tabs too) written as a visible
+    ``\\xNN``: header strings (calibration text, names, units) come from the file and may hold
+    anything, and a terminal must never receive a raw escape sequence from them."""
+    return _CONTROL_CHARACTERS.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
+
 
 def density_mg_per_unit(unit_text: Optional[str]) -> Optional[float]:
     """mg HA/ccm per unit of a density unit text; 1.0 for an absent (None or blank) unit

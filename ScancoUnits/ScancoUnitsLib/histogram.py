@@ -250,8 +250,15 @@ def histogram_of_file(path_or_header, slices: int = 16) -> NativeHistogram:
     """
     from .reader import open_voxels
 
+    from .engine import SLAB_SET_MAX_BYTES
+
     with open_voxels(path_or_header) as source:
         hist = NativeHistogram(source.dtype)
-        for slab in source.iter_slabs(slices):
+        nz, ny, nx = source.shape
+        if slices * ny * nx * source.dtype.itemsize <= SLAB_SET_MAX_BYTES:
+            slabs = source.iter_slabs(slices)
+        else:  # memory bounded by bytes: fewer slices, or rows of a slice over the budget
+            slabs = source.iter_pieces(max(1, SLAB_SET_MAX_BYTES // source.dtype.itemsize))
+        for slab in slabs:
             hist.accumulate(slab)
     return hist

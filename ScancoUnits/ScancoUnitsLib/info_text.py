@@ -8,7 +8,7 @@ where thresholds are written out for people: ``info --low/--high`` and a batch's
 from __future__ import annotations
 
 from .errors import CalibrationMissingError, RequestError
-from .header import DEFAULT_DENSITY_UNIT, Calibration, ScancoHeader
+from .header import DEFAULT_DENSITY_UNIT, Calibration, ScancoHeader, printable
 from .quantities import UNIT_LABELS, threshold_unit_label
 from .thresholds import VALUE_UNITS, ResolvedThresholds, ThresholdSpec, permille_of_native, resolve_thresholds
 from .units import UnitConverter
@@ -86,7 +86,8 @@ def format_header_summary(header: ScancoHeader) -> str:
     if h.processing_log_items:
         lines.append(f"Processing log:  {len(h.processing_log_items)} entries (--json shows them all)")
     lines.append(format_data_range(h))
-    return "\n".join(lines)
+    # the strings come from the file (and its name): no raw control character or escape sequence
+    return "\n".join(printable(line) for line in lines)
 
 
 def _number(value) -> str:

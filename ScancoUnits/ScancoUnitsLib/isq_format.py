@@ -95,7 +95,7 @@ def parse_isq_header(head: bytes, path: str, file_size: int) -> ScancoHeader:
             f"from byte {data_offset}, the file has {file_size - data_offset}",
         )
     if len(head) < min(data_offset, file_size):
-        raise ScancoFormatError(path, "internal: extended header was not read")  # caller reads whole header
+        raise ScancoFormatError(path, f"the header was read only to byte {len(head)} of {data_offset}")
 
     voxel_size_mm = tuple(um / n / 1000.0 for um, n in zip(dims_um, dims))
     mu_scaling = i32(88)

@@ -124,6 +124,7 @@ class NiftiVolumeWriter(SlabWriter):
     """
 
     kind = "NIfTI"
+    accepts_rows = True  # one stream of voxels in file order: a slice may come in pieces of rows
 
     def __init__(self, path, shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0),
                  description: str = "", label: bool = False, compress: bool = False, threads=None,
@@ -161,7 +162,7 @@ class NiftiVolumeWriter(SlabWriter):
             return
         arr = np.ascontiguousarray(arr)
         self._guarded(self.path, lambda: self._stream.write(memoryview(arr).cast("B")))
-        self._slices_written += arr.shape[0]
+        self._advance(arr)
 
     def _finish(self) -> None:
         self._stream.finish()

@@ -27,12 +27,15 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from pathlib import Path
 
 import numpy as np
 
 from .atomic_output import AtomicOutputSet, OutputError, output_error_from
+from .errors import RequestError
+from .header import printable
 from .parallel_gzip import GZIP_CHUNK_BYTES as _GZIP_CHUNK_BYTES  # read at each open: tests shrink it
 from .parallel_gzip import _GzipStream, _RawStream, _write_all, crc32_combine, default_threads, gzip_backend
 from .volume_writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
@@ -74,6 +77,8 @@ _NRRD_FIELDS = {
 }
 
 
+
+_NRRD_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f]")  # control characters but tab (newline is escaped first)
 
 # ---------------------------------------------------------------------------------------------------
 # header
@@ -136,7 +141,7 @@ def escape_nrrd_value(value) -> str:
 
     Strings are kept (``\\r\\n`` and ``\\r`` become ``\\n``), then backslashes become ``\\\\`` and newlines
     ``\\n`` as the NRRD format asks; Teem-based readers (ITK, Slicer) undo this. Other control
-    characters are refused. Numbers are written with full precision; non-ASCII text is written as UTF-8.
+    characters (tab excepted) are written as the visible text ``\\xNN``. Numbers are written with full precision; non-ASCII text is written as UTF-8.
     """
     if isinstance(value, str):
         text = value
@@ -149,10 +154,10 @@ def escape_nrrd_value(value) -> str:
     else:
         raise TypeError(f"NRRD values must be strings or numbers, not {type(value).__name__}")
     text = text.replace("\r\n", "\n").replace("\r", "\n")
-    bad = [ch for ch in text if (ord(ch) < 32 and ch not in "\n\t") or ord(ch) == 127]
-    if bad:
-        raise ValueError(f"NRRD value {text[:40]!r} contains the control character {bad[0]!r}")
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+    text = text.replace("\\", "\\\\").replace("\n", "\\n")
+    # other control characters (a header's \x01 or ESC) as visible \xNN: the header stays one line a
+    # field and safe to print; the metadata JSON keeps the exact text
+    return _NRRD_CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _key_value_items(key_values):
@@ -252,6 +257,7 @@ class NrrdVolumeWriter(SlabWriter):
     """
 
     kind = "NRRD"
+    accepts_rows = True
 
     def __init__(self, path, shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_values=None,
                  encoding: str = "raw", detached: bool = False, compress_level: int = 1, threads=None,
@@ -287,6 +293,7 @@ class NrrdVolumeWriter(SlabWriter):
         self._set = AtomicOutputSet(overwrite=overwrite, fsync=fsync) if atomic is None else atomic
         self._slices_written = 0
         self._file_lock = threading.Lock()
+        self._seek_lock = threading.Lock()  # seek + write where os.pwrite is missing (Windows)
         #: raw data can be written at known offsets, by several threads, in any order (write_at)
         self.positional = encoding == "raw"
         self._data_offset = 0 if self.detached else len(header)
@@ -339,36 +346,43 @@ class NrrdVolumeWriter(SlabWriter):
         arr = self._checked_slab(array)
         if arr is None:
             return
-        count = arr.shape[0]
         arr = np.ascontiguousarray(arr)
         self._guarded(self.data_path, lambda: self._stream.write(memoryview(arr).cast("B")))
-        self._slices_written += count
+        self._advance(arr)
 
     @property
     def error_path(self) -> Path:
         return self.data_path
 
-    def write_at(self, z: range, array) -> None:
+    def write_at(self, z: range, array, row0: int = 0) -> None:
         """Write the slices of ``array`` as file slices ``z`` (raw encoding: any order, any thread): the
-        engine's workers write each slab where it belongs instead of handing it to one writer thread."""
+        engine's workers write each slab where it belongs instead of handing it to one writer thread.
+        A row piece ``(1, rows, x)`` of slice ``z.start`` goes to its rows from ``row0``."""
         if not self.positional:
             raise ValueError(f"{self.path}: only raw NRRD data can be written at known offsets")
-        arr = self._checked_slab(array)
+        arr = self._checked_slab(array, ordered=False)
         if arr is None:
             return
+        nz, ny, nx = self.shape_zyx
+        if not (0 <= z.start and z.start + arr.shape[0] <= nz and 0 <= row0 and row0 + arr.shape[1] <= ny
+                and (row0 == 0 or arr.shape[0] == 1)):
+            raise ValueError(f"{self.path}: slices {z.start}..{z.start + arr.shape[0] - 1}, rows from {row0}, "
+                             f"do not fit a volume of {nz}x{ny}x{nx}")
         arr = np.ascontiguousarray(arr)
-        offset = self._data_offset + z.start * self._slice_bytes
+        offset = self._data_offset + z.start * self._slice_bytes + row0 * nx * self.dtype.itemsize
 
         def write():
             # pwrite(2) at the slab's own offset: no file position is shared, so both workers write
             # into the same file at once (a lock here serialised them: the page-cache copies of the
             # two cores queued behind each other). The header went through the buffered file object,
             # flushed when the writer opened, and nothing else is written through it afterwards.
-            _pwrite_all(self._data_file.fileno(), memoryview(arr).cast("B"), offset)
+            # Where os.pwrite is missing (Windows), seek + write under this file's own lock.
+            _pwrite_all(self._data_file.fileno(), memoryview(arr).cast("B"), offset, self._seek_lock)
 
         self._guarded(self.data_path, write)
         with self._file_lock:
-            self._slices_written += arr.shape[0]
+            self._check_room(arr.shape[0] * arr.shape[1])
+            self._advance(arr)
 
     def _finish(self) -> None:
         self._stream.finish()
@@ -383,12 +397,22 @@ class NrrdVolumeWriter(SlabWriter):
                 f"encoding={self.encoding!r}, {self._slices_written} slices written)")
 
 
-def _pwrite_all(fd: int, data, offset: int) -> None:
-    """Write every byte of *data* at *offset* of *fd* (pwrite may write less than asked)."""
+def _pwrite_all(fd: int, data, offset: int, seek_lock: threading.Lock) -> None:
+    """Write every byte of *data* at *offset* of *fd* (pwrite may write less than asked). Without
+    ``os.pwrite`` (Windows): ``lseek`` + ``write`` while holding ``seek_lock``, the lock of this file
+    (the file position is shared by every thread writing into it)."""
     view = memoryview(data)
-    while len(view):
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+    pwrite = getattr(os, "pwrite", None)
+    if pwrite is not None:
+        while len(view):
+            written = pwrite(fd, view, offset)
+            view, offset = view[written:], offset + written
+        return
+    with seek_lock:
+        os.lseek(fd, offset, os.SEEK_SET)
+        while len(view):
+            written = os.write(fd, view)
+            view = view[written:]
 
 
 def write_nrrd(path, volume_zyx, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_values=None,
@@ -411,6 +435,12 @@ def write_nrrd(path, volume_zyx, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_v
 def _nrrd_paths(spec: VolumeSpec) -> list[Path]:
     base = Path(spec.base_path)
     if spec.detached:
+        if any(ch in base.name for ch in "\r\n") or base.name != base.name.strip():
+            # the header names its data file on one line ("data file: NAME"), with no surrounding blanks
+            source = spec.source.path if spec.source is not None else base
+            raise RequestError(source, f"a detached NRRD header cannot name the data file {printable(base.name)}"
+                                       " (a line break or leading/trailing blank in the name): rename the input "
+                                       "or convert without --detached")
         header = base.with_name(base.name + ".nhdr")
         return [header, header.with_name(base.name + (".raw.gz" if spec.compress else ".raw"))]
     return [base.with_name(base.name + ".nrrd")]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Iterator, Optional, Union
+from typing import Iterator, List, Optional, Union
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from .aim_format import (
     is_legacy_aim,
     parse_aim_header,
 )
-from .errors import ScancoFormatError
+from .errors import InputReadError, ScancoFormatError
 from .header import ScancoHeader
 from .isq_format import ISQ_MAGIC, isq_header_bytes_needed, parse_isq_header
 from .vms_encoding import vax_f_array_to_float32
@@ -38,6 +38,11 @@ _NOT_REGULAR = (
     (stat.S_ISBLK, "is a block device, not a regular file"),
     (stat.S_ISSOCK, "is a socket, not a regular file"),
 )
+
+
+def read_error(path, exc: OSError) -> ScancoFormatError:
+    """A one-line error for a failed read of an input (EIO of a failing disk, a vanished network share)."""
+    return InputReadError(path, exc)
 
 
 def _refuse_not_regular(path: str, mode: int) -> None:
@@ -79,6 +84,13 @@ def _open_input(path) -> "tuple[object, int]":
 
 
 def _read_header_from(f, path: str, size: int) -> ScancoHeader:
+    try:
+        return _read_header_bytes(f, path, size)
+    except OSError as exc:
+        raise read_error(path, exc) from None
+
+
+def _read_header_bytes(f, path: str, size: int) -> ScancoHeader:
     first = f.read(_FIRST_READ)
     if len(first) == 0:
         raise ScancoFormatError(path, "empty file")
@@ -92,6 +104,11 @@ def _read_header_from(f, path: str, size: int) -> ScancoHeader:
         raise ScancoFormatError(path, "legacy AIM v010/v011 files are not supported (only v020 and v030)")
     else:
         raise ScancoFormatError(path, "not a SCANCO ISQ or AIM file (unknown magic bytes)")
+    if needed > MAX_HEADER_BYTES and needed <= size:
+        # a file shorter than its header is reported as truncated by the parser
+        raise ScancoFormatError(path, f"the header (with its processing log) is {needed} bytes, more than the "
+                                      f"{MAX_HEADER_BYTES >> 20} MiB a SCANCO header can have; the block sizes are "
+                                      "corrupt or this is not a SCANCO file")
     if needed > len(first):
         # never read more than the file holds, nor an absurd header size
         needed = min(needed, size, MAX_HEADER_BYTES)
@@ -152,6 +169,14 @@ class VoxelSource:
     def shape(self):
         return self.header.shape_zyx
 
+    @property
+    def warnings(self) -> List[str]:
+        """What was odd in the voxel data read so far, one line each naming the file (a compressed
+        stream longer than the image, a length field shorter than its block...); the voxels read are
+        right, but the file is not what its header says."""
+        found = self._decoder.warnings if self._decoder is not None else []
+        return [f"{self.path}: {text}" for text in found]
+
     def read_slab(self, z0: int, z1: int, out: Optional[np.ndarray] = None) -> np.ndarray:
         """Slices ``z0 <= z < z1`` as an array (z1 - z0, y, x) of the file's native type."""
         nz, ny, nx = self.shape
@@ -179,6 +204,39 @@ class VoxelSource:
         for z0 in range(0, nz, slices):
             yield self.read_slab(z0, min(z0 + slices, nz))
 
+    def read_rows(self, z: int, y0: int, y1: int, out: Optional[np.ndarray] = None) -> np.ndarray:
+        """Rows ``y0 <= y < y1`` of slice ``z`` as an array (1, y1 - y0, x): a piece of a slice too
+        large to hold whole (memory is bounded by bytes, not by slices)."""
+        nz, ny, nx = self.shape
+        if not (0 <= z < nz and 0 <= y0 <= y1 <= ny):
+            raise IndexError(f"rows {y0}:{y1} of slice {z} outside {nz}x{ny}x{nx}")
+        shape = (1, y1 - y0, nx)
+        if self.header.compression is not None:
+            self._ensure_decoder()
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {self.dtype} array of shape {shape}")
+        if y1 == y0:
+            return out
+        if self.header.compression is None:
+            self._read_voxels_at(z * self._slice_voxels + y0 * nx, out, f"slice {z}, rows {y0}..{y1 - 1}")
+        else:
+            self._decoder.read_rows(z, y0, y1, out=out)
+        return out
+
+    def iter_pieces(self, max_voxels: int = 1 << 20) -> Iterator[np.ndarray]:
+        """Every voxel, z ascending, in pieces of at most ``max_voxels`` voxels where a slice is larger
+        (whole slices otherwise): for callers that only accumulate (histograms)."""
+        nz, ny, nx = self.shape
+        if nx * ny <= max_voxels:
+            yield from self.iter_slabs(max(1, max_voxels // (nx * ny)))
+            return
+        rows = max(1, max_voxels // nx)
+        for z in range(nz):
+            for y0 in range(0, ny, rows):
+                yield self.read_rows(z, y0, min(y0 + rows, ny))
+
     def close(self) -> None:
         self._file.close()
 
@@ -190,17 +248,23 @@ class VoxelSource:
 
     # -- internals -------------------------------------------------------------------------------
     def _read_uncompressed(self, z0: int, z1: int, out: np.ndarray) -> None:
+        self._read_voxels_at(z0 * self._slice_voxels, out, f"slices {z0}..{z1 - 1}")
+
+    def _read_voxels_at(self, first_voxel: int, out: np.ndarray, what: str) -> None:
         itemsize = self.dtype.itemsize
-        start = self.header.data_offset + z0 * self._slice_voxels * itemsize
-        self._file.seek(start)
+        start = self.header.data_offset + first_voxel * itemsize
         view = memoryview(out.reshape(-1)).cast("B")
-        got = self._file.readinto(view)
-        while got < len(view):  # readinto may return short on pipes/network files
-            more = self._file.readinto(view[got:])
-            if not more:
-                raise ScancoFormatError(self.path, f"truncated: voxel data ends {len(view) - got} bytes early "
-                                                   f"(slices {z0}..{z1 - 1})")
-            got += more
+        try:
+            self._file.seek(start)
+            got = self._file.readinto(view)
+            while got < len(view):  # readinto may return short on pipes/network files
+                more = self._file.readinto(view[got:])
+                if not more:
+                    raise ScancoFormatError(self.path, f"truncated: voxel data ends {len(view) - got} bytes early "
+                                                       f"({what})")
+                got += more
+        except OSError as exc:
+            raise read_error(self.path, exc) from None
         if self._vax:
             out.reshape(-1)[:] = vax_f_array_to_float32(out.reshape(-1).view(np.uint8))
 

@@ -118,6 +118,11 @@ class ScanStatistics:
 
     __call__ = observe
 
+    def observe_rows(self, z0: int, y0: int, native: np.ndarray, outputs=None) -> None:
+        """A piece of rows of one slice (the engine splits slices over its memory budget): every
+        statistic here is a sum over voxels, so a piece counts as any slab does."""
+        self.observe(z0, native, outputs)
+
     def add_histogram(self, histogram: np.ndarray) -> None:
         """Take a whole scan's exact native histogram at once (the engine's ``native_histogram``:
         bin 0 = the dtype's minimum) instead of observing its slabs: the same counts, no second bincount."""

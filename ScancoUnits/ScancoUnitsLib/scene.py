@@ -493,6 +493,8 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
                                     hu_dtype=hu_dtype, slab_slices=slab_slices, z_selection=z_selection,
                                     observers=observers, progress=on_progress, cancel=cancel)
             stats = result.statistics
+            for text in result.warnings:  # the voxel data is not what the header says (over-long stream...)
+                warning(text)
         clipped = stats["hu"].hu_clipped_voxels if stats and "hu" in stats else 0
         if exported is not None:
             clipped = exported.metadata.get("hu_clipped_voxels") or 0

@@ -115,9 +115,10 @@ def get_format(name: str) -> VolumeFormat:
 
 @dataclass(frozen=True)
 class EncodedSlab:
-    """Slices compressed by :meth:`SlabWriter.encode_slab`, waiting to be appended in order."""
+    """Slices (or rows of one slice) compressed by :meth:`SlabWriter.encode_slab`, waiting to be appended
+    in order. ``rows``: rows of x voxels it holds (slices * y for whole slices)."""
 
-    slices: int
+    rows: int
     pieces: tuple
 
 
@@ -129,9 +130,15 @@ class SlabWriter:
     :class:`AtomicOutputSet`) and ``_own_set`` (True when the writer made that set itself) and define
     ``_finish()`` (write what is left and close their files); ``_release()`` stops their own threads.
     ``kind`` names the format in messages; errors of the data name ``error_path`` (default ``path``).
+
+    Row pieces: a writer whose data is one stream of voxels in file order sets ``accepts_rows``; it then
+    also takes a slice in pieces of whole rows, ``(1, rows, x)``, in order (the engine splits a slice
+    larger than its memory budget). Subclasses count what they wrote with :meth:`_advance`.
     """
 
     kind = "volume"
+    accepts_rows = False
+    _rows_written = 0  # rows of x voxels written: slices * y, plus the rows of a slice begun
 
     @property
     def error_path(self) -> Path:
@@ -187,11 +194,20 @@ class SlabWriter:
             raise
 
     def _require_every_slice(self) -> None:
-        nz = self.shape_zyx[0]
-        if self._slices_written != nz:
-            error = ValueError(f"{self.path}: only {self._slices_written} of {nz} slices were written")
+        nz, ny, _ = self.shape_zyx
+        if self._slices_written != nz or self._rows_written % ny:
+            begun = f" and {self._rows_written % ny} of {ny} rows of the next" if self._rows_written % ny else ""
+            error = ValueError(f"{self.path}: only {self._slices_written} of {nz} slices{begun} were written")
             self._fail(error)
             raise error
+
+    def _advance(self, arr) -> None:
+        """Count the slices or rows of ``arr`` (an (n, rows, x) array) as written."""
+        self._advance_rows(arr.shape[0] * arr.shape[1])
+
+    def _advance_rows(self, rows: int) -> None:
+        self._rows_written += rows
+        self._slices_written = self._rows_written // self.shape_zyx[1]
 
     @property
     def slices_written(self) -> int:
@@ -208,22 +224,27 @@ class SlabWriter:
                 raise failure
             raise ValueError(f"{self.path}: the {self.kind} writer is closed")
 
-    def _check_room(self, slices: int) -> None:
-        nz = self.shape_zyx[0]
-        if self._slices_written + slices > nz:
-            raise ValueError(f"{self.path}: {self._slices_written + slices} slices written, the volume "
-                             f"has {nz}")
+    def _check_room(self, rows: int) -> None:
+        nz, ny, _ = self.shape_zyx
+        if self._rows_written + rows > nz * ny:
+            slices, extra = divmod(self._rows_written + rows, ny)
+            rows_text = f" and {extra} rows" if extra else ""
+            raise ValueError(f"{self.path}: {slices} slices{rows_text} written, the volume has {nz}")
 
-    def _checked_slab(self, array, *, same_dtype: bool = True) -> Optional[np.ndarray]:
-        """``array`` as (n, y, x) after every check (closed writer, shape, voxel type, slice count);
-        None for an empty slab. ``same_dtype``: the slab must hold this writer's voxel type (another byte
-        order is converted); otherwise the subclass checks the type itself."""
+    def _checked_slab(self, array, *, same_dtype: bool = True, ordered: bool = True) -> Optional[np.ndarray]:
+        """``array`` as (n, y, x) (or, where ``accepts_rows``, a row piece (1, rows, x)) after every check
+        (closed writer, shape, voxel type, slice count); None for an empty slab. ``same_dtype``: the slab
+        must hold this writer's voxel type (another byte order is converted); otherwise the subclass
+        checks the type itself. ``ordered``: the slab comes next in the file (False: it is written at its
+        own offset or only compressed, so its place is not checked here)."""
         self._check_open()
         arr = np.asarray(array)
         if arr.ndim == 2:
             arr = arr[np.newaxis]
         nz, ny, nx = self.shape_zyx
-        if arr.ndim != 3 or arr.shape[1:] != (ny, nx):
+        piece = self.accepts_rows and arr.ndim == 3 and arr.shape[0] == 1 and arr.shape[2] == nx \
+            and arr.shape[1] < ny
+        if arr.ndim != 3 or (arr.shape[1:] != (ny, nx) and not piece):
             raise ValueError(f"{self.path}: slab shape {np.shape(array)} does not match slices of "
                              f"(y, x) = ({ny}, {nx})")
         if same_dtype and arr.dtype != self.dtype:
@@ -232,8 +253,13 @@ class SlabWriter:
             else:
                 raise ValueError(f"{self.path}: slab has voxel type {arr.dtype.name}, the file holds "
                                  f"{self.dtype.name}")
-        self._check_room(arr.shape[0])
-        return arr if arr.shape[0] else None
+        if ordered:
+            begun = self._rows_written % ny
+            if begun and (not piece or begun + arr.shape[1] > ny):
+                raise ValueError(f"{self.path}: {begun} of {ny} rows of slice {self._slices_written} were "
+                                 f"written; the next piece must continue that slice")
+            self._check_room(arr.shape[0] * arr.shape[1])
+        return arr if arr.size else None
 
     # -- compressed data: compress in any thread, append in order --------------------------------
     @property
@@ -245,22 +271,22 @@ class SlabWriter:
 
     def encode_slab(self, array) -> "EncodedSlab":
         """The compressed slices of ``array`` ((n, y, x) or (y, x)); nothing is written yet."""
-        arr = self._checked_slab(array)
+        arr = self._checked_slab(array, ordered=False)
         if arr is None:
             return EncodedSlab(0, ())
         arr = np.ascontiguousarray(arr)
         stream = self._stream
-        return EncodedSlab(arr.shape[0],
+        return EncodedSlab(arr.shape[0] * arr.shape[1],
                            self._guarded(self.error_path, lambda: stream.encode(memoryview(arr).cast("B"))))
 
     def write_encoded(self, encoded: "EncodedSlab") -> None:
         """Append slices compressed by :meth:`encode_slab` (after every slab written before)."""
-        if not encoded.slices:
+        if not encoded.rows:
             return
         self._check_open()
-        self._check_room(encoded.slices)
+        self._check_room(encoded.rows)
         self._guarded(self.error_path, lambda: self._stream.write_encoded(encoded.pieces))
-        self._slices_written += encoded.slices
+        self._advance_rows(encoded.rows)
 
     def __enter__(self):
         return self
