@@ -85,9 +85,9 @@ def format_header_summary(header: ScancoHeader) -> str:
     ]
     if h.processing_log_items:
         lines.append(f"Processing log:  {len(h.processing_log_items)} entries (--json shows them all)")
-    lines.append(format_data_range(h))
-    # the strings come from the file (and its name): no raw control character or escape sequence
-    return "\n".join(printable(line) for line in lines)
+    # the strings come from the file (and its name): no raw control character or escape sequence;
+    # the data range is our own multi-line text of numbers
+    return "\n".join([printable(line) for line in lines] + [format_data_range(h)])
 
 
 def _number(value) -> str:
