@@ -312,7 +312,7 @@ def quiet_cli(monkeypatch):
 def test_real_char_aim_with_study_thresholds_gives_its_mask_and_a_note(real_data, tmp_path, capsys, quiet_cli):
     """TRAB_1240_SEG.AIM --low 120 ended in 'internal error (ValueError: permille thresholds are not
     defined for char ...)'. Now: its non-zero voxels, and the thresholds recorded as not applied."""
-    import nrrd
+    nrrd = pytest.importorskip("nrrd")
 
     from ScancoUnitsLib.reader import read_volume
 
@@ -367,7 +367,7 @@ def test_real_char_aim_loads_into_a_scene_with_thresholds(real_data):
 def test_uint16_thresholds_are_not_clipped_to_int16(tmp_path):
     """uint16 native 40000..65535 gave 1 voxel (both clipped to 32767) instead of 25536."""
     from ScancoUnitsLib import convert_file, write_aim
-    import nrrd
+    nrrd = pytest.importorskip("nrrd")
 
     volume = np.arange(65536, dtype=np.uint16).reshape(16, 64, 64)
     path = write_aim(tmp_path / "u16.aim", volume, voxel_size_mm=(0.06,) * 3)
@@ -382,7 +382,7 @@ def test_uint16_thresholds_are_not_clipped_to_int16(tmp_path):
 
 def test_int32_thresholds_in_the_int32_range(tmp_path):
     from ScancoUnitsLib import convert_file, write_aim
-    import nrrd
+    nrrd = pytest.importorskip("nrrd")
 
     volume = (np.arange(2 * 3 * 4, dtype=np.int32).reshape(2, 3, 4) - 12) * 10000
     path = write_aim(tmp_path / "i32.aim", volume, voxel_size_mm=(0.06,) * 3)
@@ -395,7 +395,7 @@ def test_int32_thresholds_in_the_int32_range(tmp_path):
 def test_float_thresholds_are_not_rounded(tmp_path):
     """float native 0.5..1.5 gave the mask of 1.0..2.0 (the bounds were rounded to integers)."""
     from ScancoUnitsLib import convert_file, write_aim
-    import nrrd
+    nrrd = pytest.importorskip("nrrd")
 
     volume = np.array([0.25, 0.4999, 0.5, 1.0, 1.5, 1.5001, 1.75, 2.0], np.float32).reshape(1, 2, 4)
     path = write_aim(tmp_path / "f.aim", volume, version=30, voxel_size_mm=(0.06,) * 3)
