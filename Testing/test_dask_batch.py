@@ -247,3 +247,39 @@ def test_ctrl_c_stops_the_tasks_and_leaves_no_partial(tmp_path, big_input):
         stem = name.split(".")[0]
         mine = sorted(n for n in names if n.startswith(f"{stem}_"))
         assert len(mine) == (4 if r["status"] == "converted" else 0), (name, r["status"], mine)
+
+
+def test_dask_mirrored_folders_with_one_stem_and_inputs_protected(tmp_path, capsys):
+    """Two visits holding the same file name are two tasks (keys apart) with their own output folders;
+    an input that would be another input's output is never replaced on a worker either."""
+    src = tmp_path / "study"
+    rng = np.random.default_rng(8)
+    for visit in ("v1", "v2"):
+        (src / visit).mkdir(parents=True)
+        S.write_aim(src / visit / "C1.AIM", rng.integers(0, 9000, size=(4, 5, 6)).astype(np.int16),
+                    voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    mask = (rng.random((4, 5, 6)) > 0.5).astype(np.int8)
+    S.write_aim(src / "v1" / "M.AIM", mask, voxel_size_mm=(0.01,) * 3)
+    precious = {p: p.read_bytes() for p in src.rglob("*.AIM")}
+
+    status, stdout, stderr = run(capsys, "convert", src, "-r", "-o", tmp_path / "out", "--dask-local", "2",
+                                 "--json", "--outputs", "native")
+    assert status == 0, stderr
+    records = [json.loads(line) for line in stdout.splitlines() if line.strip()]
+    assert sorted(r["relative_path"] for r in records) == ["v1/C1.AIM", "v1/M.AIM", "v2/C1.AIM"]
+    assert (tmp_path / "out" / "v1" / "C1_native.nrrd").exists()
+    assert (tmp_path / "out" / "v2" / "C1_native.nrrd").exists()
+
+    # -o the study's own folder, masks as AIM: M.AIM's mask output would be M_mask.AIM, C1's nothing
+    # that clashes; an input named like an output is refused on the worker, never replaced
+    (src / "v1" / "X.AIM").write_bytes((src / "v1" / "C1.AIM").read_bytes())
+    S.write_aim(src / "v1" / "X_mask.AIM", mask, voxel_size_mm=(0.01,) * 3)
+    precious = {p: p.read_bytes() for p in src.rglob("*.AIM")}
+    S.write_aim(src / "v1" / "X.AIM", mask, voxel_size_mm=(0.01,) * 3)  # X is a mask now: X_mask.AIM
+    precious[src / "v1" / "X.AIM"] = (src / "v1" / "X.AIM").read_bytes()
+    status, stdout, stderr = run(capsys, "convert", src / "v1", "-o", src / "v1", "--dask-local", "2", "--json",
+                                 "--format", "aim", "--outputs", "mask", "--overwrite")
+    assert status == 1
+    assert all(p.read_bytes() == data for p, data in precious.items())
+    failed = [json.loads(line) for line in stdout.splitlines() if line.strip() and '"failed"' in line]
+    assert any("X.AIM" in r["input"] and "input" in (r.get("error") or "") for r in failed), stdout

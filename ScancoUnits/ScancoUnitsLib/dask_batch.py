@@ -90,14 +90,16 @@ class _CancelWatch:
 
 
 def dask_task(path, out_dir, options, stem: str, skip_existing: bool, batch_started: float,
-              event_name: str) -> FileResult:
-    """One file on a worker (module-level: workers import it by name)."""
+              event_name: str, protected=None) -> FileResult:
+    """One file on a worker (module-level: workers import it by name). ``protected``: the batch's
+    inputs (an InputSet), never replaced by an output."""
     watch = _CancelWatch(event_name)
     if watch.check():  # queued before an interrupt: do not start
         return FileResult(str(path), "interrupted", error=f"{path}: {NOT_STARTED}")
     remove_partials_of(Path(out_dir), stem, newer_than=batch_started)  # an earlier attempt's, if any
     started = time.perf_counter()
-    result = convert_one(path, out_dir, options, stem, skip_existing=skip_existing, progress=watch)
+    result = convert_one(path, out_dir, options, stem, skip_existing=skip_existing, progress=watch,
+                         protected=[protected] if protected is not None else ())
     if watch.cancelled and result.status == "failed":
         return FileResult(str(path), "interrupted", seconds=time.perf_counter() - started,
                           error=f"{path}: interrupted (batch cancelled); partial outputs removed")
@@ -164,11 +166,13 @@ def run_on_dask(batch: Batch, scheduler: Optional[str] = None, local_workers: Op
     pending: set = set()
     try:
         try:
-            for path in batch.inputs:
-                stem = batch.stems[path]
+            # the batch's inputs, sent once to every worker: no output may replace one of them
+            protected = client.scatter(batch.protected, broadcast=True)
+            for index, path in enumerate(batch.inputs):
+                stem = batch.stems[path]  # mirrored folders may repeat a stem: the key needs the index
                 future = client.submit(dask_task, str(path), str(batch.folder_of(path)), batch.options, stem,
-                                       batch.skip_existing, batch.started, event_name,
-                                       key=f"scanco-units-{stem}-{token}", pure=False)
+                                       batch.skip_existing, batch.started, event_name, protected,
+                                       key=f"scanco-units-{index}-{stem}-{token}", pure=False)
                 futures[future] = path
                 pending.add(future)
             by_key = {f.key: futures[f] for f in futures}
