@@ -704,6 +704,8 @@ def test_control_characters_are_escaped_never_an_internal_error(tmp_path, capsys
     formats = "nrrd,aim" + (",nifti" if _has("nibabel") else "") + (",ome-zarr" if _has("zarr") else "")
     status, stdout, err = run_cli(capsys, "convert", path, "-o", out, "--outputs", "native", "--format", formats)
     assert status == 0 and "internal error" not in err, err
+    # the per-file lines and the table show a name's control characters as \xNN, never raw
+    assert not any(ord(ch) < 32 and ch != "\n" or 127 <= ord(ch) < 160 for ch in stdout + err), stdout + err
     meta = json.loads(next(out.glob("*_metadata.json")).read_text())
     if where != "name":
         stored = getattr(read_header(path).calibration, where)  # an ISQ field may cut the text short

@@ -18,6 +18,7 @@ from typing import List
 from .request import add_request_arguments, request_from_args
 from .batch import (Batch, BatchProgress, FileResult, NOT_STARTED, exit_code_for, ignore_further_signals,
                     remove_partials_of, signal_name)
+from .header import printable
 from .info_text import format_thresholds
 from .discovery import (DEFAULT_LAYOUT, LAYOUTS, assign_stems, discover, find_inputs,  # noqa: F401 - find_inputs: public
                         place_outputs, skip_kind)
@@ -88,7 +89,7 @@ class _Printer:
         if stream is sys.stdout and self.stdout_lost:
             return
         try:
-            self.progress.print_line(stream, text)
+            self.progress.print_line(stream, printable(text))  # names may hold ESC; JSON has none raw
         except (OSError, ValueError) as exc:  # a closed pipe (`--json | head -1`), a full disk under `>`
             if stream is sys.stdout:
                 self.lose_stdout(exc)
@@ -134,12 +135,15 @@ class _Printer:
 
 
 def _shown_name(result: FileResult) -> str:
-    """The input's path relative to the folder given (its name when given by name)."""
-    return result.relative_path or result.name
+    """The input's path relative to the folder given (its name when given by name), control
+    characters visible."""
+    return printable(result.relative_path or result.name)
 
 
 def _one_line(text: str) -> str:
-    return " ".join(str(text).split("\n")).replace("\r", " ")
+    """One terminal line: line breaks as blanks, every other control character (ESC of a file name)
+    as a visible \\xNN."""
+    return printable(" ".join(str(text).split("\n")).replace("\r", " "))
 
 
 def _summary(results: List[FileResult], stream, quiet: bool = False) -> None:
