@@ -494,6 +494,15 @@ class _Bit8Planes:
 # ---------------------------------------------------------------------------------------------------
 
 
+
+def _int8_target(shape, out: Optional[np.ndarray]) -> np.ndarray:
+    """``out`` checked to take ``shape`` int8 voxels, or a new array."""
+    if out is None:
+        return np.empty(shape, dtype=np.int8)
+    if out.shape != shape or out.dtype != np.int8:
+        raise ValueError(f"out must be int8 with shape {shape}, got {out.dtype} {out.shape}")
+    return out
+
 class CompressedVoxelDecoder:
     """Slab-wise decoder of one compressed AIM data block.
 
@@ -637,10 +646,7 @@ class CompressedVoxelDecoder:
         if not 0 <= z0 <= z1 <= dz:
             raise ValueError(f"slab {z0}:{z1} is outside the image's {dz} slices")
         shape = (z1 - z0, dy, dx)
-        if out is None:
-            out = np.empty(shape, dtype=np.int8)
-        elif out.shape != shape or out.dtype != np.int8:
-            raise ValueError(f"out must be int8 with shape {shape}, got {out.dtype} {out.shape}")
+        out = _int8_target(shape, out)
         if z1 > z0:
             if self._bit8 is not None:
                 self._bit8.read(z0, z1, out)
@@ -668,10 +674,7 @@ class CompressedVoxelDecoder:
         if not (0 <= z < dz and 0 <= y0 <= y1 <= dy):
             raise ValueError(f"rows {y0}:{y1} of slice {z} are outside the image's {dx}x{dy}x{dz} voxels")
         shape = (1, y1 - y0, dx)
-        if out is None:
-            out = np.empty(shape, dtype=np.int8)
-        elif out.shape != shape or out.dtype != np.int8:
-            raise ValueError(f"out must be int8 with shape {shape}, got {out.dtype} {out.shape}")
+        out = _int8_target(shape, out)
         if y1 > y0:
             if self._bit8 is not None:
                 self._bit8.read_rows(z, y0, y1, out)

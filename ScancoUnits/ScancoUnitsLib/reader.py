@@ -185,16 +185,21 @@ class VoxelSource:
         shape = (z1 - z0, ny, nx)
         if self.header.compression is not None and z1 > z0:
             self._ensure_decoder()  # checks the compressed stream before any voxel buffer is allocated
-        if out is None:
-            out = np.empty(shape, dtype=self.dtype)
-        elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a C-contiguous {self.dtype} array of shape {shape}")
+        out = self._target(shape, out)
         if z1 == z0:
             return out
         if self.header.compression is None:
             self._read_uncompressed(z0, z1, out)
         else:
             self._read_compressed(z0, z1, out)
+        return out
+
+    def _target(self, shape, out: Optional[np.ndarray]) -> np.ndarray:
+        """``out`` checked to take ``shape`` native voxels, or a new array."""
+        if out is None:
+            return np.empty(shape, dtype=self.dtype)
+        if out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
+            raise ValueError(f"out must be a C-contiguous {self.dtype} array of shape {shape}")
         return out
 
     def iter_slabs(self, slices: int = 16) -> Iterator[np.ndarray]:
@@ -213,10 +218,7 @@ class VoxelSource:
         shape = (1, y1 - y0, nx)
         if self.header.compression is not None:
             self._ensure_decoder()
-        if out is None:
-            out = np.empty(shape, dtype=self.dtype)
-        elif out.shape != shape or out.dtype != self.dtype or not out.flags.c_contiguous:
-            raise ValueError(f"out must be a C-contiguous {self.dtype} array of shape {shape}")
+        out = self._target(shape, out)
         if y1 == y0:
             return out
         if self.header.compression is None:
