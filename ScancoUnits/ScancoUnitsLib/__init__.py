@@ -49,6 +49,12 @@ _EXPORTS = {
     "write_summary_csv": "batch_summary",
     "run_on_dask": "dask_batch",
     "to_dask": "lazy_volume",
+    "read_gobj": "gobj_format",
+    "read_region": "regions",
+    "PlacedRegion": "regions",
+    "region_statistics": "region_statistics",
+    "RegionStatistics": "region_statistics",
+    "RegionStatisticsResult": "region_statistics",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

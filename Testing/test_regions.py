@@ -1,0 +1,221 @@
+"""Regions placed by position (mask AIMs, GOBJ) and their statistics (vBMD, BV/TV, TMD), against a
+float64 computation over the whole array (math.fsum) on generated scans and on the real files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ScancoUnitsLib import region_statistics, read_region
+from ScancoUnitsLib.aim_format import write_aim
+from ScancoUnitsLib.errors import RequestError, ScancoFormatError
+from ScancoUnitsLib.header import Calibration
+from ScancoUnitsLib.reader import read_header, read_volume
+from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
+from ScancoUnitsLib.units import UnitConverter
+
+from gobj_files import Contour, gobj_bytes
+
+CAL = Calibration(mu_scaling=8192, mu_water_per_cm=0.2366, density_slope=1662.52405,
+                  density_intercept=-398.609009, density_unit="mg HA/ccm")
+SIZE = (0.06069965, 0.06069965, 0.06069643)
+SCAN_POS = (1300, 960, 64)
+
+
+def _scan(tmp_path, shape=(20, 30, 40), seed=0, name="scan.AIM", version=20):
+    rng = np.random.default_rng(seed)
+    volume = rng.integers(-400, 9000, size=shape).astype(np.int16)
+    path = tmp_path / name
+    write_aim(path, volume, version=version, voxel_size_mm=SIZE, position_voxels=SCAN_POS, calibration=CAL)
+    return path, volume
+
+
+def _mask_aim(tmp_path, name, mask, position, compression=None, value=127, size=SIZE, version=20):
+    path = tmp_path / name
+    write_aim(path, (mask.astype(np.int8) * value).astype(np.int8), version=version, voxel_size_mm=size,
+              position_voxels=position, compression=compression)
+    return path
+
+
+def _on_grid(mask, region_pos, scan_pos, scan_shape):
+    """Reference placement by plain index arithmetic: (region on the scan grid, voxels outside)."""
+    out = np.zeros(scan_shape, dtype=bool)
+    zz, yy, xx = np.nonzero(mask)
+    x = xx + region_pos[0] - scan_pos[0]
+    y = yy + region_pos[1] - scan_pos[1]
+    z = zz + region_pos[2] - scan_pos[2]
+    inside = (x >= 0) & (x < scan_shape[2]) & (y >= 0) & (y < scan_shape[1]) & (z >= 0) & (z < scan_shape[0])
+    out[z[inside], y[inside], x[inside]] = True
+    return out, int((~inside).sum())
+
+
+def _reference(volume, header, region, mask_range):
+    """float64 over the whole array, math.fsum, population SD."""
+    density = UnitConverter(header.calibration).native_to(volume, "density_mg_ha_ccm").astype(np.float64)
+    bone = (volume >= mask_range[0]) & (volume <= mask_range[1])
+
+    def mean_sd(values):
+        if values.size == 0:
+            return None, None
+        mean = math.fsum(values.tolist()) / values.size
+        return mean, math.sqrt(math.fsum(((values - mean) ** 2).tolist()) / values.size)
+
+    vbmd, vbmd_sd = mean_sd(density[region])
+    tmd, tmd_sd = mean_sd(density[region & bone])
+    n = int(region.sum())
+    return {"voxels": n, "bone_voxels": int((region & bone).sum()),
+            "bv_tv": (region & bone).sum() / n if n else None,
+            "vbmd_mg_ha_ccm": vbmd, "vbmd_sd_mg_ha_ccm": vbmd_sd, "tmd_mg_ha_ccm": tmd, "tmd_sd_mg_ha_ccm": tmd_sd}
+
+
+def _check(result_region, reference, outside):
+    assert result_region.outside_voxels == outside
+    for key, value in reference.items():
+        assert getattr(result_region, key) == value, key
+
+
+@pytest.mark.parametrize("compression", [None, "binCmp", "charCmp"])
+@pytest.mark.parametrize("offset", [(0, 0, 0), (5, 7, 3), (-6, -4, -2), (30, 25, 15), (-10, 20, -5)])
+def test_mask_aim_region_statistics_equal_whole_array(tmp_path, offset, compression):
+    scan, volume = _scan(tmp_path)
+    header = read_header(scan)
+    rng = np.random.default_rng(abs(hash(offset)) % 1000)
+    mask = rng.random((12, 14, 16)) < 0.6
+    position = tuple(p + o for p, o in zip(SCAN_POS, offset))
+    region_path = _mask_aim(tmp_path, "r_MASK.AIM", mask, position, compression=compression)
+    expected_region, outside = _on_grid(mask, position, SCAN_POS, volume.shape)
+
+    placed = read_region(region_path, like=header, name="TRAB")
+    assert placed.offset_voxels == offset
+    assert np.array_equal(placed.full_mask().astype(bool), expected_region)
+    assert placed.voxels == int(expected_region.sum()) and placed.outside_voxels == outside
+
+    spec = ThresholdSpec(200, 1000)
+    resolved = resolve_thresholds(spec, header.calibration)
+    result = region_statistics(scan, {"TRAB": region_path}, thresholds=spec, slab_slices=3)
+    _check(result["TRAB"], _reference(volume, header, expected_region,
+                                      (resolved.native_low, resolved.native_high)), outside)
+    assert result["TRAB"].volume_mm3 == placed.voxels * float(np.prod(np.asarray(header.voxel_size_mm, dtype=np.float64)))
+
+
+def test_gobj_region_on_scan_grid(tmp_path):
+    scan, volume = _scan(tmp_path, shape=(12, 40, 50))
+    header = read_header(scan)
+    x0, y0 = SCAN_POS[0], SCAN_POS[1]
+    contour = Contour([(x0 - 5, y0 + 3), (x0 + 30, y0 + 3), (x0 + 30, y0 + 30), (x0 - 5, y0 + 30)])
+    hole = Contour([(x0 + 8, y0 + 10), (x0 + 20, y0 + 10), (x0 + 20, y0 + 20), (x0 + 8, y0 + 20)], material=3)
+    gobj = tmp_path / "scan.GOBJ"
+    # slices 60..69 on the scanner grid: 60..63 fall below the scan's first slice (64)
+    gobj.write_bytes(gobj_bytes([(z, [contour, hole]) for z in range(60, 70)],
+                                voxel_size_um=tuple(s * 1000 for s in SIZE), dims=(2304, 2304, 168)))
+    from ScancoUnitsLib.gobj_format import read_gobj
+
+    contours = read_gobj(gobj)
+    expected_region, outside = _on_grid(contours.mask, contours.position_voxels, SCAN_POS, volume.shape)
+    assert outside > 0 and expected_region.any()
+    result = region_statistics(header, {"CORT": gobj})
+    from ScancoUnitsLib.request import DEFAULT_THRESHOLDS
+
+    resolved = resolve_thresholds(DEFAULT_THRESHOLDS, header.calibration)
+    _check(result["CORT"], _reference(volume, header, expected_region,
+                                      (resolved.native_low, resolved.native_high)), outside)
+    assert result["CORT"].kind == "GOBJ"
+
+
+def test_other_element_size_refused(tmp_path):
+    scan, _ = _scan(tmp_path)
+    region = _mask_aim(tmp_path, "m.AIM", np.ones((4, 4, 4), bool), SCAN_POS, size=(0.082, 0.082, 0.082))
+    with pytest.raises(RequestError, match="element size .* never resampled") as info:
+        read_region(region, like=read_header(scan))
+    assert "\n" not in str(info.value) and str(region) in str(info.value)
+
+
+def test_tiny_element_size_difference_refused_far_from_origin(tmp_path):
+    """1e-4 relative at index ~1300 moves voxels by 0.13: refused; 1e-6 (VAX float digits) is accepted."""
+    scan, _ = _scan(tmp_path)
+    header = read_header(scan)
+    bad = _mask_aim(tmp_path, "b.AIM", np.ones((4, 4, 4), bool), SCAN_POS, size=tuple(s * (1 + 1e-4) for s in SIZE))
+    with pytest.raises(RequestError, match="element size"):
+        read_region(bad, like=header)
+    good = _mask_aim(tmp_path, "g.AIM", np.ones((4, 4, 4), bool), SCAN_POS, size=tuple(s * (1 + 1e-6) for s in SIZE))
+    assert read_region(good, like=header).voxels == 64
+
+
+def test_no_overlap_refused(tmp_path):
+    scan, volume = _scan(tmp_path)
+    position = (SCAN_POS[0] + volume.shape[2], SCAN_POS[1], SCAN_POS[2])
+    region = _mask_aim(tmp_path, "far.AIM", np.ones((4, 4, 4), bool), position)
+    with pytest.raises(RequestError, match="does not overlap"):
+        read_region(region, like=read_header(scan))
+
+
+def test_grey_aim_is_not_a_region(tmp_path):
+    scan, _ = _scan(tmp_path)
+    other, _ = _scan(tmp_path, name="grey.AIM", seed=3)
+    with pytest.raises(RequestError, match="char mask AIM or a GOBJ"):
+        read_region(other, like=read_header(scan))
+
+
+def test_damaged_region_files_refused(tmp_path):
+    scan, _ = _scan(tmp_path)
+    bad = tmp_path / "bad.GOBJ"
+    bad.write_bytes(b"CTDATA-HEADER_V1" + (6).to_bytes(4, "little") + bytes(100))
+    with pytest.raises(ScancoFormatError):
+        read_region(bad, like=read_header(scan))
+    junk = tmp_path / "junk.AIM"
+    junk.write_bytes(b"hello")
+    with pytest.raises(ScancoFormatError):
+        read_region(junk, like=read_header(scan))
+
+
+def test_region_statistics_v030_and_empty_region(tmp_path):
+    scan, volume = _scan(tmp_path, version=30)
+    header = read_header(scan)
+    mask = np.zeros((5, 5, 5), bool)
+    mask[0, 0, 0] = True
+    empty = np.zeros((5, 5, 5), bool)
+    a = _mask_aim(tmp_path, "a.AIM", mask, SCAN_POS, version=30, compression="binCmp")
+    b = _mask_aim(tmp_path, "e.AIM", empty, SCAN_POS, version=30)
+    result = region_statistics(scan, {"ONE": a, "EMPTY": b})
+    assert result["ONE"].voxels == 1 and result["ONE"].vbmd_sd_mg_ha_ccm == 0.0
+    assert result["EMPTY"].voxels == 0 and result["EMPTY"].vbmd_mg_ha_ccm is None and result["EMPTY"].bv_tv is None
+    assert set(result.columns()) >= {"ONE_bv_tv", "EMPTY_tmd_mg_ha_ccm", "ONE_outside_voxels"}
+
+
+def test_real_trab_mask_and_callus_scan(real_data, tmp_path):
+    """CALLUS_1237 (grey, pos (1300, 960, 64), 43x28x32) and TRAB_1240_SEG (mask, pos (1000, 748, 209),
+    108x108x126) are from one study but different measurements: their boxes do not overlap
+    (z 64..95 against 209..334), and read_region says so."""
+    callus = read_header(real_data / "CALLUS_1237.AIM")
+    with pytest.raises(RequestError, match="does not overlap"):
+        read_region(real_data / "TRAB_1240_SEG.AIM", like=callus)
+
+
+def test_real_scan_with_generated_region(real_data, tmp_path):
+    """A grey/mask pair on the real CALLUS_1237 grid: a mask AIM at its position, half outside."""
+    scan = real_data / "CALLUS_1237.AIM"
+    header = read_header(scan)
+    volume = read_volume(header)
+    mask = np.zeros((20, 20, 30), bool)
+    mask[2:18, 3:17, 5:25] = True
+    position = (header.position_voxels[0] + 25, header.position_voxels[1] - 4, header.position_voxels[2] + 20)
+    region = _mask_aim(tmp_path, "CALLUS_1237_TRAB_MASK.AIM", mask, position, compression="binCmp",
+                       size=header.voxel_size_mm)
+    expected_region, outside = _on_grid(mask, position, header.position_voxels, volume.shape)
+    spec = ThresholdSpec(450, 1500, unit="density")
+    resolved = resolve_thresholds(spec, header.calibration)
+    result = region_statistics(scan, {"TRAB": region}, thresholds=spec)
+    _check(result["TRAB"], _reference(volume, header, expected_region,
+                                      (resolved.native_low, resolved.native_high)), outside)
+    assert 0 < result["TRAB"].bv_tv < 1 and outside > 0
+
+
+def test_real_mask_as_its_own_region(real_data):
+    """The real v030 binCmp mask placed on itself: every voxel inside, BV/TV of a char scan = 1."""
+    path = real_data / "DB_07_DNN_DR_T1_TRAB_MASK.AIM"
+    header = read_header(path)
+    result = region_statistics(header, {"TRAB": path})
+    n = int(np.count_nonzero(read_volume(header)))
+    assert result["TRAB"].voxels == n and result["TRAB"].outside_voxels == 0 and result["TRAB"].bv_tv == 1.0
