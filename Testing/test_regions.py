@@ -219,3 +219,63 @@ def test_real_mask_as_its_own_region(real_data):
     result = region_statistics(header, {"TRAB": path})
     n = int(np.count_nonzero(read_volume(header)))
     assert result["TRAB"].voxels == n and result["TRAB"].outside_voxels == 0 and result["TRAB"].bv_tv == 1.0
+
+
+# ---- the command line: --roi / --roi-pattern / --roi-optional ------------------------------------
+def test_cli_roi_statistics_in_the_metadata_equal_whole_array(tmp_path, capsys):
+    import json
+
+    from cli_harness import error_lines, run_cli
+
+    study = tmp_path / "study"
+    study.mkdir()
+    scan, volume = _scan(study, name="C1.AIM")
+    header = read_header(scan)
+    mask = np.random.default_rng(3).random((12, 14, 16)) < 0.6
+    position = tuple(p + o for p, o in zip(SCAN_POS, (-4, 6, 2)))
+    _mask_aim(study, "C1_TRAB_MASK.AIM", mask, position, compression="binCmp")
+    expected_region, outside = _on_grid(mask, position, SCAN_POS, volume.shape)
+    resolved = resolve_thresholds(ThresholdSpec(120, 1000), header.calibration)
+    reference = _reference(volume, header, expected_region, (resolved.native_low, resolved.native_high))
+
+    status, _, err = run_cli(capsys, "convert", scan, "-o", tmp_path / "one", "--low", "120",
+                             "--roi", f"TRAB={study / 'C1_TRAB_MASK.AIM'}")
+    assert status == 0, err
+    meta = json.loads((tmp_path / "one" / "C1_metadata.json").read_text())
+    trab = meta["regions"]["regions"]["TRAB"]
+    assert trab["outside_voxels"] == outside
+    for key, value in reference.items():
+        assert trab[key] == value, key
+
+    # a study: the region beside each scan; a scan without one fails in one line, or is converted
+    # without it (a warning) with --roi-optional; a rerun with --skip-existing keeps the sets
+    other, _ = _scan(study, name="C2.AIM", seed=4)
+    pattern = "TRAB={stem}_TRAB_MASK.AIM"
+    status, _, err = run_cli(capsys, "convert", scan, other, "-o", tmp_path / "study_out", "--roi-pattern", pattern, "--low", "120")
+    assert status == 1 and "C2_TRAB_MASK.AIM" in err and "internal error" not in err
+    assert len(error_lines(err)) == 1
+    status, out, err = run_cli(capsys, "convert", scan, other, "-o", tmp_path / "optional", "--roi-pattern",
+                               pattern, "--roi-optional", "--json", "--low", "120")
+    assert status == 0, err
+    assert "C2_TRAB_MASK.AIM does not exist" in err
+    again = json.loads((tmp_path / "optional" / "C1_metadata.json").read_text())["regions"]["regions"]["TRAB"]
+    assert again["bv_tv"] == reference["bv_tv"]
+    status, out, err = run_cli(capsys, "convert", scan, other, "-o", tmp_path / "optional", "--roi-pattern",
+                               pattern, "--roi-optional", "--skip-existing", "--json", "--low", "120")
+    assert status == 0 and [json.loads(l)["status"] for l in out.splitlines() if l.strip()] == ["skipped"] * 2
+
+
+def test_cli_roi_bad_arguments_and_files_are_one_line(tmp_path, capsys):
+    from cli_harness import error_lines, run_cli
+
+    scan, _ = _scan(tmp_path)
+    bad = tmp_path / "bad.GOBJ"
+    bad.write_bytes(b"CTDATA-HEADER_V1" + b"\x00" * 40)
+    far = _mask_aim(tmp_path, "far.AIM", np.ones((2, 2, 2), bool), (0, 0, 0))
+    for roi, code in (("TRAB", 2), ("1X=a.AIM", 2), (f"TRAB={bad}", 1), (f"TRAB={far}", 1),
+                      (f"TRAB={tmp_path / 'missing.AIM'}", 1)):
+        status, _, err = run_cli(capsys, "convert", scan, "-o", tmp_path / "o", "--roi", roi)
+        assert status == code, (roi, err)
+        assert "internal error" not in err and "Traceback" not in err
+        assert len(error_lines(err)) == 1, (roi, err)
+        assert not list((tmp_path / "o").glob("*.nrrd")) if (tmp_path / "o").exists() else True

@@ -20,6 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
+from .conversion_regions import ConversionRegions
 from . import __version__
 from .atomic_output import AtomicOutputSet, fingerprint, previous_outputs, sweep_stale_partials
 from .engine import EngineOutput, SlabObserver, run_engine  # noqa: F401 - SlabObserver is public here
@@ -328,6 +329,8 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
     stem = stem or request.output_stem or output_stem(header.path)
     plan = plan or plan_request(header, request)
     files = plan_files(plan, out_dir, stem)
+    # regions are placed (or refused) before anything is written
+    regions = ConversionRegions(header, request, plan, out_dir, stem) if request.regions else None
     meta_path = out_dir / f"{stem}{METADATA_SUFFIX}"
     report_path = out_dir / f"{stem}{REPORT_SUFFIX}" if request.report else None
     finals = [p for f in files for p in f.paths] + [meta_path] + ([report_path] if report_path else [])
@@ -359,6 +362,9 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
 
         report_builder = ReportBuilder(header, request, plan.thresholds)
         observers.append(report_builder.observe)
+    if regions is not None and regions.observer is not None:  # in the same pass as every output
+        observers.append(regions.observer)
+    set_warnings.extend(regions.warnings if regions is not None else ())
     statistics = ScanStatistics(header, plan.thresholds, request.threshold_spec) if request.statistics else None
     if statistics is not None and not statistics.counted:  # int32/float scans: summed slab by slab
         observers.append(statistics.observe)
@@ -407,6 +413,8 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
             warnings.warn(text, stacklevel=2)
         metadata = _metadata(header, plan, files, stats, mask_voxels, hu_clipped, result, caught, opened)
         metadata["statistics"] = statistics.to_dict() if statistics is not None else None
+        if regions is not None:
+            metadata["regions"] = regions.metadata()
         if coverage:
             metadata["mask_coverage"] = coverage[coverage.index(MASK_COVERAGE_MARK):]
         if report_builder is not None:

@@ -30,6 +30,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .conversion_regions import add_region_arguments, region_request_values
 from .errors import CalibrationMissingError, RequestError
 from .header import ScancoHeader
 from .option_names import option_name, outputs_phrase, value_phrase
@@ -140,6 +141,8 @@ class ConversionRequest:
     report: bool = False                    # QC picture <stem>_report.png (needs matplotlib)
     statistics: bool = False                # per-scan statistics in _metadata.json (exact, one pass)
     fsync: bool = True                      # files and folder on disk before the metadata (commit record)
+    regions: tuple = ()                     # RegionSource / "NAME=PATH" / (name, path): per-region statistics
+    regions_optional: bool = False          # a missing region file: a warning, not a failure of the input
 
     def __post_init__(self):
         if self.outputs is not None:
@@ -149,6 +152,11 @@ class ConversionRequest:
             raise ValueError(f"HU dtype must be int16 or float32, not {self.hu_dtype!r}")
         if self.slab_slices is not None and self.slab_slices < 1:
             raise ValueError("slab_slices must be at least 1")
+        if self.regions:
+            from .conversion_regions import region_sources
+
+            object.__setattr__(self, "regions", region_sources(self.regions))
+            object.__setattr__(self, "statistics", True)
         if not isinstance(self.thresholds, ThresholdSpec):
             object.__setattr__(self, "thresholds", threshold_spec_from(self.thresholds))
         formats = self.formats.replace(",", " ").split() if isinstance(self.formats, str) else self.formats
@@ -193,6 +201,7 @@ class ConversionRequest:
         d = asdict(self)
         d["outputs"] = None if self.outputs is None else list(self.outputs)
         d["formats"] = list(self.formats)
+        d["regions"] = [asdict(r) for r in self.regions]  # as JSON gives it back (skip-existing compares)
         d["thresholds"] = asdict(self.threshold_spec)
         d["thresholds"]["unit_label"] = threshold_unit_label(self.threshold_spec.unit, self.density_unit)
         return d
@@ -425,6 +434,7 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"comma-separated: {', '.join(FILE_ROLES)} (default {','.join(DEFAULT_FILE_ROLES)}; "
                         "a char AIM gives its mask, a float AIM its values as stored)")
     add_threshold_arguments(p)
+    add_region_arguments(p)
     p.add_argument("--hu-dtype", choices=HU_DTYPES, default=d.hu_dtype)
     p.add_argument("--format", default=DEFAULT_FORMAT,
                    help=f"comma-separated output formats: {', '.join(FORMAT_NAMES)} (default {DEFAULT_FORMAT})")
@@ -469,6 +479,7 @@ def request_from_args(args, **overrides) -> ConversionRequest:
                   compress=args.compress, detached=args.detached, overwrite=args.overwrite,
                   slab_slices=getattr(args, "slab_slices", None), threads=getattr(args, "threads", 2),
                   report=getattr(args, "report", False), fsync=getattr(args, "fsync", True))
+    values.update(region_request_values(args))
     values.update(overrides)
     return ConversionRequest(**values)
 
