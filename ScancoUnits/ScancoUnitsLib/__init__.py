@@ -52,9 +52,9 @@ _EXPORTS = {
     "read_gobj": "gobj_format",
     "read_region": "regions",
     "PlacedRegion": "regions",
-    "region_statistics": "region_statistics",
-    "RegionStatistics": "region_statistics",
-    "RegionStatisticsResult": "region_statistics",
+    "region_statistics": "region_measures",
+    "RegionStatistics": "region_measures",
+    "RegionStatisticsResult": "region_measures",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .errors import RequestError
 from .header import ScancoHeader
-from .region_statistics import REGION_FIELDS, RegionStatisticsObserver
+from .region_measures import REGION_FIELDS, RegionStatisticsObserver
 from .regions import PlacedRegion, read_region
 
 #: the ``--outputs`` role that writes each region on the scan's grid
