@@ -1,8 +1,8 @@
 """ScancoUnits: SCANCO micro-CT files (.ISQ, .AIM) as calibrated volumes in 3D Slicer.
 
 This file only marshals between Slicer (GUI, file reader, self-test) and ScancoUnitsLib, where all the
-work is done: ScancoUnitsLib.scene (nodes), ScancoUnitsLib.convert (streamed NRRD export),
-ScancoUnitsLib.thresholds and ScancoUnitsLib.units (conversions).
+work is done: ScancoUnitsLib.slicer.scene (nodes), ScancoUnitsLib.pipeline.convert (streamed NRRD export),
+ScancoUnitsLib.core.thresholds and ScancoUnitsLib.core.units (conversions).
 """
 
 import contextlib
@@ -141,7 +141,7 @@ def registerSampleData():
 
 
 class ThresholdUnit(enum.Enum):
-    """Unit of the panel's thresholds; values are ScancoUnitsLib.thresholds unit names."""
+    """Unit of the panel's thresholds; values are ScancoUnitsLib.core.thresholds unit names."""
 
     permille = "permille"
     native = "native"
@@ -150,7 +150,7 @@ class ThresholdUnit(enum.Enum):
     density = "density"
 
     def label(self):
-        from ScancoUnitsLib.quantities import threshold_unit_label
+        from ScancoUnitsLib.core.quantities import threshold_unit_label
 
         # the panel's density thresholds are IPL's mg HA/ccm, whatever the density output's unit
         text = threshold_unit_label(self.value, "mgHA/ccm")
@@ -158,7 +158,7 @@ class ThresholdUnit(enum.Enum):
 
 
 class DensityUnit(enum.Enum):
-    """Values are accepted by ScancoUnitsLib.quantities.canonical_density_unit."""
+    """Values are accepted by ScancoUnitsLib.core.quantities.canonical_density_unit."""
 
     mg_ha_ccm = "mg HA/ccm"
     g_cc = "g/cc"
@@ -169,16 +169,16 @@ class DensityUnit(enum.Enum):
     @classmethod
     def of(cls, spelling):
         """The member of a density unit in any spelling the library accepts ("g/cc", "mgHA/ccm", ...)."""
-        from ScancoUnitsLib.quantities import canonical_density_unit
+        from ScancoUnitsLib.core.quantities import canonical_density_unit
 
         canonical = canonical_density_unit(spelling)
         return next(m for m in cls if canonical_density_unit(m.value) == canonical)
 
 
 def libraryDefaults():
-    """The panel's defaults, read from ScancoUnitsLib.quantities when asked (never copied here): the
+    """The panel's defaults, read from ScancoUnitsLib.core.quantities when asked (never copied here): the
     threshold pair in per mille and the density unit the command line and the Python API use."""
-    from ScancoUnitsLib import quantities
+    from ScancoUnitsLib.core import quantities
 
     low, high = quantities.DEFAULT_THRESHOLDS_PERMILLE
     return {"thresholdUnit": ThresholdUnit.permille, "lowerThreshold": float(low), "upperThreshold": float(high),
@@ -186,7 +186,7 @@ def libraryDefaults():
 
 
 def _densityUnitOrDefault(densityUnit):
-    from ScancoUnitsLib.quantities import DEFAULT_DENSITY_UNIT
+    from ScancoUnitsLib.core.quantities import DEFAULT_DENSITY_UNIT
 
     return DEFAULT_DENSITY_UNIT if densityUnit is None else densityUnit
 
@@ -205,7 +205,7 @@ class ScancoUnitsParameterNode:
     """The panel's settings, saved with the scene. Paths are plain strings (empty = not set)."""
 
     inputFilePath: str = ""
-    # the library's defaults (ScancoUnitsLib.quantities); a new parameter node takes them again when it is
+    # the library's defaults (ScancoUnitsLib.core.quantities); a new parameter node takes them again when it is
     # made (ScancoUnitsLogic.getParameterNode), so a changed library default moves the panel
     thresholdUnit: ThresholdUnit = libraryDefaults()["thresholdUnit"]
     lowerThreshold: float = libraryDefaults()["lowerThreshold"]
@@ -644,7 +644,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ever on the node the panel loaded last, while "Preview the mask" is checked and the panel is
         shown: unchecking, a new load, leaving the module or closing the scene switch it off again, so
         it is never left (and saved with the scene) on a node the user did not ask it for."""
-        from ScancoUnitsLib.histogram_chart import preview_mask_on_scan_node, update_threshold_lines
+        from ScancoUnitsLib.slicer.histogram_chart import preview_mask_on_scan_node, update_threshold_lines
 
         resolved = self._resolvedThresholds()
         if resolved is not None and self._chart is not None and slicer.mrmlScene.IsNodePresent(self._chart[1]):
@@ -662,7 +662,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._previewNode = target
 
     def _clearPreview(self) -> None:
-        from ScancoUnitsLib.histogram_chart import clear_threshold_preview
+        from ScancoUnitsLib.slicer.histogram_chart import clear_threshold_preview
 
         node, self._previewNode = self._previewNode, None
         if node is not None and node.GetScene() is not None:
@@ -689,7 +689,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
     """
 
     #: z slices read at a time when the histogram has to be read from the file; None: the engine's slab
-    #: (ScancoUnitsLib.engine.slab_slices_for, about 1 Mi voxels: 2 MB of int16 even for 4k x 4k slices)
+    #: (ScancoUnitsLib.pipeline.engine.slab_slices_for, about 1 Mi voxels: 2 MB of int16 even for 4k x 4k slices)
     HISTOGRAM_SLAB_SLICES = None
 
     def __init__(self) -> None:
@@ -698,8 +698,8 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 
     @property
     def lib(self):
-        """ScancoUnitsLib.scene (imported on first use)."""
-        from ScancoUnitsLib import scene
+        """ScancoUnitsLib.slicer.scene (imported on first use)."""
+        from ScancoUnitsLib.slicer import scene
 
         return scene
 
@@ -716,7 +716,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         return wrapper
 
     def readHeader(self, path):
-        from ScancoUnitsLib.reader import read_header
+        from ScancoUnitsLib.formats.reader import read_header
 
         return read_header(path)
 
@@ -735,7 +735,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 
     def resolveThresholds(self, header, low, high, unit):
         """ResolvedThresholds (native integers and every unit) for the panel's thresholds."""
-        from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
+        from ScancoUnitsLib.core.thresholds import ThresholdSpec, resolve_thresholds
 
         return resolve_thresholds(ThresholdSpec(low, high, unit), header.calibration,
                                   header_max_data_value=header.raw_field("max_data_value"), path=header.path)
@@ -748,7 +748,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         return (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
 
     def recordHistogram(self, path, histogram) -> None:
-        """Keep the native histogram of every voxel of ``path`` (a ScancoUnitsLib.histogram.NativeHistogram),
+        """Keep the native histogram of every voxel of ``path`` (a ScancoUnitsLib.pipeline.histogram.NativeHistogram),
         e.g. accumulated by the pass that loaded the nodes, so that Show histogram does not read the file again."""
         self._histograms[self._fileKey(path)] = histogram
 
@@ -764,7 +764,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 
         From the store when known (:meth:`recordHistogram`); otherwise the file is read once, slab by slab,
         with ``progressCallback(fraction, text)`` after each slab and ``cancel() -> True`` stopping it (raises
-        ScancoUnitsLib.scene.LoadCancelled), and the result is stored for the next call.
+        ScancoUnitsLib.slicer.scene.LoadCancelled), and the result is stored for the next call.
         """
         histogram = self.knownHistogram(header)
         if histogram is None:
@@ -773,9 +773,9 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         return histogram
 
     def _readHistogram(self, header, progressCallback=None, cancel=None):
-        from ScancoUnitsLib.engine import slab_slices_for
-        from ScancoUnitsLib.histogram import NativeHistogram
-        from ScancoUnitsLib.reader import open_voxels
+        from ScancoUnitsLib.pipeline.engine import slab_slices_for
+        from ScancoUnitsLib.pipeline.histogram import NativeHistogram
+        from ScancoUnitsLib.formats.reader import open_voxels
 
         with open_voxels(header) as source:
             histogram = NativeHistogram(source.dtype)
@@ -797,7 +797,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         ``histogram``: a NativeHistogram of the file; None takes :meth:`histogramOf` (reads the file when the
         store does not know it). Returns ``(chart node, table node, {role: series node})``.
         """
-        from ScancoUnitsLib.histogram_chart import create_histogram_chart
+        from ScancoUnitsLib.slicer.histogram_chart import create_histogram_chart
 
         if histogram is None:
             histogram = self.histogramOf(header)
@@ -846,7 +846,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         if node is None or not any(node.IsA(c) for c in MASK_NODE_CLASSES):
             raise ValueError(_("Select a labelmap volume or a segmentation to save as AIM."))
         try:
-            from ScancoUnitsLib.mask_aim import save_mask_as_aim
+            from ScancoUnitsLib.slicer.mask_aim import save_mask_as_aim
         except ImportError as exc:
             raise RuntimeError(_("This ScancoUnitsLib cannot write masks as AIM (no mask_aim module): "
                                  "update the extension.")) from exc
@@ -854,7 +854,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 
     def loadScan(self, path, outputs=None, thresholds=None, densityUnit=None, subsampleStep=1, region=None,
                  progressCallback=None, cancel=None, name=None, huDtype="int16", warn=None, scene=None):
-        """Create the nodes of ``path``; returns ``{role: node}``. See ScancoUnitsLib.scene.load_scan_into_scene."""
+        """Create the nodes of ``path``; returns ``{role: node}``. See ScancoUnitsLib.slicer.scene.load_scan_into_scene."""
         return self.lib.load_scan_into_scene(
             scene or slicer.mrmlScene, path, outputs=outputs, thresholds=thresholds,
             density_unit=_densityUnitOrDefault(densityUnit),
@@ -873,10 +873,10 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
                   huDtype="int16", **_ignored):
         """Raise (one line naming the file) when a load of ``header``'s file with these options would be
         refused: an output the calibration cannot give, or nodes that do not fit in the memory available
-        (ScancoUnitsLib.memory_fit.InsufficientMemoryError, with the figures and the ways out)."""
-        from ScancoUnitsLib.memory_fit import require_memory_fit
-        from ScancoUnitsLib.request import ConversionRequest, normalise_roles, plan_request, threshold_spec_from
-        from ScancoUnitsLib.quantities import NODE_ROLES
+        (ScancoUnitsLib.slicer.memory_fit.InsufficientMemoryError, with the figures and the ways out)."""
+        from ScancoUnitsLib.slicer.memory_fit import require_memory_fit
+        from ScancoUnitsLib.pipeline.request import ConversionRequest, normalise_roles, plan_request, threshold_spec_from
+        from ScancoUnitsLib.core.quantities import NODE_ROLES
 
         request = ConversionRequest(thresholds=threshold_spec_from(thresholds),
                                     density_unit=_densityUnitOrDefault(densityUnit),
@@ -897,11 +897,11 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
                 exportDirectory=None, progressCallback=None, cancel=None, overwrite=False, huDtype="int16",
                 header=None):
         """Load into the scene and, when ``exportDirectory`` is given, export at full resolution, in ONE pass
-        over the file (ScancoUnitsLib.scene.load_scan with export_dir). The pass also records the file's
+        over the file (ScancoUnitsLib.slicer.scene.load_scan with export_dir). The pass also records the file's
         native histogram for "Show histogram" (no second read).
 
         Returns ``(nodes, files)``. ``progressCallback(fraction, text)``; ``cancel()`` -> True stops (raises
-        ScancoUnitsLib.scene.LoadCancelled; nodes created by this call are removed, no file is left).
+        ScancoUnitsLib.slicer.scene.LoadCancelled; nodes created by this call are removed, no file is left).
         """
         text = _("Loading and writing files...") if exportDirectory else _("Loading into the scene...")
 
@@ -986,7 +986,7 @@ class ScancoUnitsFileReader:
     canLoadFileConfidence and load to Python (no ``options``). Scripting asks for more:
     ``slicer.util.loadNodeFromFile(path, "ScancoUnitsFile", {"units": "hu density",
     "thresholds": "250 1000 permille", "mask": "both"})``; see
-    ScancoUnitsLib.scene.reader_options_from_properties for every key.
+    ScancoUnitsLib.slicer.scene.reader_options_from_properties for every key.
     """
 
     def __init__(self, parent):
@@ -1006,7 +1006,7 @@ class ScancoUnitsFileReader:
         # (supportedNameFilters), then the magic: only .isq/.aim (any case, ;N) and extensionless files
         # are opened. 0.8 beats the core Volumes reader, which claims them at 0.5 through "All Files (*)"
         # (qSlicerFileReader::canLoadFileConfidence: 0.5 + 0.01 x matched extension length, 0 for "*").
-        from ScancoUnitsLib.scene import file_reader_confidence
+        from ScancoUnitsLib.slicer.scene import file_reader_confidence
 
         return file_reader_confidence(filePath)
 
@@ -1023,8 +1023,8 @@ class ScancoUnitsFileReader:
 
         lib = None
         try:
-            from ScancoUnitsLib import scene as lib
-            from ScancoUnitsLib.reader import read_header
+            from ScancoUnitsLib.slicer import scene as lib
+            from ScancoUnitsLib.formats.reader import read_header
 
             header = read_header(filePath)
             options = lib.reader_options_from_properties(properties, header)
@@ -1244,8 +1244,8 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
 
     def test_logic_isq_default_outputs(self):
         self.delayDisplay("Default load of an ISQ: HU, density, mask labelmap and segmentation")
-        from ScancoUnitsLib.reader import read_header
-        from ScancoUnitsLib.units import UnitConverter
+        from ScancoUnitsLib.formats.reader import read_header
+        from ScancoUnitsLib.core.units import UnitConverter
 
         volume = self._volume()
         path = self._writeIsq(volume)
@@ -1270,9 +1270,9 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
 
     def test_logic_aim_position_and_options(self):
         self.delayDisplay("AIM v020: origin from the position, density in g/cc, HU thresholds")
-        from ScancoUnitsLib.reader import read_header
-        from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
-        from ScancoUnitsLib.units import UnitConverter
+        from ScancoUnitsLib.formats.reader import read_header
+        from ScancoUnitsLib.core.thresholds import ThresholdSpec, resolve_thresholds
+        from ScancoUnitsLib.core.units import UnitConverter
 
         volume = self._volume(seed=7)
         path = self._writeAim(volume, version=20, position=(10, 20, 30))
@@ -1292,8 +1292,8 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
 
     def test_subsample_and_region(self):
         self.delayDisplay("Every 2nd voxel of a sub-region keeps the physical frame")
-        from ScancoUnitsLib.reader import read_header
-        from ScancoUnitsLib.units import UnitConverter
+        from ScancoUnitsLib.formats.reader import read_header
+        from ScancoUnitsLib.core.units import UnitConverter
 
         volume = self._volume(shape=(9, 10, 11))
         path = self._writeAim(volume, version=30, position=(1, 2, 3))
@@ -1322,15 +1322,15 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
         nodes = ScancoUnitsLogic().loadScan(path, outputs=["native"])
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["native"]), volume)
-        from ScancoUnitsLib.reader import read_header
-        from ScancoUnitsLib.scene import reader_options_from_properties
+        from ScancoUnitsLib.formats.reader import read_header
+        from ScancoUnitsLib.slicer.scene import reader_options_from_properties
 
         # a drop asks for the native values of such a file
         self.assertEqual(reader_options_from_properties({}, read_header(path))["outputs"], ("native",))
 
     def test_cancel_removes_nodes(self):
         self.delayDisplay("Cancelling leaves the scene unchanged")
-        from ScancoUnitsLib.scene import LoadCancelled
+        from ScancoUnitsLib.slicer.scene import LoadCancelled
 
         path = self._writeIsq(self._volume(shape=(12, 5, 6)))
         before = slicer.mrmlScene.GetNumberOfNodes()
@@ -1384,8 +1384,8 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Loading through Slicer's IO manager (drag and drop path)")
         if not hasattr(slicer, "app"):
             self.skipTest("needs the Slicer application")
-        from ScancoUnitsLib.reader import read_header
-        from ScancoUnitsLib.units import UnitConverter
+        from ScancoUnitsLib.formats.reader import read_header
+        from ScancoUnitsLib.core.units import UnitConverter
 
         volume = self._volume()
         path = self._writeAim(volume, version=30)
@@ -1412,7 +1412,7 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         self.assertNotEqual(ioManager.fileWriterExtensions(labelmap)[0], "SCANCO AIM (.aim)")  # NRRD stays default
         self.assertEqual(ioManager.fileWriterFileType(labelmap, "SCANCO AIM (.aim)"), WRITER_FILE_TYPE)
         try:
-            import ScancoUnitsLib.mask_aim  # noqa: F401
+            import ScancoUnitsLib.slicer.mask_aim  # noqa: F401
         except ImportError:
             return
         slicer.util.loadNodeFromFile(path, READER_FILE_TYPE, {"units": "hu", "mask": "labelmap", "name": "exported",
@@ -1420,6 +1420,6 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         maskNode = slicer.mrmlScene.GetFirstNodeByName("exported mask")
         aimPath = os.path.join(self.tempDir, "EXPORTED.AIM")
         self.assertTrue(slicer.util.exportNode(maskNode, aimPath, {"fileFormat": "SCANCO AIM (.aim)"}))
-        from ScancoUnitsLib.reader import read_volume
+        from ScancoUnitsLib.formats.reader import read_volume
 
         np.testing.assert_array_equal(read_volume(aimPath) != 0, slicer.util.arrayFromVolume(maskNode) != 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ScancoUnitsLib import cli
+from ScancoUnitsLib.cli import main as cli
 
 
 def run_cli(capsys, *argv):

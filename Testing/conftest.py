@@ -80,7 +80,7 @@ def real_data() -> Path:
 @pytest.fixture()
 def in_process_cli(monkeypatch):
     """In-process CLI runs must not replace pytest's own SIGTERM handler."""
-    from ScancoUnitsLib import atomic_output
+    from ScancoUnitsLib.io import transaction as atomic_output
 
     monkeypatch.setattr(atomic_output, "install_signal_cleanup", lambda *a, **k: {})
 
@@ -89,7 +89,7 @@ def in_process_cli(monkeypatch):
 def no_leftover_registry():
     """After the test: no temporary output file or folder may still be registered (it would leak on a
     signal)."""
-    from ScancoUnitsLib.atomic_output import live_partials, remove_all_partials
+    from ScancoUnitsLib.io.transaction import live_partials, remove_all_partials
 
     yield
     leftovers = live_partials()

@@ -1,4 +1,4 @@
-"""Tests of ScancoUnitsLib.aim_compression (binCmp, charCmp, bit8 decoders and encoders).
+"""Tests of ScancoUnitsLib.formats.aim.compression (binCmp, charCmp, bit8 decoders and encoders).
 
 References used here, independent of the module under test:
 * hand-made byte strings from scanco-format.md §2.6;
@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ScancoUnitsLib.aim_compression import (
+from ScancoUnitsLib.formats.aim.compression import (
     D1T_BIN_CMP,
     D1T_CHAR_CMP,
     D3T_BIT8,
@@ -351,7 +351,7 @@ def test_off_border_pastes_interior(volume, off, kind, slab):
 @pytest.mark.parametrize("max_chunk, piece", [(2, 1), (5, 7), (64, 3), (1 << 20, 5)])
 def test_tiny_chunks_and_pieces(monkeypatch, max_chunk, piece):
     """Runs that straddle chunk and piece boundaries (normally 1 MiB / 4 Mi voxels) decode the same."""
-    import ScancoUnitsLib.aim_compression as module
+    import ScancoUnitsLib.formats.aim.compression as module
 
     monkeypatch.setattr(module, "_MIN_CHUNK_BYTES", 2)
     monkeypatch.setattr(module, "_MAX_CHUNK_BYTES", max_chunk)

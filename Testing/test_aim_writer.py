@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 from ScancoUnitsLib import Calibration, convert_file, read_header, read_volume, write_aim, write_isq
-from ScancoUnitsLib.aim_compression import encode_bin_cmp
-from ScancoUnitsLib.aim_writer import AimVolumeWriter, aim_position_for, derived_log_text
-from ScancoUnitsLib.atomic_output import AtomicOutputSet, live_partials
-from ScancoUnitsLib.volume_writers import VolumeSpec, get_format
+from ScancoUnitsLib.formats.aim.compression import encode_bin_cmp
+from ScancoUnitsLib.formats.aim.writer import AimVolumeWriter, aim_position_for, derived_log_text
+from ScancoUnitsLib.io.transaction import AtomicOutputSet, live_partials
+from ScancoUnitsLib.formats.writers import VolumeSpec, get_format
 
 TESTING = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTING))

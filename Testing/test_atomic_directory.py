@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ScancoUnitsLib.atomic_output import (
+from ScancoUnitsLib.io.transaction import (
     AtomicOutputSet,
     OutputError,
     OutputExistsError,

@@ -36,10 +36,10 @@ import numpy as np
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib import atomic_output
-from ScancoUnitsLib.batch import FileResult, convert_one
-from ScancoUnitsLib.header import Calibration
-from ScancoUnitsLib.request import ConversionRequest
+from ScancoUnitsLib.io import transaction as atomic_output
+from ScancoUnitsLib.batch.jobs import FileResult, convert_one
+from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.pipeline.request import ConversionRequest
 
 from cli_harness import error_lines, run_cli as run
 
@@ -307,9 +307,9 @@ def test_point7_metadata_is_placed_last_after_fsync_of_files_and_folder(tmp_path
 _KILLED_COMMIT = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, sys.argv[1])
-    from ScancoUnitsLib import atomic_output
-    from ScancoUnitsLib.convert import convert_file
-    from ScancoUnitsLib.thresholds import ThresholdSpec
+    from ScancoUnitsLib.io import transaction as atomic_output
+    from ScancoUnitsLib.pipeline.convert import convert_file
+    from ScancoUnitsLib.core.thresholds import ThresholdSpec
     real_link, real_replace = os.link, os.replace
     def deadly(real):
         def place(a, b, *args, **kw):
@@ -380,7 +380,7 @@ def test_point8_skip_existing_verifies_files_and_metadata_and_csv_cells_are_not_
     assert record["status"] == "converted" and record["stats"][key] != 12345.0
     del true_mean
 
-    from ScancoUnitsLib.batch_summary import summary_csv_text
+    from ScancoUnitsLib.batch.summary import summary_csv_text
 
     result = FileResult("=cmd|' /C calc'!A0.AIM", "failed", error="+danger", warnings=["@SUM(1)", "-2+3"],
                         facts={"scanner_type": "=1+1", "scanner_id": -7, "voxel_size_x_mm": "-0.5"})

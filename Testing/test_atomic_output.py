@@ -1,4 +1,4 @@
-"""Tests for ScancoUnitsLib.atomic_output: temp + rename, no clobbering, group commit with rollback,
+"""Tests for ScancoUnitsLib.io.transaction: temp + rename, no clobbering, group commit with rollback,
 clear errors for full disks and refused permissions, signal cleanup."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ScancoUnitsLib import atomic_output
-from ScancoUnitsLib.atomic_output import (
+from ScancoUnitsLib.io import transaction as atomic_output
+from ScancoUnitsLib.io.transaction import (
     AtomicOutputSet,
     Interrupted,
     OutputError,
@@ -293,7 +293,7 @@ def test_sigterm_cleans_up_in_a_child_process(tmp_path):
         import sys, time
         sys.path.insert(0, {str(REPO / 'ScancoUnits')!r})
         from pathlib import Path
-        from ScancoUnitsLib.atomic_output import AtomicOutputSet, Interrupted, install_signal_cleanup
+        from ScancoUnitsLib.io.transaction import AtomicOutputSet, Interrupted, install_signal_cleanup
         install_signal_cleanup()
         out = Path({str(tmp_path)!r})
         try:

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib.batch import BatchProgress, FileResult
-from ScancoUnitsLib.discovery import NOT_SCANCO, assign_stems, discover
-from ScancoUnitsLib.header import Calibration
-from ScancoUnitsLib.scan_statistics import STATISTICS_FIELDS, ScanStatistics, exact_dot
-from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
-from ScancoUnitsLib.units import UnitConverter
+from ScancoUnitsLib.batch.jobs import BatchProgress, FileResult
+from ScancoUnitsLib.batch.discovery import NOT_SCANCO, assign_stems, discover
+from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.pipeline.statistics import STATISTICS_FIELDS, ScanStatistics, exact_dot
+from ScancoUnitsLib.core.thresholds import ThresholdSpec, resolve_thresholds
+from ScancoUnitsLib.core.units import UnitConverter
 
 from cli_harness import error_lines, run_cli as run
 
@@ -254,7 +254,8 @@ def signal_handlers_restored():
 def test_interrupted_file_reports_its_real_elapsed_time(tmp_path, capsys, monkeypatch):
     import signal
 
-    from ScancoUnitsLib import atomic_output, convert
+    from ScancoUnitsLib.io import transaction as atomic_output
+    from ScancoUnitsLib.pipeline import convert
 
     a = S.write_isq(tmp_path / "a.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
     b = S.write_isq(tmp_path / "b.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
@@ -379,7 +380,7 @@ def test_to_dask_equals_the_converted_volume(tmp_path, quantity, role):
 
 def test_to_dask_reads_only_the_slices_a_block_needs(tmp_path, monkeypatch):
     pytest.importorskip("dask")
-    from ScancoUnitsLib import reader
+    from ScancoUnitsLib.formats import reader
 
     path = S.write_isq(tmp_path / "v.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
     asked = []
@@ -408,7 +409,7 @@ def by_relative(stdout: str):
 
 @pytest.mark.parametrize("layout", ["mirror", "flat"])
 def test_own_outputs_inside_the_study_are_never_inputs(tmp_path, capsys, layout):
-    from ScancoUnitsLib.discovery import OWN_OUTPUT
+    from ScancoUnitsLib.batch.discovery import OWN_OUTPUT
 
     study_root = tmp_path / "study"
     (study_root / "s1" / "v1").mkdir(parents=True)
@@ -431,7 +432,7 @@ def test_own_outputs_inside_the_study_are_never_inputs(tmp_path, capsys, layout)
 
 
 def test_own_output_given_by_name_is_skipped_and_a_foreign_metadata_hides_nothing(tmp_path, capsys):
-    from ScancoUnitsLib.discovery import OWN_OUTPUT
+    from ScancoUnitsLib.batch.discovery import OWN_OUTPUT
 
     src = tmp_path / "in"
     src.mkdir()
@@ -502,7 +503,7 @@ def cli_process(*argv, env_extra=None, **kw):
 
     env = dict(os.environ, PYTHONPATH=str(Path(S.__file__).resolve().parents[1]))
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "ScancoUnitsLib.cli", *map(os.fspath, argv)],
+    return subprocess.run([sys.executable, "-m", "ScancoUnitsLib.cli.main", *map(os.fspath, argv)],
                           capture_output=True, env=env, timeout=300, **kw)
 
 
@@ -565,7 +566,7 @@ def four_inputs(folder: Path):
 def test_a_killed_worker_costs_only_its_file_retried_once(tmp_path, capsys, monkeypatch, deaths):
     import signal
 
-    from ScancoUnitsLib import convert
+    from ScancoUnitsLib.pipeline import convert
 
     _needs_fork()
     four_inputs(tmp_path / "in")
@@ -602,7 +603,9 @@ def test_a_killed_worker_costs_only_its_file_retried_once(tmp_path, capsys, monk
 
 _ORPHAN_SCRIPT = r"""
 import os, sys, time
-from ScancoUnitsLib import batch, cli, convert
+from ScancoUnitsLib.batch import jobs as batch
+from ScancoUnitsLib.cli import main as cli
+from ScancoUnitsLib.pipeline import convert
 if sys.argv[1] == "watchdog":
     batch._PR_SET_PDEATHSIG = 0   # no prctl: only the parent-pid watchdog
 pids = sys.argv[2]
@@ -719,7 +722,7 @@ def test_empty_and_full_masks_are_counted_in_the_table_and_the_json(tmp_path, ca
 
 
 def test_strict_turns_warnings_into_failures(tmp_path, capsys):
-    from ScancoUnitsLib.batch import STRICT_FAILURE
+    from ScancoUnitsLib.batch.jobs import STRICT_FAILURE
 
     a, bad, e = mixed_inputs(tmp_path / "in")
     clipped = S.write_isq(tmp_path / "in" / "hot.isq", VOLUME, voxel_size_mm=(0.01,) * 3,
@@ -780,7 +783,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path, capsys):
 def test_fifos_folders_and_dangling_links_named_like_scans_are_listed_as_skipped(tmp_path, capsys):
     import threading
 
-    from ScancoUnitsLib.discovery import NOT_REGULAR
+    from ScancoUnitsLib.batch.discovery import NOT_REGULAR
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -825,7 +828,7 @@ def test_json_into_a_closed_pipe_finishes_the_batch_and_says_so(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=str(Path(S.__file__).resolve().parents[1]))
     for extra in ([], ["--jobs", "2"]):
-        process = subprocess.Popen([sys.executable, "-m", "ScancoUnitsLib.cli", "convert", str(src), "-o", str(out),
+        process = subprocess.Popen([sys.executable, "-m", "ScancoUnitsLib.cli.main", "convert", str(src), "-o", str(out),
                                     "--json", "--overwrite", *extra],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
         process.stdout.close()  # as `| head -1` after its line: every write to stdout fails

@@ -21,14 +21,14 @@ import nrrd
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib.aim_log import build_log, format_line
-from ScancoUnitsLib.convert import convert_file
+from ScancoUnitsLib.formats.aim.log import build_log, format_line
+from ScancoUnitsLib.pipeline.convert import convert_file
 from ScancoUnitsLib.errors import CalibrationMissingError
-from ScancoUnitsLib.header import Calibration, CalibrationConflict, density_mg_per_unit, scaling_in_calibration_text
-from ScancoUnitsLib.info_text import format_header_summary
-from ScancoUnitsLib.isq_format import VAX_G_MIN_MAGNITUDE
-from ScancoUnitsLib.thresholds import ThresholdSpec
-from ScancoUnitsLib.units import UnitConverter, describe_calibration
+from ScancoUnitsLib.core.header import Calibration, CalibrationConflict, density_mg_per_unit, scaling_in_calibration_text
+from ScancoUnitsLib.cli.info import format_header_summary
+from ScancoUnitsLib.formats.isq import VAX_G_MIN_MAGNITUDE
+from ScancoUnitsLib.core.thresholds import ThresholdSpec
+from ScancoUnitsLib.core.units import UnitConverter, describe_calibration
 
 from cli_harness import run_cli
 

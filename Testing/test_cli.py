@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib.header import Calibration
+from ScancoUnitsLib.core.header import Calibration
 
 from cli_harness import error_lines, run_cli as run
 
@@ -208,7 +208,7 @@ def test_no_inputs_found_is_a_failure(tmp_path, capsys):
 
 
 def test_a_bug_of_ours_fails_one_file_in_one_line_and_the_batch_goes_on(tmp_path, capsys, monkeypatch):
-    from ScancoUnitsLib import convert
+    from ScancoUnitsLib.pipeline import convert
 
     a, b = good_isq(tmp_path / "a.isq"), good_isq(tmp_path / "b.isq")
     real = convert.convert_header
@@ -245,14 +245,14 @@ def test_console_entry_point_exit_status(tmp_path):
     """The real process (not main() in-process): stderr lines and exit status reach the shell."""
     good = good_isq(tmp_path / "good.isq")
     (tmp_path / "bad.isq").write_bytes(b"CTDATA-HEADER_V1" + b"\x00" * 100)
-    result = subprocess.run([sys.executable, "-m", "ScancoUnitsLib.cli", "convert", str(tmp_path / "bad.isq"),
+    result = subprocess.run([sys.executable, "-m", "ScancoUnitsLib.cli.main", "convert", str(tmp_path / "bad.isq"),
                              str(good), "-o", str(tmp_path / "o"), "-q"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1
     [line] = error_lines(result.stderr)
     assert "bad.isq" in line and "truncated" in line
     assert "1 converted, 1 failed" in result.stdout
-    usage = subprocess.run([sys.executable, "-m", "ScancoUnitsLib.cli", "convert"], capture_output=True,
+    usage = subprocess.run([sys.executable, "-m", "ScancoUnitsLib.cli.main", "convert"], capture_output=True,
                            text=True, timeout=120)
     assert usage.returncode == 2
 
@@ -307,9 +307,9 @@ def test_info_with_thresholds_shows_them_in_every_unit(real_data, capsys):
 
 
 def test_thresholds_in_every_unit_is_one_reusable_function(real_data):
-    from ScancoUnitsLib.info_text import format_thresholds, thresholds_text
-    from ScancoUnitsLib.reader import read_header
-    from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
+    from ScancoUnitsLib.cli.info import format_thresholds, thresholds_text
+    from ScancoUnitsLib.formats.reader import read_header
+    from ScancoUnitsLib.core.thresholds import ThresholdSpec, resolve_thresholds
 
     header = read_header(real_data / "CALLUS_1237.AIM")
     resolved = resolve_thresholds(ThresholdSpec(120, 1000), header.calibration, voxel_type="int16")
@@ -355,7 +355,7 @@ def test_nrrd_and_aim_write_aim_for_what_it_holds_and_say_what_was_skipped(tmp_p
 
 
 def test_python_api_messages_name_parameters_not_flags(tmp_path):
-    from ScancoUnitsLib.convert import ConversionRequest, convert_file
+    from ScancoUnitsLib.pipeline.convert import ConversionRequest, convert_file
 
     for kwargs, words in (({"outputs": "hu,hu"}, "outputs: hu is named twice"),
                           ({"formats": "aim"}, "use outputs=('mask',) or add another format (formats='nrrd,aim')"),
@@ -381,7 +381,7 @@ def _run_without(tmp_path, blocked, *argv):
     """The CLI in a fresh interpreter in which the modules ``blocked`` cannot be imported."""
     code = ("import sys\n"
             f"for name in {list(blocked)!r}: sys.modules[name] = None\n"
-            "from ScancoUnitsLib import cli\n"
+            "from ScancoUnitsLib.cli import main as cli\n"
             f"sys.exit(cli.main({[str(a) for a in argv]!r}))\n")
     env = dict(os.environ, PYTHONPATH=str(ROOT / "ScancoUnits"))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,

@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib.atomic_output import OutputExistsError
-from ScancoUnitsLib.cli_convert import assign_stems, find_inputs
-from ScancoUnitsLib.convert import ConversionOptions, convert_file, output_stem
+from ScancoUnitsLib.io.transaction import OutputExistsError
+from ScancoUnitsLib.cli.convert import assign_stems, find_inputs
+from ScancoUnitsLib.pipeline.convert import ConversionOptions, convert_file, output_stem
 from ScancoUnitsLib.errors import CalibrationMissingError
-from ScancoUnitsLib.header import Calibration
-from ScancoUnitsLib.thresholds import ThresholdSpec
+from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.core.thresholds import ThresholdSpec
 
 import oracles
 
@@ -190,7 +190,7 @@ def test_no_clobber_overwrite_and_nothing_left_on_error(calibrated_isq, tmp_path
     convert_file(path, out, overwrite=True, thresholds=ThresholdSpec(100, 900))
     assert json.loads(first["metadata"].read_text())["thresholds"]["spec"]["low"] == 100
 
-    from ScancoUnitsLib import slab_kernel
+    from ScancoUnitsLib.pipeline import kernels as slab_kernel
 
     calls = {"n": 0}
     real_run = slab_kernel.SlabKernel.run  # the engine converts every slab through it
@@ -287,7 +287,7 @@ def test_folder_discovery_and_same_stem(tmp_path):
 
 
 def test_demo_phantom_rods_within_one_mg(tmp_path):
-    from ScancoUnitsLib.demo import run_demo
+    from ScancoUnitsLib.cli.demo import run_demo
     import io
 
     stream = io.StringIO()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib.header import Calibration
+from ScancoUnitsLib.core.header import Calibration
 
 import oracles
 

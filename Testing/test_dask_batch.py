@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib.header import Calibration
+from ScancoUnitsLib.core.header import Calibration
 
 from cli_harness import run_cli as run
 
@@ -132,7 +132,7 @@ def test_running_scheduler_and_worker(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def big_input(tmp_path_factory):
     """in/big.isq: 32 MB, converting it takes about a second; in/a.isq, in/c.isq: tiny."""
-    from ScancoUnitsLib.isq_format import IsqWriter
+    from ScancoUnitsLib.formats.isq import IsqWriter
     from ScancoUnitsLib.phantom import PHANTOM_CALIBRATION, phantom_slabs
 
     src = tmp_path_factory.mktemp("dask-big")
@@ -147,9 +147,9 @@ def big_input(tmp_path_factory):
 
 
 def test_a_worker_killed_mid_file_is_retried_and_leaves_no_partial(tmp_path, big_input):
-    from ScancoUnitsLib.batch import Batch
-    from ScancoUnitsLib.dask_batch import run_on_dask, start_local_cluster
-    from ScancoUnitsLib.discovery import assign_stems
+    from ScancoUnitsLib.batch.jobs import Batch
+    from ScancoUnitsLib.batch.dask import run_on_dask, start_local_cluster
+    from ScancoUnitsLib.batch.discovery import assign_stems
 
     src = big_input
     out = tmp_path / "out"
@@ -188,8 +188,8 @@ def test_a_worker_killed_mid_file_is_retried_and_leaves_no_partial(tmp_path, big
 
 
 def test_a_file_whose_workers_keep_dying_is_failed_without_partials(tmp_path):
-    from ScancoUnitsLib.batch import Batch
-    from ScancoUnitsLib.dask_batch import _outcome
+    from ScancoUnitsLib.batch.jobs import Batch
+    from ScancoUnitsLib.batch.dask import _outcome
 
     class Dead:
         def result(self):
@@ -197,7 +197,7 @@ def test_a_file_whose_workers_keep_dying_is_failed_without_partials(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    from ScancoUnitsLib import atomic_output
+    from ScancoUnitsLib.io import transaction as atomic_output
 
     me = atomic_output._this_writer()  # a dead worker of this host and boot (our pid, another start time)
     dead = atomic_output._Writer(me.host, me.boot, me.pid, me.start + 1)
@@ -213,7 +213,7 @@ def test_ctrl_c_stops_the_tasks_and_leaves_no_partial(tmp_path, big_input):
     """Ctrl-C in a terminal reaches the whole process group, cluster processes included."""
     out = tmp_path / "out"
     out.mkdir()
-    command = [sys.executable, "-m", "ScancoUnitsLib.cli", "convert", str(big_input), "-o", str(out),
+    command = [sys.executable, "-m", "ScancoUnitsLib.cli.main", "convert", str(big_input), "-o", str(out),
                "--dask-local", "2", "--json"]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
     # an in-process test that was interrupted may have left SIGINT ignored in this process: not the child

@@ -37,10 +37,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib import atomic_output, nrrd_writer
-from ScancoUnitsLib.convert import convert_file
+from ScancoUnitsLib.io import transaction as atomic_output
+from ScancoUnitsLib.formats import nrrd as nrrd_writer
+from ScancoUnitsLib.pipeline.convert import convert_file
 from ScancoUnitsLib.errors import CalibrationMissingError, ScancoFormatError
-from ScancoUnitsLib.header import Calibration
+from ScancoUnitsLib.core.header import Calibration
 
 from cli_harness import error_lines, run_cli
 
@@ -60,8 +61,8 @@ def never_an_internal_error(monkeypatch):
         return status, out, err
 
     monkeypatch.setitem(globals(), "run_cli", run)
-from ScancoUnitsLib.reader import read_header
-from ScancoUnitsLib.vms_encoding import float_to_vax_f
+from ScancoUnitsLib.formats.reader import read_header
+from ScancoUnitsLib.formats.vms import float_to_vax_f
 
 CAL = Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, density_intercept=-196.6,
                   density_unit="mg HA/ccm", calibration_type=2, calibration_text="70 kVp, faults test")
@@ -351,7 +352,7 @@ def test_a_failing_writer_does_not_close_the_files_other_threads_write(tmp_path,
     open (it used to fail with 'ValueError: write to closed file', which then reached the user as an
     internal error); the set then refuses to commit with the full-disk error, and the owner's abort
     removes everything."""
-    from ScancoUnitsLib.nrrd_writer import NrrdVolumeWriter
+    from ScancoUnitsLib.formats.nrrd import NrrdVolumeWriter
 
     real = nrrd_writer._write_all
     second_writing, first_failed = threading.Event(), threading.Event()
@@ -464,7 +465,7 @@ def test_read_only_output_folder(tmp_path, capsys):  # pragma: no cover - only a
 @pytest.fixture(scope="module")
 def batch_with_big_file(tmp_path_factory):
     """a.isq (tiny), big.isq (64 MB: converting it takes about a second), c.isq (tiny)."""
-    from ScancoUnitsLib.isq_format import IsqWriter
+    from ScancoUnitsLib.formats.isq import IsqWriter
     from ScancoUnitsLib.phantom import PHANTOM_CALIBRATION, phantom_slabs
 
     folder = tmp_path_factory.mktemp("signal-inputs")
@@ -481,7 +482,7 @@ def _interrupt_mid_file(inputs, out: Path, signum, extra=(), group=False):
     """Start a batch, send ``signum`` once big.isq's first temporary file exists (to the whole process
     group when ``group``, as a terminal's Ctrl-C does, worker processes included)."""
     out.mkdir()
-    command = [sys.executable, "-m", "ScancoUnitsLib.cli", "convert", *map(str, inputs), "-o", str(out), *extra]
+    command = [sys.executable, "-m", "ScancoUnitsLib.cli.main", "convert", *map(str, inputs), "-o", str(out), *extra]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                start_new_session=group)
     finished_before = {}
@@ -651,7 +652,7 @@ def test_every_writer_marks_a_shared_set_failed_instead_of_closing_its_files(tmp
     """The NIfTI and AIM writers follow the NRRD writer's rule: a full disk in one writer must not close
     the files other writers of the same set are writing; the set refuses to commit with that error."""
     from ScancoUnitsLib import read_header
-    from ScancoUnitsLib.volume_writers import VolumeSpec, get_format
+    from ScancoUnitsLib.formats.writers import VolumeSpec, get_format
 
     source = read_header(S.write_isq(tmp_path / "src.isq", np.zeros((2, 8, 8), np.int16), voxel_size_mm=(1, 1, 1)))
     out = tmp_path / "out"
@@ -760,7 +761,7 @@ def test_detached_with_a_name_no_header_line_can_hold_is_refused(tmp_path, capsy
 # ---------------------------------------------------------------------------------------------------
 def _over_run_bin_cmp(path: Path, extra_run_bytes: int) -> Path:
     """A 32x32x1 binCmp AIM (1,024 voxels) whose stream goes on for ``extra_run_bytes`` more run bytes."""
-    from ScancoUnitsLib.aim_format import aim_header_bytes
+    from ScancoUnitsLib.formats.aim.format import aim_header_bytes
 
     runs = bytes([255, 255, 255, 255, 8]) + bytes([1]) * extra_run_bytes
     payload = (4 + 2 + len(runs)).to_bytes(4, "little") + bytes([0, 127]) + runs
@@ -854,7 +855,7 @@ class _FailingRead:
 def test_read_error_names_the_file_in_one_line(tmp_path, capsys, monkeypatch, kind, where):
     """EIO while the header or the voxels are read: one line naming the file and the reason, exit 1,
     nothing written; never an internal error."""
-    from ScancoUnitsLib import reader
+    from ScancoUnitsLib.formats import reader
 
     if kind == "binCmp":
         mask = (np.arange(5 * 4 * 6).reshape(5, 4, 6) % 3 == 0).astype(np.int8) * 127
@@ -882,7 +883,7 @@ def test_over_run_compressed_stream_warns_on_the_slicer_load(tmp_path):
     """The same over-long stream loaded into a (headless) Slicer scene: the warning reaches the load's
     warning callback."""
     slicer = pytest.importorskip("slicer")
-    from ScancoUnitsLib.scene import load_scan_into_scene
+    from ScancoUnitsLib.slicer.scene import load_scan_into_scene
 
     path = _over_run_bin_cmp(tmp_path / "long.AIM", 9995)
     given = []

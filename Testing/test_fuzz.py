@@ -50,12 +50,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib.aim_compression import encode_bit8
+from ScancoUnitsLib.formats.aim.compression import encode_bit8
 from ScancoUnitsLib.errors import ScancoFormatError
-from ScancoUnitsLib.header import Calibration
-from ScancoUnitsLib.info_text import format_header_summary
-from ScancoUnitsLib.reader import open_voxels, read_header, read_volume
-from ScancoUnitsLib.vms_encoding import float_to_vax_f, float_to_vax_g
+from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.cli.info import format_header_summary
+from ScancoUnitsLib.formats.reader import open_voxels, read_header, read_volume
+from ScancoUnitsLib.formats.vms import float_to_vax_f, float_to_vax_g
 
 FUZZ_EXAMPLES = int(os.environ.get("SCANCO_FUZZ_EXAMPLES", "10000"))
 FUZZ_SEED = int(os.environ.get("SCANCO_FUZZ_SEED", "20261124"))
@@ -900,7 +900,7 @@ def test_cli_on_mutated_files_and_hostile_names_never_an_internal_error(seeds, t
     converts (exit 0) or refuses in one error line naming the file (exit 1; exit 2 for a format whose
     extra is missing); "internal error" and
     tracebacks never appear, whatever the input, name or option."""
-    from ScancoUnitsLib import cli
+    from ScancoUnitsLib.cli import main as cli
 
     r = random.Random(FUZZ_SEED + 19)
     failures = []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ScancoUnitsLib.errors import ScancoFormatError
-from ScancoUnitsLib.gobj_format import read_gobj
+from ScancoUnitsLib.formats.gobj import read_gobj
 
 from gobj_files import Contour, gobj_bytes, random_polygon
 

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 
 from ScancoUnitsLib.errors import CalibrationMissingError
-from ScancoUnitsLib.histogram import NativeHistogram
+from ScancoUnitsLib.pipeline.histogram import NativeHistogram
 from ScancoUnitsLib.phantom import PHANTOM_CALIBRATION, write_phantom_isq
-from ScancoUnitsLib.reader import read_volume
-from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
+from ScancoUnitsLib.formats.reader import read_volume
+from ScancoUnitsLib.core.thresholds import ThresholdSpec, resolve_thresholds
 
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
 from vtk.util import numpy_support  # noqa: E402
 
-from ScancoUnitsLib.histogram_chart import (  # noqa: E402
+from ScancoUnitsLib.slicer.histogram_chart import (  # noqa: E402
     COLUMN_HIGH_X, COLUMN_HIGH_Y, COLUMN_LOW_X, COLUMN_LOW_Y, COLUMN_NATIVE, COLUMN_VOXELS, COLUMN_X,
     clear_threshold_preview, create_histogram_chart, preview_mask_on_scan_node, preview_threshold_on_volume,
     threshold_lines,
@@ -192,10 +192,10 @@ def test_preview_on_a_scan_node_reads_its_quantity():
 
 
 def test_preview_on_nodes_loaded_by_the_scene_module_matches_their_mask(tmp_path):
-    """End to end with ScancoUnitsLib.scene: the preview on the loaded density node shows the voxels of the
+    """End to end with ScancoUnitsLib.slicer.scene: the preview on the loaded density node shows the voxels of the
     mask labelmap loaded with the same thresholds, and the chart is built from the same file."""
-    from ScancoUnitsLib.histogram import histogram_of_file
-    from ScancoUnitsLib.scene import load_scan_into_scene
+    from ScancoUnitsLib.pipeline.histogram import histogram_of_file
+    from ScancoUnitsLib.slicer.scene import load_scan_into_scene
 
     path = tmp_path / "PHANTOM.ISQ"
     write_phantom_isq(path, shape_zyx=(8, 40, 40))

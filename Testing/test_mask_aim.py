@@ -20,7 +20,7 @@ from vtk.util import numpy_support  # noqa: E402
 
 from ScancoUnitsLib import Calibration, read_header, read_volume, save_mask_as_aim, write_aim, write_isq  # noqa: E402
 from ScancoUnitsLib.errors import MaskExportError  # noqa: E402
-from ScancoUnitsLib.scene import load_scan_into_scene  # noqa: E402
+from ScancoUnitsLib.slicer.scene import load_scan_into_scene  # noqa: E402
 
 TESTING = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTING))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ScancoUnitsLib import Calibration, write_aim, write_isq
-from ScancoUnitsLib.convert import convert_file
+from ScancoUnitsLib.pipeline.convert import convert_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_harness import error_lines, run_cli  # noqa: E402
@@ -59,13 +59,13 @@ def test_a_mask_with_some_voxels_gives_no_warning(xtreme_aim, tmp_path, recwarn)
 
 def test_empty_mask_is_in_the_report(xtreme_aim, tmp_path):
     pytest.importorskip("matplotlib")
-    from ScancoUnitsLib.reader import read_header
-    from ScancoUnitsLib.report import ReportBuilder
+    from ScancoUnitsLib.formats.reader import read_header
+    from ScancoUnitsLib.pipeline.report import ReportBuilder
 
     written = convert_file(xtreme_aim, tmp_path / "o", report=True)
     meta = json.loads(written["metadata"].read_text())
     builder = ReportBuilder(read_header(xtreme_aim))
-    from ScancoUnitsLib.reader import read_volume
+    from ScancoUnitsLib.formats.reader import read_volume
 
     builder.observe(0, read_volume(xtreme_aim))
     figure = builder.figure(meta)
@@ -75,7 +75,7 @@ def test_empty_mask_is_in_the_report(xtreme_aim, tmp_path):
 
 def test_empty_mask_is_reported_in_slicer(xtreme_aim):
     slicer = pytest.importorskip("slicer")
-    from ScancoUnitsLib.scene import load_scan_into_scene
+    from ScancoUnitsLib.slicer.scene import load_scan_into_scene
 
     given = []
     nodes = load_scan_into_scene(slicer.vtkMRMLScene(), xtreme_aim, warn=given.append)

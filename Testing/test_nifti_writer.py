@@ -24,8 +24,8 @@ nibabel = pytest.importorskip("nibabel")
 nrrd = pytest.importorskip("nrrd")
 
 from ScancoUnitsLib import read_header  # noqa: E402
-from ScancoUnitsLib.atomic_output import AtomicOutputSet, live_partials  # noqa: E402
-from ScancoUnitsLib.volume_writers import VolumeSpec, get_format  # noqa: E402
+from ScancoUnitsLib.io.transaction import AtomicOutputSet, live_partials  # noqa: E402
+from ScancoUnitsLib.formats.writers import VolumeSpec, get_format  # noqa: E402
 
 SPACING = (0.0607, 0.0607, 0.0608)
 ORIGIN = (78.9, 58.27, 3.9)  # LPS, mm

@@ -1,4 +1,4 @@
-"""Tests for ScancoUnitsLib.nrrd_writer: header text, data round trips through pynrrd, ITK and slicer-core,
+"""Tests for ScancoUnitsLib.formats.nrrd: header text, data round trips through pynrrd, ITK and slicer-core,
 single-member gzip from several threads, atomic behaviour of the writer."""
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ScancoUnitsLib import atomic_output, nrrd_writer, parallel_gzip
-from ScancoUnitsLib.atomic_output import AtomicOutputSet, OutputError, OutputExistsError
-from ScancoUnitsLib.nrrd_writer import (
+from ScancoUnitsLib.io import transaction as atomic_output
+from ScancoUnitsLib.formats import nrrd as nrrd_writer
+from ScancoUnitsLib.io import gzip as parallel_gzip
+from ScancoUnitsLib.io.transaction import AtomicOutputSet, OutputError, OutputExistsError
+from ScancoUnitsLib.formats.nrrd import (
     NrrdVolumeWriter,
     crc32_combine,
     escape_nrrd_value,
@@ -575,7 +577,7 @@ def test_slabs_compressed_by_other_threads_append_in_order(tmp_path, fmt):
         writer = NrrdVolumeWriter(tmp_path / "v.nrrd", volume.shape, volume.dtype, spacing_mm=(1, 1, 1),
                                   encoding="gzip", threads=2)
     else:
-        from ScancoUnitsLib.nifti_writer import NiftiVolumeWriter
+        from ScancoUnitsLib.formats.nifti import NiftiVolumeWriter
         writer = NiftiVolumeWriter(tmp_path / "v.nii.gz", volume.shape, volume.dtype, spacing_mm=(1, 1, 1),
                                    compress=True, threads=2)
     assert writer.encodes
@@ -619,8 +621,8 @@ def test_without_os_pwrite_seek_and_write_give_the_same_files(tmp_path, monkeypa
     file's own lock; slabs and row pieces from several threads in any order, and a whole conversion
     with two workers, give files byte-identical to the pwrite ones."""
     import ScancoUnitsLib as S
-    from ScancoUnitsLib.convert import convert_file
-    from ScancoUnitsLib.header import Calibration
+    from ScancoUnitsLib.pipeline.convert import convert_file
+    from ScancoUnitsLib.core.header import Calibration
 
     volume = np.arange(8 * 6 * 5, dtype=np.int16).reshape(8, 6, 5) * 7 - 90
     sequential = tmp_path / "seq.nrrd"

@@ -12,8 +12,8 @@ import pytest
 
 zarr = pytest.importorskip("zarr")
 
-from ScancoUnitsLib.atomic_output import AtomicOutputSet, OutputExistsError, live_partials  # noqa: E402
-from ScancoUnitsLib.ome_zarr_writer import (  # noqa: E402
+from ScancoUnitsLib.io.transaction import AtomicOutputSet, OutputExistsError, live_partials  # noqa: E402
+from ScancoUnitsLib.formats.ome_zarr import (  # noqa: E402
     ATTRIBUTES_KEY,
     OmeZarrUnavailableError,
     OmeZarrVolumeWriter,
@@ -21,7 +21,7 @@ from ScancoUnitsLib.ome_zarr_writer import (  # noqa: E402
     pyramid_levels,
     write_ome_zarr,
 )
-from ScancoUnitsLib.volume_writers import VolumeSpec, get_format  # noqa: E402
+from ScancoUnitsLib.formats.writers import VolumeSpec, get_format  # noqa: E402
 
 SPACING_XYZ = (0.0105, 0.021, 0.0315)
 ORIGIN_XYZ = (1.5, -2.25, 30.0)
@@ -276,8 +276,8 @@ def test_peak_memory_is_flat(tmp_path):
 
 def test_real_aim_hu_through_the_seam(tmp_path, real_data):
     """A real calibrated AIM, converted to HU slab by slab, through the registered format's spec."""
-    from ScancoUnitsLib.reader import iter_slabs, read_header, read_volume
-    from ScancoUnitsLib.units import UnitConverter
+    from ScancoUnitsLib.formats.reader import iter_slabs, read_header, read_volume
+    from ScancoUnitsLib.core.units import UnitConverter
 
     header = read_header(real_data / "CALLUS_1237.AIM")
     converter = UnitConverter(header.calibration, path=header.path)
@@ -316,7 +316,7 @@ def test_failure_during_a_write_waits_for_the_others_then_removes_all(tmp_path, 
 
     from zarr.storage import LocalStore
 
-    from ScancoUnitsLib.atomic_output import OutputError
+    from ScancoUnitsLib.io.transaction import OutputError
 
     calls = itertools.count()
     original = LocalStore.set
@@ -376,8 +376,8 @@ def test_failure_in_a_shared_set_marks_the_set_failed_and_its_owner_removes_ever
 def test_conversion_with_both_formats_writes_the_same_voxels(tmp_path, real_data):
     """The engine (convert --format nrrd,ome-zarr): every OME-Zarr level 0 equals its NRRD."""
     nrrd = pytest.importorskip("nrrd")
-    from ScancoUnitsLib.convert import convert_file
-    from ScancoUnitsLib.thresholds import ThresholdSpec
+    from ScancoUnitsLib.pipeline.convert import convert_file
+    from ScancoUnitsLib.core.thresholds import ThresholdSpec
 
     convert_file(real_data / "CALLUS_1237.AIM", tmp_path, formats=("nrrd", "ome-zarr"),
                  outputs=("hu", "density", "mask", "native"), thresholds=ThresholdSpec(100, 200))

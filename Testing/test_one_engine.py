@@ -18,11 +18,11 @@ slicer = pytest.importorskip("slicer")
 from vtk.util import numpy_support  # noqa: E402
 
 from ScancoUnitsLib import Calibration, write_aim, write_isq  # noqa: E402
-from ScancoUnitsLib import quantities  # noqa: E402
-from ScancoUnitsLib import scene as scene_lib  # noqa: E402
-from ScancoUnitsLib.convert import convert_file  # noqa: E402
+from ScancoUnitsLib.core import quantities  # noqa: E402
+from ScancoUnitsLib.slicer import scene as scene_lib  # noqa: E402
+from ScancoUnitsLib.pipeline.convert import convert_file  # noqa: E402
 from ScancoUnitsLib.errors import RequestError  # noqa: E402
-from ScancoUnitsLib.request import ConversionRequest  # noqa: E402
+from ScancoUnitsLib.pipeline.request import ConversionRequest  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_harness import error_lines, run_cli  # noqa: E402

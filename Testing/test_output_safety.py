@@ -35,8 +35,8 @@ import numpy as np
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib import atomic_output
-from ScancoUnitsLib.atomic_output import (
+from ScancoUnitsLib.io import transaction as atomic_output
+from ScancoUnitsLib.io.transaction import (
     AtomicOutputSet,
     OutputError,
     OutputExistsError,
@@ -46,10 +46,10 @@ from ScancoUnitsLib.atomic_output import (
     sweep_stale_partials,
     writer_id,
 )
-from ScancoUnitsLib.convert import convert_file, stem_file_names
+from ScancoUnitsLib.pipeline.convert import convert_file, stem_file_names
 from ScancoUnitsLib.errors import ScancoFormatError
-from ScancoUnitsLib.header import Calibration
-from ScancoUnitsLib.reader import open_voxels, read_header
+from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.formats.reader import open_voxels, read_header
 
 REPO = Path(__file__).resolve().parents[1]
 CAL = Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, density_intercept=-196.6,
@@ -73,7 +73,7 @@ _WRITER_SCRIPT = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[1])
     from pathlib import Path
-    from ScancoUnitsLib.atomic_output import AtomicOutputSet
+    from ScancoUnitsLib.io.transaction import AtomicOutputSet
     out, stem = Path(sys.argv[2]), sys.argv[3]
     with AtomicOutputSet() as outputs:
         f = outputs.add(out / f"{stem}_HU.nrrd")
@@ -431,7 +431,7 @@ def test_overwrite_replaces_every_format_of_the_earlier_set(tmp_path):
     import numpy as np
 
     from ScancoUnitsLib import Calibration, write_isq
-    from ScancoUnitsLib.convert import convert_file
+    from ScancoUnitsLib.pipeline.convert import convert_file
 
     cal = Calibration(mu_scaling=4096, mu_water_per_cm=0.24, density_slope=1600.0, density_intercept=-390.0)
     src = write_isq(tmp_path / "in.isq", np.full((2, 3, 4), 9000, np.int16), voxel_size_mm=(0.03,) * 3,

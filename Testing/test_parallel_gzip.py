@@ -12,8 +12,8 @@ import zlib
 import numpy as np
 import pytest
 
-from ScancoUnitsLib import parallel_gzip
-from ScancoUnitsLib.parallel_gzip import GzipStream, crc32_combine, default_threads, gzip_backend
+from ScancoUnitsLib.io import gzip as parallel_gzip
+from ScancoUnitsLib.io.gzip import GzipStream, crc32_combine, default_threads, gzip_backend
 
 
 def _write_all(fileobj, data):
@@ -108,7 +108,7 @@ def test_backend_levels_and_threads():
 
 
 def test_nrrd_writer_uses_this_module():
-    from ScancoUnitsLib import nrrd_writer
+    from ScancoUnitsLib.formats import nrrd as nrrd_writer
 
     assert nrrd_writer.crc32_combine is crc32_combine
     assert nrrd_writer.gzip_backend is gzip_backend

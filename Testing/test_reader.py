@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 import ScancoUnitsLib as S
 from ScancoUnitsLib.errors import ScancoFormatError
-from ScancoUnitsLib.header import Calibration, ScannerInfo, scaling_in_calibration_text
-from ScancoUnitsLib.isq_format import VAX_G_MIN_MAGNITUDE
+from ScancoUnitsLib.core.header import Calibration, ScannerInfo, scaling_in_calibration_text
+from ScancoUnitsLib.formats.isq import VAX_G_MIN_MAGNITUDE
 
 # ---- real files: facts AimIO reads from them (../shared/data/real/README.md) -----------------------
 
@@ -75,7 +75,7 @@ def test_isq_fixtures(real_data):
 
 def test_info_cli_json_and_text(real_data):
     exe = shutil.which("scanco-units", path=os.path.dirname(sys.executable))
-    command = [exe] if exe else [sys.executable, "-m", "ScancoUnitsLib.cli"]  # not installed: from the tree
+    command = [exe] if exe else [sys.executable, "-m", "ScancoUnitsLib.cli.main"]  # not installed: from the tree
     out = subprocess.run([*command, "info", "--json", str(real_data / "CALLUS_1237.AIM")],
                          capture_output=True, text=True, check=True).stdout
     d = json.loads(out)
@@ -377,7 +377,7 @@ def test_slab_iteration_memory_of_1gib_file(tmp_path):
 
 def _single_slice_bin_cmp(path, nx, ny):
     """A one-slice all-background binCmp AIM of nx * ny voxels, written without building the volume."""
-    from ScancoUnitsLib.aim_format import aim_header_bytes
+    from ScancoUnitsLib.formats.aim.format import aim_header_bytes
 
     full, rest = divmod(nx * ny, 254)
     runs = np.full(full + (1 if rest else 0), 255, np.uint8)
@@ -402,7 +402,7 @@ def test_conversion_of_one_huge_slice_has_bounded_memory(tmp_path):
     out = tmp_path / "out"
     script = (
         "import sys\n"
-        "from ScancoUnitsLib import cli\n"
+        "from ScancoUnitsLib.cli import main as cli\n"
         "status = cli.main(['convert', sys.argv[1], '-o', sys.argv[2], '-q'])\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]\n"
         "print(status, hwm)\n"
@@ -436,7 +436,7 @@ def _row_kinds(tmp_path):
 def test_rows_of_a_slice_match_whole_slices(tmp_path):
     """``read_rows`` (the pieces of a slice over the memory budget) gives the rows ``read_slab`` gives,
     for uncompressed, VAX float, binCmp, charCmp, bit8 and bordered compressed data, in any order."""
-    from ScancoUnitsLib.aim_compression import CompressedVoxelDecoder, encode_bin_cmp, encode_bit8
+    from ScancoUnitsLib.formats.aim.compression import CompressedVoxelDecoder, encode_bin_cmp, encode_bit8
 
     for kind, path in _row_kinds(tmp_path).items():
         whole = S.read_volume(path)
@@ -490,9 +490,9 @@ def _outputs_of(folder):
 def test_split_slices_write_the_same_outputs(tmp_path, monkeypatch, formats, compress):
     """With a byte budget below one slice, every format (row pieces, or whole slices put together for
     a writer without them) and the statistics give the files whole slabs give."""
-    from ScancoUnitsLib import engine
-    from ScancoUnitsLib.convert import convert_file
-    from ScancoUnitsLib.thresholds import ThresholdSpec
+    from ScancoUnitsLib.pipeline import engine
+    from ScancoUnitsLib.pipeline.convert import convert_file
+    from ScancoUnitsLib.core.thresholds import ThresholdSpec
 
     if "ome-zarr" in formats:
         pytest.importorskip("zarr")
@@ -518,8 +518,8 @@ def test_split_slices_write_the_same_outputs(tmp_path, monkeypatch, formats, com
 def test_split_slices_fill_target_arrays_and_plain_sinks(tmp_path, monkeypatch):
     """Slicer's path (outputs converted straight into node arrays, plain ``write(z, slab)`` sinks and
     observers): the same arrays with row pieces as with whole slabs, every n-th slice too."""
-    from ScancoUnitsLib import engine
-    from ScancoUnitsLib.engine import EngineOutput, run_engine
+    from ScancoUnitsLib.pipeline import engine
+    from ScancoUnitsLib.pipeline.engine import EngineOutput, run_engine
 
     cal = Calibration(mu_scaling=4096, mu_water_per_cm=0.5, density_slope=350.0, density_intercept=-200.0,
                       density_unit="mg HA/ccm", calibration_type=2)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 
 from ScancoUnitsLib import region_statistics, read_region
-from ScancoUnitsLib.aim_format import write_aim
+from ScancoUnitsLib.formats.aim.format import write_aim
 from ScancoUnitsLib.errors import RequestError, ScancoFormatError
-from ScancoUnitsLib.header import Calibration
-from ScancoUnitsLib.reader import read_header, read_volume
-from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
-from ScancoUnitsLib.units import UnitConverter
+from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.formats.reader import read_header, read_volume
+from ScancoUnitsLib.core.thresholds import ThresholdSpec, resolve_thresholds
+from ScancoUnitsLib.core.units import UnitConverter
 
 from gobj_files import Contour, gobj_bytes
 
@@ -110,13 +110,13 @@ def test_gobj_region_on_scan_grid(tmp_path):
     # slices 60..69 on the scanner grid: 60..63 fall below the scan's first slice (64)
     gobj.write_bytes(gobj_bytes([(z, [contour, hole]) for z in range(60, 70)],
                                 voxel_size_um=tuple(s * 1000 for s in SIZE), dims=(2304, 2304, 168)))
-    from ScancoUnitsLib.gobj_format import read_gobj
+    from ScancoUnitsLib.formats.gobj import read_gobj
 
     contours = read_gobj(gobj)
     expected_region, outside = _on_grid(contours.mask, contours.position_voxels, SCAN_POS, volume.shape)
     assert outside > 0 and expected_region.any()
     result = region_statistics(header, {"CORT": gobj})
-    from ScancoUnitsLib.request import DEFAULT_THRESHOLDS
+    from ScancoUnitsLib.pipeline.request import DEFAULT_THRESHOLDS
 
     resolved = resolve_thresholds(DEFAULT_THRESHOLDS, header.calibration)
     _check(result["CORT"], _reference(volume, header, expected_region,

@@ -14,18 +14,18 @@ import nrrd
 import numpy as np
 import pytest
 
-from ScancoUnitsLib.aim_format import write_aim
-from ScancoUnitsLib.convert import ConversionOptions, convert_file, convert_header
-from ScancoUnitsLib.header import Calibration
-from ScancoUnitsLib.histogram import MAX_ADAPTIVE_BINS, NativeHistogram, histogram_of_file
-from ScancoUnitsLib.isq_format import write_isq
+from ScancoUnitsLib.formats.aim.format import write_aim
+from ScancoUnitsLib.pipeline.convert import ConversionOptions, convert_file, convert_header
+from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.pipeline.histogram import MAX_ADAPTIVE_BINS, NativeHistogram, histogram_of_file
+from ScancoUnitsLib.formats.isq import write_isq
 from ScancoUnitsLib.phantom import PHANTOM_CALIBRATION, write_phantom_isq
-from ScancoUnitsLib.reader import read_header, read_volume
-from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds
+from ScancoUnitsLib.formats.reader import read_header, read_volume
+from ScancoUnitsLib.core.thresholds import ThresholdSpec, resolve_thresholds
 
 pytest.importorskip("matplotlib")
 
-from ScancoUnitsLib.report import REPORT_SIZE_PX, ReportBuilder, ReportUnavailableError  # noqa: E402
+from ScancoUnitsLib.pipeline.report import REPORT_SIZE_PX, ReportBuilder, ReportUnavailableError  # noqa: E402
 
 SHAPE = (32, 96, 96)
 
@@ -273,9 +273,9 @@ def test_missing_matplotlib_names_the_extra_and_writes_nothing(phantom, tmp_path
 def test_report_never_imports_pyplot_and_package_import_stays_light(phantom, tmp_path):
     code = (
         "import sys\n"
-        "import ScancoUnitsLib.report, ScancoUnitsLib.convert\n"
+        "import ScancoUnitsLib.pipeline.report, ScancoUnitsLib.pipeline.convert\n"
         "assert 'matplotlib' not in sys.modules, 'matplotlib imported at package import'\n"
-        f"ScancoUnitsLib.convert.convert_file({str(phantom)!r}, {str(tmp_path)!r}, report=True)\n"
+        f"ScancoUnitsLib.pipeline.convert.convert_file({str(phantom)!r}, {str(tmp_path)!r}, report=True)\n"
         "assert 'matplotlib' in sys.modules\n"
         "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'\n"
     )
@@ -310,7 +310,7 @@ def _figure_of_conversion(path, out_dir, **options):
     metadata = json.loads(outputs["metadata"].read_text())
     header = read_header(path)
     request = ConversionOptions(**options)
-    from ScancoUnitsLib.request import plan_request
+    from ScancoUnitsLib.pipeline.request import plan_request
 
     builder = ReportBuilder(header, request, plan_request(header, request).thresholds)
     builder.observe(0, read_volume(path))

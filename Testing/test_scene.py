@@ -1,4 +1,4 @@
-"""ScancoUnitsLib.scene and the Slicer module, headless with the slicer-core wheel (real MRML nodes).
+"""ScancoUnitsLib.slicer.scene and the Slicer module, headless with the slicer-core wheel (real MRML nodes).
 
 References used here, independent of the code under test:
 * geometry: ITKIOScanco (Testing/oracles.itk_batch, what Slicer's own reader uses), turned into RAS;
@@ -26,11 +26,11 @@ vtk = pytest.importorskip("vtk")
 from vtk.util import numpy_support  # noqa: E402
 
 from ScancoUnitsLib import Calibration, read_header, write_aim, write_isq  # noqa: E402
-from ScancoUnitsLib import scene as lib  # noqa: E402
+from ScancoUnitsLib.slicer import scene as lib  # noqa: E402
 from ScancoUnitsLib.errors import CalibrationMissingError, ScancoFormatError  # noqa: E402
-from ScancoUnitsLib.reader import read_volume  # noqa: E402
-from ScancoUnitsLib.thresholds import ThresholdSpec  # noqa: E402
-from ScancoUnitsLib.units import UnitConverter  # noqa: E402
+from ScancoUnitsLib.formats.reader import read_volume  # noqa: E402
+from ScancoUnitsLib.core.thresholds import ThresholdSpec  # noqa: E402
+from ScancoUnitsLib.core.units import UnitConverter  # noqa: E402
 
 TESTING = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTING))
@@ -120,7 +120,7 @@ def array(node):
 # import hygiene, sniffing, pure geometry
 # ---------------------------------------------------------------------------------------------------
 def test_scene_module_imports_neither_slicer_nor_vtk():
-    code = ("import sys, ScancoUnitsLib.scene as s; "
+    code = ("import sys, ScancoUnitsLib.slicer.scene as s; "
             "bad = [m for m in ('slicer', 'vtk', 'qt', 'ctk') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from ScancoUnitsLib.errors import CalibrationMissingError
-from ScancoUnitsLib.header import Calibration
-from ScancoUnitsLib.slab_kernel import KernelOutput, KernelStats, SlabKernel, numba_available
-from ScancoUnitsLib.thresholds import ThresholdSpec, mask_from_char, resolve_thresholds
-from ScancoUnitsLib.units import UnitConverter
+from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.pipeline.kernels import KernelOutput, KernelStats, SlabKernel, numba_available
+from ScancoUnitsLib.core.thresholds import ThresholdSpec, mask_from_char, resolve_thresholds
+from ScancoUnitsLib.core.units import UnitConverter
 
 CALIBRATIONS = {
     "ucT": Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, density_intercept=-196.6),
@@ -275,9 +275,9 @@ def test_numba_missing_is_a_clear_error(monkeypatch):
 
     monkeypatch.setattr(builtins, "__import__", no_numba)
     monkeypatch.delitem(sys.modules, "numba", raising=False)
-    monkeypatch.delitem(sys.modules, "ScancoUnitsLib.slab_kernel_numba", raising=False)
-    import ScancoUnitsLib
-    monkeypatch.delattr(ScancoUnitsLib, "slab_kernel_numba", raising=False)
+    monkeypatch.delitem(sys.modules, "ScancoUnitsLib.pipeline.kernels_numba", raising=False)
+    import ScancoUnitsLib.pipeline
+    monkeypatch.delattr(ScancoUnitsLib.pipeline, "kernels_numba", raising=False)
     monkeypatch.delenv("SCANCO_UNITS_KERNEL", raising=False)
     cal = CALIBRATIONS["ucT"]
     kernel = SlabKernel(cal, [KernelOutput("mu", "mu", "float32")], native_dtype="int16")
@@ -290,7 +290,7 @@ def test_package_import_does_not_import_numba():
     import subprocess
     import sys
 
-    code = ("import sys, ScancoUnitsLib, ScancoUnitsLib.slab_kernel, ScancoUnitsLib.convert; "
+    code = ("import sys, ScancoUnitsLib, ScancoUnitsLib.pipeline.kernels, ScancoUnitsLib.pipeline.convert; "
             "print('numba' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
@@ -307,8 +307,8 @@ def test_stats_merge_of_empty():
 @pytest.mark.parametrize("backend", BACKENDS + [None])
 def test_engine_statistics_and_histogram(tmp_path, monkeypatch, backend):
     import ScancoUnitsLib as S
-    from ScancoUnitsLib.engine import EngineOutput, run_engine
-    from ScancoUnitsLib.reader import open_voxels, read_header
+    from ScancoUnitsLib.pipeline.engine import EngineOutput, run_engine
+    from ScancoUnitsLib.formats.reader import open_voxels, read_header
 
     if backend is None:  # the engine's own choice: numpy without a histogram
         monkeypatch.delenv("SCANCO_UNITS_KERNEL", raising=False)

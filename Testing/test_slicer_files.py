@@ -3,7 +3,7 @@
 What Slicer's build and the ExtensionsIndex check, checked here without Slicer:
 * top-level CMakeLists.txt: project name, every EXTENSION_* variable, raw URLs that point at files of this
   repository, the module subdirectory;
-* ScancoUnits/CMakeLists.txt: every ScancoUnitsLib/*.py on disk and every file under Resources/ is listed
+* ScancoUnits/CMakeLists.txt: every ScancoUnitsLib/**/*.py on disk and every file under Resources/ is listed
   (a file that is not listed is not installed), every listed file exists (a missing one breaks the build),
   WITH_GENERIC_TESTS and slicer_add_python_unittest;
 * the 128x128 icon; the .ui loads with PySide6 stand-ins for the CTK/qMRML widgets and renders;
@@ -187,7 +187,9 @@ def test_module_cmake_lists_every_lib_file_and_resource(module_cmake):
     commands, variables = module_cmake
     scripts = variables["MODULE_PYTHON_SCRIPTS"]
     resources = variables["MODULE_PYTHON_RESOURCES"]
-    on_disk_lib = sorted(f"ScancoUnitsLib/{p.name}" for p in LIB_DIR.glob("*.py"))
+    on_disk_lib = sorted(f"ScancoUnitsLib/{p.relative_to(LIB_DIR).as_posix()}" for p in LIB_DIR.rglob("*.py")
+                         if "__pycache__" not in p.parts)
+    assert "ScancoUnitsLib/core/header.py" in on_disk_lib  # the sub-packages are found
     assert "ScancoUnitsLib/__init__.py" in on_disk_lib
     missing = [f for f in on_disk_lib if f not in scripts]
     assert not missing, f"ScancoUnits/CMakeLists.txt does not list (so would not install): {missing}"
@@ -376,7 +378,7 @@ def test_panel_ui_loads_and_renders_with_pyside6(tmp_path):
     assert summary["collapsed"]["histogramCollapsibleButton"] is True
     assert summary["collapsed"]["saveMaskCollapsibleButton"] is True
     assert summary["threshold_units"] == ["per mille", "native", "1/cm", "HU", "mg HA/ccm"]
-    from ScancoUnitsLib import quantities
+    from ScancoUnitsLib.core import quantities
 
     # the defaults shown are the library's (the .ui holds no threshold value and no default unit)
     assert (summary["lower_threshold"], summary["upper_threshold"]) == quantities.DEFAULT_THRESHOLDS_PERMILLE
@@ -522,7 +524,7 @@ def test_readme_names_the_licence_and_the_panel_picture():
     assert "Apache License" in licence and "Version 2.0" in licence
     assert re.search(r"Apache License,? (Version )?2\.0", readme), "the README does not name the licence"
     assert "LICENSE.txt" in readme
-    from ScancoUnitsLib import quantities
+    from ScancoUnitsLib.core import quantities
 
     section = readme[readme.index("## Use in 3D Slicer"):]
     section = section[:section.index("\n## ", 5)]

@@ -1,6 +1,6 @@
 """Issue 21: progress and cancel for the reader path, and a memory check before any load.
 
-The memory-fit logic (ScancoUnitsLib.memory_fit) is tested without Slicer; the scene and the file reader
+The memory-fit logic (ScancoUnitsLib.slicer.memory_fit) is tested without Slicer; the scene and the file reader
 with slicer-core and the stand-ins of slicer_module_stubs.py (a recording progress dialog for the reader).
 """
 
@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from ScancoUnitsLib import Calibration, read_header, write_isq
-from ScancoUnitsLib import engine, memory_fit
-from ScancoUnitsLib.memory_fit import InsufficientMemoryError
+from ScancoUnitsLib.pipeline import engine
+from ScancoUnitsLib.slicer import memory_fit
+from ScancoUnitsLib.slicer.memory_fit import InsufficientMemoryError
 
 TESTING = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTING))
@@ -79,7 +80,7 @@ def test_unknown_memory_lets_the_load_through(isq, monkeypatch):
 slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 import slicer_module_stubs  # noqa: E402
-from ScancoUnitsLib import scene as lib  # noqa: E402
+from ScancoUnitsLib.slicer import scene as lib  # noqa: E402
 
 
 def test_scene_refuses_a_load_that_does_not_fit_before_making_nodes(isq, monkeypatch):

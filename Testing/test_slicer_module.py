@@ -5,7 +5,7 @@ stand-ins of Testing/slicer_module_stubs.py (real MRML nodes; no Qt, so the pane
 * the empty-mask segmentation: a named, empty segment (no leaked image copy);
 * the histogram store behind ScancoUnitsLogic.histogramOf: one read with progress and cancel, then reuse;
 * "Save mask as AIM": ScancoUnitsLogic.saveMaskAsAim and ScancoUnitsFileWriter call
-  ScancoUnitsLib.mask_aim.save_mask_as_aim with the right node (a recording stand-in replaces the library
+  ScancoUnitsLib.slicer.mask_aim.save_mask_as_aim with the right node (a recording stand-in replaces the library
   function, which another change provides; a round trip through the real one runs when it is present).
 """
 
@@ -23,9 +23,9 @@ slicer = pytest.importorskip("slicer")
 vtk = pytest.importorskip("vtk")
 
 from ScancoUnitsLib import Calibration, read_header, write_isq  # noqa: E402
-from ScancoUnitsLib import scene as lib  # noqa: E402
-from ScancoUnitsLib.histogram import histogram_of_file  # noqa: E402
-from ScancoUnitsLib.thresholds import ThresholdSpec, resolve_thresholds  # noqa: E402
+from ScancoUnitsLib.slicer import scene as lib  # noqa: E402
+from ScancoUnitsLib.pipeline.histogram import histogram_of_file  # noqa: E402
+from ScancoUnitsLib.core.thresholds import ThresholdSpec, resolve_thresholds  # noqa: E402
 
 TESTING = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTING))
@@ -168,7 +168,7 @@ def test_histogram_read_once_with_progress_then_reused(module, files, monkeypatc
     np.testing.assert_array_equal(histogram.values_and_counts()[1], reference.values_and_counts()[1])
     assert histogram.total == files["volume"].size
     # the second call (and a new header object of the same file) reads nothing
-    import ScancoUnitsLib.reader as reader_module
+    import ScancoUnitsLib.formats.reader as reader_module
 
     monkeypatch.setattr(reader_module, "open_voxels", lambda *a, **k: pytest.fail("read the file again"))
     assert logic.histogramOf(read_header(files["isq"])) is histogram
@@ -208,7 +208,7 @@ def test_histogram_cancel_stores_nothing_and_record_is_used(module, files, tmp_p
 # ---------------------------------------------------------------------------------------------------
 @pytest.fixture
 def fake_mask_aim(monkeypatch):
-    """A recording stand-in for ScancoUnitsLib.mask_aim.save_mask_as_aim."""
+    """A recording stand-in for ScancoUnitsLib.slicer.mask_aim.save_mask_as_aim."""
     calls = []
 
     def save_mask_as_aim(node, path, *, source=None, segment_id=None, overwrite=False):
@@ -219,9 +219,9 @@ def fake_mask_aim(monkeypatch):
         Path(path).write_bytes(b"AIM")
         return Path(path)
 
-    fake = types.ModuleType("ScancoUnitsLib.mask_aim")
+    fake = types.ModuleType("ScancoUnitsLib.slicer.mask_aim")
     fake.save_mask_as_aim = save_mask_as_aim
-    monkeypatch.setitem(sys.modules, "ScancoUnitsLib.mask_aim", fake)
+    monkeypatch.setitem(sys.modules, "ScancoUnitsLib.slicer.mask_aim", fake)
     save_mask_as_aim.calls = calls
     return save_mask_as_aim
 
@@ -265,7 +265,7 @@ def test_logic_save_mask_as_aim_calls_the_library(module, files, fake_mask_aim, 
 
 
 def test_logic_save_mask_as_aim_without_the_library_says_so(module, monkeypatch, tmp_path):
-    monkeypatch.setitem(sys.modules, "ScancoUnitsLib.mask_aim", None)   # import fails
+    monkeypatch.setitem(sys.modules, "ScancoUnitsLib.slicer.mask_aim", None)   # import fails
     node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
     with pytest.raises(RuntimeError, match="mask_aim"):
         module.ScancoUnitsLogic().saveMaskAsAim(node, str(tmp_path / "x.aim"))
@@ -362,9 +362,9 @@ def test_file_writer_segments_and_errors(module, fake_mask_aim, tmp_path):
 
 
 def test_save_mask_as_aim_round_trip_with_the_library(module, files, tmp_path):
-    """Load -> edit the labelmap -> Save mask as AIM -> read back (runs once ScancoUnitsLib.mask_aim exists)."""
-    pytest.importorskip("ScancoUnitsLib.mask_aim")
-    from ScancoUnitsLib.reader import read_volume
+    """Load -> edit the labelmap -> Save mask as AIM -> read back (runs once ScancoUnitsLib.slicer.mask_aim exists)."""
+    pytest.importorskip("ScancoUnitsLib.slicer.mask_aim")
+    from ScancoUnitsLib.formats.reader import read_volume
 
     logic = module.ScancoUnitsLogic()
     nodes = logic.loadScan(str(files["isq"]), outputs=["mask_labelmap"])
@@ -381,9 +381,9 @@ def test_save_mask_as_aim_round_trip_with_the_library(module, files, tmp_path):
 def test_confirmed_overwrite_replaces_the_file_and_never_the_source(module, files, tmp_path):
     """After the user confirmed (panel file dialog, Save Data) the existing AIM is replaced atomically;
     a scripted call without overwrite refuses; the source scan is never replaced."""
-    pytest.importorskip("ScancoUnitsLib.mask_aim")
+    pytest.importorskip("ScancoUnitsLib.slicer.mask_aim")
     from ScancoUnitsLib.errors import ScancoError
-    from ScancoUnitsLib.reader import read_volume
+    from ScancoUnitsLib.formats.reader import read_volume
 
     logic = module.ScancoUnitsLogic()
     nodes = logic.loadScan(str(files["isq"]), outputs=["mask_labelmap"])
@@ -439,7 +439,8 @@ def test_file_writer_holds_no_node_of_the_main_scene(module, fake_mask_aim, tmp_
 def test_histogram_read_uses_the_engines_slab(module, tmp_path, monkeypatch):
     """Issue 21: the histogram is read in the engine's slabs (about 1 Mi voxels), not 16 whole slices
     (hundreds of MB on 4k x 4k slices)."""
-    from ScancoUnitsLib import engine, reader as reader_module
+    from ScancoUnitsLib.pipeline import engine
+    from ScancoUnitsLib.formats import reader as reader_module
 
     volume = np.random.default_rng(8).integers(0, 9000, size=(10, 512, 512)).astype(np.int16)
     path = write_isq(tmp_path / "wide.isq", volume, voxel_size_mm=SIZE_MM, calibration=CAL)

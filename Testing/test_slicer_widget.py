@@ -265,7 +265,7 @@ def test_show_histogram_reads_once_with_progress(harness, scan, monkeypatch):
     chart, table, series = harness.widget._chart
     assert all(s.IsXColumnRequired() for s in series.values())
     # again: from the store, no dialog, no read
-    import ScancoUnitsLib.reader as reader_module
+    import ScancoUnitsLib.formats.reader as reader_module
 
     monkeypatch.setattr(reader_module, "open_voxels", lambda *a, **k: pytest.fail("read the file again"))
     harness.widget.onShowHistogram()
@@ -274,7 +274,7 @@ def test_show_histogram_reads_once_with_progress(harness, scan, monkeypatch):
     # moving a threshold moves the lines
     harness.p.lowerThreshold = 300.0
     harness.widget.updateGUIFromParameterNode()
-    from ScancoUnitsLib.histogram_chart import threshold_lines
+    from ScancoUnitsLib.slicer.histogram_chart import threshold_lines
 
     resolved = harness.widget._resolvedThresholds()
     assert threshold_lines(harness.widget._chart[1]) == resolved.values["hu"]
@@ -282,7 +282,7 @@ def test_show_histogram_reads_once_with_progress(harness, scan, monkeypatch):
 
 def test_save_mask_as_aim_passes_node_and_segment(harness, scan, monkeypatch, tmp_path):
     calls = []
-    fake = types.ModuleType("ScancoUnitsLib.mask_aim")
+    fake = types.ModuleType("ScancoUnitsLib.slicer.mask_aim")
 
     def save_mask_as_aim(node, path, *, source=None, segment_id=None, overwrite=False):
         assert overwrite is True   # the file dialog asked before returning an existing name
@@ -290,7 +290,7 @@ def test_save_mask_as_aim_passes_node_and_segment(harness, scan, monkeypatch, tm
         return Path(path)
 
     fake.save_mask_as_aim = save_mask_as_aim
-    monkeypatch.setitem(sys.modules, "ScancoUnitsLib.mask_aim", fake)
+    monkeypatch.setitem(sys.modules, "ScancoUnitsLib.slicer.mask_aim", fake)
     ui = harness.ui
     harness.widget.onMaskNodeChanged(None)
     assert not ui.saveMaskAsAimButton.enabled
@@ -422,7 +422,7 @@ def test_histogram_and_save_failures_are_one_error_dialog(harness, scan, tmp_pat
 def test_apply_refuses_a_load_that_does_not_fit_in_memory(harness, scan, monkeypatch):
     """Nodes needing more than the memory available: refused before anything is read, with the figures and
     the ways out; with every n-th voxel the same load goes through."""
-    from ScancoUnitsLib import memory_fit
+    from ScancoUnitsLib.slicer import memory_fit
 
     volume_voxels = scan["volume"].size
     monkeypatch.setattr(memory_fit, "available_memory_bytes", lambda: volume_voxels * 2)   # < 8 bytes a voxel
@@ -444,7 +444,7 @@ def test_apply_refuses_a_load_that_does_not_fit_in_memory(harness, scan, monkeyp
 def test_panel_takes_the_library_defaults(monkeypatch):
     """A changed library default (thresholds, density unit) moves the panel: a new parameter node takes the
     library's values when it is made, not literals of the module file; a saved node keeps its own."""
-    from ScancoUnitsLib import quantities
+    from ScancoUnitsLib.core import quantities
 
     module = slicer_module_stubs.load_scanco_units_module()
     slicer_module_stubs.new_scene()
@@ -467,7 +467,7 @@ def test_panel_takes_the_library_defaults(monkeypatch):
 
 
 def test_logic_default_density_unit_is_the_librarys(monkeypatch, tmp_path):
-    from ScancoUnitsLib import quantities
+    from ScancoUnitsLib.core import quantities
 
     module = slicer_module_stubs.load_scanco_units_module()
     slicer_module_stubs.new_scene()

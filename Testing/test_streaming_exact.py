@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib.convert import ConversionOptions, convert_file
-from ScancoUnitsLib.header import Calibration
-from ScancoUnitsLib.thresholds import ThresholdSpec
+from ScancoUnitsLib.pipeline.convert import ConversionOptions, convert_file
+from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.core.thresholds import ThresholdSpec
 
 MICRO_CT = Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, density_intercept=-196.6,
                        density_unit="mg HA/ccm", calibration_type=2, calibration_text="70 kVp")
@@ -124,7 +124,8 @@ def test_isq_streaming_equals_whole_volume_reference(tmp_path, cal, variant):
 
 def test_slabs_larger_than_the_converters_chunks(tmp_path):
     """Slabs of several chunks: the lookup-table and mask code work in chunks inside a slab."""
-    from ScancoUnitsLib import thresholds, units
+    from ScancoUnitsLib.core import thresholds
+    from ScancoUnitsLib.core import units
 
     vol = _volume((5, 400, 1000), seed=2)
     assert 3 * 400 * 1000 > max(units._CHUNK_VOXELS, thresholds._MASK_CHUNK_VOXELS)

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ScancoUnitsLib import thresholds
+from ScancoUnitsLib.core import thresholds
 from ScancoUnitsLib.errors import CalibrationMissingError
-from ScancoUnitsLib.header import Calibration
-from ScancoUnitsLib.thresholds import (ThresholdSpec, mask_from_char, permille_to_native,
+from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.core.thresholds import (ThresholdSpec, mask_from_char, permille_to_native,
                                        resolve_thresholds)
 
 XCT2 = Calibration(mu_scaling=8192, mu_water_per_cm=0.2409, density_slope=1603.51904,
@@ -292,7 +292,7 @@ def test_threshold_in_any_unit_round_trips_to_same_native(cal, native, unit):
 
 # ---- char (mask) AIMs with the thresholds of a study (issue 20) ----------------------------------
 def _cli(capsys, *argv):
-    from ScancoUnitsLib import cli
+    from ScancoUnitsLib.cli import main as cli
 
     try:
         status = cli.main([str(a) for a in argv])
@@ -304,7 +304,7 @@ def _cli(capsys, *argv):
 
 @pytest.fixture()
 def quiet_cli(monkeypatch):
-    from ScancoUnitsLib import atomic_output
+    from ScancoUnitsLib.io import transaction as atomic_output
 
     monkeypatch.setattr(atomic_output, "install_signal_cleanup", lambda *a, **k: {})
 
@@ -314,7 +314,7 @@ def test_real_char_aim_with_study_thresholds_gives_its_mask_and_a_note(real_data
     defined for char ...)'. Now: its non-zero voxels, and the thresholds recorded as not applied."""
     nrrd = pytest.importorskip("nrrd")
 
-    from ScancoUnitsLib.reader import read_volume
+    from ScancoUnitsLib.formats.reader import read_volume
 
     seg = real_data / "TRAB_1240_SEG.AIM"
     status, out, err = _cli(capsys, "convert", seg, real_data / "CALLUS_1237.AIM", "-o", tmp_path,
@@ -336,8 +336,8 @@ def test_real_char_aim_with_study_thresholds_gives_its_mask_and_a_note(real_data
 
 def test_char_aim_plans_its_mask_for_slicer_with_any_thresholds(tmp_path):
     from ScancoUnitsLib import write_aim
-    from ScancoUnitsLib.reader import read_header
-    from ScancoUnitsLib.request import ConversionRequest, plan_request
+    from ScancoUnitsLib.formats.reader import read_header
+    from ScancoUnitsLib.pipeline.request import ConversionRequest, plan_request
 
     path = write_aim(tmp_path / "seg.aim", np.array([[[0, 127, 0, 1]]], np.int8), voxel_size_mm=(0.06,) * 3)
     for spec in (ThresholdSpec(120, 1000), ThresholdSpec(3000, 32767, "native"), ThresholdSpec(0.4, 3, "g/cc")):
@@ -351,8 +351,8 @@ def test_char_aim_plans_its_mask_for_slicer_with_any_thresholds(tmp_path):
 
 def test_real_char_aim_loads_into_a_scene_with_thresholds(real_data):
     slicer = pytest.importorskip("slicer")
-    from ScancoUnitsLib.reader import read_volume
-    from ScancoUnitsLib.scene import load_scan_into_scene
+    from ScancoUnitsLib.formats.reader import read_volume
+    from ScancoUnitsLib.slicer.scene import load_scan_into_scene
     from vtk.util import numpy_support
 
     scene = slicer.vtkMRMLScene()

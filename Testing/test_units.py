@@ -7,10 +7,10 @@ import struct
 import numpy as np
 import pytest
 
-from ScancoUnitsLib import units
+from ScancoUnitsLib.core import units
 from ScancoUnitsLib.errors import CalibrationMissingError
-from ScancoUnitsLib.header import Calibration
-from ScancoUnitsLib.units import UnitConverter, describe_calibration
+from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.core.units import UnitConverter, describe_calibration
 
 CALIBRATIONS = {
     # XtremeCT II (Bonelab IPL log)

@@ -90,7 +90,7 @@ def write_input_isq(path: Path, nbytes: int) -> tuple:
     """A phantom ISQ of about *nbytes* of voxel data (1024 x 1024 int16 slices); returns shape_zyx."""
     import numpy as np
 
-    from ScancoUnitsLib.isq_format import IsqWriter
+    from ScancoUnitsLib.formats.isq import IsqWriter
     from ScancoUnitsLib.phantom import PHANTOM_CALIBRATION, PHANTOM_SCANNER, phantom_slabs
 
     ny, nx = SLICE_YX
@@ -259,7 +259,7 @@ def run_ours(isq: Path, out: Path, logs: Path, compress: bool, kernel: str = Non
     """``kernel``: "numpy" or "numba" (SCANCO_UNITS_KERNEL), None for the engine's own choice;
     ``fsync=False``: with --no-fsync (the files are not waited for before the metadata is placed)."""
     prepare(out, isq, cold)
-    cmd = python_child(["-m", "ScancoUnitsLib.cli", "convert", str(isq), "-o", str(out), "-q"])
+    cmd = python_child(["-m", "ScancoUnitsLib.cli.main", "convert", str(isq), "-o", str(out), "-q"])
     name = {"numpy": "ours numpy", "numba": "ours fast"}.get(kernel, "ours")
     if compress:
         cmd.append("--compress")

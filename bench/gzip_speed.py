@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "ScancoUnits"))
 
-from ScancoUnitsLib.nrrd_writer import NrrdVolumeWriter, gzip_backend  # noqa: E402
+from ScancoUnitsLib.formats.nrrd import NrrdVolumeWriter, gzip_backend  # noqa: E402
 
 
 def make_volume(total_bytes: int, dtype: str, seed: int = 0) -> np.ndarray:

@@ -58,7 +58,7 @@ if case == "itk":
     own = itk.array_view_from_image(image).nbytes
 else:
     import slicer
-    from ScancoUnitsLib.scene import load_scan_into_scene, remove_loaded_nodes
+    from ScancoUnitsLib.slicer.scene import load_scan_into_scene, remove_loaded_nodes
     from vtk.util import numpy_support
     scene = slicer.vtkMRMLScene()
     outputs = ["hu"] if case == "hu" else None
@@ -97,7 +97,7 @@ def write_warmup_isq(path: Path) -> None:
     """A small ISQ (64 x 64 x 8) with the big file's calibration, for the warm-up read of both sides."""
     import numpy as np
 
-    from ScancoUnitsLib.isq_format import IsqWriter
+    from ScancoUnitsLib.formats.isq import IsqWriter
     from ScancoUnitsLib.phantom import PHANTOM_CALIBRATION, PHANTOM_SCANNER
 
     volume = np.random.default_rng(1).integers(0, 20000, size=(8, 64, 64)).astype(np.int16)

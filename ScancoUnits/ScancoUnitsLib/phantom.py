@@ -12,7 +12,7 @@ from typing import Iterator, List, Tuple
 
 import numpy as np
 
-from .header import Calibration, ScannerInfo
+from .core.header import Calibration, ScannerInfo
 
 # A µCT-like calibration (70 kVp, mu_scaling 4096), as in SCANCO µCT headers.
 PHANTOM_CALIBRATION = Calibration(
@@ -93,7 +93,7 @@ def rod_measurement_masks(ny: int, nx: int, erode_voxels: float = 1.5) -> List[T
 
 
 def write_phantom_isq(path, shape_zyx=(96, 256, 256), voxel_size_mm=0.02, seed: int = 1) -> str:
-    from .isq_format import IsqWriter
+    from .formats.isq import IsqWriter
 
     nz, ny, nx = shape_zyx
     with IsqWriter(path, (nx, ny, nz), voxel_size_mm=(voxel_size_mm,) * 3, calibration=PHANTOM_CALIBRATION,

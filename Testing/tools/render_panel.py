@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         path, header = _example_header(Path(tmp))
         filled = header is not None
         if filled:
-            from ScancoUnitsLib import scene
+            from ScancoUnitsLib.slicer import scene
 
             widget.findChild(standins.ctkPathLineEdit, "inputFileSelector").currentPath = \
                 "/data/XtremeCT/C0004255.ISQ"
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
             label.setText(warning)
             label.setVisible(bool(warning))
             # the panel's defaults come from the library (the .ui holds none), as the module's parameter node
-            from ScancoUnitsLib import quantities
+            from ScancoUnitsLib.core import quantities
 
             low, high = quantities.DEFAULT_THRESHOLDS_PERMILLE
             widget.findChild(QtWidgets.QDoubleSpinBox, "lowerThresholdSpinBox").setValue(low)

@@ -1,0 +1,1 @@
+"""Many files: discovery, worker processes, skip-existing, summaries, Dask."""

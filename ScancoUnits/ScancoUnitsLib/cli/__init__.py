@@ -1,0 +1,1 @@
+"""The ``scanco-units`` command line: argument parsing, exit codes, info, convert, demo."""

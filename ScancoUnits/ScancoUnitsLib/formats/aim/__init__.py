@@ -1,0 +1,1 @@
+"""The AIM format: header and log, compressed voxel streams, the writer."""

@@ -1,0 +1,1 @@
+"""Output storage: the all-or-nothing output transaction, partial-file sweeping, parallel gzip."""

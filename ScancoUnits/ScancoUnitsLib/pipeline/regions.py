@@ -1,0 +1,228 @@
+"""Regions in a conversion: the ``--roi``/``--roi-pattern`` request fields, the region statistics
+observer in the conversion's one pass, ``--outputs roi`` files and the metadata/summary columns.
+
+The hooks elsewhere stay a few lines each: :func:`add_region_arguments` and
+:func:`region_request_values` (request.py), :class:`ConversionRegions` (convert.py),
+:func:`region_columns` (batch_summary.py).
+
+* ``--roi NAME=PATH``: the file PATH (relative to the working folder) for every input;
+* ``--roi-pattern 'NAME={stem}_TRAB_MASK.AIM'``: a path relative to each input's folder, ``{stem}``
+  = the input's name without extension and VMS version (``{name}``: the whole file name);
+* a region file that does not exist fails that input (one line), or, with ``--roi-optional``, is left
+  out with a warning in the metadata.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..errors import RequestError
+from ..core.header import ScancoHeader
+from .region_measures import REGION_FIELDS, RegionStatisticsObserver
+from ..formats.regions import PlacedRegion, read_region
+
+#: the ``--outputs`` role that writes each region on the scan's grid
+ROI_ROLE = "roi"
+#: file name of a region written on the scan grid: <stem>_roi_<NAME><format suffix>
+ROI_SUFFIX = "_roi_{name}"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class RegionSource:
+    """Where one region comes from: ``path`` a plain path, or (``pattern``) a template relative to
+    each input's folder with ``{stem}`` and ``{name}``."""
+    name: str
+    path: str
+    pattern: bool = False
+
+    def path_for(self, scan_path: str) -> Path:
+        if not self.pattern:
+            return Path(self.path)
+        scan = Path(scan_path)
+        name = re.sub(r";\d*$", "", scan.name)
+        stem, dot, _ = name.rpartition(".")
+        return scan.parent / self.path.format(stem=stem if dot and stem else name, name=scan.name)
+
+
+def parse_region_argument(text: str, pattern: bool = False) -> RegionSource:
+    """``NAME=PATH`` -> :class:`RegionSource` (ValueError with the rule otherwise)."""
+    name, sep, path = str(text).partition("=")
+    name = name.strip()
+    option = "--roi-pattern" if pattern else "--roi"
+    if not sep or not path or not _NAME.match(name):
+        raise ValueError(f"{option} {text!r}: expected NAME=PATH with NAME a letter then letters, digits or _ "
+                         "(e.g. TRAB=scan_TRAB_MASK.AIM)")
+    if pattern:
+        try:
+            path.format(stem="x", name="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"--roi-pattern {text!r}: only {{stem}} and {{name}} may be used ({exc})") from None
+    else:
+        path = os.path.abspath(path)
+    return RegionSource(name, path, pattern)
+
+
+def region_sources(values) -> Tuple[RegionSource, ...]:
+    """Normalise ``ConversionRequest.regions``: RegionSource, ``"NAME=PATH"`` or (name, path) items."""
+    out: List[RegionSource] = []
+    for value in values or ():
+        if isinstance(value, RegionSource):
+            out.append(value)
+        elif isinstance(value, str):
+            out.append(parse_region_argument(value))
+        else:
+            name, path = value
+            out.append(parse_region_argument(f"{name}={os.fspath(path)}"))
+    names = [s.name for s in out]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"region name(s) given twice: {', '.join(duplicates)}")
+    return tuple(out)
+
+
+def split_roi_role(outputs):
+    """(outputs without ``roi``, whether ``roi`` was asked for); outputs None stays None."""
+    if outputs is None:
+        return None, False
+    parts = outputs.replace(",", " ").split() if isinstance(outputs, str) else list(outputs)
+    kept = [p for p in parts if str(p).strip().lower() != ROI_ROLE]
+    if len(kept) == len(parts):
+        return outputs, False
+    return (tuple(kept) or None), True
+
+
+# ---- command line -------------------------------------------------------------------------------
+def add_region_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--roi", action="append", default=[], metavar="NAME=PATH",
+                   help="a region (char mask AIM or GOBJ, placed by its position): per-region vBMD, BV/TV, TMD "
+                        "in the statistics; repeatable")
+    p.add_argument("--roi-pattern", action="append", default=[], metavar="NAME=PATTERN",
+                   help="a region beside each input, e.g. 'TRAB={stem}_TRAB_MASK.AIM' ({stem}: the input's name "
+                        "without extension)")
+    p.add_argument("--roi-optional", action="store_true",
+                   help="an input whose region file is missing is converted without it (warning) instead of failing")
+
+
+def region_request_values(args) -> dict:
+    """The request fields the region options give (empty when none was used)."""
+    sources = [parse_region_argument(t) for t in getattr(args, "roi", None) or []]
+    sources += [parse_region_argument(t, pattern=True) for t in getattr(args, "roi_pattern", None) or []]
+    values = {}
+    if sources:
+        values["regions"] = region_sources(sources)
+        values["statistics"] = True
+    if getattr(args, "roi_optional", False):
+        values["regions_optional"] = True
+    return values
+
+
+# ---- one conversion -----------------------------------------------------------------------------
+class ConversionRegions:
+    """The regions of one conversion: placed (or refused) before any output is written; their
+    observer joins the engine's pass; :meth:`write_files` writes ``--outputs roi``."""
+
+    def __init__(self, header: ScancoHeader, request, plan, out_dir: Path, stem: str):
+        self.header = header
+        self.request = request
+        self.warnings: List[str] = []
+        self.skipped: Dict[str, str] = {}
+        placed: List[PlacedRegion] = []
+        for source in region_sources(getattr(request, "regions", ())):
+            path = source.path_for(header.path)
+            if not path.exists():
+                if getattr(request, "regions_optional", False):
+                    self.skipped[source.name] = str(path)
+                    self.warnings.append(f"{header.path}: region {source.name}: {path} does not exist; left out "
+                                         "(--roi-optional)")
+                    continue
+                raise RequestError(header.path, f"region {source.name}: {path} does not exist "
+                                                "(--roi-optional converts without it)")
+            region = read_region(path, like=header, name=source.name)
+            if region.outside_voxels:
+                self.warnings.append(f"{path}: region {source.name}: {region.outside_voxels} of its "
+                                     f"{region.voxels + region.outside_voxels} voxels lie outside the scan "
+                                     f"{os.path.basename(header.path)} and are left out")
+            placed.append(region)
+        self.regions = tuple(placed)
+        self.observer = RegionStatisticsObserver(header, self.regions, plan.thresholds) if self.regions else None
+        self.files = self._plan_files(plan, out_dir, stem) if getattr(request, "region_files", False) else []
+
+    @property
+    def active(self) -> bool:
+        return bool(self.regions) or bool(self.skipped)
+
+    @property
+    def paths(self) -> List[Path]:
+        return [p for _, _, paths in self.files for p in paths]
+
+    def _plan_files(self, plan, out_dir: Path, stem: str):
+        from ..formats.writers import VolumeSpec, get_format
+
+        files = []
+        for region in self.regions:
+            for fmt_name in self.request.formats:
+                fmt = get_format(fmt_name)
+                if not fmt.accepts("mask"):
+                    raise RequestError(self.header.path, f"a region cannot be written as {fmt_name}")
+                description = f"region {region.name} on the scan grid (from {os.path.basename(region.path)})"
+                spec = VolumeSpec(base_path=out_dir / f"{stem}{ROI_SUFFIX.format(name=region.name)}",
+                                  shape_zyx=self.header.shape_zyx, dtype=__import__("numpy").dtype("uint8"),
+                                  spacing_mm=tuple(self.header.voxel_size_mm), origin_mm=tuple(self.header.origin_mm),
+                                  quantity="mask", unit_label="", description=description,
+                                  key_values={"ScancoUnits_quantity": description,
+                                              "ScancoUnits_region_file": region.path,
+                                              "ScancoUnits_region_offset_voxels": " ".join(map(str, region.offset_voxels))},
+                                  source=self.header, derivation=(f"region {region.name}: {region.path} placed by "
+                                                                  f"position, offset {list(region.offset_voxels)} "
+                                                                  "voxels, not resampled",),
+                                  compress=self.request.compress, detached=self.request.detached,
+                                  threads=self.request.threads)
+                files.append((region, fmt, spec, fmt.paths(spec)))
+        return [(r, (fmt, spec), paths) for r, fmt, spec, paths in files]
+
+    def write_files(self, output_set, slab_slices: int = 32) -> Dict[str, Path]:
+        written = {}
+        z_total = self.header.shape_zyx[0]
+        for region, (fmt, spec), paths in self.files:
+            writer = fmt.open(spec, output_set)
+            for z0 in range(0, z_total, slab_slices):
+                writer.write_slab(region.slab_mask(z0, min(z_total, z0 + slab_slices)))
+            writer.close()
+            key = f"roi_{region.name}" if fmt.name == self.request.formats[0] else \
+                f"roi_{region.name}_{fmt.name.replace('-', '_')}"
+            written[key] = paths[0]
+        return written
+
+    def metadata(self) -> Optional[dict]:
+        if not self.active:
+            return None
+        out = self.observer.result().to_dict() if self.observer is not None else {"regions": {}}
+        for region in self.regions:
+            out["regions"][region.name]["files_on_scan_grid"] = [
+                p.name for r, _, paths in self.files if r is region for p in paths]
+        out["skipped"] = dict(self.skipped)
+        out["placement"] = ("by position: offset = region position - scan position in whole voxels of the same "
+                            "element size; never resampled; the part outside the scan is left out and counted")
+        return out
+
+
+def region_columns(metadata: Optional[dict]) -> Dict[str, object]:
+    """Summary-CSV columns ``<region>_<field>`` from a ``_metadata.json`` dictionary."""
+    regions = ((metadata or {}).get("regions") or {}).get("regions") or {}
+    return {f"{name}_{field}": values.get(field) for name, values in regions.items() for field in REGION_FIELDS}
+
+
+def summary_region_columns(results: Sequence) -> List[str]:
+    """The region columns of a batch's results, in first-seen order."""
+    names: Dict[str, None] = {}
+    for result in results:
+        for key in (getattr(result, "facts", None) or {}):
+            if key.endswith(tuple(f"_{f}" for f in REGION_FIELDS)) and key not in names:
+                names[key] = None
+    return list(names)

@@ -1,0 +1,488 @@
+"""One request: what to make of a SCANCO file, with one set of defaults and one set of rules.
+
+The command line, :func:`~ScancoUnitsLib.pipeline.convert.convert_file`, :func:`~ScancoUnitsLib.slicer.scene.load_scan_into_scene`,
+the Slicer logic and the Slicer file reader's properties all build a :class:`ConversionRequest`, and
+:func:`plan_request` turns it into the outputs of one file (a :class:`RequestPlan`). They cannot
+disagree: the defaults (the seed notebook's: HU, density in g/cc, mask 250-1000 per mille), the
+rules for char and float AIMs and uncalibrated files, and the messages live here.
+
+Rules (``plan_request``):
+
+* Grey-value (integer) files: ``outputs=None`` gives HU, density and the mask (Slicer adds the
+  segmentation). When the calibration cannot give HU or density, the file is refused, on the command
+  line and in Slicer alike (a batch must not silently change what it writes for one file; the message
+  names the missing fields and the outputs that still work). Slicer's drop asks for native values
+  of such a file explicitly (``scene.reader_options_from_properties``).
+* A char file (int8/uint8: a SCANCO mask) is a mask: its mask is its non-zero voxels unless
+  thresholds are given explicitly; by default it gives that mask (Slicer: also the native values).
+* A float file holds values IPL already converted: written or loaded as stored, never rescaled.
+* Explicit outputs are strict everywhere: HU, density or µ of a char or float file, or of a file
+  without the calibration they need, is a :class:`~ScancoUnitsLib.errors.RequestError` /
+  :class:`~ScancoUnitsLib.errors.CalibrationMissingError` naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import asdict, dataclass, replace
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .regions import add_region_arguments, region_request_values
+from ..errors import CalibrationMissingError, RequestError
+from ..core.header import ScancoHeader
+from ..core.option_names import option_name, outputs_phrase, value_phrase
+from ..core.quantities import (
+    CALIBRATED_ROLES,
+    DEFAULT_DENSITY_UNIT,
+    DEFAULT_FILE_ROLES,
+    DEFAULT_HU_DTYPE,
+    DEFAULT_NODE_ROLES,
+    DEFAULT_THRESHOLDS_PERMILLE,
+    DENSITY_UNITS,
+    FILE_ROLE_OF_NODE_ROLE,
+    FILE_ROLES,
+    HU_DTYPES,
+    NODE_ROLES,
+    QUANTITIES,
+    ROLE_ALIASES,
+    THRESHOLD_UNITS,
+    canonical_density_unit,
+    output_dtype,
+    role_quantity,
+    threshold_unit_label,
+)
+from ..core.thresholds import PERMILLE_REFERENCES, ResolvedThresholds, ThresholdSpec, resolve_thresholds
+from ..core.units import UnitConverter
+from ..formats.writers import DEFAULT_FORMAT, FORMAT_NAMES, get_format
+
+DEFAULT_THRESHOLDS = ThresholdSpec(*DEFAULT_THRESHOLDS_PERMILLE, unit="permille")
+
+
+def threshold_spec_from(thresholds=None) -> ThresholdSpec:
+    """A :class:`ThresholdSpec` from None (250..1000 per mille), a spec, ``(low, high)`` (per mille),
+    ``(low, high, unit)``, a dict with low/high/unit or the text ``"low high [unit]"``."""
+    if thresholds is None:
+        return DEFAULT_THRESHOLDS
+    if isinstance(thresholds, ThresholdSpec):
+        return thresholds
+    if isinstance(thresholds, dict):
+        return ThresholdSpec(**thresholds)
+    if isinstance(thresholds, str):
+        parts = thresholds.replace(",", " ").split()
+        if len(parts) not in (2, 3):
+            raise ValueError(f"thresholds text must be 'low high [unit]', got {thresholds!r}")
+        try:
+            numbers = [float(p) for p in parts[:2]]
+        except ValueError:
+            raise ValueError(f"thresholds text must be 'low high [unit]', got {thresholds!r}") from None
+        return ThresholdSpec(numbers[0], numbers[1], *(parts[2:] or ["permille"]))
+    try:
+        items = tuple(thresholds)
+    except TypeError:
+        raise ValueError(f"cannot make thresholds from {thresholds!r}") from None
+    if len(items) not in (2, 3):
+        raise ValueError(f"thresholds must be (low, high) or (low, high, unit), got {thresholds!r}")
+    return ThresholdSpec(*items) if len(items) == 3 else ThresholdSpec(items[0], items[1], "permille")
+
+
+def normalise_roles(outputs, allowed: Sequence[str], *, strict: bool = False) -> Tuple[str, ...]:
+    """Roles from a list or a comma/space separated string, aliases resolved, in ``allowed`` order;
+    ValueError naming unknown ones. ``strict`` (what a user typed: the command line and the Python
+    API's ``outputs``): an empty item (``",hu"``, ``"hu,,mask"``) or a role named twice (``"hu,hu"``,
+    ``"density,rho"``) is a ValueError too; otherwise duplicates are dropped."""
+    if isinstance(outputs, str):
+        text = outputs
+        outputs = [part for part in outputs.replace(",", " ").split() if part]
+        if strict and (any(not part.strip() for part in text.split(",")) or not outputs):
+            raise ValueError(f"{option_name('outputs')} {text!r} has an empty item; name each output once, "
+                             f"separated by commas: {', '.join(allowed)}")
+    result = []
+    for given in outputs:
+        role = ROLE_ALIASES.get(str(given).lower(), str(given).lower())
+        if role == "mask" and "mask" not in allowed:
+            role = "mask_labelmap"
+        if role not in allowed:
+            raise ValueError(f"unknown output {role!r}; choose from {', '.join(allowed)}")
+        if role in result and strict:
+            raise ValueError(f"{option_name('outputs')}: {role} is named twice; name each output once")
+        if role not in result:
+            result.append(role)
+    if not result:
+        raise ValueError(f"no output selected; choose from {', '.join(allowed)}")
+    return tuple(r for r in allowed if r in result)
+
+
+@dataclass(frozen=True)
+class ConversionRequest:
+    """What to make of a file. Defaults follow the seed notebook: HU, density in g/cc, 250-1000 per
+    mille mask.
+
+    ``outputs``: file roles (hu, density, mask, mu, native); None = the default set for this file
+    (see the module rules). ``thresholds``: a :class:`ThresholdSpec` (anything
+    :func:`threshold_spec_from` takes; None = the default 250-1000 per mille, which for a char file
+    means its non-zero voxels). ``density_unit``: "g/cc" or "mgHA/ccm" (other spellings
+    are accepted and made canonical). The rest says how files are written.
+    """
+
+    outputs: Optional[Tuple[str, ...]] = None
+    thresholds: ThresholdSpec = DEFAULT_THRESHOLDS
+    density_unit: str = DEFAULT_DENSITY_UNIT
+    hu_dtype: str = DEFAULT_HU_DTYPE
+    formats: Tuple[str, ...] = (DEFAULT_FORMAT,)
+    compress: bool = False                  # gzip NRRD / .nii.gz
+    detached: bool = False                  # .nhdr + .raw
+    overwrite: bool = False
+    slab_slices: Optional[int] = None       # None: about 1 Mi voxels a slab
+    threads: int = 2                        # gzip threads per output
+    output_stem: Optional[str] = None       # default: input name without extension and ;N
+    report: bool = False                    # QC picture <stem>_report.png (needs matplotlib)
+    statistics: bool = False                # per-scan statistics in _metadata.json (exact, one pass)
+    fsync: bool = True                      # files and folder on disk before the metadata (commit record)
+    regions: tuple = ()                     # RegionSource / "NAME=PATH" / (name, path): per-region statistics
+    regions_optional: bool = False          # a missing region file: a warning, not a failure of the input
+
+    def __post_init__(self):
+        if self.outputs is not None:
+            object.__setattr__(self, "outputs", normalise_roles(self.outputs, FILE_ROLES, strict=True))
+        object.__setattr__(self, "density_unit", canonical_density_unit(self.density_unit))
+        if self.hu_dtype not in HU_DTYPES:
+            raise ValueError(f"HU dtype must be int16 or float32, not {self.hu_dtype!r}")
+        if self.slab_slices is not None and self.slab_slices < 1:
+            raise ValueError("slab_slices must be at least 1")
+        if self.regions:
+            from .regions import region_sources
+
+            object.__setattr__(self, "regions", region_sources(self.regions))
+            object.__setattr__(self, "statistics", True)
+        if not isinstance(self.thresholds, ThresholdSpec):
+            object.__setattr__(self, "thresholds", threshold_spec_from(self.thresholds))
+        formats = self.formats.replace(",", " ").split() if isinstance(self.formats, str) else self.formats
+        formats = tuple(dict.fromkeys(str(f).strip().lower() for f in formats if str(f).strip()))
+        unknown = [f for f in formats if f not in FORMAT_NAMES]
+        if unknown or not formats:
+            raise ValueError(f"unknown output format(s) {', '.join(unknown) or '(none)'}; "
+                             f"choose from {', '.join(FORMAT_NAMES)}")
+        object.__setattr__(self, "formats", formats)
+        # a format that cannot hold an output (AIM: native and mask only, what IPL evaluates) skips it
+        # when another requested format holds it; an output no requested format holds is refused
+        asked = self.outputs if self.outputs is not None else DEFAULT_FILE_ROLES
+        nowhere = [r for r in asked if not any(_format_holds(f, r) for f in formats)]
+        if nowhere:
+            holding = [r for r in asked if r not in nowhere]
+            only = "; ".join(f"{f} holds only {' and '.join(get_format(f).quantities)}" for f in formats
+                             if get_format(f).quantities)
+            raise ValueError(f"{', '.join(nowhere)} cannot be written as {' or '.join(formats)} ({only}, what "
+                             f"IPL evaluates): use {outputs_phrase(holding or ['native', 'mask'])} or add "
+                             f"another format ({value_phrase('formats', ','.join(['nrrd', *formats]))})")
+        if self.detached and "nrrd" not in formats:
+            raise ValueError(f"{option_name('detached')} writes NRRD as .nhdr + .raw; the format(s) "
+                             f"{', '.join(formats)} have no detached form: drop {option_name('detached')} or "
+                             f"add nrrd to {option_name('formats')}")
+        if int(self.threads) < 1:
+            raise ValueError(f"threads must be at least 1, not {self.threads!r}")
+
+    @property
+    def threshold_spec(self) -> ThresholdSpec:
+        return self.thresholds
+
+    @property
+    def default_thresholds(self) -> bool:
+        """True when the thresholds are the defaults (a char file then gives its non-zero voxels)."""
+        return self.thresholds == DEFAULT_THRESHOLDS
+
+    @property
+    def density_quantity(self) -> str:
+        return DENSITY_UNITS[self.density_unit]
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["outputs"] = None if self.outputs is None else list(self.outputs)
+        d["formats"] = list(self.formats)
+        d["regions"] = [asdict(r) for r in self.regions]  # as JSON gives it back (skip-existing compares)
+        d["thresholds"] = asdict(self.threshold_spec)
+        d["thresholds"]["unit_label"] = threshold_unit_label(self.threshold_spec.unit, self.density_unit)
+        return d
+
+
+def require_formats(formats: Sequence[str]) -> None:
+    """Raise the first missing extra of the formats (one line naming it: ``pip install scanco-units[nifti]``),
+    before any file is read."""
+    for name in formats:
+        get_format(name).check_available()
+
+
+def _format_holds(format_name: str, role: str) -> bool:
+    """Whether a format can hold a file role (a char file's mask and a float file's values count as
+    mask and native)."""
+    quantities = get_format(format_name).quantities
+    return quantities is None or role in quantities
+
+
+def skipped_by_format(roles: Sequence[str], formats: Sequence[str]) -> Tuple[Tuple[str, str], ...]:
+    """``(role, format)`` pairs a request does not write because the format cannot hold the role
+    (another requested format holds it)."""
+    return tuple((r, f) for f in formats for r in roles if not _format_holds(f, r))
+
+
+def format_skip_note(roles: Sequence[str], formats: Sequence[str]) -> Optional[str]:
+    """``hu, density not written as aim (aim holds only native and mask); written as nrrd`` or None."""
+    pairs = skipped_by_format(roles, formats)
+    if not pairs:
+        return None
+    parts = []
+    for f in dict.fromkeys(f for _, f in pairs):
+        skipped = [r for r, g in pairs if g == f]
+        held = " and ".join(get_format(f).quantities or ())
+        parts.append(f"{', '.join(skipped)} not written as {f} ({f} holds only {held})")
+    return "; ".join(parts)
+
+
+#: the name the Python API has used since the first release
+ConversionOptions = ConversionRequest
+
+
+@dataclass(frozen=True)
+class PlannedOutput:
+    """One volume the engine makes: ``role`` (file role: hu, density, mask, mu, native, char_mask,
+    float), the quantity key it holds and its voxel type."""
+
+    role: str
+    quantity: str
+    dtype: np.dtype
+
+    @property
+    def definition(self):
+        return QUANTITIES[self.quantity]
+
+
+@dataclass(frozen=True)
+class RequestPlan:
+    """What one file gives for one request: the volumes (in order), the resolved thresholds (None
+    without a threshold mask), notes (what was decided for this file) and warnings."""
+
+    header: ScancoHeader
+    request: ConversionRequest
+    outputs: Tuple[PlannedOutput, ...]
+    thresholds: Optional[ResolvedThresholds]
+    notes: Tuple[str, ...] = ()
+    warnings: Tuple[str, ...] = ()
+    node_roles: Tuple[str, ...] = ()
+
+    def output(self, role: str) -> Optional[PlannedOutput]:
+        return next((o for o in self.outputs if o.role == role), None)
+
+    @property
+    def roles(self) -> Tuple[str, ...]:
+        return tuple(o.role for o in self.outputs)
+
+
+def _file_kind(header: ScancoHeader) -> str:
+    if header.voxel_type in ("int8", "uint8"):
+        return "char"
+    if header.voxel_type.startswith("float"):
+        return "float"
+    return "grey"
+
+
+def _refuse_for_kind(header: ScancoHeader, kind: str, roles: Sequence[str]) -> None:
+    asked = [r for r in roles if r in CALIBRATED_ROLES]
+    if not asked or kind == "grey":
+        return
+    if kind == "char":
+        raise RequestError(header.path, f"{header.voxel_type} data is a SCANCO mask; {', '.join(asked)} is not "
+                                        "defined for it (ask for native or mask)")
+    raise RequestError(header.path, f"{header.voxel_type} image holds values already converted by IPL; "
+                                    f"{', '.join(asked)} is not computed from it (ask for native)")
+
+
+def plan_request(header: ScancoHeader, request: Optional[ConversionRequest] = None, *,
+                 node_outputs=None, adapt_defaults: bool = False,
+                 warn: Optional[Callable[[str], None]] = None) -> RequestPlan:
+    """Apply the rules (module docstring) to one file.
+
+    ``node_outputs``: Slicer node roles (hu, density, mu, native, mask_labelmap, mask_segmentation)
+    instead of ``request.outputs``; None with ``adapt_defaults`` = the default set for the file.
+    ``warn(text)`` receives every warning as it is decided (they are also in the plan).
+    """
+    request = request or ConversionRequest()
+    warnings: List[str] = []
+    notes: List[str] = []
+
+    def warning(text: str) -> None:
+        warnings.append(text)
+        if warn is not None:
+            warn(text)
+
+    kind = _file_kind(header)
+    converter = UnitConverter(header.calibration, path=header.path)
+    name = os.path.basename(header.path)
+    for_nodes = node_outputs is not None or adapt_defaults
+    explicit = node_outputs if for_nodes else request.outputs
+    if for_nodes and node_outputs is not None:
+        node_roles = normalise_roles(node_outputs, NODE_ROLES)
+    elif for_nodes:
+        node_roles = None
+    else:
+        node_roles = ()
+
+    # ---- the roles of this file ------------------------------------------------------------------
+    if explicit is None or (for_nodes and node_roles is None):
+        if kind == "char":
+            roles = ["native", "mask"] if for_nodes else ["mask"]
+            node_roles = ("native", "mask_labelmap", "mask_segmentation") if for_nodes else ()
+        elif kind == "float":
+            roles = ["native"]
+            node_roles = ("native",) if for_nodes else ()
+            if for_nodes:
+                warning(f"{name}: {header.voxel_type} image (already converted by IPL): loaded as stored, "
+                        "without rescaling or mask")
+        else:
+            roles = list(DEFAULT_FILE_ROLES)
+            node_roles = DEFAULT_NODE_ROLES if for_nodes else ()
+            # no calibration: refused below, in Slicer as on the command line (one rule, issue 21)
+    else:
+        roles = list(dict.fromkeys(FILE_ROLE_OF_NODE_ROLE[r] for r in node_roles)) if for_nodes else list(explicit)
+        _refuse_for_kind(header, kind, roles)
+
+    # ---- calibration -----------------------------------------------------------------------------
+    missing = {}
+    for role in roles:
+        if role in CALIBRATED_ROLES:
+            missing.update(dict.fromkeys(converter.missing_for(role_quantity(role, request.density_unit))))
+    if missing:
+        wanted = ", ".join(r for r in roles if r in CALIBRATED_ROLES)
+        still = "outputs native, mask_labelmap" if for_nodes else outputs_phrase(["native", "mask"])
+        raise CalibrationMissingError(
+            header.path, f"{wanted} (no usable calibration; native and mask outputs still work: "
+                         f"{still})", list(missing))
+
+    # ---- the mask --------------------------------------------------------------------------------
+    resolved = None
+    char_mask = kind == "char"  # a SCANCO mask gives its non-zero voxels, whatever the thresholds
+    spec = request.threshold_spec
+    if "mask" in roles and char_mask and not request.default_thresholds:
+        notes.append(f"thresholds {spec.low:g}..{spec.high:g} "
+                     f"{threshold_unit_label(spec.unit, request.density_unit)} not applied: {name} holds "
+                     f"{header.voxel_type} data (a SCANCO mask); its mask is its non-zero voxels")
+    if "mask" in roles and not char_mask:
+        if kind == "float" and spec.unit != "native":
+            raise RequestError(header.path, f"a {header.voxel_type} image can only be thresholded in native "
+                                            f"units (its values are stored as they are), not "
+                                            f"{threshold_unit_label(spec.unit, request.density_unit)}")
+        resolved = resolve_thresholds(spec, header.calibration, voxel_type=header.voxel_type,
+                                      header_max_data_value=header.raw_field("max_data_value"), path=header.path)
+        notes.extend(resolved.notes())
+    elif for_nodes and not char_mask:
+        # without a mask the thresholds only centre the display window: any problem is not fatal
+        try:
+            resolved = resolve_thresholds(spec, header.calibration, voxel_type=header.voxel_type,
+                                          header_max_data_value=header.raw_field("max_data_value"),
+                                          path=header.path)
+        except (ValueError, CalibrationMissingError):
+            resolved = None
+
+    # ---- the volumes -----------------------------------------------------------------------------
+    outputs = []
+    if kind == "char" and not for_nodes:
+        notes.append("char AIM: written as a 0/1 mask (non-zero -> 1), never rescaled to physical units")
+    if kind == "float" and not for_nodes:
+        notes.append("float AIM: written as stored (already converted by IPL), never rescaled")
+    skip_note = None if for_nodes else format_skip_note(roles, request.formats)
+    if skip_note:
+        notes.append(skip_note)
+    for role in roles:
+        if role == "mask":
+            quantity = "char_mask" if char_mask else "mask"
+            outputs.append(PlannedOutput("char_mask" if char_mask and not for_nodes else "mask", quantity,
+                                         np.dtype("uint8")))
+        elif role == "native":
+            quantity = "float" if kind == "float" and not for_nodes else "native"
+            outputs.append(PlannedOutput("float" if quantity == "float" else "native", quantity,
+                                         np.dtype(header.voxel_type)))
+        else:
+            quantity = role_quantity(role, request.density_unit)
+            outputs.append(PlannedOutput(role, quantity,
+                                         output_dtype(quantity, header.voxel_type, request.hu_dtype)))
+    return RequestPlan(header, request, tuple(outputs), resolved, tuple(notes), tuple(warnings),
+                       tuple(node_roles or ()))
+
+
+# ---- the command line's view of a request ----------------------------------------------------------
+def add_threshold_arguments(p: argparse.ArgumentParser) -> None:
+    """--low, --high, --threshold-unit, --permille-reference and --density-unit (convert, demo, info)."""
+    p.add_argument("--low", type=float, default=None,
+                   help=f"lower threshold (default {DEFAULT_THRESHOLDS.low:g} per mille)")
+    p.add_argument("--high", type=float, default=None,
+                   help=f"upper threshold (default {DEFAULT_THRESHOLDS.high:g} per mille)")
+    p.add_argument("--threshold-unit", choices=THRESHOLD_UNITS, default="permille",
+                   help="unit of --low/--high: permille (1000 = native 32767), native, mu (1/cm), hu, "
+                        "mgHA/ccm, g/cc, or density = the --density-unit (default permille)")
+    p.add_argument("--permille-reference", choices=PERMILLE_REFERENCES, default="32767",
+                   help="1000 per mille = native 32767 (IPL, default) or the header's Maximum data value "
+                        "(the seed notebook's reading)")
+    p.add_argument("--density-unit", choices=tuple(DENSITY_UNITS), default=DEFAULT_DENSITY_UNIT,
+                   help=f"unit of the density output and of --threshold-unit density (default {DEFAULT_DENSITY_UNIT})")
+
+
+def add_request_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that build a :class:`ConversionRequest` (convert and demo share them)."""
+    d = ConversionRequest()
+    p.add_argument("--outputs", default=None,
+                   help=f"comma-separated: {', '.join(FILE_ROLES)} (default {','.join(DEFAULT_FILE_ROLES)}; "
+                        "a char AIM gives its mask, a float AIM its values as stored)")
+    add_threshold_arguments(p)
+    add_region_arguments(p)
+    p.add_argument("--hu-dtype", choices=HU_DTYPES, default=d.hu_dtype)
+    p.add_argument("--format", default=DEFAULT_FORMAT,
+                   help=f"comma-separated output formats: {', '.join(FORMAT_NAMES)} (default {DEFAULT_FORMAT})")
+    p.add_argument("--compress", action="store_true", help="gzip-compressed NRRD / .nii.gz (what Slicer writes)")
+    p.add_argument("--detached", action="store_true", help="write .nhdr + .raw pairs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing output set of the same name (every file of its earlier metadata)")
+    p.add_argument("--statistics", action="store_true",
+                   help="per-scan statistics (mask volume, mean density, TMD...) in _metadata.json; on with "
+                        "--summary and --json")
+    p.add_argument("--report", action="store_true",
+                   help="also write <name>_report.png: mid-slices with the mask outline and the histogram with "
+                        "the thresholds (needs matplotlib: pip install scanco-units[report])")
+    p.add_argument("--no-fsync", dest="fsync", action="store_false",
+                   help="do not wait until each file set is on disk before its _metadata.json is placed "
+                        "(faster; a power loss may then leave a set that looks complete)")
+
+
+def threshold_spec_from_args(args) -> ThresholdSpec:
+    """The thresholds the parsed command line asks for (``density`` follows --density-unit);
+    ValueError for a unit other than per mille without both bounds."""
+    unit = args.threshold_unit
+    if unit == "density":
+        unit = canonical_density_unit(args.density_unit)
+    explicit = args.low is not None or args.high is not None or unit != "permille" \
+        or args.permille_reference != "32767"
+    if not explicit:
+        return DEFAULT_THRESHOLDS
+    low = args.low if args.low is not None else (DEFAULT_THRESHOLDS.low if unit == "permille" else None)
+    high = args.high if args.high is not None else (DEFAULT_THRESHOLDS.high if unit == "permille" else None)
+    if low is None or high is None:
+        raise ValueError(f"--threshold-unit {args.threshold_unit} needs both --low and --high")
+    return ThresholdSpec(low, high, unit, args.permille_reference)
+
+
+def request_from_args(args, **overrides) -> ConversionRequest:
+    """The request the parsed command line asks for (``density`` thresholds follow --density-unit)."""
+    values = dict(outputs=args.outputs, thresholds=threshold_spec_from_args(args), density_unit=args.density_unit,
+                  statistics=bool(getattr(args, "statistics", False) or getattr(args, "summary", None)
+                                  or getattr(args, "json", False)),
+                  hu_dtype=args.hu_dtype, formats=getattr(args, "format", DEFAULT_FORMAT),
+                  compress=args.compress, detached=args.detached, overwrite=args.overwrite,
+                  slab_slices=getattr(args, "slab_slices", None), threads=getattr(args, "threads", 2),
+                  report=getattr(args, "report", False), fsync=getattr(args, "fsync", True))
+    values.update(region_request_values(args))
+    values.update(overrides)
+    return ConversionRequest(**values)
+
+
+def with_changes(request: ConversionRequest, **changes) -> ConversionRequest:
+    return replace(request, **changes)
