@@ -29,6 +29,7 @@ demo: $(DEMO_STAMP)
 	$(VENV)/bin/scanco-units demo -o demo-output
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 	$(MAKE) test-oldest
 
@@ -48,7 +49,7 @@ bench-slicer: $(STAMP)
 fuzz-long: $(STAMP)
 	@seed=$${SCANCO_FUZZ_SEED:-$$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')}; \
 	echo "fuzz-long: SCANCO_FUZZ_SEED=$$seed HYPOTHESIS_PROFILE=explore"; \
-	SCANCO_FUZZ_EXAMPLES=200000 SCANCO_FUZZ_SEED=$$seed HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q Testing/test_fuzz.py
+	SCANCO_FUZZ_EXAMPLES=200000 SCANCO_FUZZ_SEED=$$seed HYPOTHESIS_PROFILE=explore $(PY) -m pytest -q Testing/formats/test_fuzz.py
 
 # the whole suite on the oldest supported stack (Slicer 5.8: Python 3.9 where pyenv or the system has it,
 # numpy 1.26.4) with numpy, pytest and hypothesis alone (the test-oldest extra): the core tests pass, the

@@ -15,12 +15,16 @@ only their example counts and health checks, so the profile decides whether they
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Testing/ mirrors the package (core/, formats/, ...); what the tests share (oracles, stubs, the CLI
+# harness) lives in Testing/support/ and is imported by name
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 # ../shared/data/real from the project root; from a worktree (<root>/wt/<name>) ../../shared/data/real
 _REAL_DATA_CANDIDATES = [REPO_ROOT.parent / "shared" / "data" / "real",
                          REPO_ROOT.parents[1] / "shared" / "data" / "real"]

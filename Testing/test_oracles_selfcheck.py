@@ -1,4 +1,4 @@
-"""Self-check of the reference implementations in Testing/oracles.py (ITKIOScanco and aimio-py).
+"""Self-check of the reference implementations in Testing/support/oracles.py (ITKIOScanco and aimio-py).
 
 Everything runs in three worker subprocesses (ITK write+read, aimio write+read, ITK read), shared by
 the tests through one module fixture. Byte-level checks use small independent decoders written here

@@ -76,6 +76,10 @@ class ConversionCancelled(ScancoError):
         super().__init__(f"{self.path}: {what} cancelled")
 
 
+class DaskUnavailableError(ScancoError):
+    """dask / distributed (the ``dask`` extra) are not installed."""
+
+
 class MaskExportError(ScancoError, ValueError):
     """A Slicer mask (labelmap or segment) cannot be saved as a SCANCO AIM: wrong node, no source scan,
     or a grid that is not the source's (rotated, resampled, shifted by a fraction of a voxel)."""

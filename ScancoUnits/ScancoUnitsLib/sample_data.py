@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 SAMPLE_FILE_NAME = "C0004255.ISQ"
 SAMPLE_URL = "https://data.kitware.com/api/v1/file/591e56178d777f16d01e0d20/download"

@@ -3,7 +3,7 @@
 The labels are filled the way the module widget fills them, from a small synthetic calibrated ISQ
 written with ScancoUnitsLib (header summary, threshold equivalents, memory estimate), so the screenshot
 shows real output of the library. Prints a JSON summary of what was loaded (used by
-Testing/test_slicer_files.py).
+Testing/scene/test_slicer_files.py).
 
     .venv/bin/python Testing/tools/render_panel.py                      # -> Screenshots/panel.png
     .venv/bin/python Testing/tools/render_panel.py --out /tmp/panel.png
@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-    sys.path.insert(0, str(TESTING))
+    sys.path.insert(0, str(TESTING / "support"))
     from PySide6 import QtWidgets
 
     import slicer_ui_standins as standins

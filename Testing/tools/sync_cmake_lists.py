@@ -1,7 +1,7 @@
 """Rewrite the file lists of ScancoUnits/CMakeLists.txt from what is on disk.
 
 MODULE_PYTHON_SCRIPTS = ScancoUnits.py + every ScancoUnits/ScancoUnitsLib/*.py (``__init__.py`` first);
-MODULE_PYTHON_RESOURCES = every file under ScancoUnits/Resources. Testing/test_slicer_files.py checks the
+MODULE_PYTHON_RESOURCES = every file under ScancoUnits/Resources. Testing/scene/test_slicer_files.py checks the
 same thing; run this after adding or removing a Lib file or a resource.
 
     .venv/bin/python Testing/tools/sync_cmake_lists.py          # rewrite

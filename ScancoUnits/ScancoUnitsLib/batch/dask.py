@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from .jobs import NOT_STARTED, Batch, FileResult, convert_one, remove_partials_of
-from ..errors import ScancoError
+from ..errors import DaskUnavailableError, ScancoError
 
 EXTRA = "dask"
 _CANCEL_CHECK_S = 0.5      # how often a running task asks whether the batch was interrupted
@@ -40,9 +40,6 @@ LOCAL_CLUSTER_CONFIG = {
     "distributed.nanny.pre-spawn-environ": {"OMP_NUM_THREADS": 1, "MKL_NUM_THREADS": 1, "OPENBLAS_NUM_THREADS": 1},
 }
 
-
-class DaskUnavailableError(ScancoError):
-    """dask / distributed are not installed."""
 
 
 class DaskConnectionError(ScancoError):

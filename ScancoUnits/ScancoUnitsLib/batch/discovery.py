@@ -3,7 +3,7 @@ and where each one's outputs go (:func:`place_outputs`).
 
 A file given by name is an input (a bad one fails with its reason). In a folder, a file is an input
 when its name ends in .isq / .aim (any case, VMS ``;N`` versions too) or when its first bytes carry a
-SCANCO magic (:func:`~ScancoUnitsLib.slicer.scene.sniff_format`: extensionless files from a scanner's
+SCANCO magic (:func:`~ScancoUnitsLib.formats.reader.sniff_format`: extensionless files from a scanner's
 export). Never an input, wherever it is met: a file that an output set of ours lists (the
 ``outputs`` of a ScancoUnits ``_metadata.json`` in the same folder), and that metadata file itself.
 Every other entry met in a folder (other files, FIFOs, sockets, dangling links, links to folders,
@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-SCANCO_NAME = re.compile(r"\.(isq|aim)(;\d*)?$", re.IGNORECASE)
+from ..formats.reader import SCANCO_NAME, sniff_format
+
 NOT_SCANCO = "not a SCANCO file (name is not .ISQ/.AIM and no ISQ or AIM magic in its first bytes)"
 OWN_OUTPUT = "an output of ScancoUnits, never read as an input"
 EMPTY_FOLDER = "folder holds no .ISQ or .AIM file"
@@ -129,8 +129,6 @@ def _own_reason(name: str, metadata_name: str) -> str:
 def _is_scanco(path: Path) -> bool:
     if SCANCO_NAME.search(path.name):
         return True
-    from ..slicer.scene import sniff_format
-
     return sniff_format(path) is not None
 
 

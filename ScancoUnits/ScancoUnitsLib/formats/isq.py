@@ -26,7 +26,7 @@ import datetime as _dt
 import math
 import os
 import struct
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 

@@ -6,7 +6,6 @@ A small reader for our own outputs (demo, reports, checks); it is not a general 
 from __future__ import annotations
 
 import gzip
-import os
 from pathlib import Path
 from typing import Dict, Tuple
 

@@ -9,6 +9,7 @@ uncompressed data, incremental decoding for compressed AIM masks.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from typing import Iterator, List, Optional, Union
 
@@ -114,6 +115,10 @@ def _read_header_bytes(f, path: str, size: int) -> ScancoHeader:
         needed = min(needed, size, MAX_HEADER_BYTES)
         first += f.read(needed - len(first))
     return parse(first, path, size)
+
+
+#: the file names of SCANCO inputs: .ISQ / .AIM in any case, with an optional VMS version (``;1``)
+SCANCO_NAME = re.compile(r"\.(isq|aim)(;\d*)?$", re.IGNORECASE)
 
 
 def sniff_format(path) -> Optional[str]:

@@ -53,9 +53,9 @@ def to_dask(path, quantity: str = "density_mg_ha_ccm", chunks=None, *,
     try:
         import dask.array as da
     except ImportError as exc:
-        from ..batch.dask import DaskUnavailableError, EXTRA
+        from ..errors import DaskUnavailableError
 
-        raise DaskUnavailableError(f"to_dask needs dask: pip install scanco-units[{EXTRA}]") from exc
+        raise DaskUnavailableError("to_dask needs dask: pip install scanco-units[dask]") from exc
     from .convert import ConversionOptions
     from ..formats.reader import read_header
 

@@ -289,7 +289,6 @@ class ReportBuilder:
                  color="#333333")
 
     def _draw_planes(self, axes, colour_axis) -> None:
-        from matplotlib.lines import Line2D
 
         planes = self.planes()
         values = np.concatenate([p[1].ravel() for p in planes])

@@ -65,10 +65,10 @@ ProgressCallback = Callable[[float], None]
 
 def is_scanco_file_name(path) -> bool:
     """True for the names SCANCO files have: ``.isq`` / ``.aim`` in any case, VMS versions (``;1``) too
-    (:data:`~ScancoUnitsLib.batch.discovery.SCANCO_NAME`, the command line's rule), or no extension at all
+    (:data:`~ScancoUnitsLib.formats.reader.SCANCO_NAME`, the command line's rule), or no extension at all
     (files copied off the scanner without one). The Slicer file reader checks the name first and the
     magic only for these names, so a ``.nrrd`` or ``.dcm`` is never opened, let alone claimed."""
-    from ..batch.discovery import SCANCO_NAME
+    from ..formats.reader import SCANCO_NAME
 
     name = os.path.basename(os.fspath(path))
     if SCANCO_NAME.search(name):

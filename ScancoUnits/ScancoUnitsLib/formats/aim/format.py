@@ -96,10 +96,10 @@ def parse_aim_header(head: bytes, path: str, file_size: int) -> ScancoHeader:
     if version is None:
         raise ScancoFormatError(path, "not an AIM file (no AIMDATA_V030 magic, no v020 block sizes 20/140)")
     if version == 30:
-        pre_at, int_size, fmt = 16, 8, "<5q"
+        pre_at, fmt = 16, "<5q"
         expected_pre, expected_struct = 40, 224
     else:
-        pre_at, int_size, fmt = 0, 4, "<5i"
+        pre_at, fmt = 0, "<5i"
         expected_pre, expected_struct = 20, 140
     if file_size < pre_at + expected_pre or len(head) < pre_at + expected_pre:
         raise ScancoFormatError(path, f"truncated AIM pre-header: file has {file_size} bytes")

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 from ...core.header import (Calibration, CalibrationConflict, ScannerInfo, density_mg_per_unit, printable,
                      scaling_in_calibration_text)

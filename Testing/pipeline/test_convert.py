@@ -17,7 +17,7 @@ import pytest
 import ScancoUnitsLib as S
 from ScancoUnitsLib.io.transaction import OutputExistsError
 from ScancoUnitsLib.cli.convert import assign_stems, find_inputs
-from ScancoUnitsLib.pipeline.convert import ConversionOptions, convert_file, output_stem
+from ScancoUnitsLib.pipeline.convert import convert_file, output_stem
 from ScancoUnitsLib.errors import CalibrationMissingError
 from ScancoUnitsLib.core.header import Calibration
 from ScancoUnitsLib.core.thresholds import ThresholdSpec

@@ -172,7 +172,7 @@ def test_damaged_region_files_refused(tmp_path):
 
 def test_region_statistics_v030_and_empty_region(tmp_path):
     scan, volume = _scan(tmp_path, version=30)
-    header = read_header(scan)
+    read_header(scan)
     mask = np.zeros((5, 5, 5), bool)
     mask[0, 0, 0] = True
     empty = np.zeros((5, 5, 5), bool)
@@ -262,7 +262,7 @@ def test_cli_roi_statistics_in_the_metadata_equal_whole_array(tmp_path, capsys):
     assert again["bv_tv"] == reference["bv_tv"]
     status, out, err = run_cli(capsys, "convert", scan, other, "-o", tmp_path / "optional", "--roi-pattern",
                                pattern, "--roi-optional", "--skip-existing", "--json", "--low", "120")
-    assert status == 0 and [json.loads(l)["status"] for l in out.splitlines() if l.strip()] == ["skipped"] * 2
+    assert status == 0 and [json.loads(line)["status"] for line in out.splitlines() if line.strip()] == ["skipped"] * 2
 
 
 def test_cli_roi_bad_arguments_and_files_are_one_line(tmp_path, capsys):

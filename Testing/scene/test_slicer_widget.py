@@ -20,7 +20,7 @@ vtk = pytest.importorskip("vtk")
 
 from ScancoUnitsLib import Calibration, write_isq  # noqa: E402
 
-TESTING = Path(__file__).resolve().parent
+TESTING = Path(__file__).resolve().parents[1] / "support"
 sys.path.insert(0, str(TESTING))
 import slicer_module_stubs  # noqa: E402
 

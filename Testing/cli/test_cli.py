@@ -374,7 +374,7 @@ def test_python_api_messages_name_parameters_not_flags(tmp_path):
 
 
 # ---- install: what a numpy-only install does (issue 20) ---------------------------------------------
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run_without(tmp_path, blocked, *argv):

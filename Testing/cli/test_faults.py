@@ -42,6 +42,8 @@ from ScancoUnitsLib.formats import nrrd as nrrd_writer
 from ScancoUnitsLib.pipeline.convert import convert_file
 from ScancoUnitsLib.errors import CalibrationMissingError, ScancoFormatError
 from ScancoUnitsLib.core.header import Calibration
+from ScancoUnitsLib.formats.reader import read_header
+from ScancoUnitsLib.formats.vms import float_to_vax_f
 
 from cli_harness import error_lines, run_cli
 
@@ -61,8 +63,6 @@ def never_an_internal_error(monkeypatch):
         return status, out, err
 
     monkeypatch.setitem(globals(), "run_cli", run)
-from ScancoUnitsLib.formats.reader import read_header
-from ScancoUnitsLib.formats.vms import float_to_vax_f
 
 CAL = Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, density_intercept=-196.6,
                   density_unit="mg HA/ccm", calibration_type=2, calibration_text="70 kVp, faults test")
@@ -778,7 +778,7 @@ def test_over_run_compressed_stream_warns_on_stderr_and_in_the_metadata(tmp_path
     out = tmp_path / "out"
     status, _, err = run_cli(capsys, "convert", path, "-o", out, "--outputs", "native")
     assert status == 0, err
-    lines = [l for l in err.splitlines() if l.startswith("scanco-units: warning:") and "9995 bytes after" in l]
+    lines = [line for line in err.splitlines() if line.startswith("scanco-units: warning:") and "9995 bytes after" in line]
     assert len(lines) == 1 and str(path) in lines[0], err
     meta = json.loads((out / "long_metadata.json").read_text())
     assert any("9995 bytes after the last of the image's 1024 voxels" in w for w in meta["warnings"])

@@ -33,7 +33,7 @@ from ScancoUnitsLib.formats.aim.compression import (
 )
 from ScancoUnitsLib.errors import ScancoFormatError
 
-REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
+REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 if not REAL_DATA.is_dir():
     REAL_DATA = Path("/work/shared/data/real")
 

@@ -51,7 +51,7 @@ from ScancoUnitsLib.errors import ScancoFormatError
 from ScancoUnitsLib.core.header import Calibration
 from ScancoUnitsLib.formats.reader import open_voxels, read_header
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CAL = Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, density_intercept=-196.6,
                   density_unit="mg HA/ccm", calibration_type=2, calibration_text="output safety")
 VOLUME = np.arange(-200, 280, 4, dtype=np.int16).reshape(4, 5, 6)

@@ -11,7 +11,6 @@ References used here, independent of the code under test:
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 import threading
@@ -32,7 +31,7 @@ from ScancoUnitsLib.formats.reader import read_volume  # noqa: E402
 from ScancoUnitsLib.core.thresholds import ThresholdSpec  # noqa: E402
 from ScancoUnitsLib.core.units import UnitConverter  # noqa: E402
 
-TESTING = Path(__file__).resolve().parent
+TESTING = Path(__file__).resolve().parents[1] / "support"
 sys.path.insert(0, str(TESTING))
 import oracles  # noqa: E402
 import slicer_module_stubs  # noqa: E402

@@ -28,7 +28,7 @@ from ScancoUnitsLib.io.transaction import (
 )
 from ScancoUnitsLib.errors import ScancoError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def names(folder: Path):

@@ -12,7 +12,7 @@ import pytest
 from ScancoUnitsLib import Calibration, write_aim, write_isq
 from ScancoUnitsLib.pipeline.convert import convert_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from cli_harness import error_lines, run_cli  # noqa: E402
 
 # XtremeCT II: mu_scaling 8192, so the default 250 per mille (native 8192) is 1212 mg HA/ccm here

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MODULE_DIR = REPO / "ScancoUnits"
 LIB_DIR = MODULE_DIR / "ScancoUnitsLib"
 RESOURCES = MODULE_DIR / "Resources"
@@ -34,7 +34,7 @@ RAW_BASE = "https://raw.githubusercontent.com/ScancoUnits/SlicerScancoUnits/main
 CATALOG_ENTRY = REPO / "ScancoUnits.json"
 #: Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json of github:Slicer/Slicer (last changed in commit
 #: cf2a70e6331d, 2024-11-26), copied unchanged: the schema ScancoUnits.json names in "$schema"
-CATALOG_SCHEMA = REPO / "Testing" / "slicer-extension-catalog-entry-schema-v1.0.1.json"
+CATALOG_SCHEMA = REPO / "Testing" / "support" / "slicer-extension-catalog-entry-schema-v1.0.1.json"
 EXTENSION_VARIABLES = ("EXTENSION_HOMEPAGE", "EXTENSION_CATEGORY", "EXTENSION_CONTRIBUTORS",
                        "EXTENSION_DESCRIPTION", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS",
                        "EXTENSION_DEPENDS")
@@ -392,7 +392,6 @@ def test_panel_ui_loads_and_renders_with_pyside6(tmp_path):
     assert (width, height) == (summary["width"], summary["height"])
     assert width >= 400 and height >= 600
     mpimg = pytest.importorskip("matplotlib.image")
-    import numpy as np
 
     pixels = mpimg.imread(out)
     assert pixels[..., :3].std() > 0.05, "the render is blank"

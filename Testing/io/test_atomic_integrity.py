@@ -45,7 +45,7 @@ from cli_harness import error_lines, run_cli as run
 
 pytestmark = pytest.mark.usefixtures("in_process_cli", "no_leftover_registry")
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CAL = Calibration(mu_scaling=4096, mu_water_per_cm=0.514, density_slope=355.52, density_intercept=-196.6,
                   density_unit="mg HA/ccm", calibration_type=2, calibration_text="integrity test")
 RNG = np.random.default_rng(19)

@@ -21,7 +21,7 @@ import nrrd
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib.formats.aim.log import build_log, format_line
+from ScancoUnitsLib.formats.aim.log import build_log
 from ScancoUnitsLib.pipeline.convert import convert_file
 from ScancoUnitsLib.errors import CalibrationMissingError
 from ScancoUnitsLib.core.header import Calibration, CalibrationConflict, density_mg_per_unit, scaling_in_calibration_text

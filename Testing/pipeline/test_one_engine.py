@@ -24,7 +24,7 @@ from ScancoUnitsLib.pipeline.convert import convert_file  # noqa: E402
 from ScancoUnitsLib.errors import RequestError  # noqa: E402
 from ScancoUnitsLib.pipeline.request import ConversionRequest  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 from cli_harness import error_lines, run_cli  # noqa: E402
 
 CAL = Calibration(mu_scaling=4096, mu_water_per_cm=0.2409, density_slope=1603.51904,

@@ -1,7 +1,7 @@
 """SCANCO AIM output (aim_writer.py): native values and masks, streamed through the writer seam.
 
 References, independent of the code under test: aimio-py (AimIO) and ITKIOScanco reading the written
-files in subprocesses (Testing/oracles.py), the real IPL-written masks in ../shared/data/real (our
+files in subprocesses (Testing/support/oracles.py), the real IPL-written masks in ../shared/data/real (our
 binCmp run bytes must equal IPL's), and convert_file on the written AIM against convert_file on the
 source (a native AIM must convert like a scanner file).
 """
@@ -22,7 +22,7 @@ from ScancoUnitsLib.formats.aim.writer import AimVolumeWriter, aim_position_for,
 from ScancoUnitsLib.io.transaction import AtomicOutputSet, live_partials
 from ScancoUnitsLib.formats.writers import VolumeSpec, get_format
 
-TESTING = Path(__file__).resolve().parent
+TESTING = Path(__file__).resolve().parents[1] / "support"
 sys.path.insert(0, str(TESTING))
 import oracles  # noqa: E402
 from cli_harness import run_cli  # noqa: E402

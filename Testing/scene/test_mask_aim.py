@@ -2,7 +2,7 @@
 
 References, independent of the code under test: masks computed here with numpy from the source's
 native voxels (250 per mille = native 8192, 1000 per mille = 32767), the edited arrays themselves,
-aimio-py and ITKIOScanco reading the written AIMs in subprocesses (Testing/oracles.py), and the
+aimio-py and ITKIOScanco reading the written AIMs in subprocesses (Testing/support/oracles.py), and the
 positions worked out by hand from the source position and the loaded region.
 """
 
@@ -22,7 +22,7 @@ from ScancoUnitsLib import Calibration, read_header, read_volume, save_mask_as_a
 from ScancoUnitsLib.errors import MaskExportError  # noqa: E402
 from ScancoUnitsLib.slicer.scene import load_scan_into_scene  # noqa: E402
 
-TESTING = Path(__file__).resolve().parent
+TESTING = Path(__file__).resolve().parents[1] / "support"
 sys.path.insert(0, str(TESTING))
 import oracles  # noqa: E402
 

@@ -16,7 +16,7 @@ import types
 import unittest
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 MODULE_FILE = REPO_ROOT / "ScancoUnits" / "ScancoUnits.py"
 
 

@@ -1,7 +1,7 @@
 """Independent reference implementations (test oracles): ITKIOScanco and aimio-py.
 
 Versions: itk 5.4.7 + itk-ioscanco 1.0.1, aimio-py 0.4.1 (AimIO C++ bindings), all in .venv.
-Each public function runs ONE subprocess (``Testing/oracle_worker.py``) that imports only one of the
+Each public function runs ONE subprocess (``Testing/support/oracle_worker.py``) that imports only one of the
 two libraries (importing both in one process has segfaulted on large files; each import costs ~1-3 s).
 Use :func:`itk_batch` / :func:`aimio_batch` to run many operations in one subprocess.
 
@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 TESTING_DIR = Path(__file__).resolve().parent
-REPO_ROOT = TESTING_DIR.parent
+REPO_ROOT = TESTING_DIR.parents[1]
 WORKER = TESTING_DIR / "oracle_worker.py"
 
 #: Default ITK ISQ creation date (the ISQ writer throws without one).

@@ -145,7 +145,7 @@ def test_skip_existing_exit_zero_and_redoes_stale_or_incomplete_sets(tmp_path, c
     src = tmp_path / "in"
     src.mkdir()
     a = S.write_isq(src / "a.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
-    b = S.write_aim(src / "b.aim", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
+    S.write_aim(src / "b.aim", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
     c = S.write_aim(src / "c.aim", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
     out = tmp_path / "out"
     assert run(capsys, "convert", src, "-o", out, "--statistics")[0] == 0

@@ -1,5 +1,5 @@
 """The Slicer module's Logic, file reader and file writer (issue 15), headless with slicer-core and the
-stand-ins of Testing/slicer_module_stubs.py (real MRML nodes; no Qt, so the panel itself is not run here).
+stand-ins of Testing/support/slicer_module_stubs.py (real MRML nodes; no Qt, so the panel itself is not run here).
 
 * drop behaviour: a dropped file gives one volume and no mask (scene.reader_options_from_properties);
 * the empty-mask segmentation: a named, empty segment (no leaked image copy);
@@ -27,7 +27,7 @@ from ScancoUnitsLib.slicer import scene as lib  # noqa: E402
 from ScancoUnitsLib.pipeline.histogram import histogram_of_file  # noqa: E402
 from ScancoUnitsLib.core.thresholds import ThresholdSpec, resolve_thresholds  # noqa: E402
 
-TESTING = Path(__file__).resolve().parent
+TESTING = Path(__file__).resolve().parents[1] / "support"
 sys.path.insert(0, str(TESTING))
 import slicer_module_stubs  # noqa: E402
 
@@ -142,7 +142,7 @@ def test_help_text_and_readme_describe_the_same_drop(module, monkeypatch):
     module.ScancoUnits(parent)
     help_text = " ".join(parent.helpText.split())
     assert "Drag and drop" in help_text and "one volume" in help_text and "No mask" in help_text
-    readme = (TESTING.parent / "README.md").read_text(encoding="utf-8")
+    readme = (TESTING.parents[1] / "README.md").read_text(encoding="utf-8")
     drop = readme[readme.index("**Drag and drop.**"):readme.index("**The panel.**")]
     drop = " ".join(drop.split())
     assert "one volume" in drop and "no mask" in drop.lower()

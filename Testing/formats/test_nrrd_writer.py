@@ -105,7 +105,7 @@ def test_header_detached_and_one_byte_types():
 def test_header_full_float_precision():
     values = (0.1 + 0.2, 1 / 3, 2.0 ** -30)
     text = nrrd_header((1, 1, 1), np.float32, spacing_mm=values, origin_mm=values).decode()
-    line = next(l for l in text.splitlines() if l.startswith("space directions"))
+    line = next(line for line in text.splitlines() if line.startswith("space directions"))
     numbers = [float(t) for t in line.replace("space directions:", "").replace("(", " ").replace(")", " ")
                .replace(",", " ").split()]
     assert [numbers[0], numbers[4], numbers[8]] == list(values)  # exact doubles, not rounded
@@ -133,7 +133,7 @@ def test_control_characters_in_values_are_written_visibly():
     field, nothing a terminal would act on (issue 19.13)."""
     text = nrrd_header((2, 2, 2), np.int16, spacing_mm=(1, 1, 1),
                        key_values={"a": "x\x00y\x1b[31m\x7f\tz"}).decode()
-    line = next(l for l in text.splitlines() if l.startswith("a:="))
+    line = next(line for line in text.splitlines() if line.startswith("a:="))
     assert line == "a:=x\\x00y\\x1b[31m\\x7f\tz"
 
 
@@ -547,7 +547,7 @@ def test_raw_slabs_written_at_their_offsets_in_any_order_from_two_threads(tmp_pa
     write of the same volume, and gzip output (a stream) refuses it."""
     volume = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4) - 50
     ext = ".nhdr" if detached else ".nrrd"
-    sequential = write_nrrd(tmp_path / f"seq{ext}", volume, spacing_mm=(1, 1, 1), detached=detached)
+    write_nrrd(tmp_path / f"seq{ext}", volume, spacing_mm=(1, 1, 1), detached=detached)
     writer = NrrdVolumeWriter(tmp_path / f"pos{ext}", volume.shape, volume.dtype, spacing_mm=(1, 1, 1),
                               detached=detached)
     assert writer.positional

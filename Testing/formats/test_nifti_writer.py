@@ -2,7 +2,7 @@
 
 References, independent of the code under test: pynrrd reading the NRRD the seam writes for the same
 volume, nibabel reading the NIfTI (its own parser, not the header we built with it), ITK's
-NiftiImageIO in a subprocess (like Testing/oracle_worker.py: itk-ioscanco would claim .nii files, so
+NiftiImageIO in a subprocess (like Testing/support/oracle_worker.py: itk-ioscanco would claim .nii files, so
 the IO is named), the raw header bytes read with struct, and Python's gzip/zlib for the member count.
 """
 

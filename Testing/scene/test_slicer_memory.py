@@ -18,7 +18,7 @@ from ScancoUnitsLib.pipeline import engine
 from ScancoUnitsLib.slicer import memory_fit
 from ScancoUnitsLib.slicer.memory_fit import InsufficientMemoryError
 
-TESTING = Path(__file__).resolve().parent
+TESTING = Path(__file__).resolve().parents[1] / "support"
 sys.path.insert(0, str(TESTING))
 
 CAL = Calibration(mu_scaling=8192, mu_water_per_cm=0.2409, density_slope=1603.51904,

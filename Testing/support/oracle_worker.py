@@ -1,8 +1,8 @@
 """Subprocess entry point for the reference implementations (test oracles).
 
-Usage (normally only through ``Testing/oracles.py``)::
+Usage (normally only through ``Testing/support/oracles.py``)::
 
-    python Testing/oracle_worker.py REQUEST.json
+    python Testing/support/oracle_worker.py REQUEST.json
 
 REQUEST.json::
 

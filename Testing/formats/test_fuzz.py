@@ -921,7 +921,7 @@ def test_cli_on_mutated_files_and_hostile_names_never_an_internal_error(seeds, t
                 status = exc.code
             out, err = capsys.readouterr()
             text = out + err
-            errors = [l for l in err.splitlines() if l.startswith("scanco-units: error:")]
+            errors = [line for line in err.splitlines() if line.startswith("scanco-units: error:")]
             what = f"[{seed.name}] #{index} {case.what} {argv[0]} {options if argv[0] == 'convert' else ''}"
             if "internal error" in text or "Traceback" in text:
                 failures.append(f"{what}: {text.strip()[-300:]}")

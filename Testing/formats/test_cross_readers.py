@@ -2,7 +2,7 @@
 
 Files written by ITK and by AimIO read back bit-identically by us (voxels, spacing, origin,
 calibration); files we write read back the same by both of them. Each oracle runs in its own
-subprocess (Testing/oracles.py); cases are random (fixed seed), batched to keep the suite fast.
+subprocess (Testing/support/oracles.py); cases are random (fixed seed), batched to keep the suite fast.
 Known oracle bugs (scanco-format.md section 4, .agent notes) decide what is compared:
 ITK truncates HU (compared through its exact replica), cannot read our VAX float AIMs or charCmp;
 AimIO always writes v030, cannot read IEEE float AIMs.
