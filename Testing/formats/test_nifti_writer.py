@@ -216,3 +216,34 @@ def test_real_scan_converted_slabs(tmp_path, real_data):
         np.testing.assert_array_equal(np.asarray(image.dataobj).transpose(2, 1, 0), volume)
         corner = image.affine @ np.array([0, 0, 0, 1.0])
         np.testing.assert_allclose(corner[:3], [-origin[0], -origin[1], origin[2]], atol=1e-4)
+
+
+def test_a_scanco_mask_aim_written_as_nifti_is_a_label(tmp_path, capsys):
+    """The storage rule is one rule (quantities: ``label``): a char (mask) AIM's mask, the quantity
+    ``char_mask``, is a label in NIfTI as the threshold mask is (the writer only knew ``mask``)."""
+    from cli_harness import run_cli
+
+    from ScancoUnitsLib import write_aim
+    from ScancoUnitsLib.core.header import Calibration
+
+    grey = (np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8) * 97) % 16000
+    cal = Calibration(mu_scaling=8192.0, mu_water_per_cm=0.24, density_slope=1600.0, density_intercept=-400.0,
+                      density_unit="mg HA/ccm")
+    scan = write_aim(tmp_path / "scan.AIM", grey, voxel_size_mm=(0.06, 0.06, 0.06), calibration=cal)
+    status, _, err = run_cli(capsys, "convert", scan, "-o", tmp_path / "m", "--format", "aim", "--outputs", "mask",
+                             "--low", "0", "--high", "600")
+    assert status == 0, err
+    # a mask AIM as IPL exports it (a file our metadata lists is never an input: copy it out)
+    (tmp_path / "ipl").mkdir()
+    mask_aim = tmp_path / "ipl" / "scan_TRAB_MASK.AIM"
+    mask_aim.write_bytes((tmp_path / "m" / "scan_BWmask.AIM").read_bytes())
+    assert read_header(mask_aim).voxel_type == "int8"  # a SCANCO mask: char data
+    for source, quantity in ((scan, "mask"), (mask_aim, "char_mask")):
+        out = tmp_path / f"n_{quantity}"
+        status, _, err = run_cli(capsys, "convert", source, "-o", out, "--format", "nifti", "--outputs", "mask",
+                                 "--low", "0", "--high", "600")
+        assert status == 0, err
+        (written,) = out.glob("*.nii*")
+        image = nibabel.load(str(written))
+        assert image.header.get_intent()[0] == "label", (quantity, written.name)
+        assert set(np.unique(np.asarray(image.dataobj))) <= {0, 1}

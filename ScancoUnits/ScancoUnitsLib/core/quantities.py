@@ -65,10 +65,22 @@ class Quantity:
     axis_title: str = ""
     forward: Optional[Callable] = None
     inverse: Optional[Callable] = None
+    #: the storage rule, in one place: ``stores_as`` is the quantity a format must hold to write this
+    #: one (a char file's mask is stored as a mask, a float AIM as native values; None: itself),
+    #: ``label`` marks a mask (label intent in NIfTI, "any" pyramid levels, AIM mask), ``pass_through``
+    #: an output that is the native slab itself (no kernel, no buffer)
+    stores_as: Optional[str] = None
+    label: bool = False
+    pass_through: bool = False
 
     @property
     def is_calibrated(self) -> bool:
         return self.requires is not None
+
+    @property
+    def storage_key(self) -> str:
+        """The quantity a writer sees when it decides whether and how it can hold this one."""
+        return self.stores_as or self.key
 
     def axis_label(self, short: bool = False) -> str:
         """E.g. ``density [g HA/cc]`` (report and chart axes); ``short``: ``HU`` rather than ``HU [HU]``."""
@@ -91,17 +103,33 @@ _DENSITY_G = Quantity("density_g_cc", "bone mineral density", "g HA/cc", "g/cm3"
                       "density", lambda n, c: _density_mg(n, c) / 1000.0,
                       lambda v, c: _density_mg_inverse(v * 1000.0, c))
 _NATIVE = Quantity("native", "native SCANCO values", "native", "1", "native SCANCO value", None, "native",
-                   "_native", "native", None, "native values")
+                   "_native", "native", None, "native values", pass_through=True)
 _MASK = Quantity("mask", "binary threshold mask", "1", "1", "inside the thresholds", None,
-                 "native_low <= native <= native_high", "_BWmask", "mask", "uint8", "mask")
+                 "native_low <= native <= native_high", "_BWmask", "mask", "uint8", "mask", label=True)
 _CHAR_MASK = Quantity("char_mask", "mask from SCANCO char image (non-zero -> 1)", "1", "1", "SCANCO mask", None,
-                      "native != 0", "_mask", "mask", "uint8", "char mask as stored")
+                      "native != 0", "_mask", "mask", "uint8", "char mask as stored", stores_as="mask", label=True)
 _FLOAT = Quantity("float", "float image as stored in the AIM", "as stored", "1", "as stored", None,
-                  "as stored", "_float", "native", None, "float image as stored")
+                  "as stored", "_float", "native", None, "float image as stored", stores_as="native",
+                  pass_through=True)
 
 #: every quantity by key, in output order
 QUANTITIES: Dict[str, Quantity] = {q.key: q for q in (_HU, _DENSITY_MG, _DENSITY_G, _MU, _NATIVE, _MASK,
                                                         _CHAR_MASK, _FLOAT)}
+
+
+def storage_key(key: str) -> str:
+    """The quantity a writer must hold to store ``key`` (the storage rule; a name outside the registry
+    is itself)."""
+    known = QUANTITIES.get(key)
+    return known.storage_key if known is not None else key
+
+
+def is_label(key: str) -> bool:
+    """Whether a volume of ``key`` is a mask (label intent, "any" pyramid levels, AIM mask)."""
+    known = QUANTITIES.get(key)
+    return known is not None and known.label
+
+
 #: the calibrated quantities (those with a formula)
 CALIBRATED_QUANTITIES = tuple(k for k, q in QUANTITIES.items() if q.is_calibrated)
 

@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from ..io.transaction import AtomicOutputSet
+from ..core.quantities import is_label
 from ..errors import ScancoError
 # The parallel gzip stream: the one place it is imported (it moves to parallel_gzip.py later).
 from ..io.gzip import _GzipStream, _RawStream, _write_all, default_threads
@@ -188,7 +189,7 @@ def _descrip_of(spec: VolumeSpec) -> str:
 def _open_nifti(spec: VolumeSpec, atomic: AtomicOutputSet) -> NiftiVolumeWriter:
     return NiftiVolumeWriter(_nifti_paths(spec)[0], spec.shape_zyx, spec.dtype, spacing_mm=spec.spacing_mm,
                              origin_mm=spec.origin_mm, description=_descrip_of(spec),
-                             label=spec.quantity == "mask", compress=spec.compress, threads=spec.threads,
+                             label=is_label(spec.quantity), compress=spec.compress, threads=spec.threads,
                              atomic=atomic)
 
 

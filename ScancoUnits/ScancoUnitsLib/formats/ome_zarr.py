@@ -57,6 +57,7 @@ import numpy as np
 
 from .. import __version__
 from ..io.transaction import AtomicOutputSet
+from ..core.quantities import QUANTITIES, is_label
 from ..errors import ScancoError
 from .writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
 
@@ -166,8 +167,10 @@ def pyramid_levels(shape_zyx, spacing_mm, origin_mm=(0.0, 0.0, 0.0), *, chunk_si
 
 
 def downsampling_method(quantity: str) -> str:
-    """``"max"`` ("any") for masks, ``"mean"`` for every other quantity."""
-    return "max" if "mask" in str(quantity).lower() else "mean"
+    """``"max"`` ("any") for masks (the registry's ``label``), ``"mean"`` for every other quantity."""
+    if str(quantity) in QUANTITIES:
+        return "max" if is_label(str(quantity)) else "mean"
+    return "max" if "mask" in str(quantity).lower() else "mean"  # a name outside the registry
 
 
 def _cast_mean(mean: np.ndarray, dtype: np.dtype) -> np.ndarray:

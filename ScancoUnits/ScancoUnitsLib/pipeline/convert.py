@@ -27,7 +27,7 @@ from .engine import EngineOutput, SlabObserver, run_engine  # noqa: F401 - SlabO
 from ..errors import ConversionCancelled, RequestError, ScancoFormatError  # noqa: F401 - ConversionCancelled is public here
 from ..core.header import ScancoHeader
 from ..core.option_names import option_name, value_phrase
-from ..core.quantities import QUANTITIES, threshold_unit_label
+from ..core.quantities import QUANTITIES, storage_key, threshold_unit_label
 from ..formats.reader import open_voxels, read_header
 from .statistics import ScanStatistics
 from .request import ConversionOptions, ConversionRequest, RequestPlan, plan_request  # noqa: F401
@@ -103,8 +103,7 @@ def plan_files(plan: RequestPlan, out_dir: Path, stem: str) -> List[PlannedFile]
     request, header = plan.request, plan.header
     common = _calibration_key_values(header)
     formats = [get_format(name) for name in request.formats]
-    stored_as = {"char_mask": "mask", "float": "native"}
-    holds = {o.role: [fmt for fmt in formats if fmt.accepts(stored_as.get(o.quantity, o.quantity))]
+    holds = {o.role: [fmt for fmt in formats if fmt.accepts(storage_key(o.quantity))]
              for o in plan.outputs}  # a format that cannot hold a volume skips it (the plan's notes say so)
     refused = [f"{o.role} as {fmt.name}" for fmt in formats for o in plan.outputs if not holds[o.role]]
     if refused:

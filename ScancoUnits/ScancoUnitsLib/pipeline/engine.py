@@ -38,6 +38,7 @@ import numpy as np
 
 from ..errors import ConversionCancelled
 from ..core.header import ScancoHeader
+from ..core.quantities import QUANTITIES
 from .kernels import KERNEL_ENV, KernelOutput, SlabKernel
 from ..core.thresholds import ResolvedThresholds
 
@@ -46,7 +47,6 @@ TARGET_SLAB_VOXELS = 1 << 20
 #: the most bytes one slab set (the native slab and the engine's buffer of every output) may take; a
 #: slice larger than that is read, converted and written in pieces of whole rows (``SlabLayout``)
 SLAB_SET_MAX_BYTES = 32 << 20
-_PASS_THROUGH = ("native", "float")  # outputs that are the native slab itself (no buffer, no kernel)
 _PAGE_BYTES = 4096
 
 
@@ -209,14 +209,14 @@ class _Worker:
         views = {}
         if self.kernel is not None:
             for out in self.outputs:
-                if out.quantity not in _PASS_THROUGH:
+                if not QUANTITIES[out.quantity].pass_through:
                     views[out.role] = buffers[out.role][:n, :rows] if out.target is None \
                         else out.target[row0:row0 + n, y0:y0 + rows]
             self.kernel.run(native, views, self.kernel_stats)
         if not self.exact_native and native.dtype.kind in "iu":
             _scan_range(self.native, native)
         for out in self.outputs:
-            if out.quantity in _PASS_THROUGH:
+            if QUANTITIES[out.quantity].pass_through:
                 data = native
                 if out.target is not None:
                     data = out.target[row0:row0 + n, y0:y0 + rows]
@@ -267,7 +267,7 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     nx, ny, nz = header.dimensions
     z_selection = range(nz) if z_selection is None else z_selection
     native_dtype = np.dtype(header.voxel_type)
-    buffered = [o for o in outputs if o.quantity not in _PASS_THROUGH and o.target is None]
+    buffered = [o for o in outputs if not QUANTITIES[o.quantity].pass_through and o.target is None]
     layout = slab_layout(header, native_dtype.itemsize + sum(np.dtype(o.dtype).itemsize for o in buffered),
                          slab_slices)
     slab, piece_rows, split = layout.slices, layout.rows, layout.splits_slices
@@ -279,7 +279,7 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
         blocks = [_Piece(z_selection[i:i + slab], 0, ny) for i in range(0, len(z_selection), slab)]
     total = len(z_selection)
     workers = max(1, min(int(workers), len(blocks) or 1))
-    kernel_outputs = [KernelOutput(o.role, o.quantity, o.dtype) for o in outputs if o.quantity not in _PASS_THROUGH]
+    kernel_outputs = [KernelOutput(o.role, o.quantity, o.dtype) for o in outputs if not QUANTITIES[o.quantity].pass_through]
     kernel = None
     if kernel_outputs or (histogram and native_dtype.kind in "iu" and native_dtype.itemsize <= 2):
         if any(o.quantity == "mask" for o in kernel_outputs):
@@ -491,7 +491,7 @@ def _result(worker_states: Sequence[_Worker], outputs: Sequence[EngineOutput], d
     stats = {o.role: OutputStatistics() for o in outputs}
     for out in outputs:
         total = stats[out.role]
-        if out.quantity in _PASS_THROUGH:
+        if QUANTITIES[out.quantity].pass_through:
             for state in worker_states:
                 s = state.stats[out.role]
                 if s.min is not None:

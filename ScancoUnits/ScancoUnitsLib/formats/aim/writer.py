@@ -39,6 +39,7 @@ from .format import _WRITE_TYPES, _float32_to_vax_bytes, aim_header_bytes
 from .log import build_log, calibration_lines, format_line, scanner_lines
 from ...io.transaction import AtomicOutputSet
 from ...core.header import ScancoHeader
+from ...core.quantities import is_label, storage_key
 from ..writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
 from ..vms import datetime_to_log_date
 
@@ -300,18 +301,13 @@ def _aim_paths(spec: VolumeSpec) -> list:
     return [base.with_name(base.name + ".AIM")]
 
 
-#: quantities that are stored as one of AIM_QUANTITIES (a char file's mask, a float file as stored)
-_AS_AIM = {"char_mask": "mask", "float": "native"}
-
-
 def _open_aim(spec: VolumeSpec, atomic: AtomicOutputSet) -> AimVolumeWriter:
-    quantity = _AS_AIM.get(spec.quantity, spec.quantity)
-    if quantity not in AIM_QUANTITIES:
+    if storage_key(spec.quantity) not in AIM_QUANTITIES:
         raise ValueError(f"AIM output holds native values or masks only, not {spec.quantity!r}")
     position, sizes = aim_position_for(spec.source, spec.spacing_mm, spec.origin_mm)
     return AimVolumeWriter(_aim_paths(spec)[0], spec.shape_zyx, spec.dtype, voxel_size_mm=sizes,
                            position_voxels=position, processing_log=derived_log_text(spec.source, spec.derivation),
-                           mask=quantity == "mask", atomic=atomic)
+                           mask=is_label(spec.quantity), atomic=atomic)
 
 
 register_format(VolumeFormat("aim", "SCANCO AIM (IPL, native values and masks)", _aim_paths, _open_aim,
