@@ -176,19 +176,19 @@ class DensityUnit(enum.Enum):
 
 
 def libraryDefaults():
-    """The panel's defaults, read from ScancoUnitsLib.core.quantities when asked (never copied here): the
+    """The panel's defaults, read from ScancoUnitsLib.defaults when asked (never copied here): the
     threshold pair in per mille and the density unit the command line and the Python API use."""
-    from ScancoUnitsLib.core import quantities
+    from ScancoUnitsLib import defaults
 
-    low, high = quantities.DEFAULT_THRESHOLDS_PERMILLE
+    low, high = defaults.THRESHOLDS_PERMILLE
     return {"thresholdUnit": ThresholdUnit.permille, "lowerThreshold": float(low), "upperThreshold": float(high),
-            "densityUnit": DensityUnit.of(quantities.DEFAULT_DENSITY_UNIT)}
+            "densityUnit": DensityUnit.of(defaults.DENSITY_UNIT)}
 
 
 def _densityUnitOrDefault(densityUnit):
-    from ScancoUnitsLib.core.quantities import DEFAULT_DENSITY_UNIT
+    from ScancoUnitsLib import defaults
 
-    return DEFAULT_DENSITY_UNIT if densityUnit is None else densityUnit
+    return defaults.DENSITY_UNIT if densityUnit is None else densityUnit
 
 
 class LoadMode(enum.Enum):
@@ -519,7 +519,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 nodes, files = self.logic.process(p.inputFilePath, exportDirectory=exportDirectory,
                                                   progressCallback=onProgress, cancel=cancelled,
                                                   overwrite=True, header=self._header, **options)
-            except self.logic.lib.LoadCancelled:
+            except self.logic.lib.ConversionCancelled:
                 slicer.util.showStatusMessage(_("Cancelled: nothing was added or written."), 5000)
                 return
         # the file (and folder) were used: remember them in the path fields' history (settingKey in the .ui)
@@ -563,7 +563,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with self._busyWithProgress(labelText) as (onProgress, cancelled):
                 try:
                     histogram = self.logic.histogramOf(header, progressCallback=onProgress, cancel=cancelled)
-                except self.logic.lib.LoadCancelled:
+                except self.logic.lib.ConversionCancelled:
                     slicer.util.showStatusMessage(_("Histogram cancelled."), 5000)
                     return
         self._removeChart()
@@ -764,7 +764,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 
         From the store when known (:meth:`recordHistogram`); otherwise the file is read once, slab by slab,
         with ``progressCallback(fraction, text)`` after each slab and ``cancel() -> True`` stopping it (raises
-        ScancoUnitsLib.slicer.scene.LoadCancelled), and the result is stored for the next call.
+        ScancoUnitsLib.slicer.scene.ConversionCancelled), and the result is stored for the next call.
         """
         histogram = self.knownHistogram(header)
         if histogram is None:
@@ -783,7 +783,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
             done = 0
             for slab in source.iter_slabs(slab_slices_for(header, self.HISTOGRAM_SLAB_SLICES)):
                 if cancel is not None and cancel():
-                    raise self.lib.LoadCancelled(header.path)
+                    raise self.lib.ConversionCancelled(header.path)
                 histogram.accumulate(slab)
                 done += slab.shape[0]
                 if progressCallback is not None:
@@ -901,7 +901,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         native histogram for "Show histogram" (no second read).
 
         Returns ``(nodes, files)``. ``progressCallback(fraction, text)``; ``cancel()`` -> True stops (raises
-        ScancoUnitsLib.slicer.scene.LoadCancelled; nodes created by this call are removed, no file is left).
+        ScancoUnitsLib.slicer.scene.ConversionCancelled; nodes created by this call are removed, no file is left).
         """
         text = _("Loading and writing files...") if exportDirectory else _("Loading into the scene...")
 
@@ -1037,7 +1037,7 @@ class ScancoUnitsFileReader:
                 nodes = lib.load_scan_into_scene(slicer.mrmlScene, filePath, header=header, warn=warn,
                                                  progress=onProgress, cancel=cancelled, **options)
         except Exception as exc:
-            if lib is not None and isinstance(exc, lib.LoadCancelled):   # the user's Cancel
+            if lib is not None and isinstance(exc, lib.ConversionCancelled):   # the user's Cancel
                 logging.info(f"ScancoUnits: loading {filePath} cancelled")
                 messages.AddMessage(vtk.vtkCommand.WarningEvent, _(
                     "Loading {path} was cancelled: nothing was added.").format(path=filePath))
@@ -1330,7 +1330,7 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
 
     def test_cancel_removes_nodes(self):
         self.delayDisplay("Cancelling leaves the scene unchanged")
-        from ScancoUnitsLib.slicer.scene import LoadCancelled
+        from ScancoUnitsLib.slicer.scene import ConversionCancelled
 
         path = self._writeIsq(self._volume(shape=(12, 5, 6)))
         before = slicer.mrmlScene.GetNumberOfNodes()
@@ -1339,7 +1339,7 @@ class ScancoUnitsTest(ScriptedLoadableModuleTest):
         def cancelAfterFirstSlab():
             return len(progress) > 0
 
-        with self.assertRaises(LoadCancelled):
+        with self.assertRaises(ConversionCancelled):
             ScancoUnitsLogic().lib.load_scan_into_scene(slicer.mrmlScene, path, slab_slices=4,
                                                         progress=progress.append, cancel=cancelAfterFirstSlab)
         self.assertEqual(len(progress), 1)

@@ -36,7 +36,7 @@ _EXPORTS = {
     "OutputExistsError": "io.transaction",
     "convert_file": "pipeline.convert",
     "convert_header": "pipeline.convert",
-    "ConversionOptions": "pipeline.convert",
+    "ConversionRequest": "pipeline.request",
     "load_scan_into_scene": "slicer.scene",
     "NiftiVolumeWriter": "formats.nifti",
     "AimVolumeWriter": "formats.aim.writer",

@@ -326,7 +326,7 @@ def test_statistics_equal_a_float64_computation_on_the_whole_array(tmp_path, sla
 def test_conversion_metadata_holds_the_statistics(tmp_path):
     path = S.write_isq(tmp_path / "s.isq", VOLUME, voxel_size_mm=(0.01,) * 3, calibration=CAL)
     header = S.read_header(path)
-    result = S.convert_header(header, tmp_path / "o", S.ConversionOptions(slab_slices=2, statistics=True))
+    result = S.convert_header(header, tmp_path / "o", S.ConversionRequest(slab_slices=2, statistics=True))
     stats = json.loads((tmp_path / "o" / "s_metadata.json").read_text())["statistics"]
     lo, hi = result.metadata["thresholds"]["native"]
     want = reference_statistics(VOLUME, lo, hi)

@@ -175,7 +175,7 @@ def test_a_worker_killed_mid_file_is_retried_and_leaves_no_partial(tmp_path, big
             watcher.start()
             results = []
             inputs_ = [src / "big.isq"]
-            batch = Batch(inputs_, out, S.ConversionOptions(), assign_stems(inputs_), on_result=results.append)
+            batch = Batch(inputs_, out, S.ConversionRequest(), assign_stems(inputs_), on_result=results.append)
             run_on_dask(batch, client=client)
             watcher.join(timeout=5)
     finally:
@@ -203,7 +203,7 @@ def test_a_file_whose_workers_keep_dying_is_failed_without_partials(tmp_path):
     dead = atomic_output._Writer(me.host, me.boot, me.pid, me.start + 1)
     leftover = out / f".big_HU.nrrd.partial-{dead.text}-0123abcd"
     leftover.write_bytes(b"half a file")
-    batch = Batch([tmp_path / "big.isq"], out, S.ConversionOptions(), {tmp_path / "big.isq": "big"})
+    batch = Batch([tmp_path / "big.isq"], out, S.ConversionRequest(), {tmp_path / "big.isq": "big"})
     result = _outcome(Dead(), tmp_path / "big.isq", batch)
     assert result.status == "failed" and "died" in result.error and "big.isq" in result.error
     assert not leftover.exists()

@@ -8,6 +8,7 @@ every failure; the exit status is the documented one (0 ok, 1 some input failed,
 
 from __future__ import annotations
 
+import json
 import hashlib
 import os
 import struct
@@ -424,3 +425,14 @@ def test_make_demo_installs_the_report_extra_only_and_make_test_the_test_stack(t
     assert recipe("demo") == [line for line in recipe("demo") if '".[report]"' in line] != []
     assert not any("[test" in line for line in recipe("demo"))
     assert any('".[test]"' in line for line in recipe("test"))
+
+
+@pytest.mark.parametrize("spelling", ["mg HA/ccm", "mgHA/ccm", "mg/cm3"])
+def test_density_unit_takes_scancos_own_spelling(tmp_path, capsys, spelling):
+    """--density-unit accepts the unit text SCANCO writes ('mg HA/ccm') as the Python API does."""
+    src = good_isq(tmp_path / "a.isq")
+    status, _, stderr = run(capsys, "convert", src, "-o", tmp_path / "o", "--outputs", "density",
+                            "--density-unit", spelling)
+    assert status == 0, stderr
+    meta = json.loads((tmp_path / "o" / "a_metadata.json").read_text())
+    assert meta["outputs"]["density"]["unit"] == "mg HA/ccm"

@@ -18,6 +18,7 @@ slicer = pytest.importorskip("slicer")
 from vtk.util import numpy_support  # noqa: E402
 
 from ScancoUnitsLib import Calibration, write_aim, write_isq  # noqa: E402
+from ScancoUnitsLib import defaults  # noqa: E402
 from ScancoUnitsLib.core import quantities  # noqa: E402
 from ScancoUnitsLib.slicer import scene as scene_lib  # noqa: E402
 from ScancoUnitsLib.pipeline.convert import convert_file  # noqa: E402
@@ -64,8 +65,8 @@ def test_default_outputs_identical_in_cli_api_and_slicer(files, key, tmp_path, c
     api = {role: nrrd.read(str(p), index_order="C")[0]
            for role, p in convert_file(files[key], tmp_path / "api").items() if role != "metadata"}
     nodes = scene_lib.load_scan_into_scene(slicer.vtkMRMLScene(), files[key])
-    assert list(nodes) == list(quantities.DEFAULT_NODE_ROLES)
-    assert set(api) == set(quantities.DEFAULT_FILE_ROLES)
+    assert list(nodes) == list(defaults.NODE_ROLES)
+    assert set(api) == set(defaults.FILE_ROLES)
     for role, node_role in (("hu", "hu"), ("density", "density"), ("mask", "mask_labelmap")):
         suffix = quantities.QUANTITIES[quantities.role_quantity(role)].file_suffix
         np.testing.assert_array_equal(cli[f"{stem}{suffix}.nrrd"], api[role])
@@ -118,8 +119,8 @@ def test_request_defaults_are_the_seed_notebooks():
     request = ConversionRequest()
     assert request.density_unit == "g/cc" and request.hu_dtype == "int16"
     assert (request.thresholds.low, request.thresholds.high, request.thresholds.unit) == (250, 1000, "permille")
-    assert quantities.DEFAULT_FILE_ROLES == ("hu", "density", "mask")
-    assert quantities.DEFAULT_NODE_ROLES == ("hu", "density", "mask_labelmap", "mask_segmentation")
+    assert defaults.FILE_ROLES == ("hu", "density", "mask")
+    assert defaults.NODE_ROLES == ("hu", "density", "mask_labelmap", "mask_segmentation")
 
 
 def test_every_quantity_is_fully_defined():

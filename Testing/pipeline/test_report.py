@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from ScancoUnitsLib.formats.aim.format import write_aim
-from ScancoUnitsLib.pipeline.convert import ConversionOptions, convert_file, convert_header
+from ScancoUnitsLib.pipeline.convert import ConversionRequest, convert_file, convert_header
 from ScancoUnitsLib.core.header import Calibration
 from ScancoUnitsLib.pipeline.histogram import MAX_ADAPTIVE_BINS, NativeHistogram, histogram_of_file
 from ScancoUnitsLib.formats.isq import write_isq
@@ -153,7 +153,7 @@ def test_histogram_between_thresholds_equals_the_mask_voxels(phantom, converted)
     assert metadata["mask_voxels"] == mask_voxels > 0
 
     header = read_header(phantom)
-    options = ConversionOptions(slab_slices=5)
+    options = ConversionRequest(slab_slices=5)
     resolved = resolve_thresholds(options.thresholds, header.calibration)
     builder = ReportBuilder(header, options, resolved)
     convert_header(header, phantom.parent / "again", options, observers=[builder.observe])
@@ -169,7 +169,7 @@ def test_mid_planes_hold_the_written_density_and_mask(phantom, converted):
     density, _ = nrrd.read(str(converted["density"]), index_order="C")
     mask, _ = nrrd.read(str(converted["mask"]), index_order="C")
     header = read_header(phantom)
-    options = ConversionOptions()
+    options = ConversionRequest()
     builder = ReportBuilder(header, options, resolve_thresholds(options.thresholds, header.calibration))
     for z0 in reversed(range(0, SHAPE[0], 6)):  # any slab order works
         builder.observe(z0, read_volume(phantom)[z0:z0 + 6])
@@ -187,7 +187,7 @@ def test_mid_planes_hold_the_written_density_and_mask(phantom, converted):
 def test_threshold_lines_are_drawn_at_the_mask_integers(phantom):
     header = read_header(phantom)
     spec = ThresholdSpec(2500, 4000, "hu")  # both thresholds inside the data: two dashed lines
-    options = ConversionOptions(thresholds=spec)
+    options = ConversionRequest(thresholds=spec)
     resolved = resolve_thresholds(spec, header.calibration)
     builder = ReportBuilder(header, options, resolved)
     builder.observe(0, read_volume(phantom))
@@ -206,7 +206,7 @@ def test_threshold_lines_are_drawn_at_the_mask_integers(phantom):
 def test_slices_use_hu_when_density_was_not_asked_for(phantom, tmp_path):
     outputs = convert_file(phantom, tmp_path, outputs=("hu", "mask"), report=True)
     assert png_size(outputs["report"].read_bytes()) == REPORT_SIZE_PX
-    builder = ReportBuilder(read_header(phantom), ConversionOptions(outputs=("hu", "mask")), None)
+    builder = ReportBuilder(read_header(phantom), ConversionRequest(outputs=("hu", "mask")), None)
     assert builder.quantity == "hu" and builder.quantity_label() == "HU [HU]"
 
 
@@ -217,7 +217,7 @@ def test_uncalibrated_file_shows_native_values(tmp_path):
     outputs = convert_file(path, tmp_path / "out", outputs=("native", "mask"), report=True)
     assert png_size(outputs["report"].read_bytes()) == REPORT_SIZE_PX
     header = read_header(path)
-    builder = ReportBuilder(header, ConversionOptions(outputs=("native", "mask")), None)
+    builder = ReportBuilder(header, ConversionRequest(outputs=("native", "mask")), None)
     assert builder.quantity == "native"
 
 
@@ -233,7 +233,7 @@ def test_char_and_float_aims_get_a_report(tmp_path, kind):
     outputs = convert_file(path, tmp_path / "out", report=True)
     assert png_size(outputs["report"].read_bytes()) == REPORT_SIZE_PX
     header = read_header(path)
-    builder = ReportBuilder(header, ConversionOptions(), None)
+    builder = ReportBuilder(header, ConversionRequest(), None)
     builder.observe(0, read_volume(path))
     assert builder.quantity == kind
     if kind == "char":  # the outline is the char mask itself
@@ -297,7 +297,7 @@ def test_real_calibrated_aim_report(real_data, tmp_path):
 def test_hu_slices_hold_the_int16_hu_output(phantom, tmp_path):
     outputs = convert_file(phantom, tmp_path, outputs=("hu",), report=True)
     hu, _ = nrrd.read(str(outputs["hu"]), index_order="C")
-    builder = ReportBuilder(read_header(phantom), ConversionOptions(outputs=("hu",)), None)
+    builder = ReportBuilder(read_header(phantom), ConversionRequest(outputs=("hu",)), None)
     builder.observe(0, read_volume(phantom))
     zm = builder.mid_zyx[0]
     np.testing.assert_array_equal(builder.planes()[0][1], hu[zm].astype(np.float64))
@@ -309,7 +309,7 @@ def _figure_of_conversion(path, out_dir, **options):
     outputs = convert_file(path, out_dir, report=True, **options)
     metadata = json.loads(outputs["metadata"].read_text())
     header = read_header(path)
-    request = ConversionOptions(**options)
+    request = ConversionRequest(**options)
     from ScancoUnitsLib.pipeline.request import plan_request
 
     builder = ReportBuilder(header, request, plan_request(header, request).thresholds)
@@ -347,5 +347,5 @@ def test_footer_lists_every_written_file_in_every_format(real_data, tmp_path):
 def test_slices_show_what_was_written(phantom, outputs, shown):
     """README: density, or HU, µ or native values when density was not asked for; native,mask showed
     density, which was not written."""
-    builder = ReportBuilder(read_header(phantom), ConversionOptions(outputs=outputs), None)
+    builder = ReportBuilder(read_header(phantom), ConversionRequest(outputs=outputs), None)
     assert builder.quantity == (("density_g_cc") if shown == "density" else shown)

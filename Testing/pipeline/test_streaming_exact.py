@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import ScancoUnitsLib as S
-from ScancoUnitsLib.pipeline.convert import ConversionOptions, convert_file
+from ScancoUnitsLib.pipeline.convert import ConversionRequest, convert_file
 from ScancoUnitsLib.core.header import Calibration
 from ScancoUnitsLib.core.thresholds import ThresholdSpec
 
@@ -48,7 +48,7 @@ def _permille_native(permille) -> int:
     return int(exact + Fraction(1, 2)) if exact >= 0 else -int(-exact + Fraction(1, 2))
 
 
-def _references(native, cal, options: ConversionOptions):
+def _references(native, cal, options: ConversionRequest):
     """role -> (expected array with the output's dtype, clipped HU voxel count)."""
     n = native.astype(np.float64)
     ms, mw = float(cal.mu_scaling), float(cal.mu_water_per_cm)
@@ -81,7 +81,7 @@ def _same_bits(actual: np.ndarray, expected: np.ndarray) -> bool:
     return np.array_equal(actual, expected)
 
 
-def _check_conversion(path, vol, cal, options: ConversionOptions, out: Path):
+def _check_conversion(path, vol, cal, options: ConversionRequest, out: Path):
     written = convert_file(path, out, options)
     expected, clipped = _references(vol, cal, options)
     meta = json.loads(Path(written["metadata"]).read_text())
@@ -118,7 +118,7 @@ def test_isq_streaming_equals_whole_volume_reference(tmp_path, cal, variant):
     vol = _volume((13, 17, 19), seed=1)
     path = S.write_isq(tmp_path / "S0000001.ISQ", vol, voxel_size_mm=(0.02, 0.02, 0.02), calibration=cal)
     for slab in SLABS:
-        options = ConversionOptions(outputs=ALL_ROLES, slab_slices=slab, **variant)
+        options = ConversionRequest(outputs=ALL_ROLES, slab_slices=slab, **variant)
         _check_conversion(path, vol, cal, options, tmp_path / f"out_{slab}")
 
 
@@ -131,7 +131,7 @@ def test_slabs_larger_than_the_converters_chunks(tmp_path):
     assert 3 * 400 * 1000 > max(units._CHUNK_VOXELS, thresholds._MASK_CHUNK_VOXELS)
     path = S.write_isq(tmp_path / "S0000002.ISQ", vol, voxel_size_mm=(0.03, 0.03, 0.03), calibration=MICRO_CT)
     for slab in (3, None):
-        options = ConversionOptions(outputs=ALL_ROLES, slab_slices=slab, compress=slab is None, threads=2)
+        options = ConversionRequest(outputs=ALL_ROLES, slab_slices=slab, compress=slab is None, threads=2)
         _check_conversion(path, vol, MICRO_CT, options, tmp_path / f"out_{slab}")
 
 
@@ -144,5 +144,5 @@ def test_aim_streaming_equals_whole_volume_reference(tmp_path, dtype):
     path = S.write_aim(tmp_path / "A0000001.AIM", vol, version=30, voxel_size_mm=(0.02, 0.02, 0.02),
                        position_voxels=(3, 4, 5), calibration=EXTREME)
     for slab in (1, 3, None):
-        options = ConversionOptions(outputs=ALL_ROLES, slab_slices=slab)
+        options = ConversionRequest(outputs=ALL_ROLES, slab_slices=slab)
         _check_conversion(path, vol, EXTREME, options, tmp_path / f"out_{slab}")

@@ -367,7 +367,7 @@ def test_full_resolution_export_is_readable_by_slicer(scene, files, tmp_path, st
 
 
 def test_export_cancel_leaves_no_file(files, tmp_path):
-    with pytest.raises(lib.LoadCancelled):
+    with pytest.raises(lib.ConversionCancelled):
         lib.export_scan(files["isq"], tmp_path / "out", cancel=lambda: True)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     planned = lib.planned_export_files(files["isq"], tmp_path / "out", outputs=["hu", "mask_segmentation"])
@@ -399,7 +399,7 @@ def test_cancel_removes_every_created_node(scene, files, how):
             event.set()
 
     cancel = {"event": event, "callable": event.is_set, "progress raises": None}[how]
-    expected = KeyboardInterrupt if how == "progress raises" else lib.LoadCancelled
+    expected = KeyboardInterrupt if how == "progress raises" else lib.ConversionCancelled
     with pytest.raises(expected):
         lib.load_scan_into_scene(scene, files["isq"], progress=progress, cancel=cancel, slab_slices=1)
     assert scene.GetNumberOfNodes() == before
@@ -522,7 +522,7 @@ def test_panel_helpers(files):
     assert "n/a" in lib.threshold_equivalents_html(read_header(files["native_isq"]), None)
     assert "mu_water" in lib.threshold_equivalents_html(read_header(files["native_isq"]), (0, 100, "hu"))
     # 9*8*7 voxels x (2 HU + 4 density + 1 labelmap + 1 segmentation) bytes
-    assert lib.scene_memory_bytes(header, lib.DEFAULT_OUTPUTS) == 9 * 8 * 7 * 8
+    assert lib.scene_memory_bytes(header, lib.defaults.NODE_ROLES) == 9 * 8 * 7 * 8
     assert lib.scene_memory_bytes(header, ["hu"], subsample_step=2) == 5 * 4 * 4 * 2
     assert lib.memory_estimate_text(header, ["hu"], subsample_step=2).startswith("5 x 4 x 4 voxels")
     assert lib.segment_name(ThresholdSpec(1.25, 4.0, "mu")) == "Bone 1.25-4 1/cm"

@@ -378,12 +378,13 @@ def test_panel_ui_loads_and_renders_with_pyside6(tmp_path):
     assert summary["collapsed"]["histogramCollapsibleButton"] is True
     assert summary["collapsed"]["saveMaskCollapsibleButton"] is True
     assert summary["threshold_units"] == ["per mille", "native", "1/cm", "HU", "mg HA/ccm"]
+    from ScancoUnitsLib import defaults
     from ScancoUnitsLib.core import quantities
 
     # the defaults shown are the library's (the .ui holds no threshold value and no default unit)
-    assert (summary["lower_threshold"], summary["upper_threshold"]) == quantities.DEFAULT_THRESHOLDS_PERMILLE
+    assert (summary["lower_threshold"], summary["upper_threshold"]) == defaults.THRESHOLDS_PERMILLE
     assert quantities.canonical_density_unit(summary["density_unit"]) == \
-        quantities.canonical_density_unit(quantities.DEFAULT_DENSITY_UNIT)
+        quantities.canonical_density_unit(defaults.DENSITY_UNIT)
     assert set(summary["parameter_names"]) == set(_ui_parameter_names())
     assert summary["filled_from_library"]
     # 250 per mille is native 8192 (round to nearest of 8191.75) and 1000 per mille native 32767
@@ -523,10 +524,10 @@ def test_readme_names_the_licence_and_the_panel_picture():
     assert "Apache License" in licence and "Version 2.0" in licence
     assert re.search(r"Apache License,? (Version )?2\.0", readme), "the README does not name the licence"
     assert "LICENSE.txt" in readme
-    from ScancoUnitsLib.core import quantities
+    from ScancoUnitsLib import defaults
 
     section = readme[readme.index("## Use in 3D Slicer"):]
     section = section[:section.index("\n## ", 5)]
     assert "stand-in" in section and ".ui" in section   # where the panel picture comes from
-    assert f"default {quantities.DEFAULT_DENSITY_UNIT}" in section or \
-        f"{quantities.DEFAULT_DENSITY_UNIT} by default" in section
+    assert f"default {defaults.DENSITY_UNIT}" in section or \
+        f"{defaults.DENSITY_UNIT} by default" in section

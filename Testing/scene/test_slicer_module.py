@@ -188,7 +188,7 @@ def test_histogram_cancel_stores_nothing_and_record_is_used(module, files, tmp_p
         calls.append(1)
         return len(calls) > 2
 
-    with pytest.raises(lib.LoadCancelled):
+    with pytest.raises(lib.ConversionCancelled):
         logic.histogramOf(header, cancel=cancel_after_two_slabs)
     assert logic.knownHistogram(header) is None
     # a histogram recorded by a load pass is what Show histogram uses

@@ -444,17 +444,17 @@ def test_apply_refuses_a_load_that_does_not_fit_in_memory(harness, scan, monkeyp
 def test_panel_takes_the_library_defaults(monkeypatch):
     """A changed library default (thresholds, density unit) moves the panel: a new parameter node takes the
     library's values when it is made, not literals of the module file; a saved node keeps its own."""
-    from ScancoUnitsLib.core import quantities
+    from ScancoUnitsLib import defaults
 
     module = slicer_module_stubs.load_scanco_units_module()
     slicer_module_stubs.new_scene()
     p = module.ScancoUnitsLogic().getParameterNode()
-    assert (p.lowerThreshold, p.upperThreshold) == quantities.DEFAULT_THRESHOLDS_PERMILLE
-    assert p.densityUnit == module.DensityUnit.of(quantities.DEFAULT_DENSITY_UNIT)
+    assert (p.lowerThreshold, p.upperThreshold) == defaults.THRESHOLDS_PERMILLE
+    assert p.densityUnit == module.DensityUnit.of(defaults.DENSITY_UNIT)
     assert p.thresholdUnit == module.ThresholdUnit.permille
 
-    monkeypatch.setattr(quantities, "DEFAULT_THRESHOLDS_PERMILLE", (300.0, 900.0))
-    monkeypatch.setattr(quantities, "DEFAULT_DENSITY_UNIT", "mg HA/ccm")
+    monkeypatch.setattr(defaults, "THRESHOLDS_PERMILLE", (300.0, 900.0))
+    monkeypatch.setattr(defaults, "DENSITY_UNIT", "mg HA/ccm")
     slicer_module_stubs.new_scene()
     p = module.ScancoUnitsLogic().getParameterNode()
     assert (p.lowerThreshold, p.upperThreshold) == (300.0, 900.0)
@@ -467,7 +467,7 @@ def test_panel_takes_the_library_defaults(monkeypatch):
 
 
 def test_logic_default_density_unit_is_the_librarys(monkeypatch, tmp_path):
-    from ScancoUnitsLib.core import quantities
+    from ScancoUnitsLib import defaults
 
     module = slicer_module_stubs.load_scanco_units_module()
     slicer_module_stubs.new_scene()
@@ -475,7 +475,7 @@ def test_logic_default_density_unit_is_the_librarys(monkeypatch, tmp_path):
                      calibration=CAL)
     nodes = module.ScancoUnitsLogic().loadScan(str(path), outputs=["density"])
     assert nodes["density"].GetVoxelValueUnits().GetCodeValue() == "g/cm3"
-    monkeypatch.setattr(quantities, "DEFAULT_DENSITY_UNIT", "mg HA/ccm")
+    monkeypatch.setattr(defaults, "DENSITY_UNIT", "mg HA/ccm")
     nodes = module.ScancoUnitsLogic().loadScan(str(path), outputs=["density"])
     assert nodes["density"].GetVoxelValueUnits().GetCodeValue() == "mg/cm3"
 

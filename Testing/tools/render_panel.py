@@ -77,18 +77,19 @@ def main(argv=None) -> int:
             label.setText(warning)
             label.setVisible(bool(warning))
             # the panel's defaults come from the library (the .ui holds none), as the module's parameter node
+            from ScancoUnitsLib import defaults
             from ScancoUnitsLib.core import quantities
 
-            low, high = quantities.DEFAULT_THRESHOLDS_PERMILLE
+            low, high = defaults.THRESHOLDS_PERMILLE
             widget.findChild(QtWidgets.QDoubleSpinBox, "lowerThresholdSpinBox").setValue(low)
             widget.findChild(QtWidgets.QDoubleSpinBox, "upperThresholdSpinBox").setValue(high)
             density = widget.findChild(QtWidgets.QComboBox, "densityUnitComboBox")
             density.setCurrentIndex(next(i for i in range(density.count()) if quantities.canonical_density_unit(
-                density.itemText(i)) == quantities.canonical_density_unit(quantities.DEFAULT_DENSITY_UNIT)))
+                density.itemText(i)) == quantities.canonical_density_unit(defaults.DENSITY_UNIT)))
             widget.findChild(QtWidgets.QLabel, "thresholdEquivalentsLabel").setText(
                 scene.threshold_equivalents_html(header, (low, high, "permille")))
             widget.findChild(QtWidgets.QLabel, "memoryEstimateLabel").setText(
-                scene.memory_estimate_text(header, scene.DEFAULT_OUTPUTS))
+                scene.memory_estimate_text(header, defaults.NODE_ROLES))
             widget.findChild(standins.ctkPathLineEdit, "exportDirectorySelector").currentPath = \
                 "/data/XtremeCT/nrrd"
             widget.findChild(QtWidgets.QPushButton, "applyButton").setEnabled(True)

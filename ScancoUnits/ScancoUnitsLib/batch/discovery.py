@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .. import defaults
+
 from ..formats.reader import SCANCO_NAME, sniff_format
 
 NOT_SCANCO = "not a SCANCO file (name is not .ISQ/.AIM and no ISQ or AIM magic in its first bytes)"
@@ -41,7 +43,6 @@ _METADATA_MAX_BYTES = 64 << 20  # a metadata file of ours is a few kB; anything 
 #: on the command line (its root), so a file's outputs depend on its own path only; ``flat`` puts every
 #: output in -o, inputs with the same name told apart by their folder names
 LAYOUTS = ("mirror", "flat")
-DEFAULT_LAYOUT = "mirror"
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def relative_path(path: Path, root: Optional[Path]) -> str:
     return Path(path).name
 
 
-def place_outputs(found: Discovery, out_dir, layout: str = DEFAULT_LAYOUT) -> Dict[Path, OutputPlace]:
+def place_outputs(found: Discovery, out_dir, layout: str = defaults.LAYOUT) -> Dict[Path, OutputPlace]:
     """Each input's output folder and stem. ``mirror``: ``out_dir`` / the input's folder relative to
     its root; ``flat``: ``out_dir``. Inputs that would share a stem in one output folder get as many
     of their folder names in front as tell them apart (:func:`assign_stems`)."""

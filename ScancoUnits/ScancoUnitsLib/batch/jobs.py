@@ -346,11 +346,6 @@ def signal_number(interrupt: BaseException) -> int:
     return signum if isinstance(signum, int) else int(signal.SIGINT)  # plain KeyboardInterrupt: Ctrl-C
 
 
-def exit_code_for(interrupt: BaseException) -> int:
-    """128 + signal number, as shells report it: 130 for Ctrl-C (SIGINT), 143 for SIGTERM."""
-    return 128 + signal_number(interrupt)
-
-
 def signal_name(interrupt: BaseException) -> str:
     signum = signal_number(interrupt)
     try:

@@ -16,14 +16,15 @@ from pathlib import Path
 from typing import List
 
 from ..pipeline.request import add_request_arguments, request_from_args
-from ..batch.jobs import (Batch, BatchProgress, FileResult, NOT_STARTED, exit_code_for, ignore_further_signals,
+from ..batch.jobs import (Batch, BatchProgress, FileResult, NOT_STARTED, ignore_further_signals,
                     remove_partials_of, signal_name)
 from ..core.header import printable
+from . import exit_codes
 from .info import format_thresholds
-from ..batch.discovery import (DEFAULT_LAYOUT, LAYOUTS, assign_stems, discover, find_inputs,  # noqa: F401 - find_inputs: public
+from .. import defaults
+from ..batch.discovery import (LAYOUTS, assign_stems, discover, find_inputs,  # noqa: F401 - find_inputs: public
                         place_outputs, skip_kind)
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # SIGTERM: 143 (128 + 15)
 
 __all__ = ["add_commands", "add_convert_arguments", "assign_stems", "find_inputs", "remove_partials_of"]
 
@@ -43,14 +44,19 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
                         "for the files that went well)")
 
 
+_LAYOUT_HELP = {
+    "mirror": "each input's outputs go into -o / its folder relative to the folder given (out/s1/v1/C0001_HU.nrrd)",
+    "flat": "every output into -o, same names told apart by their folder names (s1_v1_C0001_HU.nrrd)",
+}
+
+
 def add_batch_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of whole studies: discovery, re-runs, machine-readable results, Dask."""
     p.add_argument("-r", "--recursive", action="store_true",
                    help="search folders at any depth (files recognised by name or by their SCANCO magic)")
-    p.add_argument("--layout", choices=LAYOUTS, default=DEFAULT_LAYOUT,
-                   help="mirror (default): each input's outputs go into -o / its folder relative to the folder "
-                        "given (out/s1/v1/C0001_HU.nrrd); flat: every output into -o, same names told apart by "
-                        "their folder names (s1_v1_C0001_HU.nrrd)")
+    p.add_argument("--layout", choices=LAYOUTS, default=defaults.LAYOUT,
+                   help="; ".join(f"{name}{' (default)' if name == defaults.LAYOUT else ''}: {text}"
+                                  for name, text in _LAYOUT_HELP.items()))
     p.add_argument("--skip-existing", action="store_true",
                    help="keep a file's outputs when its complete set exists, made from the same input (size, "
                         "modification time) with the same options; an incomplete or stale set is redone")
@@ -281,15 +287,15 @@ def _cmd_convert(args) -> int:
     except ValueError as exc:
         return _usage_error(args, str(exc))
     from ..errors import ScancoError
-    from ..pipeline.request import DEFAULT_FILE_ROLES, format_skip_note, require_formats
+    from ..pipeline.request import format_skip_note, require_formats
 
     try:
         require_formats(options.formats)  # a missing extra: one line up front, not one per file
     except ScancoError as exc:
         print(f"scanco-units: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
 
-    skipped = format_skip_note(options.outputs or DEFAULT_FILE_ROLES, options.formats)
+    skipped = format_skip_note(options.outputs or defaults.FILE_ROLES, options.formats)
     if skipped:  # said once, up front; each file's metadata notes say it too
         print(f"scanco-units: note: {skipped}", file=sys.stderr)
     if options.report:
@@ -299,7 +305,7 @@ def _cmd_convert(args) -> int:
             require_matplotlib()
         except ReportUnavailableError as exc:  # say it once, not once per file
             print(f"scanco-units: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return exit_codes.USAGE
     if args.dask_scheduler or args.dask_local:
         from ..batch.dask import DaskUnavailableError, require_dask
 
@@ -307,7 +313,7 @@ def _cmd_convert(args) -> int:
             require_dask()
         except DaskUnavailableError as exc:
             print(f"scanco-units: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+            return exit_codes.USAGE
     found = discover(args.paths, recursive=args.recursive)
     if args.dry_run:
         return _dry_run(args, found, place_outputs(found, Path(args.output), args.layout), options)
@@ -324,9 +330,9 @@ def _cmd_convert(args) -> int:
     except OSError as exc:
         print(f"scanco-units: error: {out_dir}: cannot create output folder ({exc.strerror or exc})",
               file=sys.stderr)
-        return EXIT_FAILED
+        return exit_codes.FAILED
     if args.summary and not _prepare_summary_folder(args.summary):
-        return EXIT_FAILED
+        return exit_codes.FAILED
     places = place_outputs(found, out_dir, args.layout)
     batch = Batch(found.inputs, out_dir, options, places=places, skip_existing=args.skip_existing, strict=args.strict,
                   on_result=printer.result, progress=progress)
@@ -336,7 +342,7 @@ def _cmd_convert(args) -> int:
         problem = summary_path_problem(args.summary, batch.protected, overwrite=args.overwrite)
         if problem:
             print(f"scanco-units: error: {problem}", file=sys.stderr)
-            return EXIT_USAGE
+            return exit_codes.USAGE
     from ..batch.jobs import sweep_output_folder
 
     for folder in sorted({out_dir, *(place.folder for place in places.values())}):
@@ -353,7 +359,7 @@ def _cmd_convert(args) -> int:
                     run_on_dask(batch, scheduler=args.dask_scheduler, local_workers=args.dask_local)
                 except DaskConnectionError as exc:
                     print(f"scanco-units: error: {exc}", file=sys.stderr)
-                    return EXIT_FAILED
+                    return exit_codes.FAILED
             else:
                 batch.run(args.jobs)
     except KeyboardInterrupt as interrupt:
@@ -372,14 +378,14 @@ def _cmd_convert(args) -> int:
             _print_summary(printer, results, summary_stream, quiet=args.quiet)
         if args.summary:
             _write_summary_csv(args.summary, results, args.overwrite, [batch.protected])
-        return exit_code_for(interrupt)
+        return exit_codes.exit_code_for(interrupt)
     results = found_results + batch.results
     if not (args.json and args.quiet):
         _print_summary(printer, results, summary_stream, quiet=args.quiet)
     summary_ok = _write_summary_csv(args.summary, results, args.overwrite, [batch.protected]) \
         if args.summary else True
     failed = any(r.status == "failed" for r in results) or not found.inputs or not summary_ok or printer.stdout_lost
-    return EXIT_FAILED if failed else EXIT_OK
+    return exit_codes.FAILED if failed else exit_codes.OK
 
 
 # ---- --dry-run ----------------------------------------------------------------------------------------------
@@ -443,7 +449,7 @@ def _dry_run(args, found, places, options) -> int:
             print(f"    {line}", file=out)
     if args.summary:
         print(f"summary: would be written to {args.summary}", file=out)
-    return EXIT_FAILED if failing or not found.inputs else EXIT_OK
+    return exit_codes.FAILED if failing or not found.inputs else exit_codes.OK
 
 
 CONVERT_EPILOG = """\
@@ -456,17 +462,14 @@ reason, and the batch goes on; the summary lists every failure.
 of a study only converts what is new or changed); --json prints one JSON object per input as it
 finishes; --summary FILE.csv writes one row per input with the scan's statistics.
 
-exit status:
-  0    every input converted (or skipped: its outputs were up to date)
-  1    at least one input failed (or no input was found)
-  2    bad command line
-  130  interrupted by Ctrl-C (SIGINT); 143 for SIGTERM, 129 for SIGHUP (128 + signal number)
 """
+
 
 
 def add_commands(sub) -> None:
     convert = sub.add_parser("convert", help="convert files or folders to calibrated NRRD volumes",
-                             epilog=CONVERT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                             epilog=CONVERT_EPILOG + exit_codes.HELP,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
     convert.add_argument("paths", nargs="+", metavar="PATH", help="ISQ/AIM files or folders of them")
     add_convert_arguments(convert)
     add_batch_arguments(convert)

@@ -26,7 +26,7 @@ def measure_rods(density_path: Path, unit_scale_to_mg: float, shape_zyx):
 
 
 def run_demo(out_dir, *, report: bool = True, stream=sys.stdout) -> int:
-    from ..pipeline.convert import ConversionOptions, convert_file
+    from ..pipeline.convert import ConversionRequest, convert_file
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ def run_demo(out_dir, *, report: bool = True, stream=sys.stdout) -> int:
         except ReportUnavailableError as exc:
             print(f"scanco-units: note: no QC report: {exc}", file=sys.stderr)
             report = False
-    options = ConversionOptions(outputs=("hu", "density", "mask", "mu"), overwrite=True, report=report)
+    options = ConversionRequest(outputs=("hu", "density", "mask", "mu"), overwrite=True, report=report)
     try:
         outputs = convert_file(scan, out_dir, options)
     except Exception as exc:  # noqa: BLE001 - one line, no traceback

@@ -8,7 +8,8 @@ where thresholds are written out for people: ``info --low/--high`` and a batch's
 from __future__ import annotations
 
 from ..errors import CalibrationMissingError, RequestError
-from ..core.header import DEFAULT_DENSITY_UNIT, Calibration, ScancoHeader, printable
+from .. import defaults
+from ..core.header import Calibration, ScancoHeader, printable
 from ..core.quantities import UNIT_LABELS, threshold_unit_label
 from ..core.thresholds import VALUE_UNITS, ResolvedThresholds, ThresholdSpec, permille_of_native, resolve_thresholds
 from ..core.units import UnitConverter
@@ -30,7 +31,7 @@ def _fmt(value, unit: str = "") -> str:
 def _density_unit_line(c: Calibration) -> str:
     factor = c.density_mg_per_unit
     if c.density_unit_assumed:
-        return f"not in the file (taken as {DEFAULT_DENSITY_UNIT})"
+        return f"not in the file (taken as {defaults.FILE_DENSITY_UNIT_WHEN_ABSENT})"
     if factor is None:
         return f"{c.density_unit!r} (not a density unit: no density output)"
     return f"{c.density_unit} ({factor:g} mg HA/ccm per unit)"

@@ -15,12 +15,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .. import __version__  # noqa: E402
 from ..errors import ScancoError  # noqa: E402
-
-EXIT_OK = 0
-EXIT_FAILED = 1      # at least one input could not be read or converted
-EXIT_USAGE = 2       # bad command line (argparse's own code)
-EXIT_INTERRUPTED = 130   # Ctrl-C (SIGINT); other signals: 128 + signal number (SIGTERM 143)
-EXIT_TERMINATED = 143
+from . import exit_codes  # noqa: E402
 
 
 def _cmd_info(args) -> int:
@@ -37,14 +32,14 @@ def _cmd_info(args) -> int:
     except ValueError as exc:
         return usage_error(args, str(exc))
     show_thresholds = spec != DEFAULT_THRESHOLDS or args.low is not None or args.high is not None
-    status = EXIT_OK
+    status = exit_codes.OK
     for path in args.files:
         try:
             header = read_header(path)
         except ScancoError as exc:
             message = " ".join(str(exc).split())
             print(f"scanco-units: error: {printable(message)}", file=sys.stderr)  # no raw ESC of a name
-            status = EXIT_FAILED
+            status = exit_codes.FAILED
             if args.json:
                 print(json.dumps({"input": str(path), "status": "failed", "error": message}), flush=True)
             continue
@@ -93,7 +88,7 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message):
         usage_error_line(self.prog, message)
-        self.exit(EXIT_USAGE)
+        self.exit(exit_codes.USAGE)
 
 
 def usage_error_line(prog: str, message: str) -> None:
@@ -106,7 +101,7 @@ def usage_error(args, message: str) -> int:
     """Print a usage error of a parsed command line (one line and the hint); return exit status 2."""
     parser = getattr(args, "_parser", None)
     usage_error_line(parser.prog if parser is not None else "scanco-units", message)
-    return EXIT_USAGE
+    return exit_codes.USAGE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,15 +146,14 @@ def _main(argv: Optional[List[str]]) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt as exc:
-        signum = getattr(exc, "signum", None)
         print("scanco-units: interrupted", file=sys.stderr)
-        return 128 + signum if isinstance(signum, int) else EXIT_INTERRUPTED
+        return exit_codes.exit_code_for(exc)
     except BrokenPipeError:  # e.g. `scanco-units info *.ISQ | head`: the reader went away
         try:
             sys.stdout = open(os.devnull, "w")
         except OSError:
             pass
-        return EXIT_FAILED
+        return exit_codes.FAILED
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional, Tuple
 
+from .. import defaults
+
 Triple = Tuple[int, int, int]
 FloatTriple = Tuple[float, float, float]
 
@@ -54,8 +56,6 @@ DENSITY_UNIT_MG_PER_UNIT = {
     for ha in ("ha", "")
     for volume in ("ccm", "cc", "cm3", "cm^3", "cm\u00b3", "ml")
 }
-#: the unit an absent density unit is taken to be
-DEFAULT_DENSITY_UNIT = "mg HA/ccm"
 
 #: C0 controls, DEL and C1 controls (ESC [ and CSI start terminal escape sequences)
 _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
@@ -243,7 +243,7 @@ class Calibration:
     def to_dict(self) -> dict:
         out = {f.name: _json_safe(getattr(self, f.name)) for f in fields(self) if f.name != "conflicts"}
         out["density_mg_per_unit"] = self.density_mg_per_unit
-        out["density_unit_assumed"] = (f"no density unit in the file: taken as {DEFAULT_DENSITY_UNIT}"
+        out["density_unit_assumed"] = (f"no density unit in the file: taken as {defaults.FILE_DENSITY_UNIT_WHEN_ABSENT}"
                                        if self.density_unit_assumed else None)
         out["conflicts"] = [c.to_dict() for c in self.conflicts]
         out["usable"] = {q: not self.missing_for(q) for q in ("mu", "hu", "density")}

@@ -14,9 +14,12 @@ two density quantities by the density unit of the request. Adding a quantity: on
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional
 
 import numpy as np
+
+from .. import defaults
+from .header import density_mg_per_unit
 
 
 @dataclass(frozen=True)
@@ -140,10 +143,6 @@ FILE_ROLES = ("hu", "density", "mask", "mu", "native")
 NODE_ROLES = ("hu", "density", "mu", "native", "mask_labelmap", "mask_segmentation")
 #: the roles that need a calibration
 CALIBRATED_ROLES = ("hu", "density", "mu")
-#: the seed notebook's outputs: HU, density, mask
-DEFAULT_FILE_ROLES = ("hu", "density", "mask")
-#: the same set in Slicer, plus the segmentation
-DEFAULT_NODE_ROLES = ("hu", "density", "mask_labelmap", "mask_segmentation")
 #: words users may type for a role
 ROLE_ALIASES = {"labelmap": "mask_labelmap", "segmentation": "mask_segmentation", "attenuation": "mu",
                 "rho": "density", "bwmask": "mask"}
@@ -154,23 +153,22 @@ FILE_ROLE_OF_NODE_ROLE = {"hu": "hu", "density": "density", "mu": "mu", "native"
 # ---- density units ------------------------------------------------------------------------------
 #: canonical density unit names (command line choices) -> quantity key
 DENSITY_UNITS = {"g/cc": "density_g_cc", "mgHA/ccm": "density_mg_ha_ccm"}
-#: the seed notebook writes density in g/cc
-DEFAULT_DENSITY_UNIT = "g/cc"
-#: every spelling accepted from users -> canonical name
-DENSITY_UNIT_SPELLINGS = {
-    "g/cc": "g/cc", "g ha/cc": "g/cc", "g/cm3": "g/cc", "g ha/ccm": "g/cc", "g ha/cm3": "g/cc",
-    "gha/ccm": "g/cc", "density_g_cc": "g/cc",
-    "mgha/ccm": "mgHA/ccm", "mg ha/ccm": "mgHA/ccm", "mg/cm3": "mgHA/ccm", "mg/ccm": "mgHA/ccm",
-    "mg ha/cm3": "mgHA/ccm", "mg/cc": "mgHA/ccm", "density_mg_ha_ccm": "mgHA/ccm",
-}
+#: mg HA/ccm per unit -> canonical name
+_DENSITY_UNIT_OF_FACTOR = {1.0: "mgHA/ccm", 1000.0: "g/cc"}
 
 
 def canonical_density_unit(name) -> str:
-    """``"mg HA/ccm"`` -> ``"mgHA/ccm"``; ValueError naming the accepted spellings otherwise."""
-    key = " ".join(str(name).strip().lower().split()) if isinstance(name, str) else None
-    if key not in DENSITY_UNIT_SPELLINGS:
+    """The canonical name (``"g/cc"``, ``"mgHA/ccm"``) of a density unit given as a canonical name, a
+    quantity key or any unit text a SCANCO file may carry (``"mg HA/ccm"``, ``"g HA/cm3"``: the one
+    spelling table, :data:`core.header.DENSITY_UNIT_MG_PER_UNIT`); ValueError otherwise."""
+    text = name.strip() if isinstance(name, str) else ""
+    for canonical, key in DENSITY_UNITS.items():
+        if text in (canonical, key):
+            return canonical
+    factor = density_mg_per_unit(text) if text else None
+    if factor not in _DENSITY_UNIT_OF_FACTOR:
         raise ValueError(f"unknown density unit {name!r}; use one of {', '.join(DENSITY_UNITS)}")
-    return DENSITY_UNIT_SPELLINGS[key]
+    return _DENSITY_UNIT_OF_FACTOR[factor]
 
 
 def density_quantity(density_unit: str) -> str:
@@ -178,7 +176,7 @@ def density_quantity(density_unit: str) -> str:
     return DENSITY_UNITS[canonical_density_unit(density_unit)]
 
 
-def role_quantity(role: str, density_unit: str = DEFAULT_DENSITY_UNIT) -> str:
+def role_quantity(role: str, density_unit: str = defaults.DENSITY_UNIT) -> str:
     """Quantity key a role holds (``density`` follows the density unit; both mask roles: ``mask``)."""
     if role == "density":
         return density_quantity(density_unit)
@@ -199,19 +197,16 @@ THRESHOLD_VALUE_UNITS = ("permille", "native", "mu", "hu", "density_mg_ha_ccm", 
 UNIT_LABELS = {"permille": "per mille", "native": "native", "mu": "1/cm", "hu": "HU",
                "mgHA/ccm": "mg HA/ccm", "g/cc": "g HA/cc",
                "density_mg_ha_ccm": "mg HA/ccm", "density_g_cc": "g HA/cc"}
-#: the seed notebook's mask: 250 to 1000 per mille
-DEFAULT_THRESHOLDS_PERMILLE = (250.0, 1000.0)
 HU_DTYPES = ("int16", "float32")
-DEFAULT_HU_DTYPE = "int16"
 
 
-def threshold_unit_label(unit: str, density_unit: str = DEFAULT_DENSITY_UNIT) -> str:
+def threshold_unit_label(unit: str, density_unit: str = defaults.DENSITY_UNIT) -> str:
     if unit == "density":
         unit = canonical_density_unit(density_unit)
     return UNIT_LABELS.get(unit, unit)
 
 
-def output_dtype(quantity: str, native_dtype, hu_dtype: str = DEFAULT_HU_DTYPE) -> np.dtype:
+def output_dtype(quantity: str, native_dtype, hu_dtype: str = defaults.HU_DTYPE) -> np.dtype:
     """Voxel type of a quantity's output for a file of ``native_dtype``."""
     q = QUANTITIES[quantity]
     if quantity == "hu":
@@ -219,8 +214,3 @@ def output_dtype(quantity: str, native_dtype, hu_dtype: str = DEFAULT_HU_DTYPE) 
             raise ValueError(f"HU dtype must be one of {', '.join(HU_DTYPES)}, not {hu_dtype!r}")
         return np.dtype(hu_dtype)
     return np.dtype(q.dtype if q.dtype is not None else native_dtype)
-
-
-def quantity_for_unit_label(label: str) -> Tuple[str, ...]:
-    """Quantity keys whose unit label is ``label`` (for readers of our own metadata)."""
-    return tuple(k for k, q in QUANTITIES.items() if q.unit_label == label)

@@ -45,6 +45,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from .. import defaults
 from ..errors import CalibrationMissingError, RequestError, ThresholdRangeError
 from .header import Calibration
 from .option_names import command_line_names, option_name
@@ -149,7 +150,7 @@ class ThresholdSpec:
     low: float
     high: float
     unit: str = "permille"
-    permille_reference: str = "32767"
+    permille_reference: str = defaults.PERMILLE_REFERENCE
 
     def __post_init__(self):
         if self.unit not in UNITS:

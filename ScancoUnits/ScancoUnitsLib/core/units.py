@@ -41,7 +41,8 @@ from typing import Dict, Optional
 import numpy as np
 
 from ..errors import CalibrationMissingError
-from .header import DEFAULT_DENSITY_UNIT, Calibration
+from .. import defaults
+from .header import Calibration
 from .quantities import CALIBRATED_QUANTITIES, HU_DTYPES, CalibrationConstants
 from .quantities import QUANTITIES as _Q
 
@@ -285,7 +286,7 @@ def describe_calibration(calibration: Optional[Calibration]) -> dict:
         "density_unit_in_file": cal.density_unit,
         # mg HA/ccm per unit of the file's density (the formulas' unit_factor); None: not a density unit
         "density_unit_factor": cal.density_mg_per_unit,
-        "density_unit_note": (f"no density unit in the file: taken as {DEFAULT_DENSITY_UNIT}"
+        "density_unit_note": (f"no density unit in the file: taken as {defaults.FILE_DENSITY_UNIT_WHEN_ABSENT}"
                               if cal.density_unit_assumed else None),
         "conflicts": [c.to_dict() for c in cal.conflicts],
         "quantities": {},

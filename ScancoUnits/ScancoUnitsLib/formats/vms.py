@@ -134,10 +134,6 @@ def datetime_to_vms_date(when: _dt.datetime) -> int:
     return ticks
 
 
-def iso_to_vms_date(text: str) -> int:
-    return datetime_to_vms_date(_dt.datetime.fromisoformat(text))
-
-
 # ---- text dates (AIM processing log) ----------------------------------------------------------------
 _TEXT_DATE = re.compile(
     r"^\s*(\d{1,2})-([A-Za-z]{3})-(\d{4})\s+(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,6}))?\s*$"

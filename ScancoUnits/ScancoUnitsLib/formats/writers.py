@@ -70,6 +70,9 @@ class VolumeFormat:
     ``quantities``: the quantities it can hold (None: all); asking for another is a usage error.
     ``require``: raises a :class:`~ScancoUnitsLib.errors.ScancoError` naming the extra to install when
     an optional dependency of the format is missing (None: nothing to install).
+    ``stored``: ``stored(quantity, dtype)`` says how the format stores a quantity whose file differs from
+    the output's own type and values (a dict for the metadata, e.g. AIM masks: int8, object value 127);
+    None where the file holds the output as it is.
     """
 
     name: str
@@ -78,6 +81,10 @@ class VolumeFormat:
     open: Callable[[VolumeSpec, AtomicOutputSet], VolumeWriter]
     quantities: Optional[Tuple[str, ...]] = None
     require: Optional[Callable[[], object]] = None
+    stored: Optional[Callable[[str, np.dtype], Optional[dict]]] = None
+
+    def stored_as(self, quantity: str, dtype) -> Optional[dict]:
+        return None if self.stored is None else self.stored(quantity, np.dtype(dtype))
 
     def accepts(self, quantity: str) -> bool:
         return self.quantities is None or quantity in self.quantities
@@ -97,7 +104,6 @@ _FORMAT_MODULES = {
     "aim": "aim.writer",
 }
 FORMAT_NAMES = tuple(_FORMAT_MODULES)
-DEFAULT_FORMAT = "nrrd"
 
 
 def register_format(fmt: VolumeFormat) -> VolumeFormat:

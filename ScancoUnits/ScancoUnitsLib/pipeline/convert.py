@@ -30,7 +30,7 @@ from ..core.option_names import option_name, value_phrase
 from ..core.quantities import QUANTITIES, storage_key, threshold_unit_label
 from ..formats.reader import open_voxels, read_header
 from .statistics import ScanStatistics
-from .request import ConversionOptions, ConversionRequest, RequestPlan, plan_request  # noqa: F401
+from .request import ConversionRequest, RequestPlan, plan_request  # noqa: F401
 from ..core.thresholds import permille_of_native
 from ..core.units import UnitConverter, describe_calibration
 from ..formats.writers import VolumeSpec, get_format
@@ -448,6 +448,7 @@ def _metadata(header, plan: RequestPlan, files: List[PlannedFile], stats, mask_v
     for out in plan.outputs:
         mine = [f for f in files if f.role == out.role]
         quantity = QUANTITIES[out.quantity]
+        stored = {f.format: s for f in mine if (s := get_format(f.format).stored_as(out.quantity, out.dtype))}
         outputs[out.role] = {"file": mine[0].paths[0].name if mine else None,
                              "files": [p.name for f in mine for p in f.paths],
                              "formats": [f.format for f in mine],
@@ -455,6 +456,8 @@ def _metadata(header, plan: RequestPlan, files: List[PlannedFile], stats, mask_v
                              "quantity": mine[0].spec.description if mine else quantity.title,
                              "formula": quantity.formula,
                              "min": stats[out.role].min, "max": stats[out.role].max}
+        if stored:   # a format whose file holds the values differently (AIM masks: int8 0/127)
+            outputs[out.role]["stored"] = stored
     thresholds = None
     if plan.thresholds is not None:
         thresholds = plan.thresholds.to_dict()
@@ -509,5 +512,5 @@ def convert_file(path, out_dir, options: Optional[ConversionRequest] = None, *,
     return convert_header(header, out_dir, options, stem=stem, progress=progress).outputs
 
 
-__all__ = ["ConversionOptions", "ConversionRequest", "ConversionResult", "ConversionCancelled", "convert_file",
+__all__ = ["ConversionRequest", "ConversionResult", "ConversionCancelled", "convert_file",
            "convert_header", "output_stem", "plan_files", "OUTPUT_SUFFIXES", "stem_file_names", "metadata_checksum"]

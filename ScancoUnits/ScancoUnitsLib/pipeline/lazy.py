@@ -46,7 +46,7 @@ def to_dask(path, quantity: str = "density_mg_ha_ccm", chunks=None, *,
     ``quantity``: one of :data:`LAZY_QUANTITIES` ("mu", "hu", "density_mg_ha_ccm", "density_g_cc",
     "native", "mask"). ``chunks``: anything ``dask.array`` accepts for a (z, y, x) array; default:
     whole slices, about 16 Mi voxels a block. ``thresholds`` (for "mask"): default those of
-    :class:`~ScancoUnitsLib.pipeline.convert.ConversionOptions`; char AIMs give their own mask (non-zero -> 1).
+    :class:`~ScancoUnitsLib.pipeline.request.ConversionRequest`; char AIMs give their own mask (non-zero -> 1).
     ``hu_dtype``: "int16" (default, as the NRRD) or "float32". Bad files and missing calibrations
     raise here, before any block is computed.
     """
@@ -56,12 +56,12 @@ def to_dask(path, quantity: str = "density_mg_ha_ccm", chunks=None, *,
         from ..errors import DaskUnavailableError
 
         raise DaskUnavailableError("to_dask needs dask: pip install scanco-units[dask]") from exc
-    from .convert import ConversionOptions
+    from .request import ConversionRequest
     from ..formats.reader import read_header
 
     if quantity not in LAZY_QUANTITIES:
         raise ValueError(f"unknown quantity {quantity!r}; expected one of {', '.join(LAZY_QUANTITIES)}")
-    defaults = ConversionOptions()
+    defaults = ConversionRequest()
     hu_dtype = hu_dtype or defaults.hu_dtype
     header = read_header(path)
     native_dtype = np.dtype(header.voxel_type)

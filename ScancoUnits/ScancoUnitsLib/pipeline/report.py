@@ -33,7 +33,8 @@ from ..errors import ScancoError
 from ..core.header import ScancoHeader
 from .histogram import NativeHistogram
 from ..core.thresholds import PERMILLE_FULL_SCALE, ResolvedThresholds, mask_from_char
-from ..core.quantities import DEFAULT_FILE_ROLES, QUANTITIES, UNIT_LABELS, density_quantity
+from .. import defaults
+from ..core.quantities import QUANTITIES, UNIT_LABELS, density_quantity
 from .summaries import header_summary
 from ..core.units import UnitConverter
 
@@ -69,7 +70,7 @@ def require_matplotlib():
 class ReportBuilder:
     """Collects what the QC picture needs while a conversion streams, then draws it.
 
-    ``options``: the :class:`~ScancoUnitsLib.pipeline.convert.ConversionOptions` (its ``outputs`` and
+    ``options``: the :class:`~ScancoUnitsLib.pipeline.request.ConversionRequest` (its ``outputs`` and
     ``density_unit`` choose the unit shown); ``resolved``: the thresholds of the mask, or None (char and
     float AIMs, or no mask asked for). Call :meth:`observe` once per slab, z ascending or not, then
     :meth:`save`.
@@ -130,7 +131,7 @@ class ReportBuilder:
         density = density_quantity(density_unit)
         by_role = {"density": density, "hu": "hu", "mu": "mu"}
         asked = getattr(self.options, "outputs", None)
-        asked = DEFAULT_FILE_ROLES if asked is None else tuple(asked)
+        asked = defaults.FILE_ROLES if asked is None else tuple(asked)
         for role in ("density", "hu", "mu"):
             if role in asked and converter.can_convert(by_role[role]):
                 return by_role[role]

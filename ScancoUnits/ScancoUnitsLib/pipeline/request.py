@@ -25,22 +25,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .regions import add_region_arguments, region_request_values
+from .. import defaults
 from ..errors import CalibrationMissingError, RequestError
 from ..core.header import ScancoHeader
 from ..core.option_names import option_name, outputs_phrase, value_phrase
 from ..core.quantities import (
     CALIBRATED_ROLES,
-    DEFAULT_DENSITY_UNIT,
-    DEFAULT_FILE_ROLES,
-    DEFAULT_HU_DTYPE,
-    DEFAULT_NODE_ROLES,
-    DEFAULT_THRESHOLDS_PERMILLE,
     DENSITY_UNITS,
     FILE_ROLE_OF_NODE_ROLE,
     FILE_ROLES,
@@ -56,9 +52,10 @@ from ..core.quantities import (
 )
 from ..core.thresholds import PERMILLE_REFERENCES, ResolvedThresholds, ThresholdSpec, resolve_thresholds
 from ..core.units import UnitConverter
-from ..formats.writers import DEFAULT_FORMAT, FORMAT_NAMES, get_format
+from ..formats.writers import FORMAT_NAMES, get_format
 
-DEFAULT_THRESHOLDS = ThresholdSpec(*DEFAULT_THRESHOLDS_PERMILLE, unit="permille")
+DEFAULT_THRESHOLDS = ThresholdSpec(*defaults.THRESHOLDS_PERMILLE, unit=defaults.THRESHOLD_UNIT,
+                                   permille_reference=defaults.PERMILLE_REFERENCE)
 
 
 def threshold_spec_from(thresholds=None) -> ThresholdSpec:
@@ -129,9 +126,9 @@ class ConversionRequest:
 
     outputs: Optional[Tuple[str, ...]] = None
     thresholds: ThresholdSpec = DEFAULT_THRESHOLDS
-    density_unit: str = DEFAULT_DENSITY_UNIT
-    hu_dtype: str = DEFAULT_HU_DTYPE
-    formats: Tuple[str, ...] = (DEFAULT_FORMAT,)
+    density_unit: str = defaults.DENSITY_UNIT
+    hu_dtype: str = defaults.HU_DTYPE
+    formats: Tuple[str, ...] = (defaults.OUTPUT_FORMAT,)
     compress: bool = False                  # gzip NRRD / .nii.gz
     detached: bool = False                  # .nhdr + .raw
     overwrite: bool = False
@@ -168,7 +165,7 @@ class ConversionRequest:
         object.__setattr__(self, "formats", formats)
         # a format that cannot hold an output (AIM: native and mask only, what IPL evaluates) skips it
         # when another requested format holds it; an output no requested format holds is refused
-        asked = self.outputs if self.outputs is not None else DEFAULT_FILE_ROLES
+        asked = self.outputs if self.outputs is not None else defaults.FILE_ROLES
         nowhere = [r for r in asked if not any(_format_holds(f, r) for f in formats)]
         if nowhere:
             holding = [r for r in asked if r not in nowhere]
@@ -238,10 +235,6 @@ def format_skip_note(roles: Sequence[str], formats: Sequence[str]) -> Optional[s
         held = " and ".join(get_format(f).quantities or ())
         parts.append(f"{', '.join(skipped)} not written as {f} ({f} holds only {held})")
     return "; ".join(parts)
-
-
-#: the name the Python API has used since the first release
-ConversionOptions = ConversionRequest
 
 
 @dataclass(frozen=True)
@@ -340,8 +333,8 @@ def plan_request(header: ScancoHeader, request: Optional[ConversionRequest] = No
                 warning(f"{name}: {header.voxel_type} image (already converted by IPL): loaded as stored, "
                         "without rescaling or mask")
         else:
-            roles = list(DEFAULT_FILE_ROLES)
-            node_roles = DEFAULT_NODE_ROLES if for_nodes else ()
+            roles = list(defaults.FILE_ROLES)
+            node_roles = defaults.NODE_ROLES if for_nodes else ()
             # no calibration: refused below, in Slicer as on the command line (one rule, issue 21)
     else:
         roles = list(dict.fromkeys(FILE_ROLE_OF_NODE_ROLE[r] for r in node_roles)) if for_nodes else list(explicit)
@@ -413,31 +406,34 @@ def plan_request(header: ScancoHeader, request: Optional[ConversionRequest] = No
 # ---- the command line's view of a request ----------------------------------------------------------
 def add_threshold_arguments(p: argparse.ArgumentParser) -> None:
     """--low, --high, --threshold-unit, --permille-reference and --density-unit (convert, demo, info)."""
+    default_unit = threshold_unit_label(DEFAULT_THRESHOLDS.unit)
     p.add_argument("--low", type=float, default=None,
-                   help=f"lower threshold (default {DEFAULT_THRESHOLDS.low:g} per mille)")
+                   help=f"lower threshold (default {DEFAULT_THRESHOLDS.low:g} {default_unit})")
     p.add_argument("--high", type=float, default=None,
-                   help=f"upper threshold (default {DEFAULT_THRESHOLDS.high:g} per mille)")
-    p.add_argument("--threshold-unit", choices=THRESHOLD_UNITS, default="permille",
+                   help=f"upper threshold (default {DEFAULT_THRESHOLDS.high:g} {default_unit})")
+    p.add_argument("--threshold-unit", choices=THRESHOLD_UNITS, default=DEFAULT_THRESHOLDS.unit,
                    help="unit of --low/--high: permille (1000 = native 32767), native, mu (1/cm), hu, "
-                        "mgHA/ccm, g/cc, or density = the --density-unit (default permille)")
-    p.add_argument("--permille-reference", choices=PERMILLE_REFERENCES, default="32767",
+                        f"mgHA/ccm, g/cc, or density = the --density-unit (default {DEFAULT_THRESHOLDS.unit})")
+    p.add_argument("--permille-reference", choices=PERMILLE_REFERENCES, default=DEFAULT_THRESHOLDS.permille_reference,
                    help="1000 per mille = native 32767 (IPL, default) or the header's Maximum data value "
                         "(the seed notebook's reading)")
-    p.add_argument("--density-unit", choices=tuple(DENSITY_UNITS), default=DEFAULT_DENSITY_UNIT,
-                   help=f"unit of the density output and of --threshold-unit density (default {DEFAULT_DENSITY_UNIT})")
+    p.add_argument("--density-unit", type=_density_unit_argument, default=defaults.DENSITY_UNIT,
+                   metavar="{" + ",".join(DENSITY_UNITS) + "}",
+                   help="unit of the density output and of --threshold-unit density (default "
+                        f"{defaults.DENSITY_UNIT}; SCANCO's spelling 'mg HA/ccm' is accepted too)")
 
 
 def add_request_arguments(p: argparse.ArgumentParser) -> None:
     """The options that build a :class:`ConversionRequest` (convert and demo share them)."""
     d = ConversionRequest()
     p.add_argument("--outputs", default=None,
-                   help=f"comma-separated: {', '.join(FILE_ROLES)} (default {','.join(DEFAULT_FILE_ROLES)}; "
+                   help=f"comma-separated: {', '.join(FILE_ROLES)} (default {','.join(defaults.FILE_ROLES)}; "
                         "a char AIM gives its mask, a float AIM its values as stored)")
     add_threshold_arguments(p)
     add_region_arguments(p)
     p.add_argument("--hu-dtype", choices=HU_DTYPES, default=d.hu_dtype)
-    p.add_argument("--format", default=DEFAULT_FORMAT,
-                   help=f"comma-separated output formats: {', '.join(FORMAT_NAMES)} (default {DEFAULT_FORMAT})")
+    p.add_argument("--format", default=defaults.OUTPUT_FORMAT,
+                   help=f"comma-separated output formats: {', '.join(FORMAT_NAMES)} (default {defaults.OUTPUT_FORMAT})")
     p.add_argument("--compress", action="store_true", help="gzip-compressed NRRD / .nii.gz (what Slicer writes)")
     p.add_argument("--detached", action="store_true", help="write .nhdr + .raw pairs")
     p.add_argument("--overwrite", action="store_true",
@@ -453,18 +449,26 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
                         "(faster; a power loss may then leave a set that looks complete)")
 
 
+def _density_unit_argument(text: str) -> str:
+    """--density-unit in any spelling :func:`canonical_density_unit` accepts, made canonical."""
+    try:
+        return canonical_density_unit(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def threshold_spec_from_args(args) -> ThresholdSpec:
     """The thresholds the parsed command line asks for (``density`` follows --density-unit);
     ValueError for a unit other than per mille without both bounds."""
     unit = args.threshold_unit
     if unit == "density":
         unit = canonical_density_unit(args.density_unit)
-    explicit = args.low is not None or args.high is not None or unit != "permille" \
-        or args.permille_reference != "32767"
+    explicit = args.low is not None or args.high is not None or unit != DEFAULT_THRESHOLDS.unit \
+        or args.permille_reference != DEFAULT_THRESHOLDS.permille_reference
     if not explicit:
         return DEFAULT_THRESHOLDS
-    low = args.low if args.low is not None else (DEFAULT_THRESHOLDS.low if unit == "permille" else None)
-    high = args.high if args.high is not None else (DEFAULT_THRESHOLDS.high if unit == "permille" else None)
+    low = args.low if args.low is not None else (DEFAULT_THRESHOLDS.low if unit == DEFAULT_THRESHOLDS.unit else None)
+    high = args.high if args.high is not None else (DEFAULT_THRESHOLDS.high if unit == DEFAULT_THRESHOLDS.unit else None)
     if low is None or high is None:
         raise ValueError(f"--threshold-unit {args.threshold_unit} needs both --low and --high")
     return ThresholdSpec(low, high, unit, args.permille_reference)
@@ -475,14 +479,10 @@ def request_from_args(args, **overrides) -> ConversionRequest:
     values = dict(outputs=args.outputs, thresholds=threshold_spec_from_args(args), density_unit=args.density_unit,
                   statistics=bool(getattr(args, "statistics", False) or getattr(args, "summary", None)
                                   or getattr(args, "json", False)),
-                  hu_dtype=args.hu_dtype, formats=getattr(args, "format", DEFAULT_FORMAT),
+                  hu_dtype=args.hu_dtype, formats=getattr(args, "format", defaults.OUTPUT_FORMAT),
                   compress=args.compress, detached=args.detached, overwrite=args.overwrite,
                   slab_slices=getattr(args, "slab_slices", None), threads=getattr(args, "threads", 2),
                   report=getattr(args, "report", False), fsync=getattr(args, "fsync", True))
     values.update(region_request_values(args))
     values.update(overrides)
     return ConversionRequest(**values)
-
-
-def with_changes(request: ConversionRequest, **changes) -> ConversionRequest:
-    return replace(request, **changes)

@@ -29,7 +29,8 @@ from ..errors import ConversionCancelled
 from ..core.header import ScancoHeader
 from . import memory_fit
 from ..pipeline.histogram import NativeHistogram
-from ..core.quantities import DEFAULT_DENSITY_UNIT, DEFAULT_NODE_ROLES, NODE_ROLES, QUANTITIES, canonical_density_unit
+from .. import defaults
+from ..core.quantities import NODE_ROLES, QUANTITIES, canonical_density_unit
 from ..formats.reader import open_voxels, read_header, sniff_format  # noqa: F401 - sniff_format: public here
 from ..pipeline.request import ConversionRequest, RequestPlan, normalise_roles, plan_request, threshold_spec_from
 from ..pipeline.sampling import SamplingPlan, ijk_to_ras_matrix, plan_sampling  # noqa: F401 - public here
@@ -52,10 +53,6 @@ logger = logging.getLogger(__name__)
 #: every role :func:`load_scan_into_scene` can create, in creation order
 ROLES = NODE_ROLES
 #: what a load creates for a calibrated grey-value file: the command line's default plus the segmentation
-DEFAULT_OUTPUTS = DEFAULT_NODE_ROLES
-#: the one cancellation error (kept under its Slicer-side name)
-LoadCancelled = ConversionCancelled
-make_threshold_spec = threshold_spec_from
 
 _ATTRIBUTE_PREFIX = "ScancoUnits."
 MASK_COLOR_RGB = (0.90, 0.85, 0.55)   # bone-ivory segment and label colour
@@ -337,7 +334,7 @@ class _DirectArraySink:
             np.copyto(target, slab)
 
 
-def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_unit: str = DEFAULT_DENSITY_UNIT,
+def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_unit: str = defaults.DENSITY_UNIT,
                          hu_dtype: str = "int16", subsample_step=1, region=None, name: Optional[str] = None,
                          progress: Optional[ProgressCallback] = None, cancel=None,
                          warn: Optional[Callable[[str], None]] = None, slab_slices: Optional[int] = None,
@@ -359,7 +356,7 @@ def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_
       ``file[z0:z1:sz, y0:y1:sy, x0:x1:sx]`` with matching geometry.
     * ``slab_slices``: slices read and converted at a time (default: the engine's, about 1 Mi voxels).
     * ``progress(fraction)`` is called after every slab; ``cancel`` (callable or threading.Event) is checked
-      before every slab. On cancel (:class:`LoadCancelled`) or any error every node created here is removed.
+      before every slab. On cancel (:class:`ConversionCancelled`) or any error every node created here is removed.
     * ``warn(text)``: where non-fatal problems go (default ``logging.warning``).
     * ``check_memory``: refuse a load that does not fit in the memory available (see :func:`load_scan`).
     """
@@ -369,7 +366,7 @@ def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_
                      check_memory=check_memory).nodes
 
 
-def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str = DEFAULT_DENSITY_UNIT,
+def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str = defaults.DENSITY_UNIT,
               hu_dtype: str = "int16", subsample_step=1, region=None, name: Optional[str] = None,
               progress: Optional[ProgressCallback] = None, cancel=None,
               warn: Optional[Callable[[str], None]] = None, slab_slices: Optional[int] = None,
@@ -477,7 +474,7 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
             return not _is_cancelled(cancel)
 
         if _is_cancelled(cancel):
-            raise LoadCancelled(path)
+            raise ConversionCancelled(path)
         exported = None
         if export_dir is not None:
             extra = {role: o.sinks for role, o in engine_outputs.items()}
@@ -596,7 +593,7 @@ def _segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, com
 # ------------------------------------------------------------------------------------------------
 # Full-resolution export with the scene's option names (the same request and engine as the command line)
 # ------------------------------------------------------------------------------------------------
-def export_request(header: ScancoHeader, outputs=None, *, thresholds=None, density_unit: str = DEFAULT_DENSITY_UNIT,
+def export_request(header: ScancoHeader, outputs=None, *, thresholds=None, density_unit: str = defaults.DENSITY_UNIT,
                    hu_dtype: str = "int16", compress: bool = True, overwrite: bool = False):
     """The :class:`~ScancoUnitsLib.pipeline.request.ConversionRequest` and node-role plan matching scene options,
     so the files hold what the nodes hold, at full resolution."""
@@ -616,14 +613,14 @@ def planned_export_files(path, out_dir, outputs=None, *, header: Optional[Scanco
         [Path(out_dir) / f"{stem}_metadata.json"]
 
 
-def export_scan(path, out_dir, outputs=None, *, thresholds=None, density_unit: str = DEFAULT_DENSITY_UNIT,
+def export_scan(path, out_dir, outputs=None, *, thresholds=None, density_unit: str = defaults.DENSITY_UNIT,
                 hu_dtype: str = "int16", compress: bool = True, overwrite: bool = False,
                 progress: Optional[ProgressCallback] = None, cancel=None,
                 header: Optional[ScancoHeader] = None) -> Dict[str, object]:
     """Write the outputs of ``path`` in ``out_dir`` at full resolution, streamed slab by slab (never the
     whole volume in memory): ``{role: Path}`` as returned by :func:`~ScancoUnitsLib.pipeline.convert.convert_header`.
     Options have the meaning of :func:`load_scan_into_scene` (both mask roles map to the one mask file).
-    ``progress(fraction)``; ``cancel`` as there: raises :class:`LoadCancelled` and leaves no file.
+    ``progress(fraction)``; ``cancel`` as there: raises :class:`ConversionCancelled` and leaves no file.
     """
     header = header or read_header(path)
     request, plan = export_request(header, outputs, thresholds=thresholds, density_unit=density_unit,
@@ -635,7 +632,7 @@ def export_scan(path, out_dir, outputs=None, *, thresholds=None, density_unit: s
         return not _is_cancelled(cancel)
 
     if _is_cancelled(cancel):
-        raise LoadCancelled(header.path)
+        raise ConversionCancelled(header.path)
     result = convert_header(header, out_dir, request, progress=on_progress, plan=plan)
     return dict(result.outputs)
 

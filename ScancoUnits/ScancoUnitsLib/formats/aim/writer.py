@@ -310,5 +310,10 @@ def _open_aim(spec: VolumeSpec, atomic: AtomicOutputSet) -> AimVolumeWriter:
                            mask=is_label(spec.quantity), atomic=atomic)
 
 
+def _aim_stored(quantity: str, dtype: np.dtype):
+    """Masks are IPL char masks: int8, object voxels 127 (the output's 1), background 0."""
+    return {"dtype": "int8", "object_value": MASK_OBJECT_VALUE} if is_label(quantity) else None
+
+
 register_format(VolumeFormat("aim", "SCANCO AIM (IPL, native values and masks)", _aim_paths, _open_aim,
-                             quantities=AIM_QUANTITIES))
+                             quantities=AIM_QUANTITIES, stored=_aim_stored))
