@@ -351,7 +351,7 @@ def test_off_border_pastes_interior(volume, off, kind, slab):
 @pytest.mark.parametrize("max_chunk, piece", [(2, 1), (5, 7), (64, 3), (1 << 20, 5)])
 def test_tiny_chunks_and_pieces(monkeypatch, max_chunk, piece):
     """Runs that straddle chunk and piece boundaries (normally 1 MiB / 4 Mi voxels) decode the same."""
-    import ScancoUnitsLib.formats.aim.compression as module
+    import ScancoUnitsLib.formats.aim.codecs.runs as module  # the run-length streams read these
 
     monkeypatch.setattr(module, "_MIN_CHUNK_BYTES", 2)
     monkeypatch.setattr(module, "_MAX_CHUNK_BYTES", max_chunk)
