@@ -197,10 +197,10 @@ def test_a_file_whose_workers_keep_dying_is_failed_without_partials(tmp_path):
 
     out = tmp_path / "out"
     out.mkdir()
-    from ScancoUnitsLib.io import transaction as atomic_output
+    from ScancoUnitsLib.io import writer_identity
 
-    me = atomic_output._this_writer()  # a dead worker of this host and boot (our pid, another start time)
-    dead = atomic_output._Writer(me.host, me.boot, me.pid, me.start + 1)
+    me = writer_identity._this_writer()  # a dead worker of this host and boot (our pid, another start time)
+    dead = writer_identity.Writer(me.host, me.boot, me.pid, me.start + 1)
     leftover = out / f".big_HU.nrrd.partial-{dead.text}-0123abcd"
     leftover.write_bytes(b"half a file")
     batch = Batch([tmp_path / "big.isq"], out, S.ConversionRequest(), {tmp_path / "big.isq": "big"})

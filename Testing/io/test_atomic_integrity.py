@@ -37,6 +37,7 @@ import pytest
 
 import ScancoUnitsLib as S
 from ScancoUnitsLib.io import transaction as atomic_output
+from ScancoUnitsLib.io import writer_identity
 from ScancoUnitsLib.batch.jobs import FileResult, convert_one
 from ScancoUnitsLib.core.header import Calibration
 from ScancoUnitsLib.pipeline.request import ConversionRequest
@@ -397,10 +398,10 @@ def test_point8_skip_existing_verifies_files_and_metadata_and_csv_cells_are_not_
 
 
 def _fake_partial(folder: Path, final_name: str, **change) -> Path:
-    me = atomic_output._this_writer()
+    me = writer_identity._this_writer()
     fields = {"host": me.host, "boot": me.boot, "pid": me.pid, "start": me.start + 1}  # our pid, gone process
     fields.update(change)
-    writer = atomic_output._Writer(**fields)
+    writer = writer_identity.Writer(**fields)
     path = folder / f".{final_name}.partial-{writer.text}-0123abcd"
     path.write_bytes(b"left over")
     return path

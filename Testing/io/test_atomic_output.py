@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ScancoUnitsLib.io import transaction as atomic_output
+from ScancoUnitsLib.io import signals as io_signals
 from ScancoUnitsLib.io.transaction import (
     AtomicOutputSet,
     Interrupted,
@@ -327,7 +328,7 @@ def test_sigterm_cleans_up_in_a_child_process(tmp_path):
 def test_install_signal_cleanup_returns_previous_handlers():
     previous = install_signal_cleanup([signal.SIGUSR1])
     try:
-        assert signal.getsignal(signal.SIGUSR1) is atomic_output._signal_handler
+        assert signal.getsignal(signal.SIGUSR1) is io_signals._signal_handler
         with pytest.raises(Interrupted):
             signal.raise_signal(signal.SIGUSR1)
             time.sleep(1)  # the handler runs between bytecodes; never reached

@@ -36,6 +36,7 @@ import pytest
 
 import ScancoUnitsLib as S
 from ScancoUnitsLib.io import transaction as atomic_output
+from ScancoUnitsLib.io import partials, writer_identity
 from ScancoUnitsLib.io.transaction import (
     AtomicOutputSet,
     OutputError,
@@ -131,20 +132,20 @@ def test_sigkilled_writer_is_swept_and_live_writers_are_not(tmp_path):
 
 def _fake_partial(folder: Path, final_name: str, *, host=None, boot=None, pid=None, start=None,
                   mark=".partial-") -> Path:
-    me = atomic_output._this_writer()
-    writer = atomic_output._Writer(host or me.host, boot or me.boot, me.pid if pid is None else pid,
-                                   me.start if start is None else start)
+    me = writer_identity._this_writer()
+    writer = writer_identity.Writer(host or me.host, boot or me.boot, me.pid if pid is None else pid,
+                                    me.start if start is None else start)
     path = folder / f".{final_name}{mark}{writer.text}-0123abcd"
     path.write_bytes(b"left over")
     return path
 
 
 def test_writer_attribution_rules(tmp_path):
-    me = atomic_output._this_writer()
+    me = writer_identity._this_writer()
     assert writer_id() == f"{me.host}{me.boot}-{os.getpid()}-{me.start}"
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        sleeper_start = atomic_output._proc_stat(sleeper.pid)[1]
+        sleeper_start = writer_identity._proc_stat(sleeper.pid)[1]
         live_other = _fake_partial(tmp_path, "a_HU.nrrd", pid=sleeper.pid, start=sleeper_start)
         reused_pid = _fake_partial(tmp_path, "b_HU.nrrd", pid=sleeper.pid, start=sleeper_start + 1)
         ours_reused = _fake_partial(tmp_path, "c_HU.nrrd", start=me.start + 7)  # our pid, earlier process
@@ -176,11 +177,11 @@ def test_writer_attribution_rules(tmp_path):
 
 def test_zombie_writer_counts_as_gone(tmp_path):
     child = subprocess.Popen([sys.executable, "-c", "pass"])
-    start = atomic_output._proc_stat(child.pid)
+    start = writer_identity._proc_stat(child.pid)
     deadline = time.time() + 20
     while isinstance(start, tuple) and start[0] != "Z" and time.time() < deadline:
         time.sleep(0.02)
-        start = atomic_output._proc_stat(child.pid)
+        start = writer_identity._proc_stat(child.pid)
     try:
         if not isinstance(start, tuple):
             pytest.skip("no /proc here")
@@ -224,9 +225,9 @@ def test_long_stem_conversion_and_stale_sweep_by_stem(tmp_path):
     assert sorted(p.name for p in written.values()) == sorted(
         [f"{stem}_HU.nrrd", f"{stem}_BWmask.nrrd", f"{stem}_metadata.json"])
     # a shortened temporary name of a dead writer is still found by its stem
-    me = atomic_output._this_writer()
-    dead = atomic_output._Writer(me.host, me.boot, me.pid, me.start + 1)
-    shortened = atomic_output._fit_name(f"{stem}_metadata.json", f".partial-{dead.text}-0123abcd")
+    me = writer_identity._this_writer()
+    dead = writer_identity.Writer(me.host, me.boot, me.pid, me.start + 1)
+    shortened = partials._fit_name(f"{stem}_metadata.json", f".partial-{dead.text}-0123abcd")
     assert "~" in shortened and len(os.fsencode(shortened)) <= 255
     (out / shortened).write_bytes(b"left")
     assert sweep_stale_partials(out, stem="other") == []

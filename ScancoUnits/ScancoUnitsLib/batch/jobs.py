@@ -275,7 +275,8 @@ def remove_partials_of(out_dir: Path, stem: str, newer_than: float = 0.0) -> Lis
     process was killed, and modified after
     ``newer_than`` (a time.time() value). Finished outputs, other inputs' files and files of a live
     writer, another host or another boot are not touched."""
-    from ..io.transaction import _remove_path, _unregister, live_partials, scan_partials
+    from ..io.partials import remove_path, scan_partials
+    from ..io.signals import live_partials, unregister
 
     names = set(_output_names(stem))
     removed = []
@@ -288,8 +289,8 @@ def remove_partials_of(out_dir: Path, stem: str, newer_than: float = 0.0) -> Lis
         try:
             if os.lstat(path).st_mtime < newer_than:
                 continue  # older than this batch: the start-of-run sweep reported it
-            _remove_path(path)
-            _unregister(str(path))
+            remove_path(path)
+            unregister(str(path))
         except OSError:
             continue
         removed.append(path)
@@ -298,9 +299,9 @@ def remove_partials_of(out_dir: Path, stem: str, newer_than: float = 0.0) -> Lis
 
 def atomic_base_name(temporary_name: str) -> Optional[str]:
     """``.<name>.partial-<writer>-<random>`` -> ``<name>`` (None for other names)."""
-    from ..io.transaction import _ID_PATTERN
+    from ..io.partials import ID_PATTERN
 
-    match = _ID_PATTERN.match(temporary_name)
+    match = ID_PATTERN.match(temporary_name)
     return match["base"] if match else None
 
 
