@@ -43,15 +43,14 @@ import numpy as np
 from ..errors import CalibrationMissingError
 from .. import defaults
 from .header import Calibration
-from .quantities import CALIBRATED_QUANTITIES, HU_DTYPES, CalibrationConstants
+from .quantities import (CALIBRATED_QUANTITIES, HU_DTYPES, USUALLY_ONE, CalibrationConstants, affine_of_steps,
+                         steps_text)
 from .quantities import QUANTITIES as _Q
 
 #: the quantities a calibration converts to (defined in :mod:`quantities`)
 QUANTITIES = CALIBRATED_QUANTITIES
 #: physical unit of each quantity
 QUANTITY_UNITS = {key: _Q[key].unit_label for key in QUANTITIES}
-# which Calibration.missing_for() check each quantity needs
-_REQUIREMENT = {key: _Q[key].requires for key in QUANTITIES}
 
 INT16_MIN, INT16_MAX = -32768, 32767
 
@@ -63,7 +62,7 @@ _LUT_DTYPES = ("int8", "uint8", "int16", "uint16")
 
 
 def _check_quantity(quantity: str) -> str:
-    if quantity not in _REQUIREMENT:
+    if quantity not in QUANTITIES:
         raise ValueError(f"unknown quantity {quantity!r}; expected one of {', '.join(QUANTITIES)}")
     return quantity
 
@@ -88,7 +87,7 @@ class UnitConverter:
     # ---- availability ---------------------------------------------------------------------------
     def missing_for(self, quantity: str):
         """Names of the unusable calibration fields for ``quantity`` (empty tuple: available)."""
-        return self.calibration.missing_for(_REQUIREMENT[_check_quantity(quantity)])
+        return self.calibration.missing_for(_Q[_check_quantity(quantity)].requires)
 
     def can_convert(self, quantity: str) -> bool:
         return not self.missing_for(quantity)
@@ -291,27 +290,18 @@ def describe_calibration(calibration: Optional[Calibration]) -> dict:
         "conflicts": [c.to_dict() for c in cal.conflicts],
         "quantities": {},
     }
+    constants = calibration_constants(cal)
     for quantity in QUANTITIES:
-        missing = cal.missing_for(_REQUIREMENT[quantity])
-        formula = _Q[quantity].formula
-        factor = cal.density_mg_per_unit
-        if _REQUIREMENT[quantity] == "density" and factor not in (None, 1.0):
-            formula = f"{formula}, the density first times unit_factor {factor:g} ({cal.density_unit} in the file)"
-        entry = {"unit": QUANTITY_UNITS[quantity], "formula": formula,
+        q = _Q[quantity]
+        missing = cal.missing_for(q.requires)
+        formula = q.formula
+        for step in q.steps:   # a constant the formula text leaves out because it is usually 1
+            if step.operand in USUALLY_ONE and getattr(constants, step.operand) != 1.0:
+                formula = (f"{steps_text(q.steps, include_usually_one=True)}, unit_factor "
+                           f"{getattr(constants, step.operand):g} ({cal.density_unit} in the file)")
+        entry = {"unit": q.unit_label, "formula": formula,
                  "available": not missing, "missing": list(missing), "scale": None, "offset": None}
         if not missing:
-            ms = float(cal.mu_scaling)
-            if quantity == "mu":
-                scale, offset = 1.0 / ms, 0.0
-            elif quantity == "hu":
-                scale, offset = 1000.0 / (ms * float(cal.mu_water_per_cm)), -1000.0
-            else:
-                scale, offset = float(cal.density_slope) / ms, float(cal.density_intercept)
-                factor = cal.density_mg_per_unit
-                if factor != 1.0:
-                    scale, offset = scale * factor, offset * factor
-                if quantity == "density_g_cc":
-                    scale, offset = scale / 1000.0, offset / 1000.0
-            entry["scale"], entry["offset"] = scale, offset
+            entry["scale"], entry["offset"] = affine_of_steps(q.steps, constants)
         out["quantities"][quantity] = entry
     return out

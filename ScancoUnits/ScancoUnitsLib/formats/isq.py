@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ..errors import ScancoFormatError
+from .inputs import InputFormat, register_input_format
 from ..core.header import Calibration, CalibrationConflict, ScancoHeader, ScannerInfo, scaling_in_calibration_text
 from .vms import (
     VmsEncodingError,
@@ -399,3 +400,11 @@ def write_isq(path, volume, *, voxel_size_mm: Sequence[float], calibration: Opti
         for start in range(0, z, slices_per_write):
             writer.write_slab(volume[start:start + slices_per_write])
     return os.fspath(path)
+
+
+# ---- registration in the input seam ----------------------------------------------------------------
+register_input_format(InputFormat(
+    "ISQ",
+    sniff=lambda head: "ISQ" if head[:16] == ISQ_MAGIC else None,
+    header_bytes_needed=lambda first: isq_header_bytes_needed(first) if len(first) >= 512 else 512,
+    parse_header=parse_isq_header))

@@ -15,16 +15,12 @@ from typing import Iterator, List, Optional, Union
 
 import numpy as np
 
-from .aim.format import (
-    aim_data_type,
-    aim_header_bytes_needed,
-    detect_aim_version,
-    is_legacy_aim,
-    parse_aim_header,
-)
+from . import isq  # noqa: F401 - registers the ISQ input format
+from .aim import format as _aim_format  # noqa: F401 - registers the AIM input format
+from .aim.format import aim_data_type
+from .inputs import MAGIC_BYTES, recognise
 from ..errors import InputReadError, ScancoFormatError
 from ..core.header import ScancoHeader
-from .isq import ISQ_MAGIC, isq_header_bytes_needed, parse_isq_header
 from .vms import vax_f_array_to_float32
 
 PathLike = Union[str, os.PathLike]
@@ -95,16 +91,11 @@ def _read_header_bytes(f, path: str, size: int) -> ScancoHeader:
     first = f.read(_FIRST_READ)
     if len(first) == 0:
         raise ScancoFormatError(path, "empty file")
-    if first[:16] == ISQ_MAGIC:
-        needed = isq_header_bytes_needed(first) if len(first) >= 512 else 512
-        parse = parse_isq_header
-    elif detect_aim_version(first) is not None:
-        needed = aim_header_bytes_needed(first)
-        parse = parse_aim_header
-    elif is_legacy_aim(first):
-        raise ScancoFormatError(path, "legacy AIM v010/v011 files are not supported (only v020 and v030)")
-    else:
-        raise ScancoFormatError(path, "not a SCANCO ISQ or AIM file (unknown magic bytes)")
+    fmt, label_or_reason = recognise(first)
+    if fmt is None:
+        raise ScancoFormatError(path, label_or_reason or "not a SCANCO ISQ or AIM file (unknown magic bytes)")
+    needed = fmt.header_bytes_needed(first)
+    parse = fmt.parse_header
     if needed > MAX_HEADER_BYTES and needed <= size:
         # a file shorter than its header is reported as truncated by the parser
         raise ScancoFormatError(path, f"the header (with its processing log) is {needed} bytes, more than the "
@@ -129,17 +120,11 @@ def sniff_format(path) -> Optional[str]:
     """
     try:
         with open(os.fspath(path), "rb") as f:
-            head = f.read(16)
+            head = f.read(MAGIC_BYTES)
     except (OSError, TypeError, ValueError):
         return None
-    if head[:16] == ISQ_MAGIC:
-        return "ISQ"
-    version = detect_aim_version(head)
-    if version == 30:
-        return "AIM v030"
-    if version == 20:
-        return "AIM v020"
-    return None
+    fmt, label = recognise(head)
+    return label if fmt is not None else None
 
 
 def read_header(path: PathLike) -> ScancoHeader:

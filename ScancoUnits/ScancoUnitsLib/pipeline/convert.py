@@ -467,10 +467,7 @@ def _metadata(header, plan: RequestPlan, files: List[PlannedFile], stats, mask_v
         "input": _input_identity(header, opened),
         "header": header.to_dict(),
         "formulas": {
-            "mu_per_cm": QUANTITIES["mu"].formula,
-            "hu": QUANTITIES["hu"].formula,
-            "density_mg_ha_ccm": QUANTITIES["density_mg_ha_ccm"].formula,
-            "density_g_cc": "density_mg_ha_ccm / 1000",
+            **{("mu_per_cm" if key == "mu" else key): q.formula for key, q in QUANTITIES.items() if q.steps},
             "computed_in": "float64 from native values; HU int16 rounded to nearest (half to even) and clipped",
         },
         "calibration": describe_calibration(header.calibration),

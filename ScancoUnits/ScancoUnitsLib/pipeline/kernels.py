@@ -54,13 +54,14 @@ from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..core.quantities import QUANTITIES, STEP_OPERATIONS
 from ..core.thresholds import mask_from_char
 from ..core.units import _LUT_DTYPES, INT16_MAX, INT16_MIN, UnitConverter, calibration_constants  # noqa: F401
 
 __all__ = ["KernelOutput", "KernelStats", "SlabKernel", "KERNEL_QUANTITIES", "numba_kernels",
            "numba_available"]
 
-UNIT_QUANTITIES = ("mu", "hu", "density_mg_ha_ccm", "density_g_cc")  # computed by UnitConverter
+UNIT_QUANTITIES = tuple(k for k, q in QUANTITIES.items() if q.steps)  # a formula: computed by UnitConverter
 KERNEL_QUANTITIES = UNIT_QUANTITIES + ("native", "mask", "char_mask", "float")
 BACKENDS = ("auto", "numba", "numpy")
 KERNEL_ENV = "SCANCO_UNITS_KERNEL"
@@ -344,10 +345,20 @@ class SlabKernel:
     def _build_wide(self) -> None:
         self._constants = None
         if any(o.quantity in UNIT_QUANTITIES for o in self.outputs):
-            c = calibration_constants(self.converter.calibration)
-            # mu_scaling * mu_water is one float64 product, computed first (as in the HU formula)
-            self._constants = (c.mu_scaling, c.mu_scaling * c.mu_water_per_cm, c.density_slope,
-                               c.density_intercept, c.mg_per_unit)
+            self._constants = calibration_constants(self.converter.calibration)
+
+    def _step_program(self, outputs) -> Tuple[np.ndarray, np.ndarray]:
+        """The outputs' formula steps as the numba kernel's tables: op codes (1 + 2 - 3 * 4 /, 0 ends a
+        row) and float64 operands, one row per output."""
+        rows = [QUANTITIES[o.quantity].steps for o in outputs] or [()]
+        width = max(1, max(len(r) for r in rows))
+        ops = np.zeros((len(rows), width), np.int64)
+        vals = np.zeros((len(rows), width), np.float64)
+        for i, steps in enumerate(rows):
+            for k, step in enumerate(steps):
+                ops[i, k] = STEP_OPERATIONS.index(step.op) + 1
+                vals[i, k] = step.value(self._constants)
+        return ops, vals
 
     # ---- statistics ------------------------------------------------------------------------------
     def new_stats(self) -> KernelStats:
@@ -551,22 +562,20 @@ class SlabKernel:
         mine = stats._max[name]
         stats._max[name] = hi if mine is None else max(mine, hi)
 
-    _CODES = {"mu": 0, "hu": 1, "density_mg_ha_ccm": 2, "density_g_cc": 3}
-
     def _run_wide_numba(self, src, flat, stats: KernelStats) -> None:
         kernels = numba_kernels()
         f32 = [o for o in self.outputs if o.dtype == np.float32 and o.quantity in UNIT_QUANTITIES]
-        h16 = [o for o in self.outputs if o.quantity == "hu" and o.dtype == np.int16][:1]
+        h16 = [o for o in self.outputs if o.quantity in UNIT_QUANTITIES and o.dtype == np.int16][:1]
         masks = [o for o in self.outputs if o.quantity in ("mask", "char_mask")]
         masks = masks[:1]  # one mask in the loop (its statistics come from the loop's count)
         rest = [o for o in self.outputs if o not in f32 and o not in h16 and o not in masks]
-        ms, msmw, slope, intercept, mg_per_unit = self._constants or (1.0, 1.0, 0.0, 0.0, 1.0)
+        ops_f, vals_f = self._step_program(f32)
+        ops_h, vals_h = self._step_program(h16)
         mins_f = np.full(max(1, len(f32)), np.inf)
         maxs_f = np.full(max(1, len(f32)), -np.inf)
         nonfinite_f = np.zeros(max(1, len(f32)), np.int64)
         mins_h = np.full(max(1, len(h16)), INT16_MAX + 1, np.int64)
         maxs_h = np.full(max(1, len(h16)), INT16_MIN - 1, np.int64)
-        codes = np.array([self._CODES[o.quantity] for o in f32] or [0], np.int64)
         outs_f = tuple(flat[o.name] for o in f32) or (np.zeros(0, np.float32),)
         outs_h = tuple(flat[o.name] for o in h16) or (np.zeros(0, np.int16),)
         outs_m = tuple(flat[o.name] for o in masks) or (np.zeros(0, np.uint8),)
@@ -576,8 +585,8 @@ class SlabKernel:
             low, high = 1, 0
         dt = src.dtype
         clipped, ones, nan_hu = kernels.float_slab(
-            src, ms, msmw, slope, intercept, mg_per_unit, codes, outs_f, len(f32), mins_f, maxs_f, nonfinite_f,
-            outs_h, len(h16), mins_h, maxs_h, outs_m, len(masks), mask_kind,
+            src, ops_f, vals_f, outs_f, len(f32), mins_f, maxs_f, nonfinite_f,
+            ops_h, vals_h, outs_h, len(h16), mins_h, maxs_h, outs_m, len(masks), mask_kind,
             dt.type(low), dt.type(high))
         if nan_hu:
             raise ValueError("native voxels contain NaN, which int16 HU cannot hold; "

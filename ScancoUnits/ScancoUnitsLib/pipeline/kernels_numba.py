@@ -34,37 +34,35 @@ def lut_slab(src, flip, counts, luts1, outs1, n1, luts2, outs2, n2, luts4, outs4
             outs4[j][i] = luts4[j, k]
 
 
-# quantity codes of float_slab (SlabKernel builds them)
-Q_MU, Q_HU, Q_DENSITY_MG, Q_DENSITY_G, Q_FLOAT = 0, 1, 2, 3, 4
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _reference(x, ops, vals, j):
+    """Row ``j`` of a step program (quantities.Step, one IEEE float64 operation each, in order):
+    ``ops`` 1 + - 2 - 3 * 4 /, 0 ends the row; ``vals`` the operands."""
+    for k in range(ops.shape[1]):
+        op = ops[j, k]
+        if op == 0:
+            break
+        v = vals[j, k]
+        if op == 1:
+            x = x + v
+        elif op == 2:
+            x = x - v
+        elif op == 3:
+            x = x * v
+        else:
+            x = x / v
+    return x
 
 
 @numba.njit(cache=True, nogil=True, boundscheck=False)
-def _reference(x, code, ms, msmw, slope, intercept, mg_per_unit):
-    """The float64 reference formulas of quantities.py, operation by operation."""
-    if code == 0:
-        return x / ms
-    if code == 1:
-        return x * 1000.0 / msmw - 1000.0
-    if code == 4:
-        return x
-    density = (x / ms) * slope + intercept
-    if mg_per_unit != 1.0:
-        density = density * mg_per_unit
-    if code == 3:
-        return density / 1000.0
-    return density
-
-
-@numba.njit(cache=True, nogil=True, boundscheck=False)
-def float_slab(src, ms, msmw, slope, intercept, mg_per_unit,
-               codes_f, outs_f, n_f, mins_f, maxs_f, nonfinite_f,
-               outs_h, n_h, mins_h, maxs_h,
+def float_slab(src, ops_f, vals_f, outs_f, n_f, mins_f, maxs_f, nonfinite_f,
+               ops_h, vals_h, outs_h, n_h, mins_h, maxs_h,
                outs_m, n_m, mask_kind, low, high):
     """One pass over a slab of wide natives (int32, float32, float64...), float64 formulas.
 
-    float32 outputs (``outs_f``, quantity ``codes_f``): reference cast to float32; their finite
-    min/max go into ``mins_f``/``maxs_f``, NaN/inf are counted in ``nonfinite_f``. int16 HU outputs
-    (``outs_h``): ``rint`` of the reference, clipped to int16; min/max into ``mins_h``/``maxs_h``.
+    float32 outputs (``outs_f``, step programs ``ops_f``/``vals_f``): reference cast to float32; their finite
+    min/max go into ``mins_f``/``maxs_f``, NaN/inf are counted in ``nonfinite_f``. int16 outputs
+    (``outs_h``, programs ``ops_h``/``vals_h``): ``rint`` of the reference, clipped to int16; min/max into ``mins_h``/``maxs_h``.
     Masks (``outs_m``, uint8): ``mask_kind`` 0 = ``low <= v <= high``, 1 = ``v != 0``.
     Returns ``(hu clipped voxels, mask voxels, NaN natives seen by an int16 HU output)``; on NaN the
     caller refuses the slab, as UnitConverter does.
@@ -77,7 +75,7 @@ def float_slab(src, ms, msmw, slope, intercept, mg_per_unit,
         v = src[i]
         x = np.float64(v)
         for j in range(n_f):
-            r = np.float32(_reference(x, codes_f[j], ms, msmw, slope, intercept, mg_per_unit))
+            r = np.float32(_reference(x, ops_f, vals_f, j))
             outs_f[j][i] = r
             if np.isfinite(r):
                 if r < mins_f[j]:
@@ -87,7 +85,7 @@ def float_slab(src, ms, msmw, slope, intercept, mg_per_unit,
             else:
                 nonfinite_f[j] += 1
         for j in range(n_h):
-            r = np.rint(x * 1000.0 / msmw - 1000.0)
+            r = np.rint(_reference(x, ops_h, vals_h, j))
             if np.isnan(r):
                 nan_hu += 1
                 r = 0.0

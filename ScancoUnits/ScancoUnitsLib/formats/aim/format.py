@@ -28,6 +28,7 @@ from .log import (
     scanner_lines,
 )
 from ...errors import ScancoFormatError
+from ..inputs import InputFormat, register_input_format
 from ...core.header import Calibration, ScancoHeader, ScannerInfo
 from ..vms import VmsEncodingError, datetime_to_log_date, float_to_vax_f, vax_f_to_float
 
@@ -373,3 +374,15 @@ def _float32_to_vax_bytes(volume: np.ndarray) -> bytes:
     halves = scaled.view("<u2").reshape(-1, 2)[:, ::-1]
     out = np.ascontiguousarray(halves)
     return out.tobytes()
+
+
+# ---- registration in the input seam ----------------------------------------------------------------
+def _sniff_aim(head: bytes) -> Optional[str]:
+    version = detect_aim_version(head)
+    return None if version is None else f"AIM v{version:03d}"
+
+
+register_input_format(InputFormat(
+    "AIM", sniff=_sniff_aim, header_bytes_needed=aim_header_bytes_needed, parse_header=parse_aim_header,
+    refusal=lambda head: ("legacy AIM v010/v011 files are not supported (only v020 and v030)"
+                          if is_legacy_aim(head) else None)))
