@@ -27,6 +27,7 @@ from ..pipeline.histogram import NativeHistogram
 from ..core.quantities import QUANTITIES
 from ..core.thresholds import PERMILLE_FULL_SCALE, VALUE_UNITS, ResolvedThresholds
 from ..core.units import UnitConverter
+from .node_attributes import QUANTITY, attribute_name
 
 #: x-axis units of the chart (the keys of ResolvedThresholds.values)
 CHART_UNITS = VALUE_UNITS
@@ -40,8 +41,8 @@ COLUMN_VOXELS = "voxels"
 COLUMN_LOW_X, COLUMN_LOW_Y = "low threshold x", "low threshold y"
 COLUMN_HIGH_X, COLUMN_HIGH_Y = "high threshold x", "high threshold y"
 # node attributes that remember how the table was made
-ATTRIBUTE_UNIT = "ScancoUnits.histogramUnit"
-ATTRIBUTE_MAX_COUNT = "ScancoUnits.histogramMaxCount"
+ATTRIBUTE_UNIT = attribute_name("histogramUnit")
+ATTRIBUTE_MAX_COUNT = attribute_name("histogramMaxCount")
 
 #: plot type of every series: one that places points at the X column's values (see the module docstring)
 PLOT_TYPE = "Scatter"
@@ -272,8 +273,8 @@ def clear_threshold_preview(volume_node) -> None:
         display.SetApplyThreshold(False)
 
 
-#: node attribute where ScancoUnitsLib.slicer.scene records what a volume node holds
-QUANTITY_ATTRIBUTE = "ScancoUnits.Quantity"
+#: node attribute where ScancoUnitsLib.slicer.loading records what a volume node holds
+QUANTITY_ATTRIBUTE = QUANTITY
 
 
 def preview_mask_on_scan_node(volume_node, thresholds: ResolvedThresholds,
