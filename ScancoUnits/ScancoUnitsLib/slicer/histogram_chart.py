@@ -7,6 +7,7 @@
   ``PlotTypeLine`` ignores the X column and spaces the points evenly (``IsXColumnRequired()`` is true only
   for Scatter and ScatterBar in vtkMRMLPlotSeriesNode.cxx), which would draw the histogram against bin
   index and the threshold lines as ramps.
+  :func:`histogram_chart_for_scan` does it for a scan's file, :func:`remove_histogram_chart` undoes it.
 * :func:`update_threshold_lines` moves the lines when the thresholds change (one table update).
 * :func:`preview_threshold_on_volume` shows the would-be mask on the slice views before anything is
   computed: the threshold display of a volume's display node (voxels outside the range transparent);
@@ -18,6 +19,7 @@ VTK are imported inside the functions only, so ``import ScancoUnitsLib.slicer.hi
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -189,6 +191,22 @@ def create_histogram_chart(scene, histogram: NativeHistogram, thresholds=None, *
             series[which] = line
         update_threshold_lines(table_node, thresholds, series_nodes=series)
     return chart_node, table_node, series
+
+
+def histogram_chart_for_scan(scene, header, histogram: NativeHistogram, thresholds=None):
+    """:func:`create_histogram_chart` of a scan's histogram: HU axis when the file is calibrated for HU,
+    native values otherwise, named after the file. Returns ``(chart node, table node, {role: series node})``."""
+    calibration = header.calibration
+    return create_histogram_chart(scene, histogram, thresholds, unit="hu" if calibration.has_hu else "native",
+                                  calibration=calibration, name=f"{os.path.basename(header.path)} histogram")
+
+
+def remove_histogram_chart(scene, chart) -> None:
+    """Remove the nodes of a chart made by :func:`create_histogram_chart` that are still in ``scene``."""
+    chart_node, table_node, series_nodes = chart
+    for node in (chart_node, table_node, *series_nodes.values()):
+        if scene.IsNodePresent(node):
+            scene.RemoveNode(node)
 
 
 def update_threshold_lines(table_node, thresholds, *, series_nodes: Optional[dict] = None) -> Tuple[float, float]:
