@@ -26,6 +26,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Minimum, WithinRange, parameterNodeWrapper
 
+from ScancoUnitsLib.slicer import histogram_chart, mask_nodes, panel
+from ScancoUnitsLib.slicer.histogram_store import HistogramStore
 from ScancoUnitsLib.slicer.node_attributes import LIBRARY_DEFAULTS_APPLIED
 from ScancoUnitsLib.slicer.self_test import SelfTestChecks
 
@@ -178,9 +180,7 @@ class DensityUnit(enum.Enum):
 def libraryDefaults():
     """The panel's defaults, read from ScancoUnitsLib.defaults when asked (never copied here), as the
     parameter node's enums (ScancoUnitsLib.slicer.panel.library_defaults)."""
-    from ScancoUnitsLib.slicer.panel import library_defaults
-
-    values = library_defaults()
+    values = panel.library_defaults()
     return dict(values, thresholdUnit=ThresholdUnit(values["thresholdUnit"]),
                 densityUnit=DensityUnit.of(values["densityUnit"]))
 
@@ -374,8 +374,6 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
-        from ScancoUnitsLib.slicer import panel
-
         self._readHeader()
         self._followThresholdUnit()
         if self.ui.inputFileSelector.currentPath != p.inputFilePath:
@@ -420,30 +418,24 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                          "a folder."))
 
     def _thresholdSpec(self):
-        from ScancoUnitsLib.slicer.panel import threshold_spec
-
         p = self._parameterNode
-        return threshold_spec(p.lowerThreshold, p.upperThreshold, p.thresholdUnit.value)
+        return panel.threshold_spec(p.lowerThreshold, p.upperThreshold, p.thresholdUnit.value)
 
     def _outputs(self):
         """The roles to load: asked for in the parameter node, and offered by the panel (a calibrated output's
         box is disabled when the file cannot give it)."""
-        from ScancoUnitsLib.slicer.panel import selected_roles
-
         p = self._parameterNode
         wanted = {"hu": p.createHU, "density": p.createDensity, "mu": p.createAttenuation, "native": p.createNative,
                   "mask_labelmap": p.createMaskLabelmap, "mask_segmentation": p.createMaskSegmentation}
         enabled = {"hu": self.ui.createHUCheckBox.enabled, "density": self.ui.createDensityCheckBox.enabled,
                    "mu": self.ui.createAttenuationCheckBox.enabled}
-        return selected_roles(wanted, enabled)
+        return panel.selected_roles(wanted, enabled)
 
     def _sampling(self):
-        from ScancoUnitsLib.slicer.panel import sampling_options
-
         p = self._parameterNode
-        return sampling_options(p.loadMode.value, p.subsampleStep,
-                                ((p.regionZFirst, p.regionZLast), (p.regionYFirst, p.regionYLast),
-                                 (p.regionXFirst, p.regionXLast)))
+        return panel.sampling_options(p.loadMode.value, p.subsampleStep,
+                                      ((p.regionZFirst, p.regionZLast), (p.regionYFirst, p.regionYLast),
+                                       (p.regionXFirst, p.regionXLast)))
 
     # ---- long tasks: modal progress, buttons disabled ----------------------------------------------
     @contextlib.contextmanager
@@ -530,10 +522,8 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # ---- histogram and live mask preview -------------------------------------------------------------
     def _resolvedThresholds(self):
-        from ScancoUnitsLib.slicer.panel import takes_thresholds
-
         header = self._header
-        if not takes_thresholds(header):
+        if not panel.takes_thresholds(header):
             return None
         try:
             return self.logic.resolveThresholds(header, *self._thresholdSpec())
@@ -624,9 +614,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _removeChart(self) -> None:
         if self._chart is None:
             return
-        from ScancoUnitsLib.slicer.histogram_chart import remove_histogram_chart
-
-        remove_histogram_chart(slicer.mrmlScene, self._chart)
+        histogram_chart.remove_histogram_chart(slicer.mrmlScene, self._chart)
         self._chart = None
 
     def _updateThresholdFeedback(self) -> None:
@@ -636,32 +624,25 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ever on the node the panel loaded last, while "Preview the mask" is checked and the panel is
         shown: unchecking, a new load, leaving the module or closing the scene switch it off again, so
         it is never left (and saved with the scene) on a node the user did not ask it for."""
-        from ScancoUnitsLib.slicer.histogram_chart import preview_mask_on_scan_node, update_threshold_lines
-        from ScancoUnitsLib.slicer.panel import preview_target
-
         resolved = self._resolvedThresholds()
         if resolved is not None and self._chart is not None and slicer.mrmlScene.IsNodePresent(self._chart[1]):
-            update_threshold_lines(self._chart[1], resolved, series_nodes=self._chart[2])
+            histogram_chart.update_threshold_lines(self._chart[1], resolved, series_nodes=self._chart[2])
         target = None
         if resolved is not None and self.ui.previewMaskCheckBox.checked and self._previewAllowed:
-            target = preview_target(slicer.mrmlScene, self._loadedNodes, self._header)
+            target = panel.preview_target(slicer.mrmlScene, self._loadedNodes, self._header)
         if self._previewNode is not None and self._previewNode is not target:
             self._clearPreview()
         if target is not None:
-            preview_mask_on_scan_node(target, resolved, self._header.calibration)
+            histogram_chart.preview_mask_on_scan_node(target, resolved, self._header.calibration)
             self._previewNode = target
 
     def _clearPreview(self) -> None:
-        from ScancoUnitsLib.slicer.histogram_chart import clear_threshold_preview
-
         node, self._previewNode = self._previewNode, None
         if node is not None and node.GetScene() is not None:
-            clear_threshold_preview(node)
+            histogram_chart.clear_threshold_preview(node)
 
     def _logicSampling(self):
-        from ScancoUnitsLib.slicer.panel import logic_sampling_options
-
-        return logic_sampling_options(self._sampling())
+        return panel.logic_sampling_options(self._sampling())
 
 
 #
@@ -685,8 +666,6 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        from ScancoUnitsLib.slicer.histogram_store import HistogramStore
-
         self._histograms = HistogramStore()  # the NativeHistogram of every voxel of each file seen
 
     @property
@@ -716,15 +695,11 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
     def convertThresholds(self, header, low, high, fromUnit, toUnit):
         """(low, high) of the same native mask in ``toUnit`` (a ScancoUnitsLib threshold unit), or None
         when the calibration cannot express it."""
-        from ScancoUnitsLib.slicer.panel import convert_thresholds
-
-        return convert_thresholds(header, low, high, fromUnit, toUnit)
+        return panel.convert_thresholds(header, low, high, fromUnit, toUnit)
 
     def resolveThresholds(self, header, low, high, unit):
         """ResolvedThresholds (native integers and every unit) for the panel's thresholds."""
-        from ScancoUnitsLib.slicer.panel import resolve_panel_thresholds
-
-        return resolve_panel_thresholds(header, low, high, unit)
+        return panel.resolve_panel_thresholds(header, low, high, unit)
 
     # ---- histogram: one store, filled by the load pass or by one read with progress and cancel ----------
     def recordHistogram(self, path, histogram) -> None:
@@ -755,11 +730,9 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         ``histogram``: a NativeHistogram of the file; None takes :meth:`histogramOf` (reads the file when the
         store does not know it). Returns ``(chart node, table node, {role: series node})``.
         """
-        from ScancoUnitsLib.slicer.histogram_chart import histogram_chart_for_scan
-
         if histogram is None:
             histogram = self.histogramOf(header)
-        chart = histogram_chart_for_scan(slicer.mrmlScene, header, histogram, resolved)
+        chart = histogram_chart.histogram_chart_for_scan(slicer.mrmlScene, header, histogram, resolved)
         plots = getattr(getattr(slicer, "modules", None), "plots", None)
         if plots is not None:  # headless (slicer-core) has no Plots module to show it with
             plots.logic().ShowChartInLayout(chart[0])
@@ -769,17 +742,13 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def maskSegments(node):
         """``[(segment ID, name)]`` of a segmentation node; ``[]`` for anything else (None, a labelmap)."""
-        from ScancoUnitsLib.slicer.mask_nodes import mask_segments
-
-        return mask_segments(node)
+        return mask_nodes.mask_segments(node)
 
     @staticmethod
     def suggestedMaskAimPath(node, segmentId=None):
         """A file name for the AIM of ``node``: ``<source scan stem>_MASK.AIM`` next to the source scan when
         the node came from a loaded scan, else the node name."""
-        from ScancoUnitsLib.slicer.mask_nodes import suggested_mask_aim_path
-
-        return suggested_mask_aim_path(node)
+        return mask_nodes.suggested_mask_aim_path(node)
 
     def saveMaskAsAim(self, node, path, segmentId=None, source=None, overwrite=False):
         """Save a labelmap volume node, or one segment of a segmentation node (``segmentId``; None: its only
@@ -863,9 +832,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         """Show the first calibrated volume as background and the labelmap as label layer (GUI only)."""
         if not hasattr(slicer, "app") or slicer.app is None or slicer.app.layoutManager() is None:
             return
-        from ScancoUnitsLib.slicer.panel import layers_to_show
-
-        background, label = layers_to_show(nodes)  # no label over a segmentation's outline
+        background, label = panel.layers_to_show(nodes)  # no label over a segmentation's outline
         slicer.util.setSliceViewerLayers(background=background, label=label, fit=True)
 
 
@@ -1044,10 +1011,8 @@ class ScancoUnitsFileWriter:
     def canWriteObject(self, obj):
         """A labelmap or segmentation that records its SCANCO scan (ScancoUnits.SourcePath, set by the load and
         kept by Export to file's copy, vtkMRMLNode::CopyContent): only those have a grid an AIM can carry."""
-        from ScancoUnitsLib.slicer.mask_nodes import records_scanco_source
-
         return bool(obj is not None and hasattr(obj, "IsA") and any(obj.IsA(c) for c in MASK_NODE_CLASSES)
-                    and records_scanco_source(obj))
+                    and mask_nodes.records_scanco_source(obj))
 
     def canWriteObjectConfidence(self, obj):
         return float(self.CONFIDENCE) if self.canWriteObject(obj) else 0.0
