@@ -1,8 +1,9 @@
 """ScancoUnits: SCANCO micro-CT files (.ISQ, .AIM) as calibrated volumes in 3D Slicer.
 
-This file only marshals between Slicer (GUI, file reader, self-test) and ScancoUnitsLib, where all the
-work is done: ScancoUnitsLib.slicer.scene (nodes), ScancoUnitsLib.pipeline.convert (streamed NRRD export),
-ScancoUnitsLib.core.thresholds and ScancoUnitsLib.core.units (conversions).
+This file only marshals between Slicer (GUI, file reader and writer, self-test) and ScancoUnitsLib, where all
+the work is done: ScancoUnitsLib.slicer.scene (loading nodes, export, reader options), .panel (what the panel
+shows and the options it builds), .histogram_store and .histogram_chart (the histogram), .mask_nodes and
+.mask_aim (masks back to AIM), .self_test (the self-test's checks); ScancoUnitsLib.core and .pipeline below.
 """
 
 import contextlib
@@ -37,16 +38,10 @@ WRITER_FILE_TYPE = "ScancoUnitsAimMaskFile"
 MASK_NODE_CLASSES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode")
 
 
-def oneLineError(exc):
-    """The text of an error as one line (the dialogs show no traceback; it goes to the log)."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def showActionFailure(message, exc):
     """One error dialog: what failed and why, in one line each; the traceback only in the log (debug)."""
     logging.debug("ScancoUnits: %s", message, exc_info=(type(exc), exc, exc.__traceback__))
-    slicer.util.errorDisplay(f"{message}\n{oneLineError(exc)}", windowTitle=_("Scanco Units"))
+    slicer.util.errorDisplay(f"{message}\n{panel.one_line_error(exc)}", windowTitle=_("Scanco Units"))
 
 
 @contextlib.contextmanager

@@ -141,3 +141,8 @@ def layers_to_show(nodes: Mapping[str, object]):
     label = None if "mask_segmentation" in nodes else nodes.get("mask_labelmap")
     return background, label
 
+
+def one_line_error(exc: BaseException) -> str:
+    """The text of an error as one line, for an error dialog (which shows no traceback; it goes to the log)."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
