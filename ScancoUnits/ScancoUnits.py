@@ -1,8 +1,9 @@
 """ScancoUnits: SCANCO micro-CT files (.ISQ, .AIM) as calibrated volumes in 3D Slicer.
 
-This file only marshals between Slicer (GUI, file reader, self-test) and ScancoUnitsLib, where all the
-work is done: ScancoUnitsLib.slicer.scene (nodes), ScancoUnitsLib.pipeline.convert (streamed NRRD export),
-ScancoUnitsLib.core.thresholds and ScancoUnitsLib.core.units (conversions).
+This file only marshals between Slicer (GUI, file reader and writer, self-test) and ScancoUnitsLib, where all
+the work is done: ScancoUnitsLib.slicer.scene (loading nodes, export, reader options), .panel (what the panel
+shows and the options it builds), .histogram_store and .histogram_chart (the histogram), .mask_nodes and
+.mask_aim (masks back to AIM), .self_test (the self-test's checks); ScancoUnitsLib.core and .pipeline below.
 """
 
 import contextlib
@@ -10,11 +11,8 @@ import enum
 import html
 import logging
 import os
-import tempfile
-import unittest
 from typing import Annotated
 
-import numpy as np
 import vtk
 
 import slicer
@@ -29,22 +27,21 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Minimum, WithinRange, parameterNodeWrapper
 
+from ScancoUnitsLib.slicer import histogram_chart, mask_nodes, panel
+from ScancoUnitsLib.slicer.histogram_store import HistogramStore
+from ScancoUnitsLib.slicer.node_attributes import LIBRARY_DEFAULTS_APPLIED
+from ScancoUnitsLib.slicer.self_test import SelfTestChecks
+
 READER_FILE_TYPE = "ScancoUnitsFile"
 WRITER_FILE_TYPE = "ScancoUnitsAimMaskFile"
 #: node classes that can be saved as a SCANCO mask AIM (panel selector and file writer)
 MASK_NODE_CLASSES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode")
 
 
-def oneLineError(exc):
-    """The text of an error as one line (the dialogs show no traceback; it goes to the log)."""
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
 def showActionFailure(message, exc):
     """One error dialog: what failed and why, in one line each; the traceback only in the log (debug)."""
     logging.debug("ScancoUnits: %s", message, exc_info=(type(exc), exc, exc.__traceback__))
-    slicer.util.errorDisplay(f"{message}\n{oneLineError(exc)}", windowTitle=_("Scanco Units"))
+    slicer.util.errorDisplay(f"{message}\n{panel.one_line_error(exc)}", windowTitle=_("Scanco Units"))
 
 
 @contextlib.contextmanager
@@ -176,13 +173,11 @@ class DensityUnit(enum.Enum):
 
 
 def libraryDefaults():
-    """The panel's defaults, read from ScancoUnitsLib.defaults when asked (never copied here): the
-    threshold pair in per mille and the density unit the command line and the Python API use."""
-    from ScancoUnitsLib import defaults
-
-    low, high = defaults.THRESHOLDS_PERMILLE
-    return {"thresholdUnit": ThresholdUnit.permille, "lowerThreshold": float(low), "upperThreshold": float(high),
-            "densityUnit": DensityUnit.of(defaults.DENSITY_UNIT)}
+    """The panel's defaults, read from ScancoUnitsLib.defaults when asked (never copied here), as the
+    parameter node's enums (ScancoUnitsLib.slicer.panel.library_defaults)."""
+    values = panel.library_defaults()
+    return dict(values, thresholdUnit=ThresholdUnit(values["thresholdUnit"]),
+                densityUnit=DensityUnit.of(values["densityUnit"]))
 
 
 def _densityUnitOrDefault(densityUnit):
@@ -374,7 +369,6 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         if p is None:
             return
-        lib = self.logic.lib
         self._readHeader()
         self._followThresholdUnit()
         if self.ui.inputFileSelector.currentPath != p.inputFilePath:
@@ -389,33 +383,27 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.thresholdEquivalentsLabel.text = _("Select a file to see the thresholds in every unit.")
             self.ui.memoryEstimateLabel.text = "-"
         else:
-            self.ui.headerSummaryLabel.text = lib.header_summary_html(header)
-            warning = lib.calibration_warning(header)
-            self.ui.calibrationWarningLabel.text = warning
-            self.ui.calibrationWarningLabel.visible = bool(warning)
-            self.ui.thresholdEquivalentsLabel.text = lib.threshold_equivalents_html(header, self._thresholdSpec())
-            try:
-                self.ui.memoryEstimateLabel.text = lib.memory_estimate_text(
-                    header, self._outputs(), **self._sampling())
-            except ValueError as exc:
-                self.ui.memoryEstimateLabel.text = str(exc)
+            texts = panel.header_texts(header, self._thresholdSpec(), self._outputs(), self._sampling())
+            self.ui.headerSummaryLabel.text = texts["summary"]
+            self.ui.calibrationWarningLabel.text = texts["warning"]
+            self.ui.calibrationWarningLabel.visible = bool(texts["warning"])
+            self.ui.thresholdEquivalentsLabel.text = texts["equivalents"]
+            self.ui.memoryEstimateLabel.text = texts["memory"]
             x, y, z = header.dimensions
             for spin, size in ((self.ui.regionXFirstSpinBox, x), (self.ui.regionYFirstSpinBox, y),
                                (self.ui.regionZFirstSpinBox, z), (self.ui.regionXLastSpinBox, x),
                                (self.ui.regionYLastSpinBox, y), (self.ui.regionZLastSpinBox, z)):
                 spin.maximum = size - 1
-        calibrated = header is not None and not header.is_mask and not header.voxel_type.startswith("float")
-        self.ui.createHUCheckBox.enabled = calibrated and header.calibration.has_hu
-        self.ui.createDensityCheckBox.enabled = calibrated and header.calibration.has_density
+        available = panel.calibrated_outputs(header)
+        self.ui.createHUCheckBox.enabled = available["hu"]
+        self.ui.createDensityCheckBox.enabled = available["density"]
         self.ui.densityUnitComboBox.enabled = self.ui.createDensityCheckBox.enabled
-        self.ui.createAttenuationCheckBox.enabled = calibrated and header.calibration.has_mu
+        self.ui.createAttenuationCheckBox.enabled = available["mu"]
         self.ui.subsampleStepSpinBox.enabled = p.loadMode == LoadMode.subsample
         self.ui.regionWidget.enabled = p.loadMode == LoadMode.region
         self.ui.exportDirectorySelector.enabled = p.exportEnabled
 
-        canApply = header is not None and bool(self._outputs())
-        if p.exportEnabled and not p.exportDirectory:
-            canApply = False
+        canApply = panel.can_apply(header, self._outputs(), p.exportEnabled, p.exportDirectory)
         self.ui.applyButton.enabled = canApply and not self._busy
         self.ui.showHistogramButton.enabled = header is not None and not self._busy
         self._updateSaveMaskGui()
@@ -426,33 +414,23 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _thresholdSpec(self):
         p = self._parameterNode
-        low, high = sorted((p.lowerThreshold, p.upperThreshold))
-        return (low, high, p.thresholdUnit.value)
+        return panel.threshold_spec(p.lowerThreshold, p.upperThreshold, p.thresholdUnit.value)
 
     def _outputs(self):
+        """The roles to load: asked for in the parameter node, and offered by the panel (a calibrated output's
+        box is disabled when the file cannot give it)."""
         p = self._parameterNode
-        roles = []
-        for role, wanted, box in (("hu", p.createHU, self.ui.createHUCheckBox),
-                                  ("density", p.createDensity, self.ui.createDensityCheckBox),
-                                  ("mu", p.createAttenuation, self.ui.createAttenuationCheckBox),
-                                  ("native", p.createNative, None),
-                                  ("mask_labelmap", p.createMaskLabelmap, None),
-                                  ("mask_segmentation", p.createMaskSegmentation, None)):
-            if wanted and (box is None or box.enabled):
-                roles.append(role)
-        return roles
+        wanted = {"hu": p.createHU, "density": p.createDensity, "mu": p.createAttenuation, "native": p.createNative,
+                  "mask_labelmap": p.createMaskLabelmap, "mask_segmentation": p.createMaskSegmentation}
+        enabled = {"hu": self.ui.createHUCheckBox.enabled, "density": self.ui.createDensityCheckBox.enabled,
+                   "mu": self.ui.createAttenuationCheckBox.enabled}
+        return panel.selected_roles(wanted, enabled)
 
     def _sampling(self):
         p = self._parameterNode
-        if p.loadMode == LoadMode.subsample:
-            return {"subsample_step": p.subsampleStep}
-        if p.loadMode == LoadMode.region:
-            def axis(first, last):
-                return (first, None if last < 0 else last + 1)
-
-            return {"region": (axis(p.regionZFirst, p.regionZLast), axis(p.regionYFirst, p.regionYLast),
-                               axis(p.regionXFirst, p.regionXLast))}
-        return {}
+        return panel.sampling_options(p.loadMode.value, p.subsampleStep,
+                                      ((p.regionZFirst, p.regionZLast), (p.regionYFirst, p.regionYLast),
+                                       (p.regionXFirst, p.regionXLast)))
 
     # ---- long tasks: modal progress, buttons disabled ----------------------------------------------
     @contextlib.contextmanager
@@ -540,7 +518,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- histogram and live mask preview -------------------------------------------------------------
     def _resolvedThresholds(self):
         header = self._header
-        if header is None or header.is_mask or header.voxel_type.startswith("float"):
+        if not panel.takes_thresholds(header):
             return None
         try:
             return self.logic.resolveThresholds(header, *self._thresholdSpec())
@@ -631,10 +609,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _removeChart(self) -> None:
         if self._chart is None:
             return
-        chartNode, tableNode, seriesNodes = self._chart
-        for node in (chartNode, tableNode, *seriesNodes.values()):
-            if slicer.mrmlScene.IsNodePresent(node):
-                slicer.mrmlScene.RemoveNode(node)
+        histogram_chart.remove_histogram_chart(slicer.mrmlScene, self._chart)
         self._chart = None
 
     def _updateThresholdFeedback(self) -> None:
@@ -644,33 +619,25 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ever on the node the panel loaded last, while "Preview the mask" is checked and the panel is
         shown: unchecking, a new load, leaving the module or closing the scene switch it off again, so
         it is never left (and saved with the scene) on a node the user did not ask it for."""
-        from ScancoUnitsLib.slicer.histogram_chart import preview_mask_on_scan_node, update_threshold_lines
-
         resolved = self._resolvedThresholds()
         if resolved is not None and self._chart is not None and slicer.mrmlScene.IsNodePresent(self._chart[1]):
-            update_threshold_lines(self._chart[1], resolved, series_nodes=self._chart[2])
+            histogram_chart.update_threshold_lines(self._chart[1], resolved, series_nodes=self._chart[2])
         target = None
         if resolved is not None and self.ui.previewMaskCheckBox.checked and self._previewAllowed:
-            source = os.path.basename(self._header.path)
-            target = next((node for node in (self._loadedNodes.get(r) for r in ("hu", "density"))
-                           if node is not None and slicer.mrmlScene.IsNodePresent(node)
-                           and node.GetAttribute("ScancoUnits.SourceFile") == source), None)
+            target = panel.preview_target(slicer.mrmlScene, self._loadedNodes, self._header)
         if self._previewNode is not None and self._previewNode is not target:
             self._clearPreview()
         if target is not None:
-            preview_mask_on_scan_node(target, resolved, self._header.calibration)
+            histogram_chart.preview_mask_on_scan_node(target, resolved, self._header.calibration)
             self._previewNode = target
 
     def _clearPreview(self) -> None:
-        from ScancoUnitsLib.slicer.histogram_chart import clear_threshold_preview
-
         node, self._previewNode = self._previewNode, None
         if node is not None and node.GetScene() is not None:
-            clear_threshold_preview(node)
+            histogram_chart.clear_threshold_preview(node)
 
     def _logicSampling(self):
-        sampling = self._sampling()
-        return {"subsampleStep": sampling.get("subsample_step", 1), "region": sampling.get("region")}
+        return panel.logic_sampling_options(self._sampling())
 
 
 #
@@ -694,7 +661,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._histograms = {}  # file key (see _fileKey) -> NativeHistogram of every voxel of that file
+        self._histograms = HistogramStore()  # the NativeHistogram of every voxel of each file seen
 
     @property
     def lib(self):
@@ -704,7 +671,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         return scene
 
     #: attribute of the parameter node once it holds the library's defaults (a saved scene keeps its values)
-    DEFAULTS_ATTRIBUTE = "ScancoUnits.LibraryDefaultsApplied"
+    DEFAULTS_ATTRIBUTE = LIBRARY_DEFAULTS_APPLIED
 
     def getParameterNode(self):
         node = super().getParameterNode()
@@ -723,41 +690,21 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
     def convertThresholds(self, header, low, high, fromUnit, toUnit):
         """(low, high) of the same native mask in ``toUnit`` (a ScancoUnitsLib threshold unit), or None
         when the calibration cannot express it."""
-        key = {"density": "density_mg_ha_ccm"}.get(toUnit, toUnit)
-        try:
-            values = self.lib.threshold_equivalents(header, (min(low, high), max(low, high), fromUnit))["values"]
-        except Exception:
-            return None
-        pair = values.get(key)
-        if pair is None:
-            return None
-        return (float(pair[0]), float(pair[1]))
+        return panel.convert_thresholds(header, low, high, fromUnit, toUnit)
 
     def resolveThresholds(self, header, low, high, unit):
         """ResolvedThresholds (native integers and every unit) for the panel's thresholds."""
-        from ScancoUnitsLib.core.thresholds import ThresholdSpec, resolve_thresholds
-
-        return resolve_thresholds(ThresholdSpec(low, high, unit), header.calibration,
-                                  header_max_data_value=header.raw_field("max_data_value"), path=header.path)
+        return panel.resolve_panel_thresholds(header, low, high, unit)
 
     # ---- histogram: one store, filled by the load pass or by one read with progress and cancel ----------
-    @staticmethod
-    def _fileKey(path):
-        """Identity of a file's content for the histogram store: real path, size and modification time."""
-        stat = os.stat(path)
-        return (os.path.realpath(path), stat.st_size, stat.st_mtime_ns)
-
     def recordHistogram(self, path, histogram) -> None:
         """Keep the native histogram of every voxel of ``path`` (a ScancoUnitsLib.pipeline.histogram.NativeHistogram),
         e.g. accumulated by the pass that loaded the nodes, so that Show histogram does not read the file again."""
-        self._histograms[self._fileKey(path)] = histogram
+        self._histograms.record(path, histogram)
 
     def knownHistogram(self, header):
         """The stored histogram of ``header``'s file, or None when its voxels have not been seen yet."""
-        try:
-            return self._histograms.get(self._fileKey(header.path))
-        except OSError:
-            return None
+        return self._histograms.known(header)
 
     def histogramOf(self, header, progressCallback=None, cancel=None):
         """Native histogram of every voxel of ``header``'s file (NativeHistogram).
@@ -766,30 +713,11 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         with ``progressCallback(fraction, text)`` after each slab and ``cancel() -> True`` stopping it (raises
         ScancoUnitsLib.slicer.scene.ConversionCancelled), and the result is stored for the next call.
         """
-        histogram = self.knownHistogram(header)
-        if histogram is None:
-            histogram = self._readHistogram(header, progressCallback, cancel)
-            self.recordHistogram(header.path, histogram)
-        return histogram
+        def onSlices(done, total):
+            if progressCallback is not None:
+                progressCallback(done / total, _("Histogram: {done} of {total} slices").format(done=done, total=total))
 
-    def _readHistogram(self, header, progressCallback=None, cancel=None):
-        from ScancoUnitsLib.pipeline.engine import slab_slices_for
-        from ScancoUnitsLib.pipeline.histogram import NativeHistogram
-        from ScancoUnitsLib.formats.reader import open_voxels
-
-        with open_voxels(header) as source:
-            histogram = NativeHistogram(source.dtype)
-            depth = max(int(source.shape[0]), 1)
-            done = 0
-            for slab in source.iter_slabs(slab_slices_for(header, self.HISTOGRAM_SLAB_SLICES)):
-                if cancel is not None and cancel():
-                    raise self.lib.ConversionCancelled(header.path)
-                histogram.accumulate(slab)
-                done += slab.shape[0]
-                if progressCallback is not None:
-                    progressCallback(done / depth, _("Histogram: {done} of {total} slices").format(
-                        done=done, total=depth))
-        return histogram
+        return self._histograms.histogram_of(header, onSlices, cancel, self.HISTOGRAM_SLAB_SLICES)
 
     def showHistogram(self, header, resolved=None, histogram=None):
         """Build the histogram chart (HU axis when calibrated) and show it in the layout.
@@ -797,15 +725,9 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         ``histogram``: a NativeHistogram of the file; None takes :meth:`histogramOf` (reads the file when the
         store does not know it). Returns ``(chart node, table node, {role: series node})``.
         """
-        from ScancoUnitsLib.slicer.histogram_chart import create_histogram_chart
-
         if histogram is None:
             histogram = self.histogramOf(header)
-        calibration = header.calibration
-        chart = create_histogram_chart(
-            slicer.mrmlScene, histogram, resolved,
-            unit="hu" if calibration.has_hu else "native", calibration=calibration,
-            name=f"{os.path.basename(header.path)} histogram")
+        chart = histogram_chart.histogram_chart_for_scan(slicer.mrmlScene, header, histogram, resolved)
         plots = getattr(getattr(slicer, "modules", None), "plots", None)
         if plots is not None:  # headless (slicer-core) has no Plots module to show it with
             plots.logic().ShowChartInLayout(chart[0])
@@ -815,22 +737,13 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def maskSegments(node):
         """``[(segment ID, name)]`` of a segmentation node; ``[]`` for anything else (None, a labelmap)."""
-        if node is None or not node.IsA("vtkMRMLSegmentationNode"):
-            return []
-        segmentation = node.GetSegmentation()
-        return [(segmentation.GetNthSegmentID(i), segmentation.GetNthSegment(i).GetName())
-                for i in range(segmentation.GetNumberOfSegments())]
+        return mask_nodes.mask_segments(node)
 
     @staticmethod
     def suggestedMaskAimPath(node, segmentId=None):
         """A file name for the AIM of ``node``: ``<source scan stem>_MASK.AIM`` next to the source scan when
-        the node came from a loaded scan (ScancoUnits.SourceFile / SourcePath attributes), else the node name."""
-        source = node.GetAttribute("ScancoUnits.SourcePath") or ""
-        sourceFile = node.GetAttribute("ScancoUnits.SourceFile") or os.path.basename(source)
-        stem = sourceFile.split(";")[0].rsplit(".", 1)[0] if sourceFile else node.GetName()
-        stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem) or "MASK"
-        folder = os.path.dirname(source) if source else ""
-        return os.path.join(folder, f"{stem}_MASK.AIM")
+        the node came from a loaded scan, else the node name."""
+        return mask_nodes.suggested_mask_aim_path(node)
 
     def saveMaskAsAim(self, node, path, segmentId=None, source=None, overwrite=False):
         """Save a labelmap volume node, or one segment of a segmentation node (``segmentId``; None: its only
@@ -874,24 +787,15 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         """Raise (one line naming the file) when a load of ``header``'s file with these options would be
         refused: an output the calibration cannot give, or nodes that do not fit in the memory available
         (ScancoUnitsLib.slicer.memory_fit.InsufficientMemoryError, with the figures and the ways out)."""
-        from ScancoUnitsLib.slicer.memory_fit import require_memory_fit
-        from ScancoUnitsLib.pipeline.request import ConversionRequest, normalise_roles, plan_request, threshold_spec_from
-        from ScancoUnitsLib.core.quantities import NODE_ROLES
-
-        request = ConversionRequest(thresholds=threshold_spec_from(thresholds),
-                                    density_unit=_densityUnitOrDefault(densityUnit),
-                                    hu_dtype=huDtype)
-        nodeOutputs = None if outputs is None else normalise_roles(outputs, NODE_ROLES)
-        plan = plan_request(header, request, node_outputs=nodeOutputs, adapt_defaults=True, warn=lambda _t: None)
-        return require_memory_fit(header, plan.node_roles, subsample_step=subsampleStep, region=region,
-                                  hu_dtype=huDtype)
+        return self.lib.check_load(header, outputs, thresholds=thresholds,
+                                   density_unit=_densityUnitOrDefault(densityUnit), subsample_step=subsampleStep,
+                                   region=region, hu_dtype=huDtype)
 
     def existingExportFiles(self, path, outputDirectory, outputs=None, thresholds=None, densityUnit=None,
                             header=None, **_ignored):
         """Planned export files that exist already (``header``: the one read for this action, reused)."""
-        planned = self.lib.planned_export_files(path, outputDirectory, outputs, thresholds=thresholds,
-                                                density_unit=_densityUnitOrDefault(densityUnit), header=header)
-        return [str(p) for p in planned if os.path.exists(p)]
+        return self.lib.existing_export_files(path, outputDirectory, outputs, thresholds=thresholds,
+                                              density_unit=_densityUnitOrDefault(densityUnit), header=header)
 
     def process(self, path, outputs=None, thresholds=None, densityUnit=None, subsampleStep=1, region=None,
                 exportDirectory=None, progressCallback=None, cancel=None, overwrite=False, huDtype="int16",
@@ -923,10 +827,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         """Show the first calibrated volume as background and the labelmap as label layer (GUI only)."""
         if not hasattr(slicer, "app") or slicer.app is None or slicer.app.layoutManager() is None:
             return
-        background = next((nodes[r] for r in ("hu", "density", "mu", "native") if r in nodes), None)
-        label = nodes.get("mask_labelmap")
-        if "mask_segmentation" in nodes:
-            label = None  # the segmentation is shown as an outline; the labelmap would hide it
+        background, label = panel.layers_to_show(nodes)  # no label over a segmentation's outline
         slicer.util.setSliceViewerLayers(background=background, label=label, fit=True)
 
 
@@ -1028,9 +929,8 @@ class ScancoUnitsFileReader:
 
             header = read_header(filePath)
             options = lib.reader_options_from_properties(properties, header)
-            uncalibrated = lib.calibration_warning(header)
-            if uncalibrated and not header.is_mask and not any(r in ("hu", "density", "mu")
-                                                                for r in options["outputs"]):
+            uncalibrated = lib.drop_calibration_problem(header, options)
+            if uncalibrated:
                 warn(_("{name}: {problem} Loaded as native values.").format(
                     name=os.path.basename(filePath), problem=uncalibrated))
             with readerProgress(filePath) as (onProgress, cancelled):
@@ -1107,7 +1007,7 @@ class ScancoUnitsFileWriter:
         """A labelmap or segmentation that records its SCANCO scan (ScancoUnits.SourcePath, set by the load and
         kept by Export to file's copy, vtkMRMLNode::CopyContent): only those have a grid an AIM can carry."""
         return bool(obj is not None and hasattr(obj, "IsA") and any(obj.IsA(c) for c in MASK_NODE_CLASSES)
-                    and obj.GetAttribute("ScancoUnits.SourcePath"))
+                    and mask_nodes.records_scanco_source(obj))
 
     def canWriteObjectConfidence(self, obj):
         return float(self.CONFIDENCE) if self.canWriteObject(obj) else 0.0
@@ -1159,267 +1059,14 @@ class ScancoUnitsFileWriter:
 #
 
 
-class ScancoUnitsTest(ScriptedLoadableModuleTest):
+class ScancoUnitsTest(SelfTestChecks, ScriptedLoadableModuleTest):
     """Self-test on small ISQ/AIM files written by ScancoUnitsLib (no download).
 
-    ``runTest`` (Reload and Test, SelfTests) and ctest (the test_* methods) run the same checks.
+    ``runTest`` (Reload and Test, SelfTests) and ctest (the test_* methods) run the same checks: those of
+    ScancoUnitsLib.slicer.self_test.SelfTestChecks, on this file's Logic, file reader and file types.
     """
 
-    CALIBRATION = dict(mu_scaling=8192, mu_water_per_cm=0.2409, density_slope=1603.51904,
-                       density_intercept=-391.209015, density_unit="mg HA/ccm")
-    VOXEL_SIZE_MM = (0.0607, 0.0607, 0.0607)
-
-    def setUp(self):
-        slicer.mrmlScene.Clear(0)
-        self._tempDir = tempfile.TemporaryDirectory(prefix="ScancoUnitsTest-")
-        self.tempDir = self._tempDir.name
-
-    def tearDown(self):
-        self._tempDir.cleanup()
-
-    def runTest(self):
-        """The same checks as ctest runs (every test_* method), in order."""
-        for name in sorted(n for n in dir(self) if n.startswith("test_")):
-            self.setUp()
-            try:
-                getattr(self, name)()
-            except unittest.SkipTest as reason:
-                logging.info(f"{name} skipped: {reason}")
-            finally:
-                self.tearDown()
-
-    # ---- helpers -----------------------------------------------------------------------------------
-    def _volume(self, shape=(6, 7, 9), seed=4255):
-        rng = np.random.default_rng(seed)
-        volume = rng.integers(-800, 20000, size=shape).astype(np.int16)
-        volume[0, 0, :4] = (8191, 8192, 32767, -32768)   # the per-mille 250 edge and the int16 ends
-        return volume
-
-    def _calibration(self):
-        from ScancoUnitsLib import Calibration
-
-        return Calibration(**self.CALIBRATION)
-
-    def _writeIsq(self, volume, name="test.isq"):
-        from ScancoUnitsLib import write_isq
-
-        path = os.path.join(self.tempDir, name)
-        write_isq(path, volume, voxel_size_mm=self.VOXEL_SIZE_MM, calibration=self._calibration())
-        return path
-
-    def _writeAim(self, volume, name="test.aim", version=30, position=(3, 4, 5), **kwargs):
-        from ScancoUnitsLib import write_aim
-
-        path = os.path.join(self.tempDir, name)
-        write_aim(path, volume, version=version, voxel_size_mm=self.VOXEL_SIZE_MM, position_voxels=position,
-                  calibration=kwargs.pop("calibration", self._calibration()), **kwargs)
-        return path
-
-    def _ijkToRas(self, node):
-        matrix = vtk.vtkMatrix4x4()
-        node.GetIJKToRASMatrix(matrix)
-        return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
-
-    def _checkGeometry(self, node, header):
-        sx, sy, sz = header.voxel_size_mm
-        ox, oy, oz = header.origin_mm
-        expected = np.array([[-sx, 0, 0, -ox], [0, -sy, 0, -oy], [0, 0, sz, oz], [0, 0, 0, 1.0]])
-        np.testing.assert_allclose(self._ijkToRas(node), expected, rtol=0, atol=1e-12)
-
-    # ---- tests ---------------------------------------------------------------------------------------
-    def test_reader_confidence(self):
-        self.delayDisplay("File reader recognises ISQ and AIM by content")
-        volume = self._volume()
-        reader = ScancoUnitsFileReader(None)
-        isq = self._writeIsq(volume, "sample.ISQ;1")
-        aim20 = self._writeAim(volume, "a20.AIM", version=20)
-        aim30 = self._writeAim(volume, "a30.aim", version=30)
-        other = os.path.join(self.tempDir, "not_scanco.isq")
-        with open(other, "wb") as f:
-            f.write(b"CTDATA-HEADER_V2" + bytes(600))
-        for path in (isq, aim20, aim30):
-            self.assertGreater(reader.canLoadFileConfidence(path), 0.55, path)
-        self.assertEqual(reader.canLoadFileConfidence(other), 0.0)
-        self.assertEqual(reader.canLoadFileConfidence(os.path.join(self.tempDir, "missing.isq")), 0.0)
-
-    def test_logic_isq_default_outputs(self):
-        self.delayDisplay("Default load of an ISQ: HU, density, mask labelmap and segmentation")
-        from ScancoUnitsLib.formats.reader import read_header
-        from ScancoUnitsLib.core.units import UnitConverter
-
-        volume = self._volume()
-        path = self._writeIsq(volume)
-        header = read_header(path)
-        nodes = ScancoUnitsLogic().loadScan(path)
-        self.assertEqual(sorted(nodes), ["density", "hu", "mask_labelmap", "mask_segmentation"])
-        converter = UnitConverter(header.calibration)
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["hu"]), converter.convert(volume, "hu"))
-        # density in g/cc: the one default of the command line, the Python API and Slicer
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["density"]),
-                                      converter.convert(volume, "density_g_cc"))
-        for role in ("hu", "density", "mask_labelmap"):
-            self._checkGeometry(nodes[role], header)
-        expectedMask = (volume >= 8192) & (volume <= 32767)   # 250..1000 per mille
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["mask_labelmap"]), expectedMask.astype(np.uint8))
-        segmentation = nodes["mask_segmentation"].GetSegmentation()
-        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
-        self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Bone 250-1000 per mille")
-        self.assertEqual(nodes["hu"].GetVoxelValueUnits().GetCodeValue(), "[hnsf'U]")
-        self.assertEqual(nodes["density"].GetVoxelValueUnits().GetCodeValue(), "g/cm3")
-        self.assertEqual(nodes["density"].GetAttribute("ScancoUnits.MuScaling"), "8192")
-
-    def test_logic_aim_position_and_options(self):
-        self.delayDisplay("AIM v020: origin from the position, density in g/cc, HU thresholds")
-        from ScancoUnitsLib.formats.reader import read_header
-        from ScancoUnitsLib.core.thresholds import ThresholdSpec, resolve_thresholds
-        from ScancoUnitsLib.core.units import UnitConverter
-
-        volume = self._volume(seed=7)
-        path = self._writeAim(volume, version=20, position=(10, 20, 30))
-        header = read_header(path)
-        spec = ThresholdSpec(2000.0, 12000.0, "hu")
-        nodes = ScancoUnitsLogic().loadScan(path, outputs=["density", "mu", "mask_labelmap"], thresholds=spec,
-                                            densityUnit="g/cc")
-        self.assertEqual(sorted(nodes), ["density", "mask_labelmap", "mu"])
-        self._checkGeometry(nodes["density"], header)
-        self.assertEqual(list(header.origin_mm), [p * s for p, s in zip((10, 20, 30), header.voxel_size_mm)])
-        converter = UnitConverter(header.calibration)
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["density"]),
-                                      converter.convert(volume, "density_g_cc"))
-        resolved = resolve_thresholds(spec, header.calibration)
-        expected = (volume >= resolved.native_low) & (volume <= resolved.native_high)
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["mask_labelmap"]), expected.astype(np.uint8))
-
-    def test_subsample_and_region(self):
-        self.delayDisplay("Every 2nd voxel of a sub-region keeps the physical frame")
-        from ScancoUnitsLib.formats.reader import read_header
-        from ScancoUnitsLib.core.units import UnitConverter
-
-        volume = self._volume(shape=(9, 10, 11))
-        path = self._writeAim(volume, version=30, position=(1, 2, 3))
-        header = read_header(path)
-        nodes = ScancoUnitsLogic().loadScan(path, outputs=["hu"], subsampleStep=2,
-                                            region=((1, 8), (2, None), (0, 9)))
-        expected = UnitConverter(header.calibration).convert(volume, "hu")[1:8:2, 2::2, 0:9:2]
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["hu"]), expected)
-        sx, sy, sz = header.voxel_size_mm
-        ox, oy, oz = header.origin_mm
-        matrix = self._ijkToRas(nodes["hu"])
-        np.testing.assert_allclose(np.diag(matrix)[:3], [-2 * sx, -2 * sy, 2 * sz], atol=1e-12)
-        np.testing.assert_allclose(matrix[:3, 3], [-(ox + 0 * sx), -(oy + 2 * sy), oz + 1 * sz], atol=1e-12)
-
-    def test_uncalibrated_file_loads_native(self):
-        self.delayDisplay("A file without calibration: the default outputs are refused, native values load")
-        from ScancoUnitsLib import Calibration, write_isq
-        from ScancoUnitsLib.errors import CalibrationMissingError
-
-        volume = self._volume()
-        path = os.path.join(self.tempDir, "native.isq")
-        write_isq(path, volume, voxel_size_mm=self.VOXEL_SIZE_MM, calibration=Calibration(mu_scaling=8192))
-        before = slicer.mrmlScene.GetNumberOfNodes()
-        with self.assertRaises(CalibrationMissingError):   # as the command line: HU needs mu_water
-            ScancoUnitsLogic().loadScan(path)
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
-        nodes = ScancoUnitsLogic().loadScan(path, outputs=["native"])
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(nodes["native"]), volume)
-        from ScancoUnitsLib.formats.reader import read_header
-        from ScancoUnitsLib.slicer.scene import reader_options_from_properties
-
-        # a drop asks for the native values of such a file
-        self.assertEqual(reader_options_from_properties({}, read_header(path))["outputs"], ("native",))
-
-    def test_cancel_removes_nodes(self):
-        self.delayDisplay("Cancelling leaves the scene unchanged")
-        from ScancoUnitsLib.slicer.scene import ConversionCancelled
-
-        path = self._writeIsq(self._volume(shape=(12, 5, 6)))
-        before = slicer.mrmlScene.GetNumberOfNodes()
-        progress = []
-
-        def cancelAfterFirstSlab():
-            return len(progress) > 0
-
-        with self.assertRaises(ConversionCancelled):
-            ScancoUnitsLogic().lib.load_scan_into_scene(slicer.mrmlScene, path, slab_slices=4,
-                                                        progress=progress.append, cancel=cancelAfterFirstSlab)
-        self.assertEqual(len(progress), 1)
-        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), before)
-
-    def test_empty_mask_and_histogram(self):
-        self.delayDisplay("Empty mask: a named empty segment; histogram read once, plotted against its X column")
-        volume = self._volume()
-        low = np.clip(volume, 0, 8000).astype(np.int16)   # below 250 per mille (native 8192), as on XtremeCT II
-        path = self._writeIsq(low, "low.isq")
-        logic = ScancoUnitsLogic()
-        nodes = logic.loadScan(path, outputs=["mask_segmentation"])
-        segmentation = nodes["mask_segmentation"].GetSegmentation()
-        self.assertEqual(segmentation.GetNumberOfSegments(), 1)
-        self.assertEqual(segmentation.GetNthSegment(0).GetName(), "Bone 250-1000 per mille")
-        header = logic.readHeader(path)
-        progress = []
-        histogram = logic.histogramOf(header, progressCallback=lambda f, text: progress.append(f), cancel=lambda: False)
-        self.assertEqual(histogram.total, low.size)
-        self.assertEqual(progress[-1], 1.0)
-        self.assertIs(logic.histogramOf(header), histogram)
-        chart, table, series = logic.showHistogram(header, logic.resolveThresholds(header, 250, 1000, "permille"))
-        for node in series.values():
-            self.assertTrue(node.IsXColumnRequired())
-
-    def test_export_matches_nodes(self):
-        self.delayDisplay("Full-resolution NRRD export holds what the nodes hold")
-        volume = self._volume()
-        path = self._writeIsq(volume)
-        outDir = os.path.join(self.tempDir, "out")
-        nodes, files = ScancoUnitsLogic().process(path, outputs=["hu", "density", "mask_labelmap"],
-                                                  exportDirectory=outDir)
-        for role, fileRole in (("hu", "hu"), ("density", "density"), ("mask_labelmap", "mask")):
-            storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-            storage.SetFileName(str(files[fileRole]))
-            loaded = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-            self.assertTrue(storage.ReadData(loaded), files[fileRole])
-            np.testing.assert_array_equal(slicer.util.arrayFromVolume(loaded), slicer.util.arrayFromVolume(nodes[role]))
-            np.testing.assert_allclose(self._ijkToRas(loaded), self._ijkToRas(nodes[role]), atol=1e-9)
-
-    def test_reader_plugin(self):
-        self.delayDisplay("Loading through Slicer's IO manager (drag and drop path)")
-        if not hasattr(slicer, "app"):
-            self.skipTest("needs the Slicer application")
-        from ScancoUnitsLib.formats.reader import read_header
-        from ScancoUnitsLib.core.units import UnitConverter
-
-        volume = self._volume()
-        path = self._writeAim(volume, version=30)
-        node = slicer.util.loadNodeFromFile(path, READER_FILE_TYPE)
-        header = read_header(path)
-        np.testing.assert_array_equal(slicer.util.arrayFromVolume(node),
-                                      UnitConverter(header.calibration).convert(volume, "hu"))
-        self._checkGeometry(node, header)
-        loaded = slicer.util.loadNodeFromFile(path, READER_FILE_TYPE,
-                                              {"units": "density", "mask": "segmentation", "name": "scripted"})
-        self.assertIsNotNone(loaded)
-        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("scripted density"))
-        self.assertIsNotNone(slicer.mrmlScene.GetFirstNodeByName("scripted mask segmentation"))
-
-        self.delayDisplay("Export to file offers SCANCO AIM for masks (the registered ScancoUnitsFileWriter)")
-        ioManager = slicer.app.coreIOManager()
-        labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-        labelmap.SetAttribute("ScancoUnits.SourcePath", path)   # only masks of a SCANCO scan are offered
-        scalar = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
-        plain = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-        self.assertIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(labelmap))
-        self.assertNotIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(scalar))
-        self.assertNotIn("SCANCO AIM (.aim)", ioManager.fileWriterExtensions(plain))
-        self.assertNotEqual(ioManager.fileWriterExtensions(labelmap)[0], "SCANCO AIM (.aim)")  # NRRD stays default
-        self.assertEqual(ioManager.fileWriterFileType(labelmap, "SCANCO AIM (.aim)"), WRITER_FILE_TYPE)
-        try:
-            import ScancoUnitsLib.slicer.mask_aim  # noqa: F401
-        except ImportError:
-            return
-        slicer.util.loadNodeFromFile(path, READER_FILE_TYPE, {"units": "hu", "mask": "labelmap", "name": "exported",
-                                                               "show": False})
-        maskNode = slicer.mrmlScene.GetFirstNodeByName("exported mask")
-        aimPath = os.path.join(self.tempDir, "EXPORTED.AIM")
-        self.assertTrue(slicer.util.exportNode(maskNode, aimPath, {"fileFormat": "SCANCO AIM (.aim)"}))
-        from ScancoUnitsLib.formats.reader import read_volume
-
-        np.testing.assert_array_equal(read_volume(aimPath) != 0, slicer.util.arrayFromVolume(maskNode) != 0)
+    logicClass = ScancoUnitsLogic
+    readerClass = ScancoUnitsFileReader
+    readerFileType = READER_FILE_TYPE
+    writerFileType = WRITER_FILE_TYPE

@@ -7,6 +7,7 @@
   ``PlotTypeLine`` ignores the X column and spaces the points evenly (``IsXColumnRequired()`` is true only
   for Scatter and ScatterBar in vtkMRMLPlotSeriesNode.cxx), which would draw the histogram against bin
   index and the threshold lines as ramps.
+  :func:`histogram_chart_for_scan` does it for a scan's file, :func:`remove_histogram_chart` undoes it.
 * :func:`update_threshold_lines` moves the lines when the thresholds change (one table update).
 * :func:`preview_threshold_on_volume` shows the would-be mask on the slice views before anything is
   computed: the threshold display of a volume's display node (voxels outside the range transparent);
@@ -18,6 +19,7 @@ VTK are imported inside the functions only, so ``import ScancoUnitsLib.slicer.hi
 
 from __future__ import annotations
 
+import os
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -27,6 +29,7 @@ from ..pipeline.histogram import NativeHistogram
 from ..core.quantities import QUANTITIES
 from ..core.thresholds import PERMILLE_FULL_SCALE, VALUE_UNITS, ResolvedThresholds
 from ..core.units import UnitConverter
+from .node_attributes import QUANTITY, attribute_name
 
 #: x-axis units of the chart (the keys of ResolvedThresholds.values)
 CHART_UNITS = VALUE_UNITS
@@ -40,8 +43,8 @@ COLUMN_VOXELS = "voxels"
 COLUMN_LOW_X, COLUMN_LOW_Y = "low threshold x", "low threshold y"
 COLUMN_HIGH_X, COLUMN_HIGH_Y = "high threshold x", "high threshold y"
 # node attributes that remember how the table was made
-ATTRIBUTE_UNIT = "ScancoUnits.histogramUnit"
-ATTRIBUTE_MAX_COUNT = "ScancoUnits.histogramMaxCount"
+ATTRIBUTE_UNIT = attribute_name("histogramUnit")
+ATTRIBUTE_MAX_COUNT = attribute_name("histogramMaxCount")
 
 #: plot type of every series: one that places points at the X column's values (see the module docstring)
 PLOT_TYPE = "Scatter"
@@ -190,6 +193,22 @@ def create_histogram_chart(scene, histogram: NativeHistogram, thresholds=None, *
     return chart_node, table_node, series
 
 
+def histogram_chart_for_scan(scene, header, histogram: NativeHistogram, thresholds=None):
+    """:func:`create_histogram_chart` of a scan's histogram: HU axis when the file is calibrated for HU,
+    native values otherwise, named after the file. Returns ``(chart node, table node, {role: series node})``."""
+    calibration = header.calibration
+    return create_histogram_chart(scene, histogram, thresholds, unit="hu" if calibration.has_hu else "native",
+                                  calibration=calibration, name=f"{os.path.basename(header.path)} histogram")
+
+
+def remove_histogram_chart(scene, chart) -> None:
+    """Remove the nodes of a chart made by :func:`create_histogram_chart` that are still in ``scene``."""
+    chart_node, table_node, series_nodes = chart
+    for node in (chart_node, table_node, *series_nodes.values()):
+        if scene.IsNodePresent(node):
+            scene.RemoveNode(node)
+
+
 def update_threshold_lines(table_node, thresholds, *, series_nodes: Optional[dict] = None) -> Tuple[float, float]:
     """Move the threshold lines of a table made by :func:`create_histogram_chart`.
 
@@ -272,8 +291,8 @@ def clear_threshold_preview(volume_node) -> None:
         display.SetApplyThreshold(False)
 
 
-#: node attribute where ScancoUnitsLib.slicer.scene records what a volume node holds
-QUANTITY_ATTRIBUTE = "ScancoUnits.Quantity"
+#: node attribute where ScancoUnitsLib.slicer.loading records what a volume node holds
+QUANTITY_ATTRIBUTE = QUANTITY
 
 
 def preview_mask_on_scan_node(volume_node, thresholds: ResolvedThresholds,

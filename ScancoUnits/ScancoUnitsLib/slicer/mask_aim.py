@@ -27,10 +27,10 @@ import numpy as np
 
 from ..errors import MaskExportError
 from ..core.header import ScancoHeader
+from .node_attributes import SOURCE_PATH, attribute_name
 
 __all__ = ["save_mask_as_aim", "node_grid_offset"]
 
-_ATTRIBUTE_PREFIX = "ScancoUnits."
 _ROTATION_TOLERANCE = 1e-6   # off-diagonal direction terms, relative to the voxel size
 _SPACING_TOLERANCE = 1e-6    # relative difference from the source's voxel size
 _OFFSET_TOLERANCE = 1e-3     # voxels: how far from a whole number an offset may be
@@ -81,7 +81,7 @@ def _source_header(node, name: str, source) -> ScancoHeader:
     from ..formats.reader import read_header
 
     if source is None:
-        source = node.GetAttribute(_ATTRIBUTE_PREFIX + "SourcePath")
+        source = node.GetAttribute(SOURCE_PATH)
         if not source:
             raise MaskExportError(name, "the node does not say which scan it belongs to (no ScancoUnits.SourcePath "
                                         "attribute); pass source= the SCANCO file")
@@ -196,7 +196,7 @@ def save_mask_as_aim(node, path, *, source=None, segment_id=None, overwrite: boo
                  ("Slicer node", name)]
         if segment_name is not None:
             lines.append(("Segment", segment_name))
-        low, high, unit, native = (node.GetAttribute(_ATTRIBUTE_PREFIX + key) for key in
+        low, high, unit, native = (node.GetAttribute(attribute_name(key)) for key in
                                    ("ThresholdLow", "ThresholdHigh", "ThresholdUnit", "ThresholdNative"))
         if low and high and unit:  # the thresholds the mask was made with when loaded (before any edit)
             lines.append((f"Loaded with threshold [{unit}]", f"{low} {high}"))
