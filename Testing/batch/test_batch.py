@@ -603,11 +603,11 @@ def test_a_killed_worker_costs_only_its_file_retried_once(tmp_path, capsys, monk
 
 _ORPHAN_SCRIPT = r"""
 import os, sys, time
-from ScancoUnitsLib.batch import jobs as batch
+from ScancoUnitsLib.batch import pool
 from ScancoUnitsLib.cli import main as cli
 from ScancoUnitsLib.pipeline import convert
 if sys.argv[1] == "watchdog":
-    batch._PR_SET_PDEATHSIG = 0   # no prctl: only the parent-pid watchdog
+    pool._PR_SET_PDEATHSIG = 0   # no prctl: only the parent-pid watchdog
 pids = sys.argv[2]
 real = convert.convert_header
 def slow(header, out_dir, options, **kw):

@@ -3,7 +3,7 @@
 ``scanco-units convert --dask-scheduler tcp://host:8786`` sends each file to a running cluster (the
 input and output paths must be the same on every worker: a shared file system);
 ``--dask-local N`` starts a LocalCluster of N worker processes on this machine. Each task is
-:func:`~ScancoUnitsLib.batch.jobs.convert_one`, so outputs, statuses, JSON lines and the summary are
+:func:`~ScancoUnitsLib.batch.one_file.convert_one`, so outputs, statuses, JSON lines and the summary are
 those of a local run.
 
 All or nothing per file still holds: a task first removes temporary files that an earlier attempt
@@ -24,7 +24,10 @@ import uuid
 from pathlib import Path
 from typing import Optional
 
-from .jobs import NOT_STARTED, Batch, FileResult, convert_one, remove_partials_of
+from .jobs import Batch
+from .leftovers import remove_partials_of
+from .one_file import convert_one
+from .results import NOT_STARTED, FileResult
 from ..errors import DaskUnavailableError, ScancoError
 
 EXTRA = "dask"
@@ -223,7 +226,7 @@ def _stop(client, futures, pending, batch: Batch, event_name: str) -> list:
     their results; cancel what does not answer in time. Returns the paths of those."""
     from distributed import Event
 
-    from .jobs import ignore_further_signals
+    from .signals import ignore_further_signals
 
     ignore_further_signals()
     try:

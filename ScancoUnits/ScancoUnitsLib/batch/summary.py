@@ -91,7 +91,7 @@ def csv_cell(value) -> str:
 
 
 def summary_csv_text(results: Iterable) -> str:
-    """CSV text (header row, then one row per :class:`~ScancoUnitsLib.batch.jobs.FileResult`)."""
+    """CSV text (header row, then one row per :class:`~ScancoUnitsLib.batch.results.FileResult`)."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
