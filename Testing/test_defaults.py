@@ -9,15 +9,11 @@ the package makes the entry point that reads the copy show the old value and fai
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from package_copy import edited_copy, run_probe
 
 REPO = Path(__file__).resolve().parents[1]
 SUPPORT = Path(__file__).resolve().parent / "support"
@@ -98,29 +94,20 @@ print(json.dumps(facts))
 """
 
 
-def _edited_copy(tmp_path: Path) -> Path:
-    copy = tmp_path / "module" / "ScancoUnits"
-    shutil.copytree(REPO / "ScancoUnits", copy, ignore=shutil.ignore_patterns("__pycache__"))
-    path = copy / "ScancoUnitsLib" / "defaults.py"
-    text = path.read_text(encoding="utf-8")
+def _edited_defaults(text: str) -> str:
     for name, value in EDITED.items():
         text, count = re.subn(rf"^{name} = .*$", f"{name} = {value!r}", text, flags=re.MULTILINE)
         assert count == 1, f"defaults.py defines {name} once"
-    path.write_text(text, encoding="utf-8")
-    return copy
+    return text
 
 
 def test_every_entry_point_follows_an_edited_defaults_file(tmp_path):
     pytest.importorskip("slicer")
     pytest.importorskip("nibabel")
-    copy = _edited_copy(tmp_path)
+    copy = edited_copy(tmp_path, "ScancoUnitsLib/defaults.py", _edited_defaults)
     work = tmp_path / "work"
     work.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(copy))
-    done = subprocess.run([sys.executable, "-c", PROBE, str(copy / "ScancoUnits.py"), str(work), str(SUPPORT)],
-                          capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    facts = run_probe(copy, PROBE, str(copy / "ScancoUnits.py"), str(work), str(SUPPORT), cwd=tmp_path, timeout=300)
 
     assert facts["request"] == {"thresholds": [300.0, 900.0, "permille"], "density_unit": "mgHA/ccm",
                                 "hu_dtype": "float32", "formats": ["nifti"]}

@@ -10,17 +10,10 @@ formula on the native values cast once to float32, bit for bit.
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[2]
+from package_copy import edited_copy, run_probe
 
 ENTRY = '''
 _RELATIVE_WATER = Quantity("mu_relative_water", "attenuation relative to water", "1", "1", "relative to water",
@@ -85,33 +78,23 @@ print(json.dumps(facts))
 """
 
 
-def _copy_with_the_new_entry(tmp_path: Path) -> Path:
-    copy = tmp_path / "module" / "ScancoUnits"
-    shutil.copytree(REPO / "ScancoUnits", copy, ignore=shutil.ignore_patterns("__pycache__"))
-    registry = copy / "ScancoUnitsLib" / "core" / "quantities.py"
-    text = registry.read_text(encoding="utf-8")
+def _with_the_new_entry(text: str) -> str:
     anchor = "#: every quantity by key, in output order\n"
     assert text.count(anchor) == 1
     text = text.replace(anchor, ENTRY + "\n" + anchor)
     text, count = re.subn(r"(QUANTITIES: Dict\[str, Quantity\] = \{q\.key: q for q in \()", r"\1_RELATIVE_WATER, ",
                           text)
     assert count == 1
-    registry.write_text(text, encoding="utf-8")
-    return copy
+    return text
 
 
 def test_a_quantity_defined_in_the_registry_alone_converts_exactly_everywhere(tmp_path):
     pytest.importorskip("slicer")
     pytest.importorskip("nrrd")
-    copy = _copy_with_the_new_entry(tmp_path)
+    copy = edited_copy(tmp_path, "ScancoUnitsLib/core/quantities.py", _with_the_new_entry)
     work = tmp_path / "work"
     work.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(copy))
-    env.pop("SCANCO_UNITS_KERNEL", None)
-    done = subprocess.run([sys.executable, "-c", PROBE, str(work)], capture_output=True, text=True, env=env,
-                          cwd=str(tmp_path), timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    facts = json.loads(done.stdout.strip().splitlines()[-1])
+    facts = run_probe(copy, PROBE, str(work), cwd=tmp_path)
 
     for key, (code, names, stderr) in facts["cli"].items():
         assert code == 0, (key, stderr)

@@ -301,7 +301,6 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
 
     stop = threading.Event()
     failure: List[BaseException] = []
-    done_slices = 0
     first_error = threading.Lock()
 
     def fail(exc: BaseException) -> None:
@@ -426,6 +425,17 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
             buffer_pool.put(buffers)
             native_pool.put(native_buf)
 
+    done_slices = [0]   # a list: retire_oldest moves it on
+
+    def retire_oldest(pending) -> None:
+        """Wait for the oldest piece in flight; a piece that ends its slices moves the progress on."""
+        done_piece, fut = pending.pop(0)
+        fut.result()
+        if done_piece.y1 == ny:
+            done_slices[0] += len(done_piece.z)
+            if progress is not None and progress(done_slices[0], total) is False:
+                raise ConversionCancelled(header.path)
+
     try:
         pending = []
         reads = {}
@@ -441,19 +451,9 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
             pending.append((piece, writer.submit(deliver, piece, converted)))
             # wait for the oldest slab once enough are in flight (bounded memory, ordered progress)
             while pending and (len(pending) >= in_flight - 1 or pending[0][1].done()):
-                done_piece, fut = pending.pop(0)
-                fut.result()
-                if done_piece.y1 == ny:
-                    done_slices += len(done_piece.z)
-                    if progress is not None and progress(done_slices, total) is False:
-                        raise ConversionCancelled(header.path)
+                retire_oldest(pending)
         while pending:
-            done_piece, fut = pending.pop(0)
-            fut.result()
-            if done_piece.y1 == ny:
-                done_slices += len(done_piece.z)
-                if progress is not None and progress(done_slices, total) is False:
-                    raise ConversionCancelled(header.path)
+            retire_oldest(pending)
     except _Stopped:
         raise failure[0] if failure else RuntimeError("engine stopped")
     except BaseException as exc:
@@ -468,7 +468,7 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
         for pool in (reader, convert_pool, writer):
             pool.shutdown(wait=True, cancel_futures=True)
 
-    result = _result(worker_states, outputs, done_slices)
+    result = _result(worker_states, outputs, done_slices[0])
     result.warnings = list(getattr(source, "warnings", ()) or ())
     return result
 
