@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from pathlib import Path
 
 from ScancoUnitsLib import region_statistics, read_region
 from ScancoUnitsLib.formats.aim.format import write_aim
@@ -263,6 +264,45 @@ def test_cli_roi_statistics_in_the_metadata_equal_whole_array(tmp_path, capsys):
     status, out, err = run_cli(capsys, "convert", scan, other, "-o", tmp_path / "optional", "--roi-pattern",
                                pattern, "--roi-optional", "--skip-existing", "--json", "--low", "120")
     assert status == 0 and [json.loads(line)["status"] for line in out.splitlines() if line.strip()] == ["skipped"] * 2
+
+
+def test_cli_roi_statistics_in_the_summary_csv_and_json_lines(tmp_path, capsys):
+    """--summary gets <region>_<field> columns for every region any input has (empty for a scan without
+    it); --json carries the same facts; a rerun with --skip-existing writes the same region cells."""
+    import csv
+    import json
+
+    from cli_harness import run_cli
+    from ScancoUnitsLib.pipeline.region_measures import REGION_FIELDS
+
+    study = tmp_path / "study"
+    study.mkdir()
+    scan, _ = _scan(study, name="C1.AIM")
+    other, _ = _scan(study, name="C2.AIM", seed=4)
+    mask = np.random.default_rng(5).random((12, 14, 16)) < 0.5
+    _mask_aim(study, "C1_TRAB_MASK.AIM", mask, tuple(p + 1 for p in SCAN_POS), compression="binCmp")
+    argv = ["convert", scan, other, "-o", tmp_path / "out", "--roi-pattern", "TRAB={stem}_TRAB_MASK.AIM",
+            "--roi-optional", "--low", "120", "--summary", tmp_path / "summary.csv", "--json"]
+    status, out, err = run_cli(capsys, *argv)
+    assert status == 0, err
+    rows = list(csv.DictReader((tmp_path / "summary.csv").open(encoding="utf-8")))
+    columns = list(rows[0])
+    region_columns = [f"TRAB_{f}" for f in REGION_FIELDS]
+    assert columns[-2:] == ["warnings", "outputs"] and columns[-2 - len(region_columns):-2] == region_columns
+    meta = json.loads((tmp_path / "out" / "C1_metadata.json").read_text())["regions"]["regions"]["TRAB"]
+    by_name = {Path(r["input"]).name: r for r in rows}
+    for field in REGION_FIELDS:
+        cell = by_name["C1.AIM"][f"TRAB_{field}"]
+        assert (cell == "" if meta[field] is None else float(cell) == pytest.approx(meta[field], rel=1e-12)), field
+        assert by_name["C2.AIM"][f"TRAB_{field}"] == ""
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    first = next(line for line in lines if Path(line["input"]).name == "C1.AIM")
+    assert json.dumps(first).count("TRAB_bv_tv") == 1
+    before = (tmp_path / "summary.csv").read_text(encoding="utf-8")
+    status, _, err = run_cli(capsys, *argv, "--skip-existing")
+    assert status == 0, err
+    again = list(csv.DictReader((tmp_path / "summary.csv").open(encoding="utf-8")))
+    assert [r["TRAB_bv_tv"] for r in again] == [r["TRAB_bv_tv"] for r in rows] and before.count("TRAB_") > 0
 
 
 def test_cli_roi_bad_arguments_and_files_are_one_line(tmp_path, capsys):

@@ -20,6 +20,7 @@ import math
 import os
 from typing import Iterable, Optional, Sequence
 
+from ..pipeline.regions import region_columns, summary_region_columns
 from ..pipeline.statistics import STATISTICS_FIELDS
 
 # the threshold units of the summary: (column suffix, key in metadata "thresholds"/"values")
@@ -38,7 +39,8 @@ SUMMARY_COLUMNS = ("input", "relative_path", "status", "reason", "error", "secon
 
 
 def facts_from_metadata(metadata: Optional[dict]) -> dict:
-    """The summary columns :data:`FACT_FIELDS` from a ``_metadata.json`` dictionary (None: unknown)."""
+    """The summary columns :data:`FACT_FIELDS` (and the regions' ``<region>_<field>``) from a
+    ``_metadata.json`` dictionary (None: unknown)."""
     facts = dict.fromkeys(FACT_FIELDS)
     if not metadata:
         return facts
@@ -60,6 +62,7 @@ def facts_from_metadata(metadata: Optional[dict]) -> dict:
         if pair:
             facts[f"threshold_low_{suffix}"], facts[f"threshold_high_{suffix}"] = pair
     facts["notes"] = "; ".join(str(n) for n in metadata.get("notes") or ()) or None
+    facts.update(region_columns(metadata))   # <region>_<field> per region (--roi), after the scan's own
     return facts
 
 
@@ -92,8 +95,11 @@ def csv_cell(value) -> str:
 
 def summary_csv_text(results: Iterable) -> str:
     """CSV text (header row, then one row per :class:`~ScancoUnitsLib.batch.results.FileResult`)."""
+    results = list(results)
+    # the regions' columns (every region any input has) between the scan's statistics and the warnings
+    columns = SUMMARY_COLUMNS[:-2] + tuple(summary_region_columns(results)) + SUMMARY_COLUMNS[-2:]
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for result in results:
         row = {"input": result.input, "relative_path": getattr(result, "relative_path", None) or "",
@@ -103,7 +109,7 @@ def summary_csv_text(results: Iterable) -> str:
                "outputs": "; ".join(f"{role}={path}" for role, path in result.outputs.items())}
         row.update(result.facts or {})
         row.update({k: (result.stats or {}).get(k) for k in STATISTICS_FIELDS})
-        writer.writerow({k: csv_cell(row.get(k)) for k in SUMMARY_COLUMNS})
+        writer.writerow({k: csv_cell(row.get(k)) for k in columns})
     return buffer.getvalue()
 
 
