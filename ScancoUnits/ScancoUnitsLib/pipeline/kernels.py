@@ -13,10 +13,9 @@
 
 The values are bit-identical to the per-output functions they replace:
 
-* ``mu``, ``hu``, ``density_mg_ha_ccm``, ``density_g_cc``: :meth:`units.UnitConverter.convert` (int16 HU
-  rounded half to even and clipped, or float32 HU; float32 µ and densities). 8/16-bit natives go through
-  a table over every native value, built by ``UnitConverter.convert`` itself; wider natives (int32,
-  float32...) through the float64 reference formula of units.py, voxel by voxel.
+* every quantity with formula steps (core.quantities): :meth:`units.UnitConverter.convert`. 8/16-bit
+  natives go through a table over every native value built by it; wider natives through the steps,
+  voxel by voxel (the numba kernel runs them as a step program).
 * ``mask``: :meth:`thresholds.ResolvedThresholds.mask` with ``mask_native_range = (native_low,
   native_high)`` (inclusive; bounds outside an integer dtype's range are clamped the same way);
   ``char_mask``: :func:`thresholds.mask_from_char` (non-zero -> 1). Both uint8 0/1.
@@ -37,11 +36,6 @@ that loop was measured faster than one tracking ranges) and ``"numpy"`` (no depe
 array of a chunk is built once and serves every table lookup, masks are integer comparisons).
 ``"auto"`` takes numba when it can be imported; the environment variable
 ``SCANCO_UNITS_KERNEL=numpy|numba`` overrides ``"auto"``.
-
-Measured on the 2-core design machine, one thread, HU + density + mask of int16 data: numba 2.5 to
-3.6 ns a voxel with the histogram (hot buffers), numpy 4 to 5 ns without it and 5.3 to 6.9 ns with it;
-once the output buffers are out of the cache both are bound by memory bandwidth. numba also costs
-about 1 s of CPU to start (import, loading the cached code) and about 130 MB of resident memory.
 """
 
 from __future__ import annotations
