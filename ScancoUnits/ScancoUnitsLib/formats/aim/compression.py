@@ -28,20 +28,20 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ...errors import ScancoFormatError
-from .codecs.bincmp import BinCmpStreamEncoder, _BinCmpStream, encode_bin_cmp
-from .codecs.bit8 import _Bit8Planes, encode_bit8
-from .codecs.charcmp import _CharCmpStream, encode_char_cmp
+from .codecs.bincmp import BinCmpStreamEncoder, BinCmpStream, encode_bin_cmp
+from .codecs.bit8 import Bit8Planes, encode_bit8
+from .codecs.charcmp import CharCmpStream, encode_char_cmp
 from .codecs.common import (
     COMPRESSED_TYPE_CODES,
     D1T_BIN_CMP,
     D1T_CHAR_CMP,
     D3T_BIT8,
-    _BlockBytes,
-    _check_length_field_bytes,
-    _triple,
+    BlockBytes,
+    check_length_field_bytes,
+    int_triple,
     normalise_kind,
 )
-from .codecs.runs import _RunStream
+from .codecs.runs import RunStream
 
 __all__ = [
     "D1T_BIN_CMP",
@@ -114,8 +114,8 @@ class CompressedVoxelDecoder:
         path=None,
     ):
         self.kind = normalise_kind(kind)
-        self.dims_xyz = _triple(dims_xyz, "dims_xyz")
-        self.off_xyz = _triple(off_xyz, "off_xyz")
+        self.dims_xyz = int_triple(dims_xyz, "dims_xyz")
+        self.off_xyz = int_triple(off_xyz, "off_xyz")
         self._owned_file = None
         if isinstance(source, (str, os.PathLike)):
             if path is None:
@@ -133,11 +133,11 @@ class CompressedVoxelDecoder:
         if data_size is not None and data_size < 0:
             raise ScancoFormatError(path, f"data block size {data_size} is negative")
         try:
-            block = _BlockBytes(source, int(data_offset), path)
+            block = BlockBytes(source, int(data_offset), path)
             self._next_z = 0
             if self.kind == "bit8":
-                self._bit8: Optional[_Bit8Planes] = _Bit8Planes(block, data_size, self.dims_xyz, self.warnings)
-                self._runs: Optional[_RunStream] = None
+                self._bit8: Optional[Bit8Planes] = Bit8Planes(block, data_size, self.dims_xyz, self.warnings)
+                self._runs: Optional[RunStream] = None
                 self.interior_xyz = self.dims_xyz
                 self.values = (0, int(self._bit8.value))
             else:
@@ -151,8 +151,8 @@ class CompressedVoxelDecoder:
                     )
                 self.interior_xyz = interior
                 count = interior[0] * interior[1] * interior[2]
-                lfb = _check_length_field_bytes(length_field_bytes)
-                stream_class = _BinCmpStream if self.kind == "binCmp" else _CharCmpStream
+                lfb = check_length_field_bytes(length_field_bytes)
+                stream_class = BinCmpStream if self.kind == "binCmp" else CharCmpStream
                 self._runs = stream_class(block, data_size, lfb, count, self.warnings)
                 self._bit8 = None
                 self._finished = False
@@ -180,7 +180,7 @@ class CompressedVoxelDecoder:
             self._owned_file.close()
             self._owned_file = None
         # drop every view of a caller's buffer so that, e.g., an mmap can be closed afterwards
-        runs = getattr(self, "_runs", None)
+        runs = getattr(self, "run_lengths_of", None)
         if runs is not None:
             runs.block.release()
             runs._buf = np.zeros(0, dtype=np.uint8)

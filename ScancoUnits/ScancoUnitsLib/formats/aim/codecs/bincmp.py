@@ -12,13 +12,13 @@ from typing import Tuple
 
 import numpy as np
 
-from .common import _BIN_KEEP_BYTE, _BIN_KEEP_RUN, _INT32_MAX, _byte_volume, _check_length_field_bytes
-from .runs import _length_prefixed, _runs, _RunStream, _split_at_need, _split_runs
+from .common import BIN_KEEP_BYTE, BIN_KEEP_RUN, INT32_MAX, byte_volume, check_length_field_bytes
+from .runs import length_prefixed, run_lengths_of, RunStream, split_at_need, split_runs
 
-class _BinCmpStream(_RunStream):
+class BinCmpStream(RunStream):
     extra_header_bytes = 2
     unit_bytes = 1
-    max_run = _BIN_KEEP_RUN
+    max_run = BIN_KEEP_RUN
     name = "binCmp"
 
     def _reset_runs(self):
@@ -41,10 +41,10 @@ class _BinCmpStream(_RunStream):
         chunk = self._next_chunk(self._hint(need))
         if chunk.size == 0:
             self._under_run(self.emitted)
-        keep = chunk == _BIN_KEEP_BYTE
+        keep = chunk == BIN_KEEP_BYTE
         counts = chunk.astype(np.int64)
-        counts[keep] = _BIN_KEEP_RUN
-        used, produced, leftover = _split_at_need(counts, need)
+        counts[keep] = BIN_KEEP_RUN
+        used, produced, leftover = split_at_need(counts, need)
         switch = ~keep[:used]
         switches_before = np.cumsum(switch, dtype=np.int64)
         switches_before -= switch
@@ -74,9 +74,9 @@ def encode_bin_cmp(volume, length_field_bytes: int = 4) -> bytes:
     value2 = 0, or 127 when value1 is 0. Runs longer than 254 are split into 255-bytes (254 voxels,
     keep the value) followed by one byte of 1..254.
     """
-    length_field_bytes = _check_length_field_bytes(length_field_bytes)
-    flat = _byte_volume(volume, "binCmp").reshape(-1)
-    values, lengths = _runs(flat)
+    length_field_bytes = check_length_field_bytes(length_field_bytes)
+    flat = byte_volume(volume, "binCmp").reshape(-1)
+    values, lengths = run_lengths_of(flat)
     distinct = np.unique(values)
     if distinct.size > 2:
         raise ValueError(f"binCmp can hold at most two distinct values, the volume has {distinct.size}")
@@ -85,11 +85,11 @@ def encode_bin_cmp(volume, length_field_bytes: int = 4) -> bytes:
         value2 = int(distinct[0] if distinct[0] != value1 else distinct[1])
     else:
         value2 = 0 if value1 != 0 else 127
-    records, last = _split_runs(lengths, _BIN_KEEP_RUN)
-    payload = np.full(2 + int(records.sum()), _BIN_KEEP_BYTE, dtype=np.uint8)
+    records, last = split_runs(lengths, BIN_KEEP_RUN)
+    payload = np.full(2 + int(records.sum()), BIN_KEEP_BYTE, dtype=np.uint8)
     payload[:2] = np.array([value1, value2], dtype=np.int8).view(np.uint8)
     payload[2 + np.cumsum(records) - 1] = last
-    return _length_prefixed(payload, length_field_bytes, "binCmp")
+    return length_prefixed(payload, length_field_bytes, "binCmp")
 
 
 class BinCmpStreamEncoder:
@@ -130,8 +130,8 @@ class BinCmpStreamEncoder:
     def _encode(lengths: np.ndarray) -> bytes:
         if lengths.size == 0:
             return b""
-        records, last = _split_runs(lengths, _BIN_KEEP_RUN)
-        out = np.full(int(records.sum()), _BIN_KEEP_BYTE, dtype=np.uint8)
+        records, last = split_runs(lengths, BIN_KEEP_RUN)
+        out = np.full(int(records.sum()), BIN_KEEP_BYTE, dtype=np.uint8)
         out[np.cumsum(records) - 1] = last
         return out.tobytes()
 
@@ -168,9 +168,9 @@ class BinCmpStreamEncoder:
 
     def block_header(self, length_field_bytes: int = 4) -> bytes:
         """``[length][value1][value2]`` for the run bytes returned so far."""
-        length_field_bytes = _check_length_field_bytes(length_field_bytes)
+        length_field_bytes = check_length_field_bytes(length_field_bytes)
         total = length_field_bytes + 2 + self.run_bytes
-        if length_field_bytes == 4 and total > _INT32_MAX:
+        if length_field_bytes == 4 and total > INT32_MAX:
             raise ValueError(f"binCmp data of {total} bytes does not fit a 4-byte length field; write AIM v030")
         value1, value2 = self.values
         return total.to_bytes(length_field_bytes, "little") + np.array([value1, value2], dtype=np.int8).tobytes()

@@ -12,10 +12,10 @@ from typing import List
 import numpy as np
 
 from ....errors import ScancoFormatError
-from .common import _BIT8_EMPTY_VALUE, _BlockBytes, _byte_volume
+from .common import BIT8_EMPTY_VALUE, BlockBytes, byte_volume
 
-class _Bit8Planes:
-    def __init__(self, block: _BlockBytes, data_size, dims_xyz, warnings: List[str]):
+class Bit8Planes:
+    def __init__(self, block: BlockBytes, data_size, dims_xyz, warnings: List[str]):
         self.block = block
         self.path = block.path
         dx, dy, dz = dims_xyz
@@ -40,10 +40,10 @@ class _Bit8Planes:
             warnings.append(f"bit8 data block is {block_size} bytes, {block_size - needed} more than needed (ignored)")
         stored = int(block.read(needed - 1, 1)[0])
         self.value_byte = stored
-        value = stored if stored else _BIT8_EMPTY_VALUE
+        value = stored if stored else BIT8_EMPTY_VALUE
         if not stored:
             warnings.append(
-                f"bit8 value byte is 0; set voxels get {_BIT8_EMPTY_VALUE} (as ITK does; AimIO would return all zeros)"
+                f"bit8 value byte is 0; set voxels get {BIT8_EMPTY_VALUE} (as ITK does; AimIO would return all zeros)"
             )
         self.value = np.array([value], dtype=np.uint8).view(np.int8)[0]
 
@@ -78,11 +78,11 @@ def encode_bit8(volume) -> bytes:
     """D3Tbit8 block for an int8/uint8/bool (z, y, x) volume: non-zero voxels become set bits, and the
     value byte holds their common value (127 for an all-zero volume). ValueError when the non-zero
     voxels do not share one value."""
-    array = _byte_volume(volume, "bit8")
+    array = byte_volume(volume, "bit8")
     nonzero_values = np.unique(array[array != 0])
     if nonzero_values.size > 1:
         raise ValueError(f"bit8 holds one non-zero value, the volume has {nonzero_values.size}")
-    value = int(nonzero_values[0]) if nonzero_values.size else _BIT8_EMPTY_VALUE
+    value = int(nonzero_values[0]) if nonzero_values.size else BIT8_EMPTY_VALUE
     dz, dy, dx = array.shape
     cx, cy, cz = (dx + 1) // 2, (dy + 1) // 2, (dz + 1) // 2
     bits = np.zeros((2 * cz, 2 * cy, 2 * cx), dtype=np.uint8)

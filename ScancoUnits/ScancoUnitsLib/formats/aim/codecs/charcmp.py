@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import _CHAR_MAX_RUN, _byte_volume, _check_length_field_bytes
-from .runs import _length_prefixed, _runs, _RunStream, _split_at_need, _split_runs
+from .common import CHAR_MAX_RUN, byte_volume, check_length_field_bytes
+from .runs import length_prefixed, run_lengths_of, RunStream, split_at_need, split_runs
 
-class _CharCmpStream(_RunStream):
+class CharCmpStream(RunStream):
     extra_header_bytes = 0
     unit_bytes = 2
-    max_run = _CHAR_MAX_RUN
+    max_run = CHAR_MAX_RUN
     name = "charCmp"
 
     def _reset_runs(self):
@@ -34,7 +34,7 @@ class _CharCmpStream(_RunStream):
         records = chunk[: 2 * pairs]
         values = records[0::2].view(np.int8)
         counts = records[1::2].astype(np.int64)
-        used, produced, leftover = _split_at_need(counts, need)
+        used, produced, leftover = split_at_need(counts, need)
         if out is not None and produced:
             run_counts = counts[:used]
             run_counts[-1] -= leftover
@@ -49,12 +49,12 @@ class _CharCmpStream(_RunStream):
 def encode_char_cmp(volume, length_field_bytes: int = 4) -> bytes:
     """D1TcharCmp block (length field included): pairs (value, count 1..255) for an int8/uint8/bool
     (z, y, x) volume."""
-    length_field_bytes = _check_length_field_bytes(length_field_bytes)
-    flat = _byte_volume(volume, "charCmp").reshape(-1)
-    values, lengths = _runs(flat)
-    records, last = _split_runs(lengths, _CHAR_MAX_RUN)
+    length_field_bytes = check_length_field_bytes(length_field_bytes)
+    flat = byte_volume(volume, "charCmp").reshape(-1)
+    values, lengths = run_lengths_of(flat)
+    records, last = split_runs(lengths, CHAR_MAX_RUN)
     pairs = np.empty((int(records.sum()), 2), dtype=np.uint8)
     pairs[:, 0] = np.repeat(values.view(np.uint8), records)
-    pairs[:, 1] = _CHAR_MAX_RUN
+    pairs[:, 1] = CHAR_MAX_RUN
     pairs[np.cumsum(records) - 1, 1] = last
-    return _length_prefixed(pairs.reshape(-1), length_field_bytes, "charCmp")
+    return length_prefixed(pairs.reshape(-1), length_field_bytes, "charCmp")

@@ -27,11 +27,11 @@ _KIND_ALIASES = {
     "d3tbit8": "bit8",
 }
 
-_BIN_KEEP_BYTE = 255  # run byte meaning "254 voxels, keep the value"
-_BIN_KEEP_RUN = 254  # voxels produced by that byte; also the longest run a switching byte can hold
-_CHAR_MAX_RUN = 255
-_BIT8_EMPTY_VALUE = 127  # value used when the bit8 value byte is 0
-_INT32_MAX = 2**31 - 1
+BIN_KEEP_BYTE = 255  # run byte meaning "254 voxels, keep the value"
+BIN_KEEP_RUN = 254  # voxels produced by that byte; also the longest run a switching byte can hold
+CHAR_MAX_RUN = 255
+BIT8_EMPTY_VALUE = 127  # value used when the bit8 value byte is 0
+INT32_MAX = 2**31 - 1
 
 
 def normalise_kind(kind) -> str:
@@ -49,13 +49,13 @@ def normalise_kind(kind) -> str:
     raise ValueError(f"unknown compression kind {kind!r} (expected binCmp, charCmp or bit8)")
 
 
-def _check_length_field_bytes(length_field_bytes) -> int:
+def check_length_field_bytes(length_field_bytes) -> int:
     if length_field_bytes not in (4, 8):
         raise ValueError(f"length_field_bytes must be 4 (AIM v020) or 8 (AIM v030), not {length_field_bytes!r}")
     return int(length_field_bytes)
 
 
-def _triple(values, name: str) -> Tuple[int, int, int]:
+def int_triple(values, name: str) -> Tuple[int, int, int]:
     try:
         items = tuple(int(v) for v in values)
     except (TypeError, ValueError):
@@ -70,7 +70,7 @@ def _triple(values, name: str) -> Tuple[int, int, int]:
 # ---------------------------------------------------------------------------------------------------
 
 
-class _BlockBytes:
+class BlockBytes:
     """Random access to the bytes of one data block in a file object or a bytes-like object."""
 
     def __init__(self, source, data_offset: int, path):
@@ -126,7 +126,7 @@ class _BlockBytes:
         self._file = None
 
 
-def _byte_volume(volume, what: str) -> np.ndarray:
+def byte_volume(volume, what: str) -> np.ndarray:
     """C-ordered int8 view of an int8 / uint8 / bool volume (uint8 reinterpreted as two's complement)."""
     array = np.asarray(volume)
     if array.dtype == np.bool_:

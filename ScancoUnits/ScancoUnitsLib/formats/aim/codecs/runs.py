@@ -8,7 +8,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from ....errors import ScancoFormatError
-from .common import _BIN_KEEP_RUN, _INT32_MAX, _BlockBytes
+from .common import BIN_KEEP_RUN, INT32_MAX, BlockBytes
 
 _MIN_CHUNK_BYTES = 64
 _MAX_CHUNK_BYTES = 1 << 20  # compressed bytes decoded per numpy pass (bounds the temporaries)
@@ -22,15 +22,15 @@ _ENCODE_CHUNK_VOXELS = 1 << 24
 # ---------------------------------------------------------------------------------------------------
 
 
-class _RunStream:
+class RunStream:
     """Sequential reader of a run-length payload that starts with an H-byte length field."""
 
     extra_header_bytes = 0  # bytes after the length field that belong to the header
     unit_bytes = 1  # bytes per run record
-    max_run = _BIN_KEEP_RUN  # most voxels one run record can produce
+    max_run = BIN_KEEP_RUN  # most voxels one run record can produce
     name = ""
 
-    def __init__(self, block: _BlockBytes, data_size, length_field_bytes: int, voxel_count: int, warnings: List[str]):
+    def __init__(self, block: BlockBytes, data_size, length_field_bytes: int, voxel_count: int, warnings: List[str]):
         self.block = block
         self.path = block.path
         self.voxel_count = voxel_count
@@ -176,7 +176,7 @@ class _RunStream:
                 "(ignored: the header's dimensions may be wrong)")
 
 
-def _split_at_need(counts: np.ndarray, need: int):
+def split_at_need(counts: np.ndarray, need: int):
     """Runs of ``counts`` consumed to produce ``need`` voxels: (used runs, voxels produced,
     voxels of the last used run left over)."""
     csum = np.cumsum(counts)
@@ -187,7 +187,7 @@ def _split_at_need(counts: np.ndarray, need: int):
     return index + 1, need, int(csum[index]) - need
 
 
-def _runs(flat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def run_lengths_of(flat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """(values int8, lengths int64) of the runs of equal values in a 1-D array."""
     size = flat.size
     boundaries = []
@@ -203,14 +203,14 @@ def _runs(flat: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     return flat[starts], lengths
 
 
-def _length_prefixed(payload: np.ndarray, length_field_bytes: int, what: str) -> bytes:
+def length_prefixed(payload: np.ndarray, length_field_bytes: int, what: str) -> bytes:
     total = length_field_bytes + payload.size
-    if length_field_bytes == 4 and total > _INT32_MAX:
+    if length_field_bytes == 4 and total > INT32_MAX:
         raise ValueError(f"{what} data of {total} bytes does not fit a 4-byte length field; write AIM v030")
     return total.to_bytes(length_field_bytes, "little") + payload.tobytes()
 
 
-def _split_runs(lengths: np.ndarray, max_run: int) -> Tuple[np.ndarray, np.ndarray]:
+def split_runs(lengths: np.ndarray, max_run: int) -> Tuple[np.ndarray, np.ndarray]:
     """Records per run (ceil(length / max_run)) and the length of each run's last record."""
     full = (lengths - 1) // max_run
     return full + 1, lengths - full * max_run
