@@ -194,3 +194,57 @@ def test_a_failure_after_the_first_slab_leaves_nothing(tmp_path, scan, fmt_name)
         convert_file(scan, out, outputs=roles, formats=(fmt_name,), slab_slices=1, progress=progress)
     left = sorted(p.name for p in out.iterdir()) if out.exists() else []
     assert left == []
+
+
+# ---- regions on the scan grid (--outputs roi): the same contract, for every format that holds a mask
+@pytest.fixture(scope="module")
+def region(tmp_path_factory, scan):
+    from ScancoUnitsLib import read_header
+    from ScancoUnitsLib.formats.aim.format import write_aim
+
+    header = read_header(scan)
+    inside = np.zeros(SHAPE_ZYX, dtype=bool)
+    inside[1:5, 1:4, 2:6] = True
+    path = tmp_path_factory.mktemp("region") / "S1_TRAB_MASK.AIM"
+    write_aim(path, inside.astype(np.int8) * 127, voxel_size_mm=header.voxel_size_mm,
+              position_voxels=header.position_voxels)
+    return path, inside
+
+
+@pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
+def test_region_files_values_geometry_leftovers_and_all_or_nothing(tmp_path, scan, region, fmt_name):
+    _available(fmt_name)
+    path, inside = region
+    outputs = convert_file(scan, tmp_path / "made", outputs=("roi",), formats=(fmt_name,), regions=[f"TRAB={path}"])
+    data, spacing, origin, label = READERS[fmt_name](Path(outputs["roi_TRAB"]))
+    np.testing.assert_array_equal(data != 0, inside)
+    assert set(np.unique(data)) <= {0, 1, 127}
+    np.testing.assert_allclose(spacing, VOXEL_MM, rtol=1e-6)
+    np.testing.assert_allclose(origin, (0.0, 0.0, 0.0), atol=1e-9)
+    if fmt_name != "nrrd":   # NRRD has no label intent of its own; the others mark the region as a label
+        assert label, f"{fmt_name}: a region is not marked as a label"
+
+    # leftovers of the region file's names, and only those of this stem, are swept
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = _dead_writer_id()
+    names = sorted({Path(p).name for k, p in outputs.items() if k.startswith("roi_")})
+    ours = [out / f".{n}.partial-{dead}-0123abcd" for n in names]
+    foreign = [out / f".{n.replace('S1', 'S2', 1)}.partial-{dead}-0123abcd" for n in names]
+    for leftover in ours + foreign:
+        leftover.mkdir() if ".ome.zarr." in leftover.name else leftover.write_bytes(b"left over")
+    assert sorted(p.name for p in remove_partials_of(out, "S1")) == sorted(p.name for p in ours)
+    assert all(p.exists() for p in foreign)
+
+    # a failure in the pass leaves no region file and no temporary file
+    calls = []
+
+    def progress(done, total):
+        calls.append(done)
+        if len(calls) == 2:
+            raise _Boom("disk went away")
+
+    with pytest.raises(_Boom):
+        convert_file(scan, tmp_path / "failed", outputs=("roi",), formats=(fmt_name,), regions=[f"TRAB={path}"],
+                     slab_slices=1, progress=progress)
+    assert not (tmp_path / "failed").exists() or not list((tmp_path / "failed").iterdir())

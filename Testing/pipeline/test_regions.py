@@ -319,3 +319,93 @@ def test_cli_roi_bad_arguments_and_files_are_one_line(tmp_path, capsys):
         assert "internal error" not in err and "Traceback" not in err
         assert len(error_lines(err)) == 1, (roi, err)
         assert not list((tmp_path / "o").glob("*.nrrd")) if (tmp_path / "o").exists() else True
+
+
+def test_cli_outputs_roi_writes_each_region_on_the_scan_grid(tmp_path, capsys):
+    """--outputs roi: <stem>_roi_<NAME> in every format, voxel for voxel the region placed by index
+    arithmetic, with the HU volume's geometry; recorded (fingerprints) in the metadata; roi alone
+    writes only the regions; a rerun with --overwrite and another region name removes the earlier
+    region file (provably ours); --skip-existing redoes a scan whose region file changed."""
+    import json
+    import os
+
+    nrrd = pytest.importorskip("nrrd")
+    from cli_harness import error_lines, run_cli
+
+    study = tmp_path / "study"
+    study.mkdir()
+    scan, volume = _scan(study, name="C1.AIM")
+    mask = np.random.default_rng(8).random((12, 14, 16)) < 0.6
+    position = tuple(p + o for p, o in zip(SCAN_POS, (-4, 6, 2)))   # partly outside (negative x offset)
+    region_file = _mask_aim(study, "C1_TRAB_MASK.AIM", mask, position, compression="binCmp")
+    expected, _ = _on_grid(mask, position, SCAN_POS, volume.shape)
+
+    out = tmp_path / "out"
+    status, _, err = run_cli(capsys, "convert", scan, "-o", out, "--outputs", "hu,roi", "--roi", f"TRAB={region_file}")
+    assert status == 0, err
+    roi, roi_header = nrrd.read(str(out / "C1_roi_TRAB.nrrd"), index_order="C")
+    hu, hu_header = nrrd.read(str(out / "C1_HU.nrrd"), index_order="C")
+    assert roi.dtype == np.uint8 and np.array_equal(roi.astype(bool), expected) and roi.max() == 1
+    assert roi.shape == hu.shape
+    for key in ("space directions", "space origin", "space"):
+        assert np.array_equal(np.asarray(roi_header[key]), np.asarray(hu_header[key])), key
+    meta = json.loads((out / "C1_metadata.json").read_text())
+    assert meta["regions"]["regions"]["TRAB"]["files_on_scan_grid"] == ["C1_roi_TRAB.nrrd"]
+    assert "C1_roi_TRAB.nrrd" in meta["files"]
+
+    # roi alone: the regions and the metadata, no volume
+    alone = tmp_path / "alone"
+    status, _, err = run_cli(capsys, "convert", scan, "-o", alone, "--outputs", "roi", "--roi", f"TRAB={region_file}")
+    assert status == 0, err
+    assert sorted(p.name for p in alone.iterdir()) == ["C1_metadata.json", "C1_roi_TRAB.nrrd"]
+
+    # another region name over the same set: the earlier region file goes with the set it belonged to
+    status, _, err = run_cli(capsys, "convert", scan, "-o", out, "--outputs", "hu,roi", "--overwrite",
+                             "--roi", f"CORT={region_file}")
+    assert status == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["C1_HU.nrrd", "C1_metadata.json", "C1_roi_CORT.nrrd"]
+
+    # --skip-existing: the same files are up to date; a region file drawn again is not
+    argv = ["convert", scan, "-o", out, "--outputs", "hu,roi", "--roi", f"CORT={region_file}", "--skip-existing",
+            "--json"]
+    status, lines, err = run_cli(capsys, *argv)
+    assert status == 0 and json.loads(lines.splitlines()[0])["status"] == "skipped", err
+    _mask_aim(study, "C1_TRAB_MASK.AIM", ~mask, position, compression="binCmp")
+    os.utime(region_file, ns=(1, 1))
+    status, lines, err = run_cli(capsys, *argv, "--overwrite")
+    assert status == 0 and json.loads(lines.splitlines()[0])["status"] == "converted", err
+    again, _ = nrrd.read(str(out / "C1_roi_CORT.nrrd"), index_order="C")
+    assert np.array_equal(again.astype(bool), _on_grid(~mask, position, SCAN_POS, volume.shape)[0])
+
+    # roi without a region: one line, exit 2, nothing written
+    status, _, err = run_cli(capsys, "convert", scan, "-o", tmp_path / "none", "--outputs", "roi")
+    assert status == 2 and len(error_lines(err)) == 1 and "--roi NAME=PATH" in err
+    assert not (tmp_path / "none").exists()
+
+
+@pytest.mark.parametrize("format_name", ["nifti", "aim", "ome-zarr"])
+def test_outputs_roi_in_the_other_formats(tmp_path, format_name):
+    """The region files in every volume format hold the region on the scan grid (read back with the
+    format's own reader where one is installed)."""
+    from ScancoUnitsLib import ConversionRequest, convert_file
+
+    scan, volume = _scan(tmp_path, name="C1.AIM")
+    mask = np.random.default_rng(9).random((8, 9, 10)) < 0.5
+    position = tuple(p + o for p, o in zip(SCAN_POS, (3, -2, 5)))
+    region_file = _mask_aim(tmp_path, "C1_TRAB_MASK.AIM", mask, position)
+    expected, _ = _on_grid(mask, position, SCAN_POS, volume.shape)
+    if format_name == "nifti":
+        nib = pytest.importorskip("nibabel")
+    if format_name == "ome-zarr":
+        zarr = pytest.importorskip("zarr")
+    with pytest.warns(UserWarning, match="lie outside the scan"):
+        outputs = convert_file(scan, tmp_path / "out", ConversionRequest(outputs=("mask", "roi"), formats=(format_name,),
+                                                                         regions=[f"TRAB={region_file}"]))
+    path = outputs["roi_TRAB"]
+    if format_name == "nifti":
+        data = np.asarray(nib.load(str(path)).dataobj).transpose(2, 1, 0)
+    elif format_name == "aim":
+        data = read_volume(path)
+    else:
+        data = np.asarray(zarr.open(str(path), mode="r")["0"])
+    assert np.array_equal(np.asarray(data).astype(bool), expected)

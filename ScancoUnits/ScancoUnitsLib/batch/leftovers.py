@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import List, Optional
 
 
-def _output_names(stem: str):
-    from ..pipeline.convert import stem_file_names
+def _output_name_rule(stem: str):
+    from ..pipeline.convert import stem_file_name_rule
 
-    return sorted(stem_file_names(stem))
+    return stem_file_name_rule(stem)
 
 
 def remove_partials_of(out_dir: Path, stem: str, newer_than: float = 0.0) -> List[Path]:
@@ -28,13 +28,13 @@ def remove_partials_of(out_dir: Path, stem: str, newer_than: float = 0.0) -> Lis
     from ..io.partials import remove_path, scan_partials
     from ..io.signals import live_partials, unregister
 
-    names = set(_output_names(stem))
+    is_output_name = _output_name_rule(stem)
     removed = []
     scan = scan_partials(out_dir, stem)
     ours = set(live_partials())  # this process's own, of a conversion that was unwound: ours to remove
     for path in scan.stale + [p for p in scan.live if p in ours]:
         base = atomic_base_name(path.name)
-        if base is not None and base not in names and "~" not in base:  # "~": a shortened long name
+        if base is not None and not is_output_name(base) and "~" not in base:  # "~": a shortened long name
             continue
         try:
             if os.lstat(path).st_mtime < newer_than:

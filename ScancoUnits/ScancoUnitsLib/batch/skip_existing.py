@@ -58,6 +58,7 @@ def existing_set(header, out_dir, options, stem: str) -> ExistingSet:
     with the size and checksum recorded for it (a 0-byte, truncated or edited file shows)."""
     from ..io.transaction import fingerprint
     from ..pipeline.convert import METADATA_CHECKSUM_KEY, metadata_checksum, plan_files
+    from ..pipeline.regions import regions_changed
     from ..pipeline.request import plan_request
 
     out_dir = Path(out_dir)
@@ -86,6 +87,11 @@ def existing_set(header, out_dir, options, stem: str) -> ExistingSet:
         if set(recorded_outputs) != {f.role for f in planned}:
             return ExistingSet("redo", reason="other outputs")
         wanted = [p for f in planned for p in f.paths]
+        changed = regions_changed(metadata, options, header.path, out_dir)
+        if changed:
+            return ExistingSet("redo", reason=changed)
+        wanted += [out_dir / name for entry in ((metadata.get("regions") or {}).get("regions") or {}).values()
+                   for name in entry.get("files_on_scan_grid") or ()]
         if options.report:
             wanted.append(out_dir / f"{stem}_report.png")
         files = metadata.get("files") or {}

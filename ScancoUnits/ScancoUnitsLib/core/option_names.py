@@ -28,6 +28,8 @@ OPTION_NAMES = {
     "compress": ("compress=True", "--compress"),
     "overwrite": ("overwrite=True", "--overwrite"),
     "report": ("report=True", "--report"),
+    "roi": ("regions=[\"NAME=PATH\"]", "--roi"),
+    "roi_pattern": ("regions=[RegionSource(NAME, PATTERN, pattern=True)]", "--roi-pattern"),
 }
 
 

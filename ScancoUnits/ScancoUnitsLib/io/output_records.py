@@ -25,7 +25,7 @@ def previous_outputs(metadata_json_path, names=None, *, refused: Optional[list] 
     A metadata file is only a claim (it may be hand-edited, foreign or tampered with), so it never
     steers deletion by itself. A listed entry counts only when
 
-    * its name is in *names* (the names this stem can have: :func:`ScancoUnitsLib.pipeline.convert.stem_file_names`;
+    * its name is in *names* (a set, or a rule: :func:`ScancoUnitsLib.pipeline.convert.stem_file_name_rule`;
       None: any plain name in the folder), and
     * the file, or the folder with everything in it, still has the size and checksum that metadata
       recorded for it (``"files": {name: fingerprint}``, see :func:`fingerprint`). An entry without a
@@ -44,7 +44,7 @@ def previous_outputs(metadata_json_path, names=None, *, refused: Optional[list] 
         return []
     if not isinstance(document, dict):
         return []
-    allowed = None if names is None else set(names)
+    allowed = None if names is None else names if callable(names) else set(names).__contains__
     recorded = document.get("files") if isinstance(document.get("files"), dict) else {}
     claimed: List[str] = []
     outputs = document.get("outputs")
@@ -60,7 +60,7 @@ def previous_outputs(metadata_json_path, names=None, *, refused: Optional[list] 
         path = folder / name
         if not os.path.lexists(path):
             continue
-        if allowed is not None and name not in allowed:
+        if allowed is not None and not allowed(name):
             if refused is not None:
                 refused.append(path)
             continue

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from .regions import ConversionRegions
+from .regions import ROI_SUFFIX, ConversionRegions, is_region_name
 from .. import __version__
 from ..io.transaction import AtomicOutputSet, fingerprint, previous_outputs, sweep_stale_partials
 from .engine import EngineOutput, SlabObserver, run_engine  # noqa: F401 - SlabObserver is public here
@@ -217,6 +217,25 @@ def stem_file_names(stem: str) -> set:
     return names
 
 
+def stem_file_name_rule(stem: str) -> Callable[[str], bool]:
+    """Whether a file name is one a conversion of *stem* can make: :func:`stem_file_names`, or a region
+    written on the scan grid (``<stem>_roi_<NAME>`` with a volume suffix of a format, any region name)."""
+    names = stem_file_names(stem)
+    prefix = f"{stem}{ROI_SUFFIX.format(name='')}"
+    mask_base = f"{stem}{OUTPUT_SUFFIXES['mask']}"
+    volume_endings = {n[len(mask_base):] for n in names if n.startswith(mask_base)}
+
+    def is_ours(name: str) -> bool:
+        if name in names:
+            return True
+        if not name.startswith(prefix):
+            return False
+        rest = name[len(prefix):]
+        return any(rest.endswith(end) and is_region_name(rest[:len(rest) - len(end)]) for end in volume_endings)
+
+    return is_ours
+
+
 def metadata_checksum(document: dict) -> str:
     """SHA-256 of a metadata document without its own checksum (canonical JSON): a hand-edited
     ``_metadata.json`` no longer matches it."""
@@ -332,12 +351,15 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
     regions = ConversionRegions(header, request, plan, out_dir, stem) if request.regions else None
     meta_path = out_dir / f"{stem}{METADATA_SUFFIX}"
     report_path = out_dir / f"{stem}{REPORT_SUFFIX}" if request.report else None
-    finals = [p for f in files for p in f.paths] + [meta_path] + ([report_path] if report_path else [])
+    region_paths = regions.paths if regions is not None else []
+    finals = [p for f in files for p in f.paths] + region_paths + [meta_path] + \
+        ([report_path] if report_path else [])
     # every collision is found before any voxel is read; with --overwrite the earlier set of this stem
     # is replaced as a whole, but only the files that are provably its own: names this stem can have,
     # with the size and checksum its metadata recorded. An input is never written over, nor a SCANCO file.
     refused: List[Path] = []
-    ours = previous_outputs(meta_path, stem_file_names(stem), refused=refused) if os.path.lexists(meta_path) else []
+    ours = previous_outputs(meta_path, stem_file_name_rule(stem), refused=refused) \
+        if os.path.lexists(meta_path) else []
     stale = ours if request.overwrite else []
     set_warnings = []  # said on stderr and kept in the metadata
     if request.overwrite and os.path.lexists(meta_path) and not stale:
@@ -382,6 +404,9 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
             engine_outputs[f.role].sinks.append(_WriterSink(writer))
         for role, sinks in (extra_sinks or {}).items():
             engine_outputs[role].sinks.extend(sinks)
+        region_files = regions.open_files(output_set) if regions is not None else None
+        if region_files is not None:
+            observers.append(region_files)
         result = run_engine(header, source, list(engine_outputs.values()), thresholds=plan.thresholds,
                             hu_dtype=request.hu_dtype, slab_slices=request.slab_slices, observers=observers,
                             progress=progress, cancel=cancel,
@@ -392,6 +417,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
             for sink in sink_list.sinks:
                 if isinstance(sink, _WriterSink):
                     sink.writer.close()
+        region_outputs = regions.written() if regions is not None else {}
 
         stats = result.statistics
         caught.extend(text for text in result.warnings if text not in caught)  # e.g. an over-long stream
@@ -435,6 +461,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
     for f in files:  # the first format that holds a volume gives its plain key, the others role_format
         key = f.role if f.role not in result_outputs else f"{f.role}_{f.format.replace('-', '_')}"
         result_outputs[key] = f.paths[0]
+    result_outputs.update(region_outputs)
     result_outputs["metadata"] = meta_path
     if report_path is not None:
         result_outputs["report"] = report_path
@@ -510,4 +537,4 @@ def convert_file(path, out_dir, options: Optional[ConversionRequest] = None, *,
 
 
 __all__ = ["ConversionRequest", "ConversionResult", "ConversionCancelled", "convert_file",
-           "convert_header", "output_stem", "plan_files", "OUTPUT_SUFFIXES", "stem_file_names", "metadata_checksum"]
+           "convert_header", "output_stem", "plan_files", "OUTPUT_SUFFIXES", "stem_file_names", "stem_file_name_rule", "metadata_checksum"]

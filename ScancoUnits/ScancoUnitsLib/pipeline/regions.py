@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
+
 from ..errors import RequestError
 from ..core.header import ScancoHeader
 from .region_measures import REGION_FIELDS, RegionStatisticsObserver
@@ -30,7 +32,12 @@ from ..formats.regions import PlacedRegion, read_region
 ROI_ROLE = "roi"
 #: file name of a region written on the scan grid: <stem>_roi_<NAME><format suffix>
 ROI_SUFFIX = "_roi_{name}"
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+
+
+def is_region_name(text: str) -> bool:
+    """A region name: a letter, then letters, digits or ``_`` (it becomes a file name and CSV columns)."""
+    return bool(_NAME.match(text))
 
 
 @dataclass(frozen=True)
@@ -87,14 +94,15 @@ def region_sources(values) -> Tuple[RegionSource, ...]:
 
 
 def split_roi_role(outputs):
-    """(outputs without ``roi``, whether ``roi`` was asked for); outputs None stays None."""
+    """(outputs without ``roi``, whether ``roi`` was asked for); outputs None stays None, ``roi`` alone
+    gives no other output (an empty tuple)."""
     if outputs is None:
         return None, False
     parts = outputs.replace(",", " ").split() if isinstance(outputs, str) else list(outputs)
     kept = [p for p in parts if str(p).strip().lower() != ROI_ROLE]
     if len(kept) == len(parts):
         return outputs, False
-    return (tuple(kept) or None), True
+    return tuple(kept), True
 
 
 # ---- command line -------------------------------------------------------------------------------
@@ -132,6 +140,7 @@ class ConversionRegions:
         self.request = request
         self.warnings: List[str] = []
         self.skipped: Dict[str, str] = {}
+        self.identities: Dict[str, dict] = {}
         placed: List[PlacedRegion] = []
         for source in region_sources(getattr(request, "regions", ())):
             path = source.path_for(header.path)
@@ -143,7 +152,11 @@ class ConversionRegions:
                     continue
                 raise RequestError(header.path, f"region {source.name}: {path} does not exist "
                                                 "(--roi-optional converts without it)")
+            identity = file_identity(path)
             region = read_region(path, like=header, name=source.name)
+            if file_identity(path) != identity:
+                raise RequestError(path, f"region {source.name}: the file changed while it was read")
+            self.identities[source.name] = identity
             if region.outside_voxels:
                 self.warnings.append(f"{path}: region {source.name}: {region.outside_voxels} of its "
                                      f"{region.voxels + region.outside_voxels} voxels lie outside the scan "
@@ -172,7 +185,7 @@ class ConversionRegions:
                     raise RequestError(self.header.path, f"a region cannot be written as {fmt_name}")
                 description = f"region {region.name} on the scan grid (from {os.path.basename(region.path)})"
                 spec = VolumeSpec(base_path=out_dir / f"{stem}{ROI_SUFFIX.format(name=region.name)}",
-                                  shape_zyx=self.header.shape_zyx, dtype=__import__("numpy").dtype("uint8"),
+                                  shape_zyx=self.header.shape_zyx, dtype=np.dtype("uint8"),
                                   spacing_mm=tuple(self.header.voxel_size_mm), origin_mm=tuple(self.header.origin_mm),
                                   quantity="mask", unit_label="", description=description,
                                   key_values={"ScancoUnits_quantity": description,
@@ -186,14 +199,22 @@ class ConversionRegions:
                 files.append((region, fmt, spec, fmt.paths(spec)))
         return [(r, (fmt, spec), paths) for r, fmt, spec, paths in files]
 
-    def write_files(self, output_set, slab_slices: int = 32) -> Dict[str, Path]:
+    def open_files(self, output_set) -> Optional["_RegionFileWriter"]:
+        """The ``--outputs roi`` writers as an observer of the conversion's pass (None when none asked):
+        each slab of the scan gives the regions' slices, so no region is held on the whole scan grid."""
+        if not self.files:
+            return None
+        self._writer = _RegionFileWriter([(region, fmt.open(spec, output_set)) for region, (fmt, spec), _ in self.files])
+        return self._writer
+
+    def written(self) -> Dict[str, Path]:
+        """Close the region files (after the pass) and name them like the volumes: ``roi_<NAME>`` for
+        the first format, ``roi_<NAME>_<format>`` for the others."""
+        if not self.files:
+            return {}
+        self._writer.close()
         written = {}
-        z_total = self.header.shape_zyx[0]
-        for region, (fmt, spec), paths in self.files:
-            writer = fmt.open(spec, output_set)
-            for z0 in range(0, z_total, slab_slices):
-                writer.write_slab(region.slab_mask(z0, min(z_total, z0 + slab_slices)))
-            writer.close()
+        for region, (fmt, _), paths in self.files:
             key = f"roi_{region.name}" if fmt.name == self.request.formats[0] else \
                 f"roi_{region.name}_{fmt.name.replace('-', '_')}"
             written[key] = paths[0]
@@ -204,12 +225,58 @@ class ConversionRegions:
             return None
         out = self.observer.result().to_dict() if self.observer is not None else {"regions": {}}
         for region in self.regions:
-            out["regions"][region.name]["files_on_scan_grid"] = [
-                p.name for r, _, paths in self.files if r is region for p in paths]
+            entry = out["regions"][region.name]
+            entry["files_on_scan_grid"] = [p.name for r, _, paths in self.files if r is region for p in paths]
+            entry["file_identity"] = self.identities[region.name]
         out["skipped"] = dict(self.skipped)
         out["placement"] = ("by position: offset = region position - scan position in whole voxels of the same "
                             "element size; never resampled; the part outside the scan is left out and counted")
         return out
+
+
+class _RegionFileWriter:
+    """Engine observer writing each region's slices on the scan grid, slab by slab in z order."""
+
+    def __init__(self, writers):
+        self.writers = writers
+
+    def __call__(self, z0: int, native, outputs=None) -> None:
+        z1 = z0 + native.shape[0]
+        for region, writer in self.writers:
+            writer.write_slab(region.slab_mask(z0, z1))
+
+    def close(self) -> None:
+        for _, writer in self.writers:
+            writer.close()
+
+
+def file_identity(path) -> dict:
+    """What says a region file is still the one that was read: size and modification time."""
+    st = os.stat(path)
+    return {"size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def regions_changed(metadata: dict, request, scan_path: str, out_dir: Path) -> Optional[str]:
+    """Why an earlier output set's regions are not those this request would give (``--skip-existing``):
+    a region file changed, appeared or is gone, or a region file on the scan grid is not recorded.
+    None when they are the same."""
+    recorded = ((metadata.get("regions") or {}).get("regions") or {})
+    skipped = ((metadata.get("regions") or {}).get("skipped") or {})
+    for source in region_sources(getattr(request, "regions", ())):
+        path = source.path_for(scan_path)
+        exists = path.exists()
+        if source.name in skipped or source.name not in recorded:
+            if exists or source.name not in skipped:
+                return f"region {source.name} ({path.name}) was not measured then"
+            continue
+        if not exists or recorded[source.name].get("file_identity") != file_identity(path):
+            return f"region file {path.name} changed since"
+    files = metadata.get("files") or {}
+    for entry in recorded.values():
+        for name in entry.get("files_on_scan_grid") or ():
+            if name not in files:
+                return f"{name} is not recorded"
+    return None
 
 
 def region_columns(metadata: Optional[dict]) -> Dict[str, object]:

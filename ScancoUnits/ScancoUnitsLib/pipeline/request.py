@@ -30,7 +30,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .regions import add_region_arguments, region_request_values
+from .regions import ROI_ROLE, ROI_SUFFIX, add_region_arguments, region_request_values
 from .. import defaults
 from ..errors import CalibrationMissingError, RequestError
 from ..core.header import ScancoHeader
@@ -140,10 +140,20 @@ class ConversionRequest:
     fsync: bool = True                      # files and folder on disk before the metadata (commit record)
     regions: tuple = ()                     # RegionSource / "NAME=PATH" / (name, path): per-region statistics
     regions_optional: bool = False          # a missing region file: a warning, not a failure of the input
+    region_files: bool = False              # --outputs roi: each region also written on the scan's grid
 
     def __post_init__(self):
-        if self.outputs is not None:
-            object.__setattr__(self, "outputs", normalise_roles(self.outputs, FILE_ROLES, strict=True))
+        from .regions import split_roi_role
+
+        outputs, asked_roi = split_roi_role(self.outputs)
+        if asked_roi or self.region_files:
+            if not self.regions:
+                raise ValueError(f"{option_name('outputs')} roi writes the regions on the scan's grid: name them "
+                                 f"with {option_name('roi')} NAME=PATH or {option_name('roi_pattern')} NAME=PATTERN")
+            object.__setattr__(self, "region_files", True)
+        if outputs is not None and not (asked_roi and not outputs):   # "roi" alone: no volume besides them
+            outputs = normalise_roles(outputs, FILE_ROLES, strict=True)
+        object.__setattr__(self, "outputs", outputs)
         object.__setattr__(self, "density_unit", canonical_density_unit(self.density_unit))
         if self.hu_dtype not in HU_DTYPES:
             raise ValueError(f"HU dtype must be int16 or float32, not {self.hu_dtype!r}")
@@ -428,7 +438,8 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     d = ConversionRequest()
     p.add_argument("--outputs", default=None,
                    help=f"comma-separated: {', '.join(FILE_ROLES)} (default {','.join(defaults.FILE_ROLES)}; "
-                        "a char AIM gives its mask, a float AIM its values as stored)")
+                        "a char AIM gives its mask, a float AIM its values as stored; "
+                        f"{ROI_ROLE}: each --roi region on the scan's grid, <stem>{ROI_SUFFIX.format(name='NAME')})")
     add_threshold_arguments(p)
     add_region_arguments(p)
     p.add_argument("--hu-dtype", choices=HU_DTYPES, default=d.hu_dtype)
