@@ -409,3 +409,36 @@ def test_outputs_roi_in_the_other_formats(tmp_path, format_name):
     else:
         data = np.asarray(zarr.open(str(path), mode="r")["0"])
     assert np.array_equal(np.asarray(data).astype(bool), expected)
+
+
+def test_region_files_in_a_study_are_not_converted_as_scans_and_never_written_over(tmp_path, capsys):
+    """A mask AIM beside its scan, found in the folder and named by --roi-pattern, is the scan's region:
+    listed as such, not converted; it is protected like an input (an output of the same name is refused
+    even with --overwrite, and the region file keeps its bytes)."""
+    import hashlib
+
+    from cli_harness import run_cli
+
+    study = tmp_path / "study" / "v1"
+    study.mkdir(parents=True)
+    scan, _ = _scan(study, name="C1.AIM")
+    mask = np.random.default_rng(6).random((6, 7, 8)) < 0.5
+    region_file = _mask_aim(study, "C1_TRAB_MASK.AIM", mask, SCAN_POS)
+    before = hashlib.sha256(region_file.read_bytes()).hexdigest()
+    status, out, err = run_cli(capsys, "convert", tmp_path / "study", "-r", "-o", tmp_path / "out",
+                               "--roi-pattern", "TRAB={stem}_TRAB_MASK.AIM", "--low", "120")
+    assert status == 0, err
+    assert "v1/C1_TRAB_MASK.AIM" in out and "used as a region (TRAB of C1.AIM), not converted" in out
+    assert "1 converted, 0 failed; 1 region file(s) used as regions, not converted" in out
+    assert sorted(p.name for p in (tmp_path / "out" / "v1").iterdir()) == [
+        "C1_BWmask.nrrd", "C1_HU.nrrd", "C1_RHO.nrrd", "C1_metadata.json"]
+
+    # a region written by an earlier run (C1_roi_TRAB.AIM) used as the region of the next one, into the
+    # same folder: its output has the region file's name; refused even with --overwrite, untouched
+    earlier = study / "C1_roi_TRAB.AIM"
+    earlier.write_bytes(region_file.read_bytes())
+    status, _, err = run_cli(capsys, "convert", scan, "-o", study, "--format", "aim", "--outputs", "roi",
+                             "--roi", f"TRAB={earlier}", "--overwrite")
+    assert status == 1 and "C1_roi_TRAB.AIM" in err and "internal error" not in err, err
+    assert hashlib.sha256(earlier.read_bytes()).hexdigest() == before
+    assert sorted(p.name for p in study.iterdir()) == ["C1.AIM", "C1_TRAB_MASK.AIM", "C1_roi_TRAB.AIM"]

@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .. import defaults
 
 from ..formats.reader import SCANCO_NAME, sniff_format
+from ..pipeline.regions import USED_AS_REGION
 
 NOT_SCANCO = "not a SCANCO file (name is not .ISQ/.AIM and no ISQ or AIM magic in its first bytes)"
 OWN_OUTPUT = "an output of ScancoUnits, never read as an input"
@@ -79,14 +80,16 @@ class Discovery:
 
 
 def skip_kind(reason: Optional[str]) -> Optional[str]:
-    """``"own"`` (an output of ours), ``"other"`` (any other entry discovery skipped) or None (not a
-    discovery reason: e.g. a set that is up to date)."""
+    """``"own"`` (an output of ours), ``"region"`` (another input's region), ``"other"`` (any other entry
+    discovery skipped) or None (not a discovery reason: e.g. a set that is up to date)."""
     if not reason:
         return None
     if reason.startswith(OWN_OUTPUT):
         return "own"
     if reason == NOT_SCANCO or reason in NOT_REGULAR.values():
         return "other"
+    if reason.startswith(USED_AS_REGION):
+        return "region"
     return None
 
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import List
 
+from ..pipeline.regions import region_files_among
 from ..pipeline.request import add_request_arguments, request_from_args
 from ..batch.jobs import (Batch, BatchProgress, FileResult, NOT_STARTED, ignore_further_signals,
                     remove_partials_of, signal_name)
@@ -22,7 +23,7 @@ from ..core.header import printable
 from . import exit_codes
 from .info import format_thresholds
 from .. import defaults
-from ..batch.discovery import (LAYOUTS, assign_stems, discover, find_inputs,  # noqa: F401 - find_inputs: public
+from ..batch.discovery import (LAYOUTS, PathNote, assign_stems, discover, find_inputs,  # noqa: F401 - find_inputs: public
                         place_outputs, skip_kind)
 
 
@@ -172,11 +173,13 @@ def _summary(results: List[FileResult], stream, quiet: bool = False) -> None:
         seconds = f"{r.seconds:8.2f}" if r.status != "skipped" or r.outputs else f"{'':8s}"
         print(f"{_shown_name(r):40s} {r.status:11s} {seconds} {rate}  {_one_line(detail)}", file=stream)
     count = {s: 0 for s in ("converted", "skipped", "failed", "interrupted")}
-    ignored = own = not_started = 0
+    ignored = own = regions = not_started = 0
     for r in results:
         kind = skip_kind(r.reason) if r.status == "skipped" else None
         if kind == "other":
             ignored += 1
+        elif kind == "region":
+            regions += 1
         elif kind == "own":
             own += 1
         elif r.status == "interrupted" and r.error and NOT_STARTED in r.error:
@@ -192,6 +195,8 @@ def _summary(results: List[FileResult], stream, quiet: bool = False) -> None:
         line += f"; {ignored} other file(s) in the folders ignored (not SCANCO files)"
     if own:
         line += f"; {own} output(s) of earlier runs not read as inputs"
+    if regions:
+        line += f"; {regions} region file(s) used as regions, not converted"
     print(line, file=stream)
     coverage = [r.mask_coverage for r in results if r.status in ("converted", "skipped", "failed")]
     warned = sum(1 for r in results if r.warnings and r.status in ("converted", "skipped", "failed"))
@@ -315,6 +320,10 @@ def _cmd_convert(args) -> int:
             print(f"scanco-units: error: {exc}", file=sys.stderr)
             return exit_codes.USAGE
     found = discover(args.paths, recursive=args.recursive)
+    for path, reason in region_files_among(found.inputs, options).items():   # a scan's region is not a scan
+        found.inputs.remove(path)
+        root = found.roots.get(Path(os.path.abspath(path)), Path(os.path.abspath(path)).parent)
+        found.skipped.append(PathNote(os.path.abspath(path), reason, os.path.relpath(os.path.abspath(path), root)))
     if args.dry_run:
         return _dry_run(args, found, place_outputs(found, Path(args.output), args.layout), options)
     progress = BatchProgress(found.inputs, sys.stderr, live=sys.stderr.isatty() and not args.quiet)

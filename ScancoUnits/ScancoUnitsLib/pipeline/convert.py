@@ -370,7 +370,8 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
             f"{meta_path}: left in place, not provably written by ScancoUnits for {stem} (name, size or "
             f"checksum): {', '.join(p.name for p in left[:5])}{' ...' if len(left) > 5 else ''}")
     output_set = AtomicOutputSet(overwrite=request.overwrite, fsync=request.fsync,
-                                 protected=[header.path, *protected], replace_also=stale,
+                                 protected=[header.path, *protected, *(regions.read_paths if regions else ())],
+                                 replace_also=stale,
                                  refuse=refuse_scanco_content(ours, only_ours=replace_only_ours))
     output_set.check_free(finals)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -167,6 +167,11 @@ class ConversionRegions:
         self.files = self._plan_files(plan, out_dir, stem) if getattr(request, "region_files", False) else []
 
     @property
+    def read_paths(self) -> List[str]:
+        """The region files this conversion reads: inputs of the run, never written over."""
+        return [region.path for region in self.regions]
+
+    @property
     def active(self) -> bool:
         return bool(self.regions) or bool(self.skipped)
 
@@ -248,6 +253,26 @@ class _RegionFileWriter:
     def close(self) -> None:
         for _, writer in self.writers:
             writer.close()
+
+
+#: the start of the reason a region file found among the inputs is not converted itself
+USED_AS_REGION = "used as a region"
+
+
+def region_files_among(inputs: Sequence, request) -> Dict[Path, str]:
+    """The inputs that are another input's region (``--roi``/``--roi-pattern``) -> why they are not
+    converted themselves: a mask AIM beside its scan is the scan's region, not a scan of the study."""
+    sources = region_sources(getattr(request, "regions", ()))
+    if not sources:
+        return {}
+    by_real = {os.path.realpath(p): Path(p) for p in inputs}
+    found: Dict[Path, str] = {}
+    for scan in inputs:
+        for source in sources:
+            real = os.path.realpath(source.path_for(os.fspath(scan)))
+            if real in by_real and by_real[real] != Path(scan) and by_real[real] not in found:
+                found[by_real[real]] = f"{USED_AS_REGION} ({source.name} of {Path(scan).name}), not converted"
+    return found
 
 
 def file_identity(path) -> dict:
