@@ -4,7 +4,8 @@ People check a conversion by looking at it: did the mask catch the bone, do the 
 valley of the histogram, does the density look right. The picture shows
 
 * the three orthogonal mid-slices (axial z, coronal y, sagittal x) of the calibrated volume with the
-  threshold mask outlined, and one colour bar in the shown unit;
+  threshold mask outlined, each region (``--roi``) outlined in its own colour, and one colour bar in the
+  shown unit;
 * the histogram of the whole scan (log counts) with the low and high thresholds, its x axis in native
   values with secondary axes in per mille, HU and mg HA/ccm;
 * a title with the file name, scanner, voxel size, dimensions and calibration.
@@ -16,7 +17,8 @@ slabs pass, so there is never a second pass over the file and the memory added i
 The planes are kept as native values and converted at the end with the same
 :class:`~ScancoUnitsLib.core.units.UnitConverter` and threshold rule as the outputs, so the picture shows
 exactly the written voxels.
-The words of the picture are in :mod:`.report_text`, the plane gathering in :mod:`.report_planes`.
+The words of the picture are in :mod:`.report_text`, the plane gathering in :mod:`.report_planes`, the
+regions' outlines and their column in :mod:`.report_regions`.
 
 matplotlib is an optional extra (``pip install scanco-units[report]``), imported here inside functions
 only, with the Agg canvas and no pyplot (no global state, safe inside 3D Slicer and in threads).
@@ -25,7 +27,7 @@ only, with the Agg canvas and no pyplot (no global state, safe inside 3D Slicer 
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +40,7 @@ from ..core.quantities import QUANTITIES, density_quantity
 from .summaries import header_summary
 from ..core.units import UnitConverter
 from .report_planes import MidPlanes
+from .report_regions import draw_region_column, outline_region, region_colour
 from .report_text import (UNIT_WORDS, calibration_text, drawable, num, outputs_text, shorten, shown_name, spec_text,
                           threshold_label)
 
@@ -75,11 +78,13 @@ class ReportBuilder:
 
     ``options``: the :class:`~ScancoUnitsLib.pipeline.request.ConversionRequest` (its ``outputs`` and
     ``density_unit`` choose the unit shown); ``resolved``: the thresholds of the mask, or None (char and
-    float AIMs, or no mask asked for). Call :meth:`observe` once per slab, z ascending or not, then
-    :meth:`save`.
+    float AIMs, or no mask asked for); ``regions``: the placed regions
+    (:class:`~ScancoUnitsLib.formats.regions.PlacedRegion`) outlined in the slices. Call :meth:`observe`
+    once per slab, z ascending or not, then :meth:`save`.
     """
 
-    def __init__(self, header: ScancoHeader, options=None, resolved: Optional[ResolvedThresholds] = None):
+    def __init__(self, header: ScancoHeader, options=None, resolved: Optional[ResolvedThresholds] = None,
+                 regions: Sequence = ()):
         require_matplotlib()
         self.header = header
         self.options = options
@@ -90,6 +95,13 @@ class ReportBuilder:
         self.mid_zyx = (nz // 2, ny // 2, nx // 2)
         self.histogram = NativeHistogram(self.dtype)
         self._planes = MidPlanes(self.shape_zyx, self.mid_zyx, self.dtype)  # native values
+        self.regions = tuple(regions)
+        for region in self.regions:
+            if tuple(region.scan_shape_zyx) != self.shape_zyx:
+                raise ValueError(f"region {region.name} is placed on a grid of shape {region.scan_shape_zyx}, "
+                                 f"not on this scan's {self.shape_zyx}")
+        self._region_planes = [MidPlanes(self.shape_zyx, self.mid_zyx, np.uint8, axial_zeros=True)
+                               for _ in self.regions]
         self._seen = np.zeros(nz, dtype=bool)
         self.quantity = self._choose_quantity()
 
@@ -105,6 +117,11 @@ class ReportBuilder:
         n = native.shape[0]
         self.histogram.accumulate(native)
         self._planes.take(z0, native)
+        for region, planes in zip(self.regions, self._region_planes):
+            part = region.slab(z0, z0 + n)  # the region's own box in these slices, or None
+            if part is not None:
+                (a, _), box, (ys, xs) = part
+                planes.take_part(z0 + a, box, ys, xs)
         self._seen[z0:z0 + n] = True
 
     # ---- what is shown --------------------------------------------------------------------------
@@ -160,6 +177,11 @@ class ReportBuilder:
             out.append((name, self._values(native), self._mask(native), spacing))
         return out
 
+    def region_planes(self) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each region's (axial, coronal, sagittal) planes, uint8 0/1, by region name (those of
+        :meth:`planes`, in that order)."""
+        return {region.name: planes.three() for region, planes in zip(self.regions, self._region_planes)}
+
     def _values(self, native: np.ndarray) -> np.ndarray:
         if self.quantity in ("char", "float", "native"):
             return native.astype(np.float64)
@@ -196,15 +218,18 @@ class ReportBuilder:
         image_axes, colour_axis, images_bottom_px = self._image_axes(fig)
         # the histogram takes whatever height the slices leave (room for the per-mille axis above it)
         hist_top = min(0.56, (images_bottom_px - 34.0 - 75.0) / REPORT_SIZE_PX[1])
-        bottom = fig.add_gridspec(1, 2, width_ratios=[0.74, 0.26], wspace=0.04, left=0.05, right=0.985,
+        ratios = [0.74, 0.26] if not self.regions else [0.56, 0.22, 0.22]  # regions: a column of their own
+        bottom = fig.add_gridspec(1, len(ratios), width_ratios=ratios, wspace=0.04, left=0.05, right=0.985,
                                   top=hist_top, bottom=0.205)
         hist_axis = fig.add_subplot(bottom[0, 0])
         panel_axis = fig.add_subplot(bottom[0, 1])
+        if self.regions:
+            draw_region_column(fig.add_subplot(bottom[0, 2]), self.region_planes(), metadata, REPORT_SIZE_PX[1])
         self._draw_title(fig, metadata)
         self._draw_planes(image_axes, colour_axis)
         self._draw_histogram(hist_axis)
         self._draw_panel(panel_axis, metadata)
-        self._draw_footer(fig, metadata)
+        self._draw_footer(fig, metadata, panel_axis.get_position().x0 if self.regions else 0.745)
         return fig
 
     def _image_axes(self, fig):
@@ -302,7 +327,8 @@ class ReportBuilder:
             if vmax <= vmin:
                 vmax = vmin + 1.0
         image = None
-        for ax, (name, plane, mask, (row_mm, col_mm)) in zip(axes, planes):
+        region_planes = list(self.region_planes().values())
+        for i, (ax, (name, plane, mask, (row_mm, col_mm))) in enumerate(zip(axes, planes)):
             rows, cols = plane.shape
             height_mm, width_mm = rows * row_mm, cols * col_mm
             axial = name.startswith("axial")
@@ -315,6 +341,8 @@ class ReportBuilder:
                 xs = (np.arange(0, cols, step) + 0.5) * col_mm
                 ax.contour(xs, ys, mask[::step, ::step], levels=[0.5], colors=[_MASK_COLOUR],
                            linewidths=0.9)
+            for k, three in enumerate(region_planes):
+                outline_region(ax, three[i], row_mm, col_mm, region_colour(k), _CONTOUR_MAX_SIDE)
             ax.set_title(name, fontsize=11)
             ax.tick_params(labelsize=8)
             x_name, y_name = {"axial": ("x", "y"), "corona": ("x", "z"), "sagitt": ("y", "z")}[name[:6].strip()]
@@ -488,7 +516,7 @@ class ReportBuilder:
         ax.text(0.0, top, "\n".join(lines), transform=ax.transAxes, ha="left", va="top", fontsize=9.5,
                 family="DejaVu Sans Mono")
 
-    def _draw_footer(self, fig, metadata) -> None:
+    def _draw_footer(self, fig, metadata, panel_x: float) -> None:
         from .. import __version__
 
         parts = [f"ScancoUnits {__version__}"]
@@ -505,9 +533,10 @@ class ReportBuilder:
         if coverage:  # an empty or full mask is the first thing to see: its own line, in full
             import textwrap
 
-            fig.text(0.745, 0.135, textwrap.fill("MASK " + coverage, 58), fontsize=8.5, fontweight="bold",
+            fig.text(panel_x, 0.135, textwrap.fill("MASK " + coverage, 58), fontsize=8.5, fontweight="bold",
                      color="#b00020", ha="left", va="top", linespacing=1.25)
             warnings = [w for w in warnings if coverage not in str(w)]
         if warnings:
             fig.text(0.05, 0.034, drawable("warning: " + " | ".join(str(w) for w in warnings)[:260]), fontsize=8.5,
                      color="#b00020", ha="left", va="bottom")
+

@@ -77,3 +77,4 @@ def threshold_label(which: str, resolved: ResolvedThresholds, index: int) -> str
     if values.get("density_mg_ha_ccm") is not None:
         lines.append(f"{values['density_mg_ha_ccm'][index]:.0f} mg HA/ccm")
     return "\n".join(lines)
+
