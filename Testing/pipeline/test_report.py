@@ -349,3 +349,185 @@ def test_slices_show_what_was_written(phantom, outputs, shown):
     density, which was not written."""
     builder = ReportBuilder(read_header(phantom), ConversionRequest(outputs=outputs), None)
     assert builder.quantity == (("density_g_cc") if shown == "density" else shown)
+
+
+# ---- issue 23: each region outlined in the slices beside the mask -------------------------------
+REGION_CAL = Calibration(mu_scaling=8192, mu_water_per_cm=0.2366, density_slope=1662.52405,
+                         density_intercept=-398.609009, density_unit="mg HA/ccm")
+REGION_SIZE = (0.06, 0.06, 0.06)
+REGION_SCAN_POS = (1300, 960, 64)
+REGION_SCAN_SHAPE = (24, 60, 70)  # mid-planes z 12, y 30, x 35
+#: (offset x y z from the scan, mask shape z y x): TRAB crosses all three mid-planes (its slices -3..-1
+#: fall outside the scan), FLOOR fills slices 0..2 (not the axial plane), NOWHERE meets none of the planes
+REGION_BOXES = {"TRAB": ((10, 12, -3), (20, 30, 36)), "FLOOR": ((0, 0, 0), (3, 60, 70)),
+                "NOWHERE": ((50, 40, 0), (3, 12, 14))}
+
+
+def _region_masks():
+    z, y, x = np.mgrid[:20, :30, :36]
+    trab = ((z - 10) / 9.0) ** 2 + ((y - 18) / 9.0) ** 2 + ((x - 25) / 11.0) ** 2 <= 1.0
+    return {"TRAB": trab, "FLOOR": np.ones(REGION_BOXES["FLOOR"][1], bool),
+            "NOWHERE": np.ones(REGION_BOXES["NOWHERE"][1], bool)}
+
+
+def _on_scan(mask, offset_xyz):
+    """Independent placement: the region on the scan grid by index arithmetic (the part outside dropped)."""
+    out = np.zeros(REGION_SCAN_SHAPE, dtype=np.float64)
+    zz, yy, xx = np.nonzero(mask)
+    z, y, x = zz + offset_xyz[2], yy + offset_xyz[1], xx + offset_xyz[0]
+    inside = (z >= 0) & (z < out.shape[0]) & (y >= 0) & (y < out.shape[1]) & (x >= 0) & (x < out.shape[2])
+    out[z[inside], y[inside], x[inside]] = 1.0
+    return out
+
+
+@pytest.fixture(scope="module")
+def region_study(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("regions")
+    z, y, x = np.mgrid[:24, :60, :70]
+    noise = np.random.default_rng(11).integers(-300, 300, size=REGION_SCAN_SHAPE)
+    volume = (np.where((x - 35) ** 2 + (y - 30) ** 2 < 22 ** 2, 5200, 400) + noise).astype(np.int16)
+    scan = write_aim(folder / "R1.AIM", volume, version=20, voxel_size_mm=REGION_SIZE,
+                     position_voxels=REGION_SCAN_POS, calibration=REGION_CAL)
+    paths = {}
+    for name, mask in _region_masks().items():
+        offset = REGION_BOXES[name][0]
+        paths[name] = write_aim(folder / f"R1_{name}_MASK.AIM", (mask * 127).astype(np.int8), version=20,
+                                voxel_size_mm=REGION_SIZE, compression="binCmp",
+                                position_voxels=tuple(p + o for p, o in zip(REGION_SCAN_POS, offset)))
+    return scan, paths
+
+
+def _region_builder(scan, paths, names, slabs=5, reverse=False):
+    from ScancoUnitsLib.formats.regions import read_region
+
+    header = read_header(scan)
+    request = ConversionRequest(thresholds=(100, 1000))
+    regions = tuple(read_region(paths[n], like=header, name=n) for n in names)
+    builder = ReportBuilder(header, request, resolve_thresholds(request.thresholds, header.calibration),
+                            regions=regions)
+    volume = read_volume(scan)
+    starts = list(range(0, volume.shape[0], slabs))
+    for z0 in reversed(starts) if reverse else starts:
+        builder.observe(z0, volume[z0:z0 + slabs])
+    return builder
+
+
+def _contour_colours(ax):
+    from matplotlib.colors import to_hex
+    from matplotlib.contour import ContourSet
+
+    return {to_hex(c.get_edgecolor()[0]) for c in ax.collections if isinstance(c, ContourSet)}
+
+
+def _cool(rgba):
+    """Pixels of the region colours: blue or green above red (the slices are grey, the mask orange)."""
+    return np.maximum(rgba[..., 1], rgba[..., 2]) - rgba[..., 0] > 0.2
+
+
+@pytest.mark.parametrize("slabs, reverse", [(5, False), (7, True), (24, False)])
+def test_region_planes_equal_the_full_region_mask_at_the_mid_planes(region_study, slabs, reverse):
+    scan, paths = region_study
+    builder = _region_builder(scan, paths, list(REGION_BOXES), slabs=slabs, reverse=reverse)
+    zm, ym, xm = builder.mid_zyx
+    assert builder.mid_zyx == (12, 30, 35)
+    kept = builder.region_planes()
+    assert list(kept) == list(REGION_BOXES)
+    for name, mask in _region_masks().items():
+        full = _on_scan(mask, REGION_BOXES[name][0])
+        for plane, index in zip(kept[name], (np.s_[zm], np.s_[:, ym], np.s_[:, :, xm])):
+            assert plane.dtype == np.uint8
+            np.testing.assert_array_equal(plane.astype(np.float64), full[index], err_msg=name)
+    assert kept["TRAB"][0].any() and kept["TRAB"][1].any() and kept["TRAB"][2].any()
+    assert not kept["FLOOR"][0].any() and kept["FLOOR"][1][:3].all() and not kept["FLOOR"][1][3:].any()
+    assert not any(p.any() for p in kept["NOWHERE"])
+
+
+def test_cli_report_outlines_each_region_with_its_name_and_numbers(region_study, tmp_path, capsys):
+    from matplotlib.image import imread
+    from cli_harness import run_cli
+    from ScancoUnitsLib.pipeline.report_regions import region_colour
+
+    scan, paths = region_study
+    names = list(REGION_BOXES)
+    rois = [a for n in names for a in ("--roi", f"{n}={paths[n]}")]
+    status, _, err = run_cli(capsys, "convert", scan, "-o", tmp_path / "with", "--report", "--low", "100", *rois)
+    assert status == 0, err
+    status, _, err = run_cli(capsys, "convert", scan, "-o", tmp_path / "without", "--report", "--low", "100")
+    assert status == 0, err
+    with_png = imread(str(tmp_path / "with" / "R1_report.png"))
+    without_png = imread(str(tmp_path / "without" / "R1_report.png"))
+    assert with_png.shape == without_png.shape == (1000, 1600, 4)
+
+    # the builder fed as the conversion feeds it draws the picture the CLI wrote
+    metadata = json.loads((tmp_path / "with" / "R1_metadata.json").read_text())
+    builder = _region_builder(scan, paths, names)
+    buffer = io.BytesIO()
+    builder.save(buffer, metadata)
+    buffer.seek(0)
+    np.testing.assert_array_equal(imread(buffer), with_png)
+
+    fig = builder.figure(metadata)
+    fig.canvas.draw()
+    axial, coronal, sagittal = fig.axes[:3]
+    colours = [region_colour(k) for k in range(3)]
+    assert _contour_colours(axial) == {"#ff8c00", colours[0]}  # mask and TRAB; FLOOR and NOWHERE miss it
+    assert _contour_colours(coronal) == _contour_colours(sagittal) == {"#ff8c00", colours[0], colours[1]}
+    assert len(set(colours) | {"#ff8c00"}) == 4
+
+    # the legend names every region; the column has each region's numbers from the metadata
+    labels = [t.get_text() for ax in fig.axes if ax.get_legend() for t in ax.get_legend().get_texts()]
+    assert "region TRAB" in labels and "region FLOOR" in labels
+    assert "region NOWHERE (not in these slices)" in labels
+    texts = "\n".join(t.get_text() for ax in fig.axes for t in ax.texts)
+    for name in names:
+        values = metadata["regions"]["regions"][name]
+        row = [line for line in texts.splitlines() if line.startswith(name + " ")]
+        assert row == [f"{name:11s}{values['vbmd_mg_ha_ccm']:>8.1f}{values['bv_tv']:>8.4f}"
+                       f"{values['tmd_mg_ha_ccm']:>8.1f}"], name
+
+    # TRAB's left edge on the axial slice, at the middle row of the region: the PNG differs there (a
+    # region colour), not inside the region away from its outline, and has no region colour without regions
+    zm = builder.mid_zyx[0]
+    plane = _on_scan(_region_masks()["TRAB"], REGION_BOXES["TRAB"][0])[zm]
+    rows = np.flatnonzero(plane.any(axis=1))
+    row = int(rows[len(rows) // 2])
+    cols = np.flatnonzero(plane[row])
+    sx, sy, _ = builder.header.voxel_size_mm
+
+    def pixel(x_mm, y_mm):
+        px, py = axial.transData.transform((x_mm, y_mm))
+        return 1000 - int(round(py)), int(round(px))
+
+    r, c = pixel(cols[0] * sx, (row + 0.5) * sy)
+    window = np.s_[r - 2:r + 3, c - 2:c + 3]
+    assert _cool(with_png[window]).any() and not _cool(without_png[window]).any()
+    assert not np.array_equal(with_png[window], without_png[window])
+    r, c = pixel((cols[0] + cols[-1] + 1) / 2 * sx, (row + 0.5) * sy)  # the region's middle
+    np.testing.assert_array_equal(with_png[r - 2:r + 3, c - 2:c + 3], without_png[r - 2:r + 3, c - 2:c + 3])
+    for ax in (axial, coronal, sagittal):
+        x0, y0, x1, y1 = ax.get_window_extent().extents
+        area = np.s_[1000 - int(y1):1000 - int(y0), int(x0):int(x1)]
+        assert not _cool(without_png[area]).any()
+        assert _cool(with_png[area]).any()
+
+
+def test_a_region_missing_every_plane_draws_nothing_and_the_report_is_written(region_study):
+    scan, paths = region_study
+    builder = _region_builder(scan, paths, ["NOWHERE"])
+    fig = builder.figure({})
+    fig.canvas.draw()
+    assert all(_contour_colours(ax) <= {"#ff8c00"} for ax in fig.axes[:3])
+    buffer = io.BytesIO()
+    builder.save(buffer, {})  # no region numbers in the metadata: the column shows "–"
+    assert png_size(buffer.getvalue()) == REPORT_SIZE_PX
+    texts = [line for ax in fig.axes for t in ax.texts for line in t.get_text().splitlines()]
+    assert f"{'NOWHERE':11s}{'–':>8s}{'–':>8s}{'–':>8s}" in texts
+
+
+def test_a_region_on_another_grid_is_refused(region_study, phantom):
+    from ScancoUnitsLib.formats.regions import read_region
+
+    scan, paths = region_study
+    region = read_region(paths["TRAB"], like=read_header(scan), name="TRAB")
+    with pytest.raises(ValueError, match="region TRAB is placed on a grid of shape"):
+        ReportBuilder(read_header(phantom), None, None, regions=(region,))

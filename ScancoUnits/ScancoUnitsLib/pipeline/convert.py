@@ -382,7 +382,7 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
     if request.report:
         from .report import ReportBuilder  # optional: needs matplotlib
 
-        report_builder = ReportBuilder(header, request, plan.thresholds)
+        report_builder = ReportBuilder(header, request, plan.thresholds, regions=regions.regions if regions else ())
         observers.append(report_builder.observe)
     if regions is not None and regions.observer is not None:  # in the same pass as every output
         observers.append(regions.observer)

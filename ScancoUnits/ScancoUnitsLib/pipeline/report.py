@@ -4,7 +4,8 @@ People check a conversion by looking at it: did the mask catch the bone, do the 
 valley of the histogram, does the density look right. The picture shows
 
 * the three orthogonal mid-slices (axial z, coronal y, sagittal x) of the calibrated volume with the
-  threshold mask outlined, and one colour bar in the shown unit;
+  threshold mask outlined, each region (``--roi``) outlined in its own colour, and one colour bar in the
+  shown unit;
 * the histogram of the whole scan (log counts) with the low and high thresholds, its x axis in native
   values with secondary axes in per mille, HU and mg HA/ccm;
 * a title with the file name, scanner, voxel size, dimensions and calibration.
@@ -16,6 +17,8 @@ slabs pass, so there is never a second pass over the file and the memory added i
 The planes are kept as native values and converted at the end with the same
 :class:`~ScancoUnitsLib.core.units.UnitConverter` and threshold rule as the outputs, so the picture shows
 exactly the written voxels.
+The words of the picture are in :mod:`.report_text`, the plane gathering in :mod:`.report_planes`, the
+regions' outlines and their column in :mod:`.report_regions`.
 
 matplotlib is an optional extra (``pip install scanco-units[report]``), imported here inside functions
 only, with the Agg canvas and no pyplot (no global state, safe inside 3D Slicer and in threads).
@@ -24,8 +27,7 @@ only, with the Agg canvas and no pyplot (no global state, safe inside 3D Slicer 
 from __future__ import annotations
 
 import math
-import os
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,9 +36,13 @@ from ..core.header import ScancoHeader
 from .histogram import NativeHistogram
 from ..core.thresholds import PERMILLE_FULL_SCALE, ResolvedThresholds, mask_from_char
 from .. import defaults
-from ..core.quantities import QUANTITIES, UNIT_LABELS, density_quantity
+from ..core.quantities import QUANTITIES, density_quantity
 from .summaries import header_summary
 from ..core.units import UnitConverter
+from .report_planes import MidPlanes
+from .report_regions import draw_region_column, outline_region, region_colour
+from .report_text import (UNIT_WORDS, calibration_text, drawable, num, outputs_text, shorten, shown_name, spec_text,
+                          threshold_label)
 
 #: size of the picture in pixels (width, height)
 REPORT_SIZE_PX = (1600, 1000)
@@ -72,11 +78,13 @@ class ReportBuilder:
 
     ``options``: the :class:`~ScancoUnitsLib.pipeline.request.ConversionRequest` (its ``outputs`` and
     ``density_unit`` choose the unit shown); ``resolved``: the thresholds of the mask, or None (char and
-    float AIMs, or no mask asked for). Call :meth:`observe` once per slab, z ascending or not, then
-    :meth:`save`.
+    float AIMs, or no mask asked for); ``regions``: the placed regions
+    (:class:`~ScancoUnitsLib.formats.regions.PlacedRegion`) outlined in the slices. Call :meth:`observe`
+    once per slab, z ascending or not, then :meth:`save`.
     """
 
-    def __init__(self, header: ScancoHeader, options=None, resolved: Optional[ResolvedThresholds] = None):
+    def __init__(self, header: ScancoHeader, options=None, resolved: Optional[ResolvedThresholds] = None,
+                 regions: Sequence = ()):
         require_matplotlib()
         self.header = header
         self.options = options
@@ -86,9 +94,14 @@ class ReportBuilder:
         self.shape_zyx = (nz, ny, nx)
         self.mid_zyx = (nz // 2, ny // 2, nx // 2)
         self.histogram = NativeHistogram(self.dtype)
-        self._axial: Optional[np.ndarray] = None                 # (y, x) at z = mid
-        self._coronal = np.zeros((nz, nx), dtype=self.dtype)    # (z, x) at y = mid
-        self._sagittal = np.zeros((nz, ny), dtype=self.dtype)   # (z, y) at x = mid
+        self._planes = MidPlanes(self.shape_zyx, self.mid_zyx, self.dtype)  # native values
+        self.regions = tuple(regions)
+        for region in self.regions:
+            if tuple(region.scan_shape_zyx) != self.shape_zyx:
+                raise ValueError(f"region {region.name} is placed on a grid of shape {region.scan_shape_zyx}, "
+                                 f"not on this scan's {self.shape_zyx}")
+        self._region_planes = [MidPlanes(self.shape_zyx, self.mid_zyx, np.uint8, axial_zeros=True)
+                               for _ in self.regions]
         self._seen = np.zeros(nz, dtype=bool)
         self.quantity = self._choose_quantity()
 
@@ -103,11 +116,12 @@ class ReportBuilder:
                              f"{self.shape_zyx}")
         n = native.shape[0]
         self.histogram.accumulate(native)
-        zm, ym, xm = self.mid_zyx
-        if z0 <= zm < z0 + n:
-            self._axial = np.array(native[zm - z0], dtype=self.dtype)
-        self._coronal[z0:z0 + n] = native[:, ym, :]
-        self._sagittal[z0:z0 + n] = native[:, :, xm]
+        self._planes.take(z0, native)
+        for region, planes in zip(self.regions, self._region_planes):
+            part = region.slab(z0, z0 + n)  # the region's own box in these slices, or None
+            if part is not None:
+                (a, _), box, (ys, xs) = part
+                planes.take_part(z0 + a, box, ys, xs)
         self._seen[z0:z0 + n] = True
 
     # ---- what is shown --------------------------------------------------------------------------
@@ -155,13 +169,18 @@ class ReportBuilder:
         """
         sx, sy, sz = self.header.voxel_size_mm
         zm, ym, xm = self.mid_zyx
-        axial = self._axial if self._axial is not None else np.zeros(self.shape_zyx[1:], dtype=self.dtype)
+        axial, coronal, sagittal = self._planes.three()
         out = []
         for name, native, spacing in ((f"axial  z = {zm}", axial, (sy, sx)),
-                                      (f"coronal  y = {ym}", self._coronal, (sz, sx)),
-                                      (f"sagittal  x = {xm}", self._sagittal, (sz, sy))):
+                                      (f"coronal  y = {ym}", coronal, (sz, sx)),
+                                      (f"sagittal  x = {xm}", sagittal, (sz, sy))):
             out.append((name, self._values(native), self._mask(native), spacing))
         return out
+
+    def region_planes(self) -> Dict[str, Tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Each region's (axial, coronal, sagittal) planes, uint8 0/1, by region name (those of
+        :meth:`planes`, in that order)."""
+        return {region.name: planes.three() for region, planes in zip(self.regions, self._region_planes)}
 
     def _values(self, native: np.ndarray) -> np.ndarray:
         if self.quantity in ("char", "float", "native"):
@@ -199,15 +218,18 @@ class ReportBuilder:
         image_axes, colour_axis, images_bottom_px = self._image_axes(fig)
         # the histogram takes whatever height the slices leave (room for the per-mille axis above it)
         hist_top = min(0.56, (images_bottom_px - 34.0 - 75.0) / REPORT_SIZE_PX[1])
-        bottom = fig.add_gridspec(1, 2, width_ratios=[0.74, 0.26], wspace=0.04, left=0.05, right=0.985,
+        ratios = [0.74, 0.26] if not self.regions else [0.56, 0.22, 0.22]  # regions: a column of their own
+        bottom = fig.add_gridspec(1, len(ratios), width_ratios=ratios, wspace=0.04, left=0.05, right=0.985,
                                   top=hist_top, bottom=0.205)
         hist_axis = fig.add_subplot(bottom[0, 0])
         panel_axis = fig.add_subplot(bottom[0, 1])
+        if self.regions:
+            draw_region_column(fig.add_subplot(bottom[0, 2]), self.region_planes(), metadata, REPORT_SIZE_PX[1])
         self._draw_title(fig, metadata)
         self._draw_planes(image_axes, colour_axis)
         self._draw_histogram(hist_axis)
         self._draw_panel(panel_axis, metadata)
-        self._draw_footer(fig, metadata)
+        self._draw_footer(fig, metadata, panel_axis.get_position().x0 if self.regions else 0.745)
         return fig
 
     def _image_axes(self, fig):
@@ -268,22 +290,22 @@ class ReportBuilder:
         fig = self.figure(metadata)
         fig.savefig(fileobj, format="png", dpi=REPORT_DPI,
                     metadata={"Software": f"ScancoUnits {__version__}",
-                              "Title": f"QC report of {_shown_name(self.header.path)}"})
+                              "Title": f"QC report of {shown_name(self.header.path)}"})
 
     def _draw_title(self, fig, metadata) -> None:
         h, c = self.header, self.header.calibration
-        name = _shown_name(h.path)
+        name = shown_name(h.path)
         fig.text(0.05, 0.965, name, fontsize=19, fontweight="bold", va="top", ha="left")
         fig.text(0.985, 0.965, "ScancoUnits QC report", fontsize=12, color="#555555", va="top", ha="right")
         line1 = header_summary(h).one_line()
-        fig.text(0.05, 0.922, _shorten(line1, 175), fontsize=10.5, va="top", ha="left")
+        fig.text(0.05, 0.922, shorten(line1, 175), fontsize=10.5, va="top", ha="left")
         if self.is_char or self.is_float:  # never rescaled: the calibration is information only
-            calibration = _calibration_text(c) if c.has_mu else "none in the file (not needed: values shown as stored)"
+            calibration = calibration_text(c) if c.has_mu else "none in the file (not needed: values shown as stored)"
             colour = "#222222"
         else:
-            calibration = _calibration_text(c)
+            calibration = calibration_text(c)
             colour = "#222222" if c.has_mu else "#b00020"
-        fig.text(0.05, 0.895, _shorten("calibration: " + calibration, 175), fontsize=10.5, va="top",
+        fig.text(0.05, 0.895, shorten("calibration: " + calibration, 175), fontsize=10.5, va="top",
                  ha="left", color=colour)
         # its own line: beside the header line it ran into it (the header line is up to 175 characters)
         fig.text(0.05, 0.868, f"slices: {self.quantity_label()}", fontsize=10.5, va="top", ha="left",
@@ -305,7 +327,8 @@ class ReportBuilder:
             if vmax <= vmin:
                 vmax = vmin + 1.0
         image = None
-        for ax, (name, plane, mask, (row_mm, col_mm)) in zip(axes, planes):
+        region_planes = list(self.region_planes().values())
+        for i, (ax, (name, plane, mask, (row_mm, col_mm))) in enumerate(zip(axes, planes)):
             rows, cols = plane.shape
             height_mm, width_mm = rows * row_mm, cols * col_mm
             axial = name.startswith("axial")
@@ -318,6 +341,8 @@ class ReportBuilder:
                 xs = (np.arange(0, cols, step) + 0.5) * col_mm
                 ax.contour(xs, ys, mask[::step, ::step], levels=[0.5], colors=[_MASK_COLOUR],
                            linewidths=0.9)
+            for k, three in enumerate(region_planes):
+                outline_region(ax, three[i], row_mm, col_mm, region_colour(k), _CONTOUR_MAX_SIDE)
             ax.set_title(name, fontsize=11)
             ax.tick_params(labelsize=8)
             x_name, y_name = {"axial": ("x", "y"), "corona": ("x", "z"), "sagitt": ("y", "z")}[name[:6].strip()]
@@ -420,7 +445,7 @@ class ReportBuilder:
         label_w = 0.17  # about one label box, in axes widths
         placed = []
         for which, native in (("high", high), ("low", low)):
-            text = _threshold_label(which, resolved, 0 if which == "low" else 1)
+            text = threshold_label(which, resolved, 0 if which == "low" else 1)
             colour = _LINE_COLOURS[which]
             if which in far:
                 to_left = which == "low"
@@ -451,7 +476,7 @@ class ReportBuilder:
         resolved = self.resolved
         if resolved is not None:
             lines += [f"mask rule  {resolved.native_low} ≤ native ≤ {resolved.native_high}",
-                      f"asked      {_spec_text(resolved)}", "",
+                      f"asked      {spec_text(resolved)}", "",
                       f"{'':11s}{'low':>11s}{'high':>11s}"]
             units = (("native", "native", "{:.0f}"), ("‰", "permille", "{:.1f}"), ("HU", "hu", "{:.0f}"),
                      ("mg HA/ccm", "density_mg_ha_ccm", "{:.1f}"), ("g HA/cc", "density_g_cc", "{:.4f}"),
@@ -478,7 +503,7 @@ class ReportBuilder:
         if hist.nonfinite:
             lines.append(f"NaN / inf  {hist.nonfinite:>14,}  (not drawn)")
         word = "native" if not (self.is_char or self.is_float) else "values"
-        lines.append(f"{word:11s}{_num(hist.min_value)} … {_num(hist.max_value)}")
+        lines.append(f"{word:11s}{num(hist.min_value)} … {num(hist.max_value)}")
         top = 1.0
         handles = list(getattr(self, "_legend_handles", []))
         if resolved is not None or self.is_char:
@@ -491,100 +516,27 @@ class ReportBuilder:
         ax.text(0.0, top, "\n".join(lines), transform=ax.transAxes, ha="left", va="top", fontsize=9.5,
                 family="DejaVu Sans Mono")
 
-    def _draw_footer(self, fig, metadata) -> None:
+    def _draw_footer(self, fig, metadata, panel_x: float) -> None:
         from .. import __version__
 
         parts = [f"ScancoUnits {__version__}"]
         if self.resolved is not None:
             r = self.resolved
             parts.append(f"mask rule: {r.native_low} ≤ native ≤ {r.native_high} "
-                         f"(asked {r.spec.low:g} … {r.spec.high:g} {_UNIT_WORDS.get(r.spec.unit, r.spec.unit)})")
+                         f"(asked {r.spec.low:g} … {r.spec.high:g} {UNIT_WORDS.get(r.spec.unit, r.spec.unit)})")
         outputs = metadata.get("outputs") if isinstance(metadata, dict) else None
         if outputs:
-            parts.append(_outputs_text(outputs))
-        fig.text(0.05, 0.012, _drawable("   ·   ".join(parts)), fontsize=8.5, color="#555555", ha="left", va="bottom")
+            parts.append(outputs_text(outputs))
+        fig.text(0.05, 0.012, drawable("   ·   ".join(parts)), fontsize=8.5, color="#555555", ha="left", va="bottom")
         warnings = list(metadata.get("warnings") or []) if isinstance(metadata, dict) else []
         coverage = metadata.get("mask_coverage") if isinstance(metadata, dict) else None
         if coverage:  # an empty or full mask is the first thing to see: its own line, in full
             import textwrap
 
-            fig.text(0.745, 0.135, textwrap.fill("MASK " + coverage, 58), fontsize=8.5, fontweight="bold",
+            fig.text(panel_x, 0.135, textwrap.fill("MASK " + coverage, 58), fontsize=8.5, fontweight="bold",
                      color="#b00020", ha="left", va="top", linespacing=1.25)
             warnings = [w for w in warnings if coverage not in str(w)]
         if warnings:
-            fig.text(0.05, 0.034, _drawable("warning: " + " | ".join(str(w) for w in warnings)[:260]), fontsize=8.5,
+            fig.text(0.05, 0.034, drawable("warning: " + " | ".join(str(w) for w in warnings)[:260]), fontsize=8.5,
                      color="#b00020", ha="left", va="bottom")
 
-
-def _outputs_text(outputs: dict, limit: int = 200) -> str:
-    """Every file written, in every format (``outputs[role]["files"]``), their common stem said once:
-    ``outputs (C0001_*): HU.nrrd, RHO.nrrd, BWmask.nrrd, BWmask.AIM``."""
-    names = [str(name) for entry in outputs.values()
-             for name in (entry.get("files") or [entry.get("file")]) if name]
-    stem = os.path.commonprefix(names)
-    stem = stem[:stem.rfind("_") + 1] if "_" in stem else ""
-    shown = [name[len(stem):] for name in names]
-    head = f"outputs ({stem}*): " if stem and len(names) > 1 else "outputs: "
-    text = head + ", ".join(shown)
-    if len(text) > limit:
-        text = _shorten(text, limit - 12) + f" ({len(names)} files)"
-    return text
-
-
-def _drawable(text: str) -> str:
-    """Text as a figure can draw it: the bytes of a file name that is not UTF-8 (surrogate-escaped)
-    shown as \\xNN."""
-    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _shown_name(path) -> str:
-    return _drawable(os.path.basename(path))
-
-
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1].rstrip() + "…"
-
-
-_UNIT_WORDS = dict(UNIT_LABELS, permille="‰", density=UNIT_LABELS["mgHA/ccm"])
-
-
-def _text(value) -> str:
-    return "?" if value is None else str(value)
-
-
-def _num(value) -> str:
-    if value is None:
-        return "?"
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.4g}"
-
-
-def _calibration_text(c) -> str:
-    if not c.has_mu:
-        return "none usable (no mu_scaling): native values only"
-    parts = [f"µ = native / {c.mu_scaling:g}"]
-    if c.has_hu:
-        parts.append(f"µ water {c.mu_water_per_cm:g} /cm")
-    if c.has_density:
-        sign = "−" if c.density_intercept < 0 else "+"
-        parts.append(f"density = {c.density_slope:g} · µ {sign} {abs(c.density_intercept):g} "
-                     f"{c.density_unit or 'mg HA/ccm'}")
-    if c.calibration_text:
-        parts.append(f"“{c.calibration_text.strip()}”")
-    return "   ·   ".join(parts)
-
-
-def _spec_text(resolved: ResolvedThresholds) -> str:
-    s = resolved.spec
-    unit = _UNIT_WORDS.get(s.unit, s.unit)
-    return f"{s.low:g} … {s.high:g} {unit}" if unit != "‰" else f"{s.low:g} … {s.high:g} ‰"
-
-
-def _threshold_label(which: str, resolved: ResolvedThresholds, index: int) -> str:
-    values = resolved.values
-    native = resolved.native_low if which == "low" else resolved.native_high
-    lines = [f"{which}: native {native}", f"{values['permille'][index]:.1f} ‰"]
-    if values.get("hu") is not None:
-        lines.append(f"{values['hu'][index]:.0f} HU")
-    if values.get("density_mg_ha_ccm") is not None:
-        lines.append(f"{values['density_mg_ha_ccm'][index]:.0f} mg HA/ccm")
-    return "\n".join(lines)
