@@ -259,3 +259,61 @@ def test_table_node_and_widget_rows(tmp_path, scene, monkeypatch):
     _, again = region_segments.compute_for_panel(segmentation, (200, 1000, "permille"))
     assert again is table
     assert result["TRAB_MASK"].voxels == 120
+
+
+class _PluginBase:
+    """Stand-in for Slicer's SegmentStatisticsPluginBase (it imports qt, absent headless): the calls the
+    plugin makes, as Modules/Scripted/SegmentStatistics/SegmentStatisticsPlugins/SegmentStatisticsPluginBase.py
+    defines them."""
+
+    def __init__(self):
+        self.name, self.title, self.keys, self.defaultKeys = "", "", [], []
+        self.parameterNode = None
+
+    @staticmethod
+    def createMeasurementInfo(name, title, description, units, *args, **kwargs):  # noqa: N802
+        return {"name": name, "title": title, "description": description, "units": units}
+
+    def getParameterNode(self):  # noqa: N802
+        return self.parameterNode
+
+    def toLongKey(self, key):  # noqa: N802
+        return self.__class__.__name__ + "." + key
+
+    def getRequestedKeys(self):  # noqa: N802
+        return [k for k in self.keys if self.parameterNode.GetParameter(self.toLongKey(k) + ".enabled") == "True"]
+
+
+def test_segment_statistics_plugin_reports_the_cli_numbers(tmp_path, monkeypatch):
+    from ScancoUnitsLib.slicer import segment_statistics_plugin as plugin_module
+
+    scene = slicer.vtkMRMLScene()
+    monkeypatch.setattr(slicer, "mrmlScene", scene, raising=False)
+    scan, _ = _scan(tmp_path)
+    load_scan_into_scene(scene, scan, outputs=("hu",))
+    mask = np.random.default_rng(2).random((6, 7, 8)) < 0.5
+    region = _mask_aim(tmp_path, "C1_TRAB_MASK.AIM", mask, tuple(p - 2 for p in SCAN_POS))
+    segmentation = region_segments.load_dropped_region(scene, region)["region_segmentation"]
+    # the panel's thresholds, as the parameterNodeWrapper stores them (enum by name)
+    panel_node = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+    panel_node.SetAttribute("ModuleName", "ScancoUnits")
+    for key, value in (("lowerThreshold", "1000"), ("upperThreshold", "200"), ("thresholdUnit", "permille")):
+        panel_node.SetParameter(key, value)
+
+    cls = plugin_module.plugin_class(_PluginBase)
+    assert plugin_module.plugin_class(_PluginBase) is cls
+    plugin = cls()
+    parameters = scene.AddNewNodeByClass("vtkMRMLScriptedModuleNode")
+    parameters.SetParameter("Segmentation", segmentation.GetID())
+    for key in plugin.keys:
+        parameters.SetParameter(plugin.toLongKey(key) + ".enabled", str(key in plugin.defaultKeys))
+    plugin.parameterNode = parameters
+    segment_id = segmentation.GetSegmentation().GetNthSegmentID(0)
+    values = plugin.computeStatistics(segment_id)
+    cli = region_statistics(scan, {"TRAB_MASK": region}, thresholds=SPEC)["TRAB_MASK"]
+    assert values == {"vbmd_mg_ha_ccm": cli.vbmd_mg_ha_ccm, "bv_tv": cli.bv_tv, "tmd_mg_ha_ccm": cli.tmd_mg_ha_ccm}
+    assert plugin.getMeasurementInfo("tmd_mg_ha_ccm")["units"] == "mg HA/ccm"
+    # a segmentation that is not on a SCANCO scan: no values, no exception
+    parameters.SetParameter("Segmentation", scene.AddNewNodeByClass("vtkMRMLSegmentationNode").GetID())
+    assert plugin.computeStatistics(segment_id) == {}
+    assert plugin_module.register() is False   # no SegmentStatistics module headless
