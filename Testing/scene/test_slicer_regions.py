@@ -317,3 +317,58 @@ def test_segment_statistics_plugin_reports_the_cli_numbers(tmp_path, monkeypatch
     parameters.SetParameter("Segmentation", scene.AddNewNodeByClass("vtkMRMLSegmentationNode").GetID())
     assert plugin.computeStatistics(segment_id) == {}
     assert plugin_module.register() is False   # no SegmentStatistics module headless
+
+
+def test_file_reader_drop_of_regions_and_the_panel_button(tmp_path, monkeypatch):
+    """Through ScancoUnits.py: the reader claims .GOBJ, a region of a loaded scan becomes a segment, a GOBJ
+    without its scan fails in one message, a char mask AIM without a scan loads as its own nodes; the
+    panel's button fills its table with the command line's numbers."""
+    import slicer_module_stubs
+
+    module = slicer_module_stubs.load_scanco_units_module()
+    slicer_module_stubs.new_scene()
+    scan, volume = _scan(tmp_path)
+    gobj = tmp_path / "C1_CORT.gobj;1"
+    x0, y0 = SCAN_POS[0], SCAN_POS[1]
+    gobj.write_bytes(gobj_bytes([(z, [Contour([(x0 + 2, y0 + 2), (x0 + 20, y0 + 2), (x0 + 20, y0 + 20),
+                                               (x0 + 2, y0 + 20)])]) for z in range(66, 70)],
+                                voxel_size_um=tuple(s * 1000 for s in SIZE), dims=(2304, 2304, 168)))
+    mask_path = _mask_aim(tmp_path, "C1_TRAB_MASK.AIM", np.ones((3, 4, 5), bool), tuple(p - 1 for p in SCAN_POS))
+    reader = module.ScancoUnitsFileReader(slicer_module_stubs.ReaderParent())
+    assert reader.canLoadFile(str(gobj)) and "*.gobj" in reader.extensions()[0]
+
+    parent = slicer_module_stubs.ReaderParent()
+    assert module.ScancoUnitsFileReader(parent).load({"fileName": str(gobj)}) is False   # no scan loaded
+    (kind, text), = parent.messages()
+    assert "load its scan" in text and "\n" not in text and kind == vtk.vtkCommand.ErrorEvent
+    assert slicer.mrmlScene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    parent = slicer_module_stubs.ReaderParent()
+    assert module.ScancoUnitsFileReader(parent).load({"fileName": str(mask_path)})      # its own mask nodes
+    assert all(slicer.mrmlScene.GetNodeByID(i).GetName().startswith("C1_TRAB_MASK") for i in parent.loadedNodes)
+
+    assert module.ScancoUnitsFileReader(slicer_module_stubs.ReaderParent()).load({"fileName": str(scan)})
+    for path in (gobj, mask_path):
+        parent = slicer_module_stubs.ReaderParent()
+        assert module.ScancoUnitsFileReader(parent).load({"fileName": str(path)})
+    segmentation = slicer.mrmlScene.GetNodeByID(parent.loadedNodes[0])
+    assert segmentation.GetName() == "C1 regions"
+    segments = segmentation.GetSegmentation()
+    assert [segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())] == ["CORT", "TRAB_MASK"]
+
+    # the panel: Compute region statistics with the panel's thresholds
+    calls = []
+    monkeypatch.setattr(region_segments, "fill_table_widget", lambda widget, result: calls.append((widget, result)))
+    widget = module.ScancoUnitsWidget()
+    widget.logic = module.ScancoUnitsLogic()
+    widget._parameterNode = widget.logic.getParameterNode()
+    widget._parameterNode.lowerThreshold, widget._parameterNode.upperThreshold = 1000.0, 200.0
+    table = object()
+    widget.ui = types.SimpleNamespace(regionsSelector=types.SimpleNamespace(currentNode=lambda: segmentation),
+                                      regionsTable=table)
+    widget.onComputeRegionStatistics()
+    (shown, result), = calls
+    cli = region_statistics(scan, {"CORT": gobj, "TRAB_MASK": mask_path}, thresholds=SPEC)
+    assert shown is table and result.names() == ("CORT", "TRAB_MASK")
+    for name in result.names():
+        for field in REGION_FIELDS:
+            assert getattr(result[name], field) == getattr(cli[name], field), (name, field)
