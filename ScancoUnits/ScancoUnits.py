@@ -27,7 +27,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Minimum, WithinRange, parameterNodeWrapper
 
-from ScancoUnitsLib.slicer import histogram_chart, mask_nodes, panel
+from ScancoUnitsLib.slicer import histogram_chart, mask_nodes, panel, region_segments, segment_statistics_plugin
 from ScancoUnitsLib.slicer.histogram_store import HistogramStore
 from ScancoUnitsLib.slicer.node_attributes import LIBRARY_DEFAULTS_APPLIED
 from ScancoUnitsLib.slicer.self_test import SelfTestChecks
@@ -113,7 +113,8 @@ IOScanco module (InsightSoftwareConsortium/ITKIOScanco, derived from David Gobbi
 
 
 def registerSampleData():
-    """Add the SCANCO sample ISQ to the Sample Data module (loaded with this module's reader)."""
+    """At startup: the SCANCO sample ISQ in Sample Data (this module's reader), vBMD/BV/TV/TMD in Segment Statistics."""
+    segment_statistics_plugin.register()
     import SampleData
 
     # one source of truth for the sample file (also used by `scanco-units sample`)
@@ -273,6 +274,8 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.maskNodeSelector.setMRMLScene(slicer.mrmlScene)
         self.ui.maskNodeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onMaskNodeChanged)
         self.ui.saveMaskAsAimButton.connect("clicked(bool)", self.onSaveMaskAsAim)
+        self.ui.regionsSelector.setMRMLScene(slicer.mrmlScene)
+        self.ui.computeRegionStatisticsButton.connect("clicked(bool)", self.onComputeRegionStatistics)
         self.ui.previewMaskCheckBox.connect("toggled(bool)", lambda checked: self._updateThresholdFeedback())
         self.ui.calibrationWarningLabel.visible = False
 
@@ -606,6 +609,10 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         written = self.logic.saveMaskAsAim(node, path, segmentId=segmentId, overwrite=True)
         slicer.util.showStatusMessage(_("Saved {path}").format(path=str(written)), 5000)
 
+    def onComputeRegionStatistics(self) -> None:  # the rows are made in the library; here only the table is filled
+        with userAction(_("Failed to compute the region statistics.")):
+            region_segments.compute_for_panel(self.ui.regionsSelector.currentNode(), self._thresholdSpec(), self.ui.regionsTable)
+
     def _removeChart(self) -> None:
         if self._chart is None:
             return
@@ -831,11 +838,6 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         slicer.util.setSliceViewerLayers(background=background, label=label, fit=True)
 
 
-#
-# ScancoUnitsFileReader
-#
-
-
 @contextlib.contextmanager
 def readerProgress(filePath):
     """Progress and Cancel for a load through Slicer's IO manager (drop, Add Data, Sample Data).
@@ -882,11 +884,11 @@ class ScancoUnitsFileReader:
 
     A drop loads one volume, fast: HU (native values for an uncalibrated file, a labelmap for a SCANCO char
     mask), no threshold mask: the mask needs thresholds chosen in the panel (the default 250-1000 per mille
-    is empty on XtremeCT II data, mu_scaling 8192). The Add Data dialog shows no options for this reader:
-    qSlicerScriptedFileReader forwards only description, fileType, extensions, canLoadFile,
-    canLoadFileConfidence and load to Python (no ``options``). Scripting asks for more:
-    ``slicer.util.loadNodeFromFile(path, "ScancoUnitsFile", {"units": "hu density",
-    "thresholds": "250 1000 permille", "mask": "both"})``; see
+    is empty on XtremeCT II data, mu_scaling 8192). A GOBJ or char mask AIM that fits a loaded scan becomes a
+    segment on its grid (ScancoUnitsLib.slicer.region_segments). Add Data shows no options for this reader:
+    qSlicerScriptedFileReader forwards only description, fileType, extensions, canLoadFile(Confidence) and
+    load to Python. Scripting asks for more: ``slicer.util.loadNodeFromFile(path, "ScancoUnitsFile",
+    {"units": "hu density", "thresholds": "250 1000 permille", "mask": "both"})``; see
     ScancoUnitsLib.slicer.scene.reader_options_from_properties for every key.
     """
 
@@ -900,16 +902,12 @@ class ScancoUnitsFileReader:
         return READER_FILE_TYPE
 
     def extensions(self):
-        return ["SCANCO micro-CT image (*.isq *.aim *.isq;* *.aim;*)"]
+        return ["SCANCO micro-CT image or region (*.isq *.aim *.gobj *.isq;* *.aim;* *.gobj;*)"]
 
     def canLoadFileConfidence(self, filePath):
-        # The name first, as Slicer's SlicerScriptedFileReaderWriterTest.py reader does
-        # (supportedNameFilters), then the magic: only .isq/.aim (any case, ;N) and extensionless files
-        # are opened. 0.8 beats the core Volumes reader, which claims them at 0.5 through "All Files (*)"
-        # (qSlicerFileReader::canLoadFileConfidence: 0.5 + 0.01 x matched extension length, 0 for "*").
-        from ScancoUnitsLib.slicer.scene import file_reader_confidence
-
-        return file_reader_confidence(filePath)
+        # The name first (.isq/.aim/.gobj, extensionless), then the magic; 0.8 beats the core Volumes reader's 0.5
+        # (ScancoUnitsLib.slicer.region_segments.reader_confidence and scene.file_reader_confidence say why).
+        return region_segments.reader_confidence(filePath)
 
     def canLoadFile(self, filePath):
         return self.canLoadFileConfidence(filePath) > 0.55
@@ -927,15 +925,17 @@ class ScancoUnitsFileReader:
             from ScancoUnitsLib.slicer import scene as lib
             from ScancoUnitsLib.formats.reader import read_header
 
-            header = read_header(filePath)
-            options = lib.reader_options_from_properties(properties, header)
-            uncalibrated = lib.drop_calibration_problem(header, options)
-            if uncalibrated:
-                warn(_("{name}: {problem} Loaded as native values.").format(
-                    name=os.path.basename(filePath), problem=uncalibrated))
-            with readerProgress(filePath) as (onProgress, cancelled):
-                nodes = lib.load_scan_into_scene(slicer.mrmlScene, filePath, header=header, warn=warn,
-                                                 progress=onProgress, cancel=cancelled, **options)
+            nodes = region_segments.load_dropped_region(slicer.mrmlScene, filePath, warn=warn)
+            if nodes is None:
+                header = read_header(filePath)
+                options = lib.reader_options_from_properties(properties, header)
+                uncalibrated = lib.drop_calibration_problem(header, options)
+                if uncalibrated:
+                    warn(_("{name}: {problem} Loaded as native values.").format(
+                        name=os.path.basename(filePath), problem=uncalibrated))
+                with readerProgress(filePath) as (onProgress, cancelled):
+                    nodes = lib.load_scan_into_scene(slicer.mrmlScene, filePath, header=header, warn=warn,
+                                                     progress=onProgress, cancel=cancelled, **options)
         except Exception as exc:
             if lib is not None and isinstance(exc, lib.ConversionCancelled):   # the user's Cancel
                 logging.info(f"ScancoUnits: loading {filePath} cancelled")
@@ -947,7 +947,7 @@ class ScancoUnitsFileReader:
                 path=filePath, error=exc))
             return False
         self.parent.loadedNodes = [node.GetID() for node in nodes.values()]
-        if properties.get("show", True):
+        if properties.get("show", True) and "region_segmentation" not in nodes:   # a segment shows itself
             try:
                 ScancoUnitsLogic().showNodes(nodes)
             except Exception as exc:  # display is a convenience; the data are loaded

@@ -374,7 +374,7 @@ def test_panel_ui_loads_and_renders_with_pyside6(tmp_path):
     assert classes["inputCollapsibleButton"] == "ctkCollapsibleButton"
     assert classes["lowerThresholdSpinBox"] == "QDoubleSpinBox"
     assert summary["collapsible_titles"] == ["Input", "Thresholds (mask)", "Outputs", "Large volumes", "NRRD export",
-                                             "Histogram", "Save mask as AIM"]
+                                             "Histogram", "Save mask as AIM", "Regions"]
     assert summary["collapsed"]["histogramCollapsibleButton"] is True
     assert summary["collapsed"]["saveMaskCollapsibleButton"] is True
     assert summary["threshold_units"] == ["per mille", "native", "1/cm", "HU", "mg HA/ccm"]
