@@ -439,13 +439,13 @@ def add_request_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing output set of the same name (every file of its earlier metadata)")
     p.add_argument("--statistics", action="store_true",
-                   help="per-scan statistics (mask volume, mean density, TMD...) in _metadata.json; on with "
+                   help=f"per-scan statistics (mask volume, mean density, TMD...) in {defaults.METADATA_SUFFIX}; on with "
                         "--summary and --json")
     p.add_argument("--report", action="store_true",
-                   help="also write <name>_report.png: mid-slices with the mask outline and the histogram with "
+                   help=f"also write <name>{defaults.REPORT_SUFFIX}: mid-slices with the mask outline and the histogram with "
                         "the thresholds (needs matplotlib: pip install scanco-units[report])")
     p.add_argument("--no-fsync", dest="fsync", action="store_false",
-                   help="do not wait until each file set is on disk before its _metadata.json is placed "
+                   help=f"do not wait until each file set is on disk before its {defaults.METADATA_SUFFIX} is placed "
                         "(faster; a power loss may then leave a set that looks complete)")
 
 
