@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import List
 
-from ..pipeline.request import add_request_arguments, request_from_args
+from .arguments import add_request_arguments, request_from_args
 from ..batch.jobs import (Batch, BatchProgress, FileResult, NOT_STARTED, ignore_further_signals,
                     remove_partials_of, signal_name)
 from ..core.header import printable
