@@ -9,6 +9,7 @@ the package makes the entry point that reads the copy show the old value and fai
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -142,4 +143,37 @@ def test_the_package_holds_no_copy_of_a_default():
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
             if any(re.search(p, line) for p in patterns):
                 copies.append(f"{path.relative_to(REPO)}:{number}: {line.strip()}")
+    assert copies == []
+
+
+#: the name ends defined once in defaults.py; any other string literal of the package holding one is a copy
+FILE_NAME_ENDS = ("_metadata.json", "_report.png")
+
+
+def _name_end_copies(source: str, where: str) -> list:
+    """``where:line: literal`` for each string literal (f-string parts included, docstrings not) that
+    spells one of FILE_NAME_ENDS."""
+    tree = ast.parse(source)
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr)
+                  and isinstance(node.body[0].value, ast.Constant)}
+    return sorted(f"{where}:{node.lineno}: {node.value!r}" for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+            and any(end in node.value for end in FILE_NAME_ENDS))
+
+
+def test_the_finder_of_name_end_copies_finds_one():
+    source = '"""A docstring may say _metadata.json."""\nPATH = f"{stem}_report.png"\nX = "a_metadata.json"\n'
+    assert _name_end_copies(source, "m.py") == ["m.py:2: '_report.png'", "m.py:3: 'a_metadata.json'"]
+
+
+def test_the_metadata_and_report_name_ends_are_spelled_only_in_defaults():
+    lib = REPO / "ScancoUnits" / "ScancoUnitsLib"
+    copies = []
+    for path in [*lib.rglob("*.py"), REPO / "ScancoUnits" / "ScancoUnits.py"]:
+        found = _name_end_copies(path.read_text(encoding="utf-8"), str(path.relative_to(REPO)))
+        copies += found if path != lib / "defaults.py" else []
+        if path == lib / "defaults.py":
+            assert len(found) == len(FILE_NAME_ENDS), found  # each defined there once
     assert copies == []

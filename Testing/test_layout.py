@@ -13,7 +13,7 @@ LIB = Path(__file__).resolve().parents[1] / "ScancoUnits" / "ScancoUnitsLib"
 MODULE_FILE = LIB.parent / "ScancoUnits.py"
 MODULE_LINES = 600
 #: not yet split (see the open items of issue 22): path -> lines today
-STILL_OVER = {"pipeline/kernels.py": 618}
+STILL_OVER: dict = {}
 #: the Slicer module file: the goal is 900 (the widget and logic hand their work to ScancoUnitsLib.slicer)
 MODULE_FILE_LINES_TODAY = 1072
 

@@ -3,7 +3,8 @@
 The command line, the Python API (``ConversionRequest``, ``convert_file``, ``load_scan_into_scene``),
 drag-and-drop into Slicer and the module panel all read these names; none of them holds a copy.
 ``Testing/test_defaults.py`` edits this file in a copy of the package and checks that each entry point
-follows. This module imports nothing, so every layer may read it.
+follows. The name ends of the files a conversion makes besides its volumes are here too, so that
+every layer names them the same way. This module imports nothing, so every layer may read it.
 """
 
 #: the seed notebook's mask: 250 to 1000 per mille (SCANCO IPL: 1000 per mille = native 32767)
@@ -26,3 +27,7 @@ HU_DTYPE = "int16"
 OUTPUT_FORMAT = "nrrd"
 #: where a batch's outputs go below -o (one of batch.discovery.LAYOUTS)
 LAYOUT = "mirror"
+#: name end of a conversion's metadata file: ``<stem>_metadata.json``
+METADATA_SUFFIX = "_metadata.json"
+#: name end of a conversion's QC picture: ``<stem>_report.png``
+REPORT_SUFFIX = "_report.png"

@@ -112,7 +112,7 @@ def test_nrrd_writer_uses_this_module():
 
     assert nrrd_writer.crc32_combine is crc32_combine
     assert nrrd_writer.gzip_backend is gzip_backend
-    assert nrrd_writer._GzipStream is GzipStream
+    assert nrrd_writer.GzipStream is GzipStream
 
 
 @pytest.mark.parametrize("backend", ["isal", "zlib"])

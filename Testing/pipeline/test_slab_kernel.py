@@ -298,7 +298,7 @@ def test_package_import_does_not_import_numba():
 
 def test_stats_merge_of_empty():
     a, b = KernelStats(["x"]), KernelStats(["x"])
-    b._min["x"], b._max["x"], b._ones["x"] = 3, 5, 7
+    b.tally.min["x"], b.tally.max["x"], b.tally.ones["x"] = 3, 5, 7
     a.merge(b)
     assert (a.min["x"], a.max["x"], a.mask_voxels, a.mask_voxels_of) == (3, 5, 7, {"x": 7})
     assert a.native_histogram is None and a.native_min is None

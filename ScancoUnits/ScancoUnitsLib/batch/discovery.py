@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import defaults
+from ..defaults import METADATA_SUFFIX
 
 from ..formats.reader import SCANCO_NAME, sniff_format
 from ..pipeline.regions import USED_AS_REGION
@@ -37,7 +38,6 @@ NOT_REGULAR = {  # what an entry that is not a regular file is; never opened
     "folder": "a folder, not a file (named like a scan; -r searches it)",
     "folder_link": "a symbolic link to a folder (not followed)",
 }
-_METADATA_SUFFIX = "_metadata.json"
 _METADATA_MAX_BYTES = 64 << 20  # a metadata file of ours is a few kB; anything larger is not read
 
 #: output layouts under -o: ``mirror`` (the default) repeats each input's folder below the folder given
@@ -99,7 +99,7 @@ def own_outputs_in(folder: Path) -> Dict[str, str]:
     ScancoUnits; unreadable ones list nothing."""
     owned: Dict[str, str] = {}
     try:
-        names = [n for n in os.listdir(folder) if n.endswith(_METADATA_SUFFIX)]
+        names = [n for n in os.listdir(folder) if n.endswith(METADATA_SUFFIX)]
     except OSError:
         return owned
     for name in sorted(names):

@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from ..defaults import METADATA_SUFFIX
 from ..errors import ScancoError
 from ..io.transaction import OutputExistsError, OutputIsInputError
 from .results import FileResult, naming_input
@@ -55,7 +56,7 @@ def convert_one(path, out_dir, options, stem: str, *, skip_existing: bool = Fals
                                   seconds=time.perf_counter() - started, stats=metadata.get("statistics"),
                                   reason=UP_TO_DATE, input_bytes=size, facts=facts_from_metadata(metadata))
             if found.state == "other_input" and not options.overwrite:
-                return failed(f"{out_dir / (stem + '_metadata.json')}: the outputs named {stem}_* were made from "
+                return failed(f"{out_dir / (stem + METADATA_SUFFIX)}: the outputs named {stem}_* were made from "
                               f"another input, {found.other_input}; they are kept (--overwrite replaces them; "
                               "or choose another output folder with -o)")
             if found.state != "other_input" and not options.overwrite:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Optional
 
+from ..defaults import METADATA_SUFFIX, REPORT_SUFFIX
 from ..errors import ScancoError
 
 UP_TO_DATE = "outputs exist, made from this input (same size and modification time) with the same options"
@@ -62,7 +63,7 @@ def existing_set(header, out_dir, options, stem: str) -> ExistingSet:
     from ..pipeline.request import plan_request
 
     out_dir = Path(out_dir)
-    meta_path = out_dir / f"{stem}_metadata.json"
+    meta_path = out_dir / f"{stem}{METADATA_SUFFIX}"
     if not os.path.lexists(meta_path):
         return ExistingSet("missing")
     metadata = _read_metadata(meta_path)
@@ -93,7 +94,7 @@ def existing_set(header, out_dir, options, stem: str) -> ExistingSet:
         wanted += [out_dir / name for entry in ((metadata.get("regions") or {}).get("regions") or {}).values()
                    for name in entry.get("files_on_scan_grid") or ()]
         if options.report:
-            wanted.append(out_dir / f"{stem}_report.png")
+            wanted.append(out_dir / f"{stem}{REPORT_SUFFIX}")
         files = metadata.get("files") or {}
         for path in wanted:
             if path.name not in files or fingerprint(path) != files[path.name]:
@@ -113,8 +114,8 @@ def existing_metadata(header, out_dir, options, stem: str) -> Optional[dict]:
 def outputs_of(metadata: dict, out_dir: Path, stem: str, report: bool) -> Dict[str, str]:
     """Role -> path of the outputs an up-to-date set's metadata records (a skipped file's outputs)."""
     outputs = {role: str(out_dir / entry["file"]) for role, entry in (metadata.get("outputs") or {}).items()}
-    outputs["metadata"] = str(out_dir / f"{stem}_metadata.json")
+    outputs["metadata"] = str(out_dir / f"{stem}{METADATA_SUFFIX}")
     if report:
-        outputs["report"] = str(out_dir / f"{stem}_report.png")
+        outputs["report"] = str(out_dir / f"{stem}{REPORT_SUFFIX}")
     return outputs
 

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import List
 
 from ..pipeline.regions import region_files_among
-from ..pipeline.request import add_request_arguments, request_from_args
+from .arguments import add_request_arguments, request_from_args
 from ..batch.jobs import (Batch, BatchProgress, FileResult, NOT_STARTED, ignore_further_signals,
                     remove_partials_of, signal_name)
 from ..core.header import printable
 from . import exit_codes
 from .info import format_thresholds
 from .. import defaults
+from ..defaults import METADATA_SUFFIX, REPORT_SUFFIX
 from ..batch.discovery import (LAYOUTS, PathNote, assign_stems, discover, find_inputs,  # noqa: F401 - find_inputs: public
                         place_outputs, skip_kind)
 
@@ -202,7 +203,7 @@ def _summary(results: List[FileResult], stream, quiet: bool = False) -> None:
     warned = sum(1 for r in results if r.warnings and r.status in ("converted", "skipped", "failed"))
     if coverage.count("empty") or coverage.count("full") or warned:
         print(f"masks: {coverage.count('empty')} empty, {coverage.count('full')} full; "
-              f"{warned} file(s) with warnings" + (" (also in their _metadata.json)" if warned else ""),
+              f"{warned} file(s) with warnings" + (f" (also in their {METADATA_SUFFIX})" if warned else ""),
               file=stream)
 
 
@@ -417,9 +418,9 @@ def _plan_of_file(path: Path, place, options, skip_existing: bool) -> tuple:
         files = plan_files(plan, place.folder, place.stem)
     except ScancoError as exc:
         return "would fail", [_one_line(exc)]
-    paths = [p for f in files for p in f.paths] + [place.folder / f"{place.stem}_metadata.json"]
+    paths = [p for f in files for p in f.paths] + [place.folder / f"{place.stem}{METADATA_SUFFIX}"]
     if options.report:
-        paths.append(place.folder / f"{place.stem}_report.png")
+        paths.append(place.folder / f"{place.stem}{REPORT_SUFFIX}")
     lines = []
     if skip_existing and existing_metadata(header, place.folder, options, place.stem) is not None:
         status = "would keep (up to date)"

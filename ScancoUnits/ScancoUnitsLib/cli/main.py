@@ -25,7 +25,8 @@ def _cmd_info(args) -> int:
     from ..core.header import printable
     from .info import format_header_summary, native_range_in_units, thresholds_text
     from ..formats.reader import read_header
-    from ..pipeline.request import DEFAULT_THRESHOLDS, threshold_spec_from_args
+    from ..pipeline.request import DEFAULT_THRESHOLDS
+    from .arguments import threshold_spec_from_args
 
     try:
         spec = threshold_spec_from_args(args)
@@ -115,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print a readable summary of the header")
     info.add_argument("files", nargs="+", metavar="FILE")
     info.add_argument("--json", action="store_true", help="one JSON object per file and line: the complete header, or an error object")
-    from ..pipeline.request import add_threshold_arguments
+    from .arguments import add_threshold_arguments
 
     add_threshold_arguments(info)  # --low/--high/--threshold-unit: the thresholds in every unit
     info.set_defaults(func=_cmd_info, _parser=info)

@@ -30,7 +30,8 @@ from ..io.transaction import AtomicOutputSet
 from ..core.quantities import is_label
 from ..errors import ScancoError
 # The parallel gzip stream: the one place it is imported (it moves to parallel_gzip.py later).
-from ..io.gzip import _GzipStream, _RawStream, _write_all, default_threads
+from ..io.gzip import GzipStream, RawStream, default_threads
+from ..io.gzip import write_all as _write_all
 from .writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
 
 __all__ = ["NiftiVolumeWriter", "nifti_header", "ras_affine", "NIFTI_XFORM_CODE", "NIFTI_VOX_OFFSET"]
@@ -130,27 +131,23 @@ class NiftiVolumeWriter(SlabWriter):
     def __init__(self, path, shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0),
                  description: str = "", label: bool = False, compress: bool = False, threads=None,
                  compress_level: int = 1, atomic: Optional[AtomicOutputSet] = None, overwrite: bool = False):
-        self.path = Path(os.path.abspath(os.fspath(path)))
+        path = Path(os.path.abspath(os.fspath(path)))
         suffix = ".nii.gz" if compress else ".nii"
-        if not self.path.name.lower().endswith(suffix):
-            raise ValueError(f"{self.path}: a {'gzip ' if compress else ''}NIfTI-1 file must end with {suffix}")
-        self.shape_zyx = tuple(int(n) for n in shape_zyx)
-        self.dtype = _little_endian(dtype)
+        if not path.name.lower().endswith(suffix):
+            raise ValueError(f"{path}: a {'gzip ' if compress else ''}NIfTI-1 file must end with {suffix}")
+        super().__init__(path, tuple(int(n) for n in shape_zyx), _little_endian(dtype), atomic,
+                         overwrite=overwrite)
         self.compress = bool(compress)
         header = nifti_header(self.shape_zyx, self.dtype, spacing_mm=spacing_mm, origin_mm=origin_mm,
                               description=description, label=label)
         threads = default_threads() if threads is None else max(1, int(threads))
-        self._own_set = atomic is None
-        self._set = AtomicOutputSet(overwrite=overwrite) if atomic is None else atomic
-        self._slices_written = 0
-        self._closed = False
-        self._stream = None
+
         def start():
             self._file = self._set.add(self.path)
             if self.compress:
-                self._stream = _GzipStream(self._file, _write_all, compress_level, threads)
+                self._stream = GzipStream(self._file, _write_all, compress_level, threads)
             else:
-                self._stream = _RawStream(self._file, _write_all)
+                self._stream = RawStream(self._file, _write_all)
             self._stream.write(memoryview(header))
 
         self._guarded(self.path, start)

@@ -37,7 +37,8 @@ from ..io.transaction import AtomicOutputSet, OutputError, output_error_from
 from ..errors import RequestError
 from ..core.header import printable
 from ..io.gzip import GZIP_CHUNK_BYTES as _GZIP_CHUNK_BYTES  # read at each open: tests shrink it
-from ..io.gzip import _GzipStream, _RawStream, _write_all, crc32_combine, default_threads, gzip_backend
+from ..io.gzip import GzipStream, RawStream, crc32_combine, default_threads, gzip_backend
+from ..io.gzip import write_all as _write_all  # this module's file writes (tests inject faults here)
 from .writers import SlabWriter, VolumeFormat, VolumeSpec, register_format
 
 __all__ = [
@@ -262,9 +263,8 @@ class NrrdVolumeWriter(SlabWriter):
     def __init__(self, path, shape_zyx, dtype, *, spacing_mm, origin_mm=(0.0, 0.0, 0.0), key_values=None,
                  encoding: str = "raw", detached: bool = False, compress_level: int = 1, threads=None,
                  atomic: AtomicOutputSet | None = None, overwrite: bool = False, fsync: bool = False):
-        self.path = Path(os.path.abspath(os.fspath(path)))
-        self.shape_zyx = _check_shape(shape_zyx)
-        self.dtype = _little_endian(dtype)
+        super().__init__(path, _check_shape(shape_zyx), _little_endian(dtype), atomic, overwrite=overwrite,
+                         fsync=fsync)
         nrrd_type_name(self.dtype)
         if encoding not in ("raw", "gzip"):
             raise ValueError(f"encoding must be 'raw' or 'gzip', not {encoding!r}")
@@ -289,17 +289,12 @@ class NrrdVolumeWriter(SlabWriter):
             header = nrrd_header(self.shape_zyx, self.dtype, spacing_mm=spacing_mm, origin_mm=origin_mm,
                                  key_values=key_values, encoding=encoding)
         self.header_bytes = header
-        self._own_set = atomic is None
-        self._set = AtomicOutputSet(overwrite=overwrite, fsync=fsync) if atomic is None else atomic
-        self._slices_written = 0
         self._file_lock = threading.Lock()
         self._seek_lock = threading.Lock()  # seek + write where os.pwrite is missing (Windows)
         #: raw data can be written at known offsets, by several threads, in any order (write_at)
         self.positional = encoding == "raw"
         self._data_offset = 0 if self.detached else len(header)
         self._slice_bytes = self.shape_zyx[1] * self.shape_zyx[2] * self.dtype.itemsize
-        self._closed = False
-        self._stream = None
         self._data_file = None
         current = self.path
         try:
@@ -315,10 +310,10 @@ class NrrdVolumeWriter(SlabWriter):
             if encoding != "gzip":
                 self._data_file.flush()  # the header is on disk before any slab is written at its offset
             if encoding == "gzip":
-                self._stream = _GzipStream(self._data_file, _write_all, compress_level, int(threads),
+                self._stream = GzipStream(self._data_file, _write_all, compress_level, int(threads),
                                            chunk_bytes=_GZIP_CHUNK_BYTES)
             else:
-                self._stream = _RawStream(self._data_file, _write_all)
+                self._stream = RawStream(self._data_file, _write_all)
         except BaseException as exc:
             error = output_error_from(current, exc) if isinstance(exc, OSError) else exc
             self._fail(error)

@@ -305,14 +305,14 @@ class OmeZarrVolumeWriter(SlabWriter):
                  pyramid_top_size: int = DEFAULT_PYRAMID_TOP_SIZE, compress_level: int = DEFAULT_COMPRESS_LEVEL,
                  downsampling: Optional[str] = None, threads: int = 2, atomic: AtomicOutputSet | None = None,
                  overwrite: bool = False):
-        self.path = Path(os.path.abspath(os.fspath(path)))
-        if not self.path.name.lower().endswith(OME_ZARR_SUFFIX):
-            raise ValueError(f"{self.path}: an OME-Zarr output must end with {OME_ZARR_SUFFIX}")
+        path = Path(os.path.abspath(os.fspath(path)))
+        if not path.name.lower().endswith(OME_ZARR_SUFFIX):
+            raise ValueError(f"{path}: an OME-Zarr output must end with {OME_ZARR_SUFFIX}")
         if ngff_version not in NGFF_VERSIONS:
             raise ValueError(f"ngff_version must be one of {', '.join(NGFF_VERSIONS)}, not {ngff_version!r}")
         if not 0 <= int(compress_level) <= 9:
             raise ValueError(f"compress_level must be 0..9, not {compress_level!r}")
-        self.dtype = _little_endian(dtype)
+        dtype = _little_endian(dtype)
         self.ngff_version = ngff_version
         self.quantity = str(quantity)
         self.unit_label = str(unit_label)
@@ -321,12 +321,8 @@ class OmeZarrVolumeWriter(SlabWriter):
             raise ValueError(f"downsampling must be 'mean' or 'max', not {downsampling!r}")
         self.levels = pyramid_levels(shape_zyx, spacing_mm, origin_mm, chunk_size=chunk_size,
                                      top_size=pyramid_top_size)
-        self.shape_zyx = self.levels[0].shape_zyx
         zarr = _require_zarr()
-        self._own_set = atomic is None
-        self._set = AtomicOutputSet(overwrite=overwrite) if atomic is None else atomic
-        self._closed = False
-        self._slices_written = 0
+        super().__init__(path, self.levels[0].shape_zyx, dtype, atomic, overwrite=overwrite)
         self._streams: List[_LevelStream] = []
         self._runner = None
 
@@ -438,9 +434,8 @@ class OmeZarrVolumeWriter(SlabWriter):
         arr = self._checked_slab(array)
         if arr is None:
             return
-        count = arr.shape[0]
         self._guarded(self.path, lambda: self._streams[0].push(arr))
-        self._slices_written += count
+        self._advance(arr)
 
     def _finish(self) -> None:
         """Write the last chunk rows of every level."""

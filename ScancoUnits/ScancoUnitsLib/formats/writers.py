@@ -1,9 +1,10 @@
 """The writer seam: one small interface for every output volume format.
 
-A format is a :class:`VolumeFormat` registered by name (``nrrd``, later ``nifti``, ``ome-zarr``,
-``aim``). The engine gives each writer a :class:`VolumeSpec` (geometry, voxel type, key/values,
-the quantity it holds and the source header) and the :class:`~ScancoUnitsLib.io.transaction.AtomicOutputSet`
-the file (or directory) joins; then slabs in z order; then ``close()`` (or ``abort()``).
+A format is a :class:`VolumeFormat` registered by name (``nrrd``, ``nifti``, ``ome-zarr``, ``aim``).
+The engine gives each writer a :class:`VolumeSpec` (geometry, voxel type, key/values, the quantity it
+holds and the source header) and the :class:`~ScancoUnitsLib.io.transaction.AtomicOutputSet` the file
+(or directory) joins; then slabs in z order; then ``close()`` (or ``abort()``). What a writer class
+must do is :class:`SlabWriter`'s contract.
 
 Adding a format is one new module that defines a writer class and calls :func:`register_format`,
 plus its name in :data:`_FORMAT_MODULES` so that it is imported on first use.
@@ -12,6 +13,7 @@ plus its name in :data:`_FORMAT_MODULES` so that it is imported on first use.
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Protocol, Tuple
@@ -129,22 +131,55 @@ class EncodedSlab:
 
 
 class SlabWriter:
-    """What every volume writer shares: the checks of an incoming slab, ``slices_written`` and the
-    context-manager behaviour (an exception aborts, a clean exit closes).
+    """What every volume writer shares: the checks of an incoming slab, ``slices_written``, failing and
+    aborting, and the context-manager behaviour (an exception aborts, a clean exit closes).
 
-    Subclasses set ``path``, ``shape_zyx``, ``dtype``, ``_closed``, ``_slices_written``, ``_set`` (the
-    :class:`AtomicOutputSet`) and ``_own_set`` (True when the writer made that set itself) and define
-    ``_finish()`` (write what is left and close their files); ``_release()`` stops their own threads.
-    ``kind`` names the format in messages; errors of the data name ``error_path`` (default ``path``).
+    The contract of a writer (a subclass):
 
-    Row pieces: a writer whose data is one stream of voxels in file order sets ``accepts_rows``; it then
-    also takes a slice in pieces of whole rows, ``(1, rows, x)``, in order (the engine splits a slice
-    larger than its memory budget). Subclasses count what they wrote with :meth:`_advance`.
+    * its constructor checks its own arguments, then calls ``SlabWriter.__init__(path, shape_zyx, dtype,
+      atomic, overwrite=..., fsync=...)`` with the checked values (see :meth:`__init__`), adds its files
+      to the output set (``self._set.add`` / ``add_directory``, inside :meth:`_guarded` so that a failure
+      names the file) and registers ``self._set.on_commit(self.close)``;
+    * it creates exactly the paths :attr:`output_paths` names (default ``[path]``; the format's
+      ``paths(spec)`` in :class:`VolumeFormat` must return the same list before the writer exists);
+    * it defines ``write_slab(array)``: check the slab with :meth:`_checked_slab`, write it inside
+      :meth:`_guarded`, count it with :meth:`_advance`;
+    * it defines ``_finish()`` (write what is left and close its files; called once by :meth:`close`
+      after every slice arrived) and, when it runs threads or streams of its own, ``_release()`` (stop
+      them; never raises). :meth:`close` and :meth:`abort` themselves are not overridden.
+
+    Optional parts: ``kind`` names the format in messages; ``error_path`` (default ``path``) is the file
+    that errors of the data name. A writer whose data is one stream of voxels in file order sets
+    ``accepts_rows``: it then also takes a slice in pieces of whole rows, ``(1, rows, x)``, in order (the
+    engine splits a slice larger than its memory budget). A writer whose data is one
+    :class:`~ScancoUnitsLib.io.gzip.GzipStream` keeps it in ``_stream``: :attr:`encodes` is then True
+    and the engine's workers compress slabs themselves (:meth:`encode_slab`, :meth:`write_encoded`).
+    A writer that can place raw slabs at their own offsets, from any thread, says so with
+    ``positional = True`` and defines ``write_at(z, array, row0=0)``.
     """
 
     kind = "volume"
     accepts_rows = False
-    _rows_written = 0  # rows of x voxels written: slices * y, plus the rows of a slice begun
+    positional = False
+
+    def __init__(self, path, shape_zyx: Tuple[int, int, int], dtype: np.dtype,
+                 atomic: Optional[AtomicOutputSet] = None, *, overwrite: bool = False, fsync: bool = False):
+        """*path*: the final path of the writer's (first) output, made absolute here. *shape_zyx*: the
+        volume's (z, y, x) size and *dtype*: the voxel type slabs arrive in (by default they must have
+        it), both as the subclass checked them. *atomic*: the
+        :class:`~ScancoUnitsLib.io.transaction.AtomicOutputSet` the files join (its owner commits it; a
+        failure of this writer only marks it failed); None: the writer makes its own set, with
+        *overwrite* and *fsync*, and commits it in :meth:`close`."""
+        self.path = Path(os.path.abspath(os.fspath(path)))
+        self.shape_zyx = shape_zyx
+        self.dtype = dtype
+        self._own_set = atomic is None
+        self._set = AtomicOutputSet(overwrite=overwrite, fsync=fsync) if atomic is None else atomic
+        self._closed = False
+        self._failure: Optional[BaseException] = None  # what a later write reports after a failure
+        self._slices_written = 0
+        self._rows_written = 0  # rows of x voxels written: slices * y, plus the rows of a slice begun
+        self._stream = None     # the data stream, where the data is one stream (see encodes)
 
     @property
     def error_path(self) -> Path:
@@ -176,7 +211,7 @@ class SlabWriter:
         here turned a full disk into "write to closed file". The set's owner aborts it once every writer
         has stopped."""
         self._closed = True
-        if error is not None and getattr(self, "_failure", None) is None:
+        if error is not None and self._failure is None:
             self._failure = error   # what a later write (another worker's slab) reports, not "closed"
         try:
             self._release()
@@ -225,9 +260,8 @@ class SlabWriter:
 
     def _check_open(self) -> None:
         if self._closed:
-            failure = getattr(self, "_failure", None)
-            if failure is not None:  # it failed in another thread: the same error, not "closed"
-                raise failure
+            if self._failure is not None:  # it failed in another thread: the same error, not "closed"
+                raise self._failure
             raise ValueError(f"{self.path}: the {self.kind} writer is closed")
 
     def _check_room(self, rows: int) -> None:
@@ -270,10 +304,10 @@ class SlabWriter:
     # -- compressed data: compress in any thread, append in order --------------------------------
     @property
     def encodes(self) -> bool:
-        """True when the data is one gzip stream (``_stream`` of :mod:`parallel_gzip`): slabs can be
-        compressed by the caller's thread (:meth:`encode_slab`, any thread, any order) and appended in
+        """True when the data is one gzip stream (``_stream``, a :class:`~ScancoUnitsLib.io.gzip.GzipStream`):
+        slabs can be compressed by the caller's thread (:meth:`encode_slab`, any thread, any order) and appended in
         z order (:meth:`write_encoded`). The engine's workers compress their own slabs this way."""
-        return hasattr(getattr(self, "_stream", None), "encode")
+        return hasattr(self._stream, "encode")
 
     def encode_slab(self, array) -> "EncodedSlab":
         """The compressed slices of ``array`` ((n, y, x) or (y, x)); nothing is written yet."""

@@ -25,7 +25,8 @@ try:  # optional speed-up
 except ImportError:  # pragma: no cover - depends on the environment
     _isal_zlib = None
 
-__all__ = ["crc32_combine", "gzip_backend", "default_threads", "GZIP_CHUNK_BYTES", "GzipStream"]
+__all__ = ["crc32_combine", "gzip_backend", "default_threads", "GZIP_CHUNK_BYTES", "GzipStream", "RawStream",
+           "write_all"]
 
 GZIP_CHUNK_BYTES = 1 << 20      # uncompressed bytes per independently compressed chunk (1 MiB)
 _FINAL_EMPTY_BLOCK = b"\x03\x00"  # deflate: final fixed-Huffman block holding only end-of-block
@@ -127,7 +128,7 @@ def default_threads() -> int:
     return max(1, min(count, _MAX_THREADS))
 
 
-class _GzipStream:
+class GzipStream:
     """Write one gzip member to *fileobj*, deflating chunks on a thread pool.
 
     Memory handed to :meth:`write` is only read until :meth:`write` returns; chunks copied into the
@@ -232,11 +233,10 @@ class _GzipStream:
             self._pool = None
 
 
-GzipStream = _GzipStream
+class RawStream:
+    """The uncompressed counterpart of :class:`GzipStream`: the same ``write`` / ``finish`` /
+    ``shutdown`` calls, each ``write`` going straight to *fileobj* through *write_all*."""
 
-
-# the uncompressed counterpart of _GzipStream, and the write loop both use
-class _RawStream:
     def __init__(self, fileobj, write_all):
         self._file = fileobj
         self._write_all = write_all
@@ -251,7 +251,7 @@ class _RawStream:
         pass
 
 
-def _write_all(fileobj, data) -> None:
+def write_all(fileobj, data) -> None:
     """Write every byte of *data* (raw file objects may write less than asked)."""
     view = memoryview(data)
     while len(view):

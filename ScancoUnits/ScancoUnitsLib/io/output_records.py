@@ -14,6 +14,8 @@ import stat
 from pathlib import Path
 from typing import List, Optional
 
+from ..defaults import METADATA_SUFFIX, REPORT_SUFFIX
+
 __all__ = ["previous_outputs", "fingerprint", "FINGERPRINT_WHOLE_BYTES", "FINGERPRINT_BLOCKS",
            "FINGERPRINT_BLOCK_BYTES"]
 
@@ -53,8 +55,8 @@ def previous_outputs(metadata_json_path, names=None, *, refused: Optional[list] 
             continue
         claimed += [entry.get("file")] + (entry.get("files") if isinstance(entry.get("files"), list) else [])
     claimed += list(recorded)
-    if meta.name.endswith("_metadata.json"):
-        claimed.append(meta.name[: -len("_metadata.json")] + "_report.png")
+    if meta.name.endswith(METADATA_SUFFIX):
+        claimed.append(meta.name[: -len(METADATA_SUFFIX)] + REPORT_SUFFIX)
     found: List[Path] = [meta]
     for name in dict.fromkeys(n for n in claimed if _plain_name(n) and n != meta.name):
         path = folder / name

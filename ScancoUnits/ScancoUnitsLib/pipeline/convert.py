@@ -22,6 +22,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from .regions import ROI_SUFFIX, ConversionRegions, is_region_name
 from .. import __version__
+from ..defaults import METADATA_SUFFIX, REPORT_SUFFIX  # noqa: F401 - public here too
 from ..io.transaction import AtomicOutputSet, fingerprint, previous_outputs, sweep_stale_partials
 from .engine import EngineOutput, SlabObserver, run_engine  # noqa: F401 - SlabObserver is public here
 from ..errors import ConversionCancelled, RequestError, ScancoFormatError  # noqa: F401 - ConversionCancelled is public here
@@ -185,8 +186,6 @@ def mask_coverage_warning(header: ScancoHeader, plan: RequestPlan, mask_voxels: 
 #: where the mask-coverage sentence starts in its warning (the report shows it without the path)
 MASK_COVERAGE_MARK = "the mask is "
 
-METADATA_SUFFIX = "_metadata.json"
-REPORT_SUFFIX = "_report.png"
 #: the key of the metadata's own checksum (SHA-256 of the rest of the document, see metadata_checksum)
 METADATA_CHECKSUM_KEY = "metadata_sha256"
 

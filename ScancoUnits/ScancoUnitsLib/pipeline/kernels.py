@@ -22,17 +22,14 @@ The values are bit-identical to the per-output functions they replace:
 * ``native``: the native values themselves (the native dtype); ``float``: the natives cast to a float
   dtype (float32 or float64).
 
-Statistics (:class:`KernelStats`, one object per worker, :meth:`KernelStats.merge` at the end): exact
-min/max of every output (NaN and +-inf excluded and counted in ``nonfinite_voxels``), int16 HU voxels
-that were clipped, mask voxels (ones), and for 8/16-bit natives the exact native histogram (int64 count
-per native value, bin 0 = the dtype's minimum, the layout of :class:`histogram.NativeHistogram`). For
-8/16-bit natives the statistics are computed from that histogram and the tables when they are read;
-the numpy backend without a histogram (``histogram=False``) takes them from each slab's native min/max
-instead (every table is monotone; checked when the kernel is built, with the histogram as fallback).
+Statistics: :class:`~ScancoUnitsLib.pipeline.kernel_stats.KernelStats`, one object per worker (what
+they hold is described there). The numpy backend without a histogram (``histogram=False``) takes them
+from each slab's native min/max, which needs every table to be monotone; that is checked when the
+kernel is built, with the histogram as fallback.
 
 Backends: ``"numba"`` (the ``fast`` extra; compiled once and cached on disk, releases the GIL: the
-whole slab, voxel by voxel, every output and the histogram count in one loop; it always counts, as
-that loop was measured faster than one tracking ranges) and ``"numpy"`` (no dependency: the index
+whole slab, voxel by voxel, every output and the histogram count in one loop; it always counts the
+histogram and derives the statistics from it) and ``"numpy"`` (no dependency: the index
 array of a chunk is built once and serves every table lookup, masks are integer comparisons).
 ``"auto"`` takes numba when it can be imported; the environment variable
 ``SCANCO_UNITS_KERNEL=numpy|numba`` overrides ``"auto"``.
@@ -44,13 +41,14 @@ import math
 import os
 import threading
 from dataclasses import dataclass
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ..core.quantities import QUANTITIES, STEP_OPERATIONS
 from ..core.thresholds import mask_from_char
 from ..core.units import _LUT_DTYPES, INT16_MAX, INT16_MIN, UnitConverter, calibration_constants  # noqa: F401
+from .kernel_stats import KernelStats, StatsTally
 
 __all__ = ["KernelOutput", "KernelStats", "SlabKernel", "KERNEL_QUANTITIES", "numba_kernels",
            "numba_available"]
@@ -80,80 +78,6 @@ class KernelOutput:
             raise ValueError(f"unknown kernel quantity {self.quantity!r}; expected one of "
                              f"{', '.join(KERNEL_QUANTITIES)}")
         object.__setattr__(self, "dtype", np.dtype(self.dtype).newbyteorder("="))
-
-
-class KernelStats:
-    """Statistics of the slabs one worker ran; see the module docstring.
-
-    ``min``/``max``: per output name, Python int (integer outputs) or float, None while no finite
-    value was seen. ``nonfinite_voxels``, ``mask_voxels_of``, ``hu_clipped_voxels_of``: per output
-    name; ``mask_voxels`` and ``hu_clipped_voxels``: their sums over the outputs. ``native_histogram``:
-    int64 counts per native value (bin 0 = dtype minimum) when the kernel was asked for it and the
-    natives are 8/16-bit integers, else None; ``native_min``/``native_max`` come from it (None for
-    wider natives). For 8/16-bit natives the statistics are computed from the histogram when they
-    are read, not per slab.
-    """
-
-    def __init__(self, names: Sequence[str] = (), *, counts: Optional[np.ndarray] = None,
-                 histogram: bool = False, kernel: "Optional[SlabKernel]" = None):
-        self._min: Dict[str, Optional[float]] = {n: None for n in names}
-        self._max: Dict[str, Optional[float]] = {n: None for n in names}
-        self._nonfinite: Dict[str, int] = {n: 0 for n in names}
-        self._ones: Dict[str, int] = {n: 0 for n in names}
-        self._clipped: Dict[str, int] = {n: 0 for n in names}
-        self._voxels = 0
-        self._native_range = (None, None)
-        self._counts = counts        # always kept for 8/16-bit natives (the statistics come from it)
-        self._histogram = histogram  # whether native_histogram shows it
-        self._kernel = kernel
-        self._stale = False
-
-    def _fresh(self) -> "KernelStats":
-        if self._stale and self._kernel is not None:
-            self._kernel._derive(self)
-        self._stale = False
-        return self
-
-    min = property(lambda self: self._fresh()._min)
-    max = property(lambda self: self._fresh()._max)
-    nonfinite_voxels = property(lambda self: self._fresh()._nonfinite)
-    mask_voxels_of = property(lambda self: self._fresh()._ones)
-    hu_clipped_voxels_of = property(lambda self: self._fresh()._clipped)
-    mask_voxels = property(lambda self: sum(self._fresh()._ones.values()))
-    hu_clipped_voxels = property(lambda self: sum(self._fresh()._clipped.values()))
-    voxels = property(lambda self: self._fresh()._voxels)
-    native_min = property(lambda self: self._fresh()._native_range[0])
-    native_max = property(lambda self: self._fresh()._native_range[1])
-
-    @property
-    def native_histogram(self) -> Optional[np.ndarray]:
-        return self._counts if self._histogram else None
-
-    def merge(self, other: "KernelStats") -> "KernelStats":
-        """Add ``other`` (another worker of the same kernel) into this object; returns self."""
-        other._fresh()
-        self._fresh()
-        for name, value in other._min.items():
-            mine = self._min.get(name)
-            self._min[name] = value if mine is None else mine if value is None else min(mine, value)
-        for name, value in other._max.items():
-            mine = self._max.get(name)
-            self._max[name] = value if mine is None else mine if value is None else max(mine, value)
-        for mine, theirs in ((self._nonfinite, other._nonfinite), (self._ones, other._ones),
-                             (self._clipped, other._clipped)):
-            for name, value in theirs.items():
-                mine[name] = mine.get(name, 0) + value
-        self._voxels += other._voxels
-        lo = [v for v in (self._native_range[0], other._native_range[0]) if v is not None]
-        hi = [v for v in (self._native_range[1], other._native_range[1]) if v is not None]
-        self._native_range = (min(lo) if lo else None, max(hi) if hi else None)
-        if other._counts is not None:
-            if self._counts is None:
-                self._counts = other._counts.copy()
-            else:
-                self._counts += other._counts
-            self._histogram = self._histogram or other._histogram
-        return self
 
 
 def numba_available() -> bool:
@@ -314,27 +238,26 @@ class SlabKernel:
 
     def _stats_from_native_range(self, src, flat, stats: KernelStats) -> None:
         """Statistics of a table kernel without a histogram (numpy backend, histogram=False)."""
+        tally = stats.tally
         lo_native, hi_native = src.min(), src.max()
         ends = np.array([lo_native, hi_native], dtype=src.dtype)
         for o in self.outputs:
             table = self._tables[o.name]
             if o.quantity in ("mask", "char_mask"):
                 ones = int(np.count_nonzero(flat[o.name]))
-                stats._ones[o.name] += ones
-                self._merge_range(stats, o.name, 0 if ones < src.size else 1, 1 if ones else 0)
+                tally.ones[o.name] += ones
+                tally.add_range(o.name, 0 if ones < src.size else 1, 1 if ones else 0)
                 continue
             values = table[ends.astype(np.int64) - int(np.iinfo(src.dtype).min)]
-            self._merge_range(stats, o.name, values.min().item(), values.max().item())
+            tally.add_range(o.name, values.min().item(), values.max().item())
             if o.name in self._clip_ends:
                 below, above = self._clip_ends[o.name]
                 if below is not None and lo_native <= below:
-                    stats._clipped[o.name] += int(np.count_nonzero(src <= below))
+                    tally.clipped[o.name] += int(np.count_nonzero(src <= below))
                 if above is not None and hi_native >= above:
-                    stats._clipped[o.name] += int(np.count_nonzero(src >= above))
-        lo, hi = stats._native_range
-        stats._native_range = (int(lo_native) if lo is None else min(lo, int(lo_native)),
-                               int(hi_native) if hi is None else max(hi, int(hi_native)))
-        stats._voxels += src.size
+                    tally.clipped[o.name] += int(np.count_nonzero(src >= above))
+        tally.add_native_range(int(lo_native), int(hi_native))
+        tally.voxels += src.size
 
     def _build_wide(self) -> None:
         self._constants = None
@@ -361,31 +284,31 @@ class SlabKernel:
         if self.uses_tables:
             counts = np.zeros(1 << (8 * self.native_dtype.itemsize), dtype=np.int64)
         return KernelStats([o.name for o in self.outputs], counts=counts, histogram=self.histogram,
-                           kernel=self if self.uses_tables else None)
+                           derive=self._derive if self.uses_tables else None)
 
-    def _derive(self, stats: KernelStats) -> None:
+    def _derive(self, tally: StatsTally) -> None:
         """Every statistic of a table kernel from the cumulative native histogram."""
-        counts = stats._counts
+        counts = tally.counts
         present = np.flatnonzero(counts)
         weights = counts[present]
-        stats._voxels = int(weights.sum())
+        tally.voxels = int(weights.sum())
         low = int(np.iinfo(self.native_dtype).min)
-        stats._native_range = (int(present[0]) + low, int(present[-1]) + low) if present.size else (None, None)
+        tally.native_range = (int(present[0]) + low, int(present[-1]) + low) if present.size else (None, None)
         for o in self.outputs:
             values = self._tables[o.name][present]
             if o.dtype.kind == "f":
                 finite = np.isfinite(values)
-                stats._nonfinite[o.name] = int(weights[~finite].sum())
+                tally.nonfinite[o.name] = int(weights[~finite].sum())
                 values = values[finite]
             if values.size:
                 lo, hi = values.min(), values.max()
-                stats._min[o.name], stats._max[o.name] = lo.item(), hi.item()
+                tally.min[o.name], tally.max[o.name] = lo.item(), hi.item()
             else:
-                stats._min[o.name] = stats._max[o.name] = None
+                tally.min[o.name] = tally.max[o.name] = None
             if o.name in self._clip_tables:
-                stats._clipped[o.name] = int(weights[self._clip_tables[o.name][present]].sum())
+                tally.clipped[o.name] = int(weights[self._clip_tables[o.name][present]].sum())
             if o.quantity in ("mask", "char_mask"):
-                stats._ones[o.name] = int(weights[values.astype(bool)].sum()) if values.size else 0
+                tally.ones[o.name] = int(weights[values.astype(bool)].sum()) if values.size else 0
 
     # ---- running ---------------------------------------------------------------------------------
     def _prepare(self, native_slab, outs: Mapping[str, np.ndarray]):
@@ -414,18 +337,18 @@ class SlabKernel:
             return
         if self.uses_tables:
             if self.backend_name == "numba":
-                self._run_tables_numba(src, flat, stats._counts)
+                self._run_tables_numba(src, flat, stats.tally.counts)
             elif self._count_in_numpy:
-                self._run_tables_numpy(src, flat, stats._counts)
+                self._run_tables_numpy(src, flat, stats.tally.counts)
             else:
                 self._run_tables_numpy(src, flat, None)
                 self._stats_from_native_range(src, flat, stats)
                 return
-            stats._stale = True  # the statistics are derived from the histogram when read
+            stats.histogram_changed()  # the statistics are derived from the histogram when read
         elif self.backend_name == "numba":
-            self._run_wide_numba(src, flat, stats)
+            self._run_wide_numba(src, flat, stats.tally)
         else:
-            self._run_wide_numpy(src, flat, stats)
+            self._run_wide_numpy(src, flat, stats.tally)
 
     def _scratch(self, name: str, size: int, dtype) -> np.ndarray:
         buf = getattr(self._local, name, None)
@@ -524,39 +447,33 @@ class SlabKernel:
         return dst
 
     # -- wide natives --
-    def _run_wide_numpy(self, src, flat, stats: KernelStats) -> None:
+    def _run_wide_numpy(self, src, flat, tally: StatsTally) -> None:
         converter = UnitConverter(self.converter.calibration)
         for o in self.outputs:
             dst = flat[o.name]
             if o.quantity in UNIT_QUANTITIES:
                 converter.convert(src, o.quantity, out=dst, hu_dtype=o.dtype.name if o.quantity == "hu" else "int16")
                 if o.quantity == "hu" and o.dtype == np.int16:
-                    stats._clipped[o.name] += converter.last_hu_clipped_voxels
+                    tally.clipped[o.name] += converter.last_hu_clipped_voxels
             else:
                 self._direct_numpy(o, src, dst)
             if o.quantity in ("mask", "char_mask"):
-                stats._ones[o.name] += int(np.count_nonzero(dst))
-            self._track(stats, o, dst)
-        stats._voxels += src.size
+                tally.ones[o.name] += int(np.count_nonzero(dst))
+            self._track(tally, o, dst)
+        tally.voxels += src.size
 
-    def _track(self, stats: KernelStats, o: KernelOutput, dst: np.ndarray) -> None:
+    @staticmethod
+    def _track(tally: StatsTally, o: KernelOutput, dst: np.ndarray) -> None:
         if o.dtype.kind == "f":
             finite = np.isfinite(dst)
             bad = dst.size - int(np.count_nonzero(finite))
             if bad:
-                stats._nonfinite[o.name] += bad
+                tally.nonfinite[o.name] += bad
                 dst = dst[finite]
         if dst.size:
-            self._merge_range(stats, o.name, dst.min().item(), dst.max().item())
+            tally.add_range(o.name, dst.min().item(), dst.max().item())
 
-    @staticmethod
-    def _merge_range(stats: KernelStats, name: str, lo, hi) -> None:
-        mine = stats._min[name]
-        stats._min[name] = lo if mine is None else min(mine, lo)
-        mine = stats._max[name]
-        stats._max[name] = hi if mine is None else max(mine, hi)
-
-    def _run_wide_numba(self, src, flat, stats: KernelStats) -> None:
+    def _run_wide_numba(self, src, flat, tally: StatsTally) -> None:
         kernels = numba_kernels()
         f32 = [o for o in self.outputs if o.dtype == np.float32 and o.quantity in UNIT_QUANTITIES]
         h16 = [o for o in self.outputs if o.quantity in UNIT_QUANTITIES and o.dtype == np.int16][:1]
@@ -586,26 +503,26 @@ class SlabKernel:
             raise ValueError("native voxels contain NaN, which int16 HU cannot hold; "
                              "ask for hu_dtype='float32'")
         if h16:
-            stats._clipped[h16[0].name] += int(clipped)  # one int16 HU output at most in practice
+            tally.clipped[h16[0].name] += int(clipped)  # one int16 HU output at most in practice
         if masks:
-            stats._ones[masks[0].name] += int(ones)
+            tally.ones[masks[0].name] += int(ones)
         for j, o in enumerate(f32):
-            stats._nonfinite[o.name] += int(nonfinite_f[j])
+            tally.nonfinite[o.name] += int(nonfinite_f[j])
             if mins_f[j] <= maxs_f[j]:
-                self._merge_range(stats, o.name, float(np.float32(mins_f[j])), float(np.float32(maxs_f[j])))
+                tally.add_range(o.name, float(np.float32(mins_f[j])), float(np.float32(maxs_f[j])))
         for j, o in enumerate(h16):
-            self._merge_range(stats, o.name, int(mins_h[j]), int(maxs_h[j]))
+            tally.add_range(o.name, int(mins_h[j]), int(maxs_h[j]))
         for j, o in enumerate(masks):
             if ones:
-                self._merge_range(stats, o.name, 0 if ones < src.size else 1, 1)
+                tally.add_range(o.name, 0 if ones < src.size else 1, 1)
             else:
-                self._merge_range(stats, o.name, 0, 0)
+                tally.add_range(o.name, 0, 0)
         for o in rest:
             self._direct_numpy(o, src, flat[o.name])
             if o.quantity in ("mask", "char_mask"):
-                stats._ones[o.name] += int(np.count_nonzero(flat[o.name]))
-            self._track(stats, o, flat[o.name])
-        stats._voxels += src.size
+                tally.ones[o.name] += int(np.count_nonzero(flat[o.name]))
+            self._track(tally, o, flat[o.name])
+        tally.voxels += src.size
 
     def _wide_bounds(self, dtype):
         """Mask bounds in the native dtype (integers clamped to its range), None when the range is empty."""

@@ -1,9 +1,7 @@
 """Regions in a conversion: the ``--roi``/``--roi-pattern`` request fields, the region statistics
 observer in the conversion's one pass, ``--outputs roi`` files and the metadata/summary columns.
-
-The hooks elsewhere stay a few lines each: :func:`add_region_arguments` and
-:func:`region_request_values` (request.py), :class:`ConversionRegions` (convert.py),
-:func:`region_columns` (batch_summary.py).
+The command line's options for them are in :mod:`~ScancoUnitsLib.cli.arguments`; the summary's
+columns come from :func:`region_columns`.
 
 * ``--roi NAME=PATH``: the file PATH (relative to the working folder) for every input;
 * ``--roi-pattern 'NAME={stem}_TRAB_MASK.AIM'``: a path relative to each input's folder, ``{stem}``
@@ -14,7 +12,6 @@ The hooks elsewhere stay a few lines each: :func:`add_region_arguments` and
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 from dataclasses import dataclass
@@ -103,31 +100,6 @@ def split_roi_role(outputs):
     if len(kept) == len(parts):
         return outputs, False
     return tuple(kept), True
-
-
-# ---- command line -------------------------------------------------------------------------------
-def add_region_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--roi", action="append", default=[], metavar="NAME=PATH",
-                   help="a region (char mask AIM or GOBJ, placed by its position): per-region vBMD, BV/TV, TMD "
-                        "in the statistics; repeatable")
-    p.add_argument("--roi-pattern", action="append", default=[], metavar="NAME=PATTERN",
-                   help="a region beside each input, e.g. 'TRAB={stem}_TRAB_MASK.AIM' ({stem}: the input's name "
-                        "without extension)")
-    p.add_argument("--roi-optional", action="store_true",
-                   help="an input whose region file is missing is converted without it (warning) instead of failing")
-
-
-def region_request_values(args) -> dict:
-    """The request fields the region options give (empty when none was used)."""
-    sources = [parse_region_argument(t) for t in getattr(args, "roi", None) or []]
-    sources += [parse_region_argument(t, pattern=True) for t in getattr(args, "roi_pattern", None) or []]
-    values = {}
-    if sources:
-        values["regions"] = region_sources(sources)
-        values["statistics"] = True
-    if getattr(args, "roi_optional", False):
-        values["regions_optional"] = True
-    return values
 
 
 # ---- one conversion -----------------------------------------------------------------------------

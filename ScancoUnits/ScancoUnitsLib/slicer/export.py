@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .. import defaults
+from ..defaults import METADATA_SUFFIX
 from ..core.header import ScancoHeader
 from ..core.quantities import NODE_ROLES
 from ..errors import ConversionCancelled
@@ -39,7 +40,7 @@ def planned_export_files(path, out_dir, outputs=None, *, header: Optional[Scanco
     _request, plan = export_request(header, outputs, **options)
     stem = output_stem(header.path)
     return [p for f in plan_files(plan, Path(out_dir), stem) for p in f.paths] + \
-        [Path(out_dir) / f"{stem}_metadata.json"]
+        [Path(out_dir) / f"{stem}{METADATA_SUFFIX}"]
 
 
 def export_scan(path, out_dir, outputs=None, *, thresholds=None, density_unit: str = defaults.DENSITY_UNIT,

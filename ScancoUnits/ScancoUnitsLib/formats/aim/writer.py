@@ -186,13 +186,13 @@ class AimVolumeWriter(SlabWriter):
     def __init__(self, path, shape_zyx, dtype, *, voxel_size_mm, position_voxels=(0, 0, 0),
                  processing_log: str = "", mask: bool = False, version: Optional[int] = None,
                  atomic: Optional[AtomicOutputSet] = None, overwrite: bool = False):
-        self.path = Path(os.path.abspath(os.fspath(path)))
-        self.shape_zyx = tuple(int(n) for n in shape_zyx)
-        if len(self.shape_zyx) != 3 or min(self.shape_zyx) < 1:
-            raise ValueError(f"{self.path}: shape_zyx must be 3 positive integers, not {shape_zyx!r}")
-        nz, ny, nx = self.shape_zyx
+        path = Path(os.path.abspath(os.fspath(path)))
+        shape = tuple(int(n) for n in shape_zyx)
+        if len(shape) != 3 or min(shape) < 1:
+            raise ValueError(f"{path}: shape_zyx must be 3 positive integers, not {shape_zyx!r}")
+        nz, ny, nx = shape
         self.mask = bool(mask)
-        self.dtype = np.dtype(dtype)
+        super().__init__(path, shape, np.dtype(dtype), atomic, overwrite=overwrite)
         sizes = tuple(float(v) for v in voxel_size_mm)
         if len(sizes) != 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
             raise ValueError(f"{self.path}: voxel size must be three positive numbers in mm, not {voxel_size_mm!r}")
@@ -232,10 +232,6 @@ class AimVolumeWriter(SlabWriter):
                                 len(self.log_bytes), self._data_bytes or 0)
         self._data_at = len(head) + len(self.log_bytes)
         self._encoder = BinCmpStreamEncoder(MASK_OBJECT_VALUE, 0) if self.mask else None
-        self._own_set = atomic is None
-        self._set = AtomicOutputSet(overwrite=overwrite) if atomic is None else atomic
-        self._slices_written = 0
-        self._closed = False
         self._file = None
         def start():
             self._file = self._set.add(self.path)
