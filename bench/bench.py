@@ -49,7 +49,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ScancoUnits"))
@@ -64,6 +64,10 @@ COLD_PAUSE_S = 15.0              # --cold: time for freed memory to go back to t
 # ---------------------------------------------------------------------------------------------------
 # sizes, input file, system state
 # ---------------------------------------------------------------------------------------------------
+
+
+REGION_STATS_ROW = "ours fast --statistics"
+REGION_ROW = "ours fast --roi"
 
 
 def parse_size(text: str) -> int:
@@ -101,6 +105,27 @@ def write_input_isq(path: Path, nbytes: int) -> tuple:
         for z0 in range(0, nz, len(pattern)):
             writer.write_slab(pattern[: min(len(pattern), nz - z0)])
     return (nz, ny, nx)
+
+
+def write_region_aim(path: Path, isq: Path) -> int:
+    """A binCmp mask AIM on the ISQ's grid: a centred cylinder over the middle 80% of the slices (about
+    half the voxels), as IPL exports a trabecular region; returns its voxel count."""
+    import numpy as np
+
+    from ScancoUnitsLib import read_header
+    from ScancoUnitsLib.formats.aim.format import write_aim
+
+    header = read_header(isq)
+    nz, ny, nx = header.shape_zyx
+    yy, xx = np.mgrid[:ny, :nx]
+    disc = ((yy - ny / 2) ** 2 + (xx - nx / 2) ** 2) < (0.4 * min(ny, nx)) ** 2
+    z0, z1 = nz // 10, nz - nz // 10
+    mask = np.zeros((z1 - z0, ny, nx), dtype=np.int8)
+    mask[:] = np.where(disc, 127, 0).astype(np.int8)
+    position = tuple(int(p) for p in header.position_voxels)
+    write_aim(path, mask, voxel_size_mm=header.voxel_size_mm, position_voxels=(position[0], position[1], position[2] + z0),
+              compression="binCmp")
+    return int(disc.sum()) * (z1 - z0)
 
 
 def warm(path: Path) -> None:
@@ -255,7 +280,7 @@ KERNELS = ("numpy", "numba")
 
 
 def run_ours(isq: Path, out: Path, logs: Path, compress: bool, kernel: str = None, cold: bool = False,
-             fsync: bool = True) -> Run:
+             fsync: bool = True, extra: Sequence[str] = (), label: str = "") -> Run:
     """``kernel``: "numpy" or "numba" (SCANCO_UNITS_KERNEL), None for the engine's own choice;
     ``fsync=False``: with --no-fsync (the files are not waited for before the metadata is placed)."""
     prepare(out, isq, cold)
@@ -267,6 +292,8 @@ def run_ours(isq: Path, out: Path, logs: Path, compress: bool, kernel: str = Non
     if not fsync:
         cmd.append("--no-fsync")
         name += " --no-fsync"
+    cmd += list(extra)
+    name += label
     log = logs / (name.replace(" ", "_").replace("-", "") + ".log")
     wall, rss, cpu, rc = run_child(cmd, log, env={"SCANCO_UNITS_KERNEL": kernel or "",
                                                   "PYTHONPATH": str(REPO / "ScancoUnits")})
@@ -412,6 +439,9 @@ def main(argv=None) -> int:
                    help="write size of the floor (default 1M)")
     p.add_argument("--no-fsync-too", action="store_true",
                    help="also run ours (numpy kernel) with --no-fsync: what waiting for the disk costs")
+    p.add_argument("--regions", action="store_true",
+                   help="also run ours (fast kernel) with --statistics and with --roi (a cylinder over half "
+                        "the voxels, binCmp mask AIM): what the per-scan and per-region statistics add")
     p.add_argument("--make-input", nargs=2, metavar=("PATH", "BYTES"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.make_input:
@@ -449,7 +479,8 @@ def main(argv=None) -> int:
             rows_now = {name: Row(size, name) for name in
                         ["dd floor", "python floor"] + [f"ours {'numpy' if k == 'numpy' else 'fast'}" for k in kernels]
                         + ([] if args.no_compress else ["ours --compress"])
-                        + (["ours numpy --no-fsync"] if args.no_fsync_too else []) + ["seed notebook"]}
+                        + (["ours numpy --no-fsync"] if args.no_fsync_too else [])
+                        + ([REGION_STATS_ROW, REGION_ROW] if args.regions else []) + ["seed notebook"]}
             run_seed_now = not args.skip_seed
             if run_seed_now:
                 need = SEED_MEMORY_FACTOR * input_bytes[size]
@@ -489,6 +520,18 @@ def main(argv=None) -> int:
             if args.no_fsync_too:
                 timed.append(("ours numpy --no-fsync", lambda: run_ours(isq, out, logs, compress=False, kernel="numpy",
                                                                         cold=cold, fsync=False)))
+            if args.regions:
+                region = work / "bench_region.AIM"
+                started = time.perf_counter()
+                voxels = write_region_aim(region, isq)
+                print(f"  region: {region.name}, {voxels} voxels, {region.stat().st_size / 1e6:.1f} MB, "
+                      f"in {time.perf_counter() - started:.1f} s", flush=True)
+                timed.append((REGION_STATS_ROW, lambda: run_ours(isq, out, logs, compress=False, kernel=best_kernel,
+                                                                cold=cold, extra=["--statistics"],
+                                                                label=" --statistics")))
+                timed.append((REGION_ROW, lambda: run_ours(isq, out, logs, compress=False, kernel=best_kernel,
+                                                          cold=cold, extra=["--roi", f"TRAB={region}"],
+                                                          label=" --roi")))
             for i in range(args.repeat):
                 # each round starts with another pipeline: no pipeline always runs first, or always
                 # right after another one (a run disturbs the memory and the disk of the next one)
