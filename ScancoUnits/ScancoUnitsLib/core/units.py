@@ -99,7 +99,7 @@ class UnitConverter:
             raise CalibrationMissingError(self.path, quantity, missing)
 
     @staticmethod
-    def output_dtype(quantity: str, *, hu_dtype: str = "int16") -> np.dtype:
+    def output_dtype(quantity: str, *, hu_dtype: str = defaults.HU_DTYPE) -> np.dtype:
         """Dtype :meth:`convert` returns for ``quantity``."""
         _check_quantity(quantity)
         if quantity == "hu":
@@ -153,7 +153,7 @@ class UnitConverter:
         return self.to_native(density_mg_ha_ccm, "density_mg_ha_ccm")
 
     # ---- slab conversion ------------------------------------------------------------------------
-    def convert(self, native_slab, quantity: str, out=None, *, hu_dtype: str = "int16") -> np.ndarray:
+    def convert(self, native_slab, quantity: str, out=None, *, hu_dtype: str = defaults.HU_DTYPE) -> np.ndarray:
         """Convert a slab of native values; returns ``out`` (allocated when None).
 
         ``out`` must have the slab's shape, dtype :meth:`output_dtype` and be C-contiguous.

@@ -113,29 +113,45 @@ def _place(name, path, kind, full_or_reader, region_dims_xyz, region_pos_xyz, re
     offset = tuple(q - p for q, p in zip(region_pos_xyz, scan_pos))   # region index 0 -> scan index offset
     lo = [max(0, o) for o in offset]                                  # scan index range of the overlap
     hi = [min(d, o + e) for d, o, e in zip(scan_dims, offset, region_dims_xyz)]
-    total = 0
-    inside_parts = []
+    total = voxels = 0
+    pieces = []                       # (first scan slice, region voxels inside the scan's x/y range)
+    box_lo, box_hi = [None] * 3, [None] * 3   # bounding box of the inside voxels, scan indices (z, y, x)
     rz0, rz1 = lo[2] - offset[2], hi[2] - offset[2]
     for z0, part in full_or_reader():
         total += int(np.count_nonzero(part))
         a, b = max(z0, rz0), min(z0 + part.shape[0], rz1)
-        if a < b and hi[0] > lo[0] and hi[1] > lo[1]:
-            inside_parts.append(part[a - z0:b - z0, lo[1] - offset[1]:hi[1] - offset[1],
-                                     lo[0] - offset[0]:hi[0] - offset[0]].astype(bool, copy=True))
-    inside = np.concatenate(inside_parts) if inside_parts else np.zeros((0, 0, 0), dtype=bool)
-    voxels = int(np.count_nonzero(inside))
+        if not (a < b and hi[0] > lo[0] and hi[1] > lo[1]):
+            continue
+        piece = part[a - z0:b - z0, lo[1] - offset[1]:hi[1] - offset[1], lo[0] - offset[0]:hi[0] - offset[0]]
+        count = int(np.count_nonzero(piece))
+        if not count:
+            continue
+        voxels += count
+        any_z = np.flatnonzero(piece.reshape(piece.shape[0], -1).any(axis=1))
+        footprint = piece[any_z[0]:any_z[-1] + 1].any(axis=0)          # (y, x): one pass over the piece
+        any_y, any_x = np.flatnonzero(footprint.any(axis=1)), np.flatnonzero(footprint.any(axis=0))
+        found_lo = (a + offset[2] + int(any_z[0]), lo[1] + int(any_y[0]), lo[0] + int(any_x[0]))
+        found_hi = (a + offset[2] + int(any_z[-1]) + 1, lo[1] + int(any_y[-1]) + 1, lo[0] + int(any_x[-1]) + 1)
+        box_lo = [v if m is None else min(m, v) for m, v in zip(box_lo, found_lo)]
+        box_hi = [v if m is None else max(m, v) for m, v in zip(box_hi, found_hi)]
+        # kept cropped to its own box (a copy): the slab it came from is freed
+        pieces.append((found_lo, piece[int(any_z[0]):int(any_z[-1]) + 1, int(any_y[0]):int(any_y[-1]) + 1,
+                                       int(any_x[0]):int(any_x[-1]) + 1].copy()))
     if total and not voxels:
         raise RequestError(path, f"region {name!r} does not overlap the scan {like.path}: none of its {total} "
                                  f"voxels lies inside (region position {list(region_pos_xyz)}, size "
                                  f"{list(region_dims_xyz)}; scan position {list(scan_pos)}, size {list(scan_dims)})")
-    # crop to the region's own voxels inside the scan
-    start = [lo[2], lo[1], lo[0]]
+    # the region's own voxels inside the scan, cropped to their box: one copy
     if voxels:
-        nz = [np.flatnonzero(inside.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1))]
-        cut = tuple(slice(int(n[0]), int(n[-1]) + 1) for n in nz)
-        inside = np.ascontiguousarray(inside[cut])
-        start = [s + int(n[0]) for s, n in zip(start, nz)]
+        start = list(box_lo)
+        inside = np.zeros(tuple(h - s for s, h in zip(box_lo, box_hi)), dtype=bool)
+        for (pz, py, px), piece in pieces:
+            dz, dy, dx = piece.shape
+            inside[pz - start[0]:pz - start[0] + dz, py - start[1]:py - start[1] + dy,
+                   px - start[2]:px - start[2] + dx] = piece
+        del pieces
     else:
+        start = [lo[2], lo[1], lo[0]]
         inside = np.zeros((0, 0, 0), dtype=bool)
     inside.flags.writeable = False
     return PlacedRegion(name, path, kind, like.shape_zyx, tuple(start), inside, offset, voxels,

@@ -36,6 +36,7 @@ from typing import Callable, Dict, List, Optional, Protocol, Sequence
 
 import numpy as np
 
+from .. import defaults
 from ..errors import ConversionCancelled
 from ..core.header import ScancoHeader
 from ..core.quantities import QUANTITIES
@@ -239,7 +240,7 @@ def _is_cancelled(cancel) -> bool:
 
 
 def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
-               thresholds: Optional[ResolvedThresholds] = None, hu_dtype: str = "int16",
+               thresholds: Optional[ResolvedThresholds] = None, hu_dtype: str = defaults.HU_DTYPE,
                slab_slices: Optional[int] = None, z_selection: Optional[range] = None,
                observers: Sequence[SlabObserver] = (),
                progress: Optional[Callable[[int, int], Optional[bool]]] = None,

@@ -97,7 +97,7 @@ def numba_kernels():
     return slab_kernel_numba
 
 
-def _choose_backend(backend: str) -> str:
+def choose_backend(backend: str) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, not {backend!r}")
     if backend == "auto":
@@ -152,7 +152,7 @@ class SlabKernel:
         self.uses_tables = self.native_dtype.name in _LUT_DTYPES
         for out in self.outputs:
             self._check_output(out)
-        self.backend_name = _choose_backend(backend)
+        self.backend_name = choose_backend(backend)
         self._local = threading.local()
         if self.uses_tables:
             self._build_tables()

@@ -109,3 +109,15 @@ def float_slab(src, ops_f, vals_f, outs_f, n_f, mins_f, maxs_f, nonfinite_f,
             outs_m[j][i] = bit
             ones += bit
     return clipped, ones, nan_hu
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def count_in_mask(bits, mask, counts):
+    """Region statistics: ``counts[bit pattern] += 1`` for every voxel of ``bits`` (uint8/uint16,
+    3-D, any strides) where ``mask`` (bool, same shape) is set; one pass, no gathered copy."""
+    nz, ny, nx = bits.shape
+    for z in range(nz):
+        for y in range(ny):
+            for x in range(nx):
+                if mask[z, y, x]:
+                    counts[np.intp(bits[z, y, x])] += 1

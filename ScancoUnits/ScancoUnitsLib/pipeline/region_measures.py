@@ -115,6 +115,7 @@ class RegionStatisticsObserver:
         self.thresholds = None if self.char else thresholds
         self._unsigned = np.dtype(f"u{self.dtype.itemsize}")
         self.counts = [np.zeros(1 << (8 * self.dtype.itemsize), dtype=np.int64) for _ in self.regions]
+        self._count_in_mask = _numba_count_in_mask() if self.dtype.itemsize <= 2 else None
 
     def observe(self, z0: int, native: np.ndarray, outputs=None) -> None:
         z1 = z0 + native.shape[0]
@@ -123,7 +124,11 @@ class RegionStatisticsObserver:
             if part is None:
                 continue
             (a, b), mask, (ys, xs) = part
-            values = native[a:b, ys, xs][mask]
+            inside = native[a:b, ys, xs]
+            if self._count_in_mask is not None:   # numba: one pass over the slab, no gathered copy
+                self._count_in_mask(inside.view(self._unsigned), mask, counts)
+                continue
+            values = inside[mask]
             if values.size:
                 counts += np.bincount(np.ascontiguousarray(values).view(self._unsigned), minlength=counts.size)
 
@@ -158,6 +163,14 @@ class RegionStatisticsObserver:
                 None if bone_n is None or not n else bone_n / n, tmd, tmd_sd))
         native_range = None if self.thresholds is None else (self.thresholds.native_low, self.thresholds.native_high)
         return RegionStatisticsResult(self.header.path, native_range, tuple(out))
+
+
+def _numba_count_in_mask():
+    """The numba counting kernel when the engine would use numba (the ``fast`` extra installed and
+    ``SCANCO_UNITS_KERNEL`` not ``numpy``), else None: the counts are integers, the same either way."""
+    from .kernels import choose_backend, numba_kernels
+
+    return numba_kernels().count_in_mask if choose_backend("auto") == "numba" else None
 
 
 def _mean_sd(counts: np.ndarray, values: np.ndarray, n: int) -> Tuple[float, float]:

@@ -12,6 +12,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from .. import defaults
 from ..errors import ScancoError
 from ..core.header import ScancoHeader
 from ..core.quantities import NODE_ROLES, threshold_unit_label
@@ -203,7 +204,7 @@ def _human_bytes(count: float) -> str:
 
 
 def scene_memory_bytes(header: ScancoHeader, outputs: Sequence[str], *, subsample_step=1, region=None,
-                       hu_dtype: str = "int16") -> int:
+                       hu_dtype: str = defaults.HU_DTYPE) -> int:
     """Bytes the node arrays of ``outputs`` take (the segmentation keeps its own copy of the mask)."""
     plan = plan_sampling(header, subsample_step=subsample_step, region=region)
     per_voxel = 0
@@ -220,7 +221,7 @@ def scene_memory_bytes(header: ScancoHeader, outputs: Sequence[str], *, subsampl
 
 
 def memory_estimate_text(header: ScancoHeader, outputs: Sequence[str], *, subsample_step=1, region=None,
-                         hu_dtype: str = "int16") -> str:
+                         hu_dtype: str = defaults.HU_DTYPE) -> str:
     try:
         plan = plan_sampling(header, subsample_step=subsample_step, region=region)
         needed = scene_memory_bytes(header, outputs, subsample_step=subsample_step, region=region,

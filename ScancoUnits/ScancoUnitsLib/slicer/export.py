@@ -24,7 +24,7 @@ from .loading import ProgressCallback, is_cancelled
 
 
 def export_request(header: ScancoHeader, outputs=None, *, thresholds=None, density_unit: str = defaults.DENSITY_UNIT,
-                   hu_dtype: str = "int16", compress: bool = True, overwrite: bool = False):
+                   hu_dtype: str = defaults.HU_DTYPE, compress: bool = True, overwrite: bool = False):
     """The :class:`~ScancoUnitsLib.pipeline.request.ConversionRequest` and node-role plan matching scene options,
     so the files hold what the nodes hold, at full resolution."""
     request = ConversionRequest(thresholds=threshold_spec_from(thresholds), density_unit=density_unit,
@@ -44,7 +44,7 @@ def planned_export_files(path, out_dir, outputs=None, *, header: Optional[Scanco
 
 
 def export_scan(path, out_dir, outputs=None, *, thresholds=None, density_unit: str = defaults.DENSITY_UNIT,
-                hu_dtype: str = "int16", compress: bool = True, overwrite: bool = False,
+                hu_dtype: str = defaults.HU_DTYPE, compress: bool = True, overwrite: bool = False,
                 progress: Optional[ProgressCallback] = None, cancel=None,
                 header: Optional[ScancoHeader] = None) -> Dict[str, object]:
     """Write the outputs of ``path`` in ``out_dir`` at full resolution, streamed slab by slab (never the

@@ -107,7 +107,7 @@ class _DirectArraySink:
 
 
 def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_unit: str = defaults.DENSITY_UNIT,
-                         hu_dtype: str = "int16", subsample_step=1, region=None, name: Optional[str] = None,
+                         hu_dtype: str = defaults.HU_DTYPE, subsample_step=1, region=None, name: Optional[str] = None,
                          progress: Optional[ProgressCallback] = None, cancel=None,
                          warn: Optional[Callable[[str], None]] = None, slab_slices: Optional[int] = None,
                          header: Optional[ScancoHeader] = None, check_memory: bool = True) -> Dict[str, object]:
@@ -325,7 +325,7 @@ def _finish_nodes(scene, job: _LoadJob, nodes, created: list):
 
 
 def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str = defaults.DENSITY_UNIT,
-              hu_dtype: str = "int16", subsample_step=1, region=None, name: Optional[str] = None,
+              hu_dtype: str = defaults.HU_DTYPE, subsample_step=1, region=None, name: Optional[str] = None,
               progress: Optional[ProgressCallback] = None, cancel=None,
               warn: Optional[Callable[[str], None]] = None, slab_slices: Optional[int] = None,
               header: Optional[ScancoHeader] = None, export_dir=None, compress: bool = True,
@@ -370,7 +370,7 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
 
 
 def check_load(header: ScancoHeader, outputs=None, *, thresholds=None, density_unit: str = defaults.DENSITY_UNIT,
-               subsample_step=1, region=None, hu_dtype: str = "int16"):
+               subsample_step=1, region=None, hu_dtype: str = defaults.HU_DTYPE):
     """Raise when a load of ``header``'s file with these options would be refused, before anything is read:
     an output the calibration cannot give (as :func:`load_scan` would), or nodes that do not fit in the
     memory available (:class:`~ScancoUnitsLib.slicer.memory_fit.InsufficientMemoryError`). Returns

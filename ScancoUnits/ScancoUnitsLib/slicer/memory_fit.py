@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+from .. import defaults
 from ..errors import ScancoError
 from ..core.header import ScancoHeader
 from ..pipeline.summaries import _human_bytes, scene_memory_bytes
@@ -124,7 +125,7 @@ def _ordinal(n: int) -> str:
 
 
 def memory_fit(header: ScancoHeader, outputs: Sequence[str], *, subsample_step=1, region=None,
-               hu_dtype: str = "int16", available_bytes: Optional[int] = None) -> MemoryFit:
+               hu_dtype: str = defaults.HU_DTYPE, available_bytes: Optional[int] = None) -> MemoryFit:
     """Compare the bytes the node arrays of ``outputs`` need with the memory available.
 
     ``available_bytes``: None = :func:`available_memory_bytes` (when that is unknown too, the load is

@@ -113,7 +113,7 @@ def set_voxel_value_units(node, quantity: str) -> None:
 def configure_scalar_display(node, window: Optional[Tuple[float, float]]) -> None:
     """The display node ``vtkMRMLScalarVolumeNode::CreateDefaultDisplayNodes`` makes (a scalar volume
     display node with the default colour map), but with our window set BEFORE the node observes it: with
-    automatic window/level on, observing computes a histogram of every voxel (5 s for 512 Mi voxels),
+    automatic window/level on, observing computes a histogram of every voxel,
     which our known bone window makes useless. Without a window (float images) Slicer's automatic one."""
     if window is None:
         node.CreateDefaultDisplayNodes()
