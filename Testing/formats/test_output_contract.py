@@ -178,11 +178,8 @@ class _Boom(Exception):
     pass
 
 
-@pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
-def test_a_failure_after_the_first_slab_leaves_nothing(tmp_path, scan, fmt_name):
-    fmt = _available(fmt_name)
-    roles = tuple(r for r in FILE_ROLES if fmt.accepts(role_quantity(r)))
-    out = tmp_path / "out"
+def _fails_after_the_first_slab():
+    """A progress callback that raises on its second call (a disk that went away mid-file)."""
     calls = []
 
     def progress(done, total):
@@ -190,6 +187,15 @@ def test_a_failure_after_the_first_slab_leaves_nothing(tmp_path, scan, fmt_name)
         if len(calls) == 2:
             raise _Boom("disk went away")
 
+    return progress
+
+
+@pytest.mark.parametrize("fmt_name", FORMAT_NAMES)
+def test_a_failure_after_the_first_slab_leaves_nothing(tmp_path, scan, fmt_name):
+    fmt = _available(fmt_name)
+    roles = tuple(r for r in FILE_ROLES if fmt.accepts(role_quantity(r)))
+    out = tmp_path / "out"
+    progress = _fails_after_the_first_slab()
     with pytest.raises(_Boom):
         convert_file(scan, out, outputs=roles, formats=(fmt_name,), slab_slices=1, progress=progress)
     left = sorted(p.name for p in out.iterdir()) if out.exists() else []
@@ -237,13 +243,7 @@ def test_region_files_values_geometry_leftovers_and_all_or_nothing(tmp_path, sca
     assert all(p.exists() for p in foreign)
 
     # a failure in the pass leaves no region file and no temporary file
-    calls = []
-
-    def progress(done, total):
-        calls.append(done)
-        if len(calls) == 2:
-            raise _Boom("disk went away")
-
+    progress = _fails_after_the_first_slab()
     with pytest.raises(_Boom):
         convert_file(scan, tmp_path / "failed", outputs=("roi",), formats=(fmt_name,), regions=[f"TRAB={path}"],
                      slab_slices=1, progress=progress)

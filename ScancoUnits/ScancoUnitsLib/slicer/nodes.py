@@ -25,7 +25,8 @@ logger = logging.getLogger(__name__)
 MASK_COLOR_RGB = (0.90, 0.85, 0.55)   # bone-ivory segment and label colour
 
 
-def _vtk_matrix(matrix: np.ndarray):
+def vtk_matrix(matrix: np.ndarray):
+    """A vtkMatrix4x4 holding a 4x4 numpy matrix."""
     import vtk
 
     out = vtk.vtkMatrix4x4()
@@ -46,7 +47,7 @@ def new_volume_node(scene, class_name: str, name: str, dtype: np.dtype, shape_zy
     image.SetDimensions(x, y, z)
     image.AllocateScalars(numpy_support.get_vtk_array_type(np.dtype(dtype)), 1)
     node.SetAndObserveImageData(image)
-    node.SetIJKToRASMatrix(_vtk_matrix(ijk_to_ras))
+    node.SetIJKToRASMatrix(vtk_matrix(ijk_to_ras))
     array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(z, y, x)
     if array.dtype != np.dtype(dtype):  # e.g. VTK_CHAR mapped differently: never silently convert
         raise RuntimeError(f"VTK gave {array.dtype} for {np.dtype(dtype)} voxels")

@@ -44,6 +44,7 @@ from ..formats.regions import GOBJ_KIND, PlacedRegion, read_region, region_kind
 from ..pipeline.region_measures import RegionStatisticsResult, region_statistics
 from ..pipeline.sampling import ijk_to_ras_matrix
 from .node_attributes import QUANTITY, SOURCE_PATH, attribute_name, set_attributes
+from .nodes import vtk_matrix
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ def regions_segmentation(scene, scan: LoadedScan, like: ScancoHeader):
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode",
                                    scene.GenerateUniqueName(file_stem(scan.path) + REGIONS_NODE_SUFFIX))
     node.CreateDefaultDisplayNodes()
-    matrix = _vtk_matrix(ijk_to_ras_matrix(like))
+    matrix = vtk_matrix(ijk_to_ras_matrix(like))
     x, y, z = (int(v) for v in like.dimensions)
     geometry = slicer.vtkSegmentationConverter.SerializeImageGeometry(matrix, [0, x - 1, 0, y - 1, 0, z - 1])
     node.GetSegmentation().SetConversionParameter(
@@ -179,7 +180,7 @@ def add_region_segment(segmentation, region: PlacedRegion, like: ScancoHeader) -
     image.AllocateScalars(numpy_support.get_vtk_array_type(np.dtype(np.uint8)), 1)
     if region.mask.size:
         numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(region.mask.shape)[...] = region.mask
-    image.SetImageToWorldMatrix(_vtk_matrix(ijk_to_ras_matrix(like)))
+    image.SetImageToWorldMatrix(vtk_matrix(ijk_to_ras_matrix(like)))
     segments = segmentation.GetSegmentation()
     used = {segments.GetNthSegment(i).GetName() for i in range(segments.GetNumberOfSegments())}
     name, n = region.name, 2
@@ -406,16 +407,6 @@ def compute_for_panel(segmentation, thresholds, table_widget=None):
 
 
 # ---- helpers ---------------------------------------------------------------------------------------
-def _vtk_matrix(matrix: np.ndarray):
-    import vtk
-
-    out = vtk.vtkMatrix4x4()
-    for r in range(4):
-        for c in range(4):
-            out.SetElement(r, c, float(matrix[r, c]))
-    return out
-
-
 def _numpy_matrix(vtk_matrix) -> np.ndarray:
     return np.array([[vtk_matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=np.float64)
 
