@@ -8,9 +8,8 @@ import os
 import sys
 from typing import List, Optional
 
-# The command line does no linear algebra: one OpenBLAS thread instead of one per core, which spun
-# at numpy's import and took about 1.5 % of the CPU of a conversion (set before numpy is imported;
-# an explicit setting of the user's wins).
+# The command line does no linear algebra: one OpenBLAS thread instead of one per core (they spin
+# at numpy's import; set before numpy is imported; an explicit setting of the user's wins).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from .. import __version__  # noqa: E402
@@ -85,7 +84,7 @@ def _thresholds_record(header, spec):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Usage errors in one line and a hint, not the whole usage (issue 20)."""
+    """Usage errors in one line and a hint, not the whole usage."""
 
     def error(self, message):
         usage_error_line(self.prog, message)

@@ -4,7 +4,7 @@ IPL turns every threshold into a native integer first, then compares native voxe
 ``mask = native_low <= v <= native_high`` (inclusive; uint8 0/1 here).
 
 * Per mille (IPL's default unit): 1000 ‰ is native 32767, the int16 maximum, for every short
-  image, whatever mu_scaling or the data maximum (docs: scanco-format.md 3.3, peers.md 5).
+  image, whatever mu_scaling or the data maximum.
   ``native = round(permille / 1000 * 32767)``.
 * µ [1/cm], HU, density [mg HA/ccm]: the exact fractional native value from the inverse of the
   reference formula (``units.UnitConverter.to_native``), then rounded.
@@ -28,8 +28,7 @@ bound below the minimum) leaves nothing the type can hold inside the thresholds:
 native values, the range the type holds in both, and what ``density`` meant), never clipped.
 
 ``permille_reference="header-max"`` takes the file's "Maximum data value" instead of 32767 as
-1000 ‰. That is the reading of an earlier notebook and is wrong in general; it is kept only to
-reproduce old results.
+1000 ‰. That reading is wrong in general; it exists to reproduce results that were computed with it.
 
 Char (int8) images are SCANCO masks: what 1000 ‰ means for them is not verified, so they are not
 thresholded by a conversion; :func:`mask_from_char` turns them into 0/1 (non-zero -> 1).

@@ -29,7 +29,6 @@ import numpy as np
 from ..io.transaction import AtomicOutputSet
 from ..core.quantities import is_label
 from ..errors import ScancoError
-# The parallel gzip stream: the one place it is imported (it moves to parallel_gzip.py later).
 from ..io.gzip import GzipStream, RawStream, default_threads
 from ..io.gzip import write_all as _write_all
 from .writers import SlabWriter, VolumeFormat, VolumeSpec, register_format

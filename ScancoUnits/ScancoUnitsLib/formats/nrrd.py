@@ -367,9 +367,9 @@ class NrrdVolumeWriter(SlabWriter):
         offset = self._data_offset + z.start * self._slice_bytes + row0 * nx * self.dtype.itemsize
 
         def write():
-            # pwrite(2) at the slab's own offset: no file position is shared, so both workers write
-            # into the same file at once (a lock here serialised them: the page-cache copies of the
-            # two cores queued behind each other). The header went through the buffered file object,
+            # pwrite(2) at the slab's own offset: no file position is shared, so the workers write
+            # into the same file at once (no lock: the page-cache copies of the workers run in
+            # parallel). The header went through the buffered file object,
             # flushed when the writer opened, and nothing else is written through it afterwards.
             # Where os.pwrite is missing (Windows), seek + write under this file's own lock.
             _pwrite_all(self._data_file.fileno(), memoryview(arr).cast("B"), offset, self._seek_lock)

@@ -6,9 +6,10 @@ block ends the stream, and the CRC-32 of the whole data is combined from the chu
 (:func:`crc32_combine`, or python-isal's own). The result is a single standard gzip member that gzip,
 zlib, Teem (3D Slicer, ITK) and pynrrd read.
 
-python-isal (``isal.isal_zlib``, the ``fast`` extra) is used when installed (several times faster than
-zlib), the standard ``zlib`` otherwise; both release the GIL, so chunks compress in parallel on a thread
-pool. Used by :mod:`ScancoUnitsLib.formats.nrrd`; nothing here knows about NRRD.
+python-isal (``isal.isal_zlib``, the ``fast`` extra) is used when installed, the standard ``zlib``
+otherwise; both release the GIL, so chunks compress in parallel on a thread pool. :class:`RawStream`
+is the uncompressed counterpart with the same calls. Used by the NRRD and NIfTI writers; nothing here
+knows about either format.
 """
 
 from __future__ import annotations

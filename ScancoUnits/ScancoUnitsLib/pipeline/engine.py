@@ -251,9 +251,9 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     ``progress(done, total)`` after each slab (returning False cancels); ``cancel`` (a callable or an
     Event) is checked before each slab. ``histogram``: True to compute the exact native histogram of
     8/16-bit data (``EngineResult.native_histogram``). The kernel (``SCANCO_UNITS_KERNEL`` overrides):
-    without a histogram the numpy one (on the 2-core design machine it converts as fast as numba's once
-    the slabs are in memory, and numba costs about 1 s of CPU to start and 130 MB of resident memory);
-    with a histogram numba when installed (it counts in the same loop, numpy needs a bincount pass).
+    without a histogram the numpy one (it needs no compilation and no extra resident memory; README.md's
+    performance section compares the two); with a histogram numba when installed (it counts in the same
+    loop, numpy needs a bincount pass).
     Cancelling raises
     :class:`ConversionCancelled`; any error
     stops every thread before it propagates. Observers are called as
@@ -388,8 +388,8 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
             views = state.convert(native, buffers, row0, piece.y0)
         finally:
             free_workers.put(state)
-        # sinks that write at known offsets take the slab here, in this worker: writes leave the one
-        # writer thread (its page-cache copies were the critical path); the rest go in z order below
+        # sinks that write at known offsets take the slab here, in this worker, so the copies into the
+        # page cache run in every worker instead of one writer thread; the rest go in z order below
         if positional_sinks:
             _write_positional(piece, views)
         encoded = {id(sink): sink.encode_slab(views[out.role]) for out, sink in encoding}

@@ -11,14 +11,14 @@
         kernel.run(native, {"hu": hu_buf, "density": rho_buf, "mask": mask_buf}, stats)
     total = stats_a.merge(stats_b)                   # workers' statistics together
 
-The values are bit-identical to the per-output functions they replace:
+The values are bit-identical to the per-output reference functions:
 
 * every quantity with formula steps (core.quantities): :meth:`units.UnitConverter.convert`. 8/16-bit
   natives go through a table over every native value built by it; wider natives through the steps,
   voxel by voxel (the numba kernel runs them as a step program).
 * ``mask``: :meth:`thresholds.ResolvedThresholds.mask` with ``mask_native_range = (native_low,
   native_high)`` (inclusive; bounds outside an integer dtype's range are clamped the same way);
-  ``char_mask``: :func:`thresholds.mask_from_char` (non-zero -> 1). Both uint8 0/1.
+  ``char_mask``: :func:`~ScancoUnitsLib.core.thresholds.mask_from_char` (non-zero -> 1). Both uint8 0/1.
 * ``native``: the native values themselves (the native dtype); ``float``: the natives cast to a float
   dtype (float32 or float64).
 
@@ -59,7 +59,7 @@ BACKENDS = ("auto", "numba", "numpy")
 KERNEL_ENV = "SCANCO_UNITS_KERNEL"
 
 
-_CHUNK_VOXELS = 1 << 18    # numpy path: index buffer of 2 MiB (intp), as units.py
+_CHUNK_VOXELS = 1 << 18    # numpy path: index buffer of 2 MiB (intp), as in core/units.py
 _NUMBA_MAX_VOXELS = (1 << 32) - 1  # numba path: uint32 counts per call
 
 
@@ -130,7 +130,7 @@ def _as_bounds(mask_native_range, native_dtype: np.dtype) -> Optional[Tuple[floa
 class SlabKernel:
     """Converts slabs of one native dtype into every output in one pass; see the module docstring.
 
-    ``calibration``: a :class:`header.Calibration` (None: only native/mask/char_mask/float outputs).
+    ``calibration``: a :class:`~ScancoUnitsLib.core.header.Calibration` (None: only native/mask/char_mask/float outputs).
     ``mask_native_range``: ``(native_low, native_high)`` or a ``ResolvedThresholds``; required by a
     ``mask`` output. One kernel may be shared by several threads (each with its own stats).
     """
@@ -376,7 +376,7 @@ class SlabKernel:
         for o in self._numba_fallback:
             np.take(self._tables[o.name], self._scratch_index(index), out=flat[o.name], mode="wrap")
 
-    def _scratch_index(self, index):  # only for outputs of another item size (none today)
+    def _scratch_index(self, index):  # only for outputs whose item size is not 1, 2 or 4 bytes
         idx = index.astype(np.intp)
         if self._flip:
             idx ^= self._flip

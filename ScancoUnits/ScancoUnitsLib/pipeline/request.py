@@ -342,7 +342,7 @@ def plan_request(header: ScancoHeader, request: Optional[ConversionRequest] = No
         else:
             roles = list(defaults.FILE_ROLES)
             node_roles = defaults.NODE_ROLES if for_nodes else ()
-            # no calibration: refused below, in Slicer as on the command line (one rule, issue 21)
+            # no calibration: refused below, in Slicer as on the command line (one rule)
     else:
         roles = list(dict.fromkeys(FILE_ROLE_OF_NODE_ROLE[r] for r in node_roles)) if for_nodes else list(explicit)
         _refuse_for_kind(header, kind, roles)

@@ -1,4 +1,4 @@
-"""Compressed AIM voxel payloads: D1TbinCmp, D1TcharCmp and D3Tbit8 (scanco-format.md §2.5, §2.6).
+"""Compressed AIM voxel payloads: D1TbinCmp, D1TcharCmp and D3Tbit8.
 
 Decoding is incremental: a :class:`CompressedVoxelDecoder` hands out whole z-slices, slab by slab, and
 reads only as much of the compressed block as those slices need. Memory stays proportional to the

@@ -7,7 +7,7 @@ with IPL's object value 127). Asking for HU, density or µ as AIM is a usage err
 Masks are stored D1TbinCmp, the two-value run-length coding: that is what IPL writes for segmented
 images (both real masks we have, TRAB_1240_SEG.AIM from the XtremeCT II and DB_07_..._MASK.AIM, are
 binCmp) and it is the one compressed type every independent reader decodes correctly (ITK misreads
-charCmp, see docs/scanco-format.md §4 #11). Value 1 is the first voxel's value, value 2 the other.
+charCmp). Value 1 is the first voxel's value, value 2 the other.
 
 Streaming: the pre-header, image struct and processing log are written first with the data length of
 the final file where it is known (uncompressed) or a placeholder (binCmp); slabs go to disk as they
@@ -174,7 +174,7 @@ class AimVolumeWriter(SlabWriter):
 
     * ``mask=True``: slabs of any integer/bool type, non-zero = object; stored as D1TbinCmp 0/127.
     * ``mask=False``: native values; int16 -> D1Tshort, int8 -> D1Tchar, uint8, uint16, int32, and
-      float32 (VAX D1Tfloat in v020, IEEE D1Ti3efloat in v030, as :func:`aim_format.write_aim`).
+      float32 (VAX D1Tfloat in v020, IEEE D1Ti3efloat in v030, as :func:`~ScancoUnitsLib.formats.aim.format.write_aim`).
     * ``version``: 20, 30 or None (v020 unless the data or the position need v030).
     * ``atomic``: the :class:`AtomicOutputSet` to join (its owner commits); without one the writer
       uses its own and commits it in :meth:`close`.
