@@ -57,8 +57,8 @@ INT16_MIN, INT16_MAX = -32768, 32767
 # voxels per chunk for the float64 path and for the lookup-table index buffer (2 MiB of float64 or
 # intp: small enough to stay in the CPU cache while a slab is converted)
 _CHUNK_VOXELS = 1 << 18
-# native dtypes small enough for a lookup table over every value
-_LUT_DTYPES = ("int8", "uint8", "int16", "uint16")
+#: native dtypes small enough for a lookup table over every value (the converter and the slab kernels)
+LUT_DTYPES = ("int8", "uint8", "int16", "uint16")
 
 
 def _check_quantity(quantity: str) -> str:
@@ -179,7 +179,7 @@ class UnitConverter:
         src = np.ascontiguousarray(native).reshape(-1)
         dst = out.reshape(-1)
         clip = quantity == "hu" and out_dtype == np.int16
-        if native.dtype.name in _LUT_DTYPES:
+        if native.dtype.name in LUT_DTYPES:
             clipped = self._convert_lut(src, dst, quantity, out_dtype)
         else:
             clipped = self._convert_float64(src, dst, quantity, clip)

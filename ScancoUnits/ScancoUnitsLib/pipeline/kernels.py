@@ -47,7 +47,7 @@ import numpy as np
 
 from ..core.quantities import QUANTITIES, STEP_OPERATIONS
 from ..core.thresholds import mask_from_char
-from ..core.units import _LUT_DTYPES, INT16_MAX, INT16_MIN, UnitConverter, calibration_constants  # noqa: F401
+from ..core.units import INT16_MAX, INT16_MIN, LUT_DTYPES, UnitConverter, calibration_constants
 from .kernel_stats import KernelStats, StatsTally
 
 __all__ = ["KernelOutput", "KernelStats", "SlabKernel", "KERNEL_QUANTITIES", "numba_kernels",
@@ -149,7 +149,7 @@ class SlabKernel:
         self.converter = UnitConverter(calibration, path=path)
         self.bounds = _as_bounds(mask_native_range, self.native_dtype)
         self.histogram = bool(histogram)
-        self.uses_tables = self.native_dtype.name in _LUT_DTYPES
+        self.uses_tables = self.native_dtype.name in LUT_DTYPES
         for out in self.outputs:
             self._check_output(out)
         self.backend_name = choose_backend(backend)
