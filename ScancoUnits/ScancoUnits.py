@@ -7,7 +7,6 @@ shows and the options it builds), .histogram_store and .histogram_chart (the his
 """
 
 import contextlib
-import enum
 import html
 import logging
 import os
@@ -27,32 +26,18 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Minimum, WithinRange, parameterNodeWrapper
 
-from ScancoUnitsLib.slicer import histogram_chart, mask_nodes, panel, region_segments, segment_statistics_plugin
+from ScancoUnitsLib.slicer import (histogram_chart, mask_nodes, module_text, panel, progress_dialogs,
+                                   region_segments, segment_statistics_plugin)
 from ScancoUnitsLib.slicer.histogram_store import HistogramStore
 from ScancoUnitsLib.slicer.node_attributes import LIBRARY_DEFAULTS_APPLIED
+from ScancoUnitsLib.slicer.panel_choices import DensityUnit, LoadMode, ThresholdUnit, parameter_node_defaults
 from ScancoUnitsLib.slicer.self_test import SelfTestChecks
+from ScancoUnitsLib.slicer.user_actions import user_action
 
 READER_FILE_TYPE = "ScancoUnitsFile"
 WRITER_FILE_TYPE = "ScancoUnitsAimMaskFile"
 #: node classes that can be saved as a SCANCO mask AIM (panel selector and file writer)
 MASK_NODE_CLASSES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode")
-
-
-def showActionFailure(message, exc):
-    """One error dialog: what failed and why, in one line each; the traceback only in the log (debug)."""
-    logging.debug("ScancoUnits: %s", message, exc_info=(type(exc), exc, exc.__traceback__))
-    slicer.util.errorDisplay(f"{message}\n{panel.one_line_error(exc)}", windowTitle=_("Scanco Units"))
-
-
-@contextlib.contextmanager
-def userAction(message):
-    """Run a user action (a button, a dialog) so that any error is one error dialog, never a traceback:
-    the exception is shown with ``message`` and not raised further (the slot returns). Unlike
-    slicer.util.tryWithErrorDisplay, which puts the traceback in the dialog's details and re-raises."""
-    try:
-        yield
-    except Exception as exc:
-        showActionFailure(message, exc)
 
 
 #
@@ -69,41 +54,8 @@ class ScancoUnits(ScriptedLoadableModule):
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Quantification")]
         self.parent.dependencies = []
         self.parent.contributors = ["ScancoUnits developers (ScancoUnits project)"]
-        self.parent.helpText = _("""
-Open SCANCO micro-CT files (.ISQ, .AIM) as calibrated volumes.
-<ul>
-<li><b>Drag and drop</b> (or Add Data): one volume, fast: HU for a calibrated file, native values for an
-uncalibrated one, a labelmap for a SCANCO mask AIM. No mask: its thresholds are chosen here first (the default
-250-1000 per mille gives an empty mask on some scanners' data, e.g. XtremeCT II).</li>
-<li><b>This panel</b>: pick a file, check the thresholds against the histogram, choose the outputs (HU,
-density, 1/cm, native, mask labelmap and segmentation) and press Apply.</li>
-<li><b>Save mask as AIM</b>: a labelmap or segment (e.g. edited in Segment Editor) back to a SCANCO char AIM on
-the grid of its scan, for IPL; also offered as "SCANCO AIM" in Export to file.</li>
-</ul>
-<ul>
-<li><b>Attenuation</b> mu [1/cm] = native / mu_scaling (mu_scaling from the header).</li>
-<li><b>HU</b> = 1000 (mu - mu_water) / mu_water = native * 1000 / (mu_scaling * mu_water) - 1000;
-stored as integers (rounded to nearest) unless float HU are asked for.</li>
-<li><b>Density</b> [mg HA/ccm] = slope * mu + intercept, the scanner's hydroxyapatite calibration from the
-header; g/cc = mg HA/ccm / 1000.</li>
-<li><b>Per mille</b> (SCANCO IPL's threshold unit): 1000 per mille = native 32767, the largest 16-bit value,
-whatever the calibration. A threshold is first turned into a native integer, rounded to the nearest
-(250 per mille = 8191.75 -> 8192); HU, mu and density thresholds likewise. The mask is
-native_low &lt;= native &lt;= native_high, exactly as IPL does it.</li>
-</ul>
-Geometry follows ITK (what Slicer's built-in reader does): AIM origin = position x voxel size, ISQ origin 0,
-LPS turned into Slicer's RAS. Calibration constants and units are stored in node attributes (ScancoUnits.*)
-and as voxel value units (UCUM). Files without calibration load as native values with a warning.
-For files too large to load, load a sub-region or every n-th voxel while the NRRD export is written at full
-resolution, slab by slab.
-See the <a href="https://github.com/ScancoUnits/SlicerScancoUnits">project page</a>.
-""")
-        self.parent.acknowledgementText = _("""
-The file formats and conversions follow the conventions of SCANCO Medical AG (ISQ/AIM headers, IPL per-mille
-thresholds, hydroxyapatite density calibration) as documented by their users, and the geometry of ITK's
-IOScanco module (InsightSoftwareConsortium/ITKIOScanco, derived from David Gobbi's vtkScancoCTReader), which
-3D Slicer itself uses to read ISQ files. ScancoUnits is an independent project, not affiliated with SCANCO.
-""")
+        self.parent.helpText = module_text.help_text()
+        self.parent.acknowledgementText = module_text.acknowledgement_text()
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -138,62 +90,10 @@ def registerSampleData():
 #
 
 
-class ThresholdUnit(enum.Enum):
-    """Unit of the panel's thresholds; values are ScancoUnitsLib.core.thresholds unit names."""
-
-    permille = "permille"
-    native = "native"
-    mu = "mu"
-    hu = "hu"
-    density = "density"
-
-    def label(self):
-        from ScancoUnitsLib.core.quantities import threshold_unit_label
-
-        # the panel's density thresholds are IPL's mg HA/ccm, whatever the density output's unit
-        text = threshold_unit_label(self.value, "mgHA/ccm")
-        return _(text) if self.value in ("permille", "native") else text
-
-
-class DensityUnit(enum.Enum):
-    """Values are accepted by ScancoUnitsLib.core.quantities.canonical_density_unit."""
-
-    mg_ha_ccm = "mg HA/ccm"
-    g_cc = "g/cc"
-
-    def label(self):
-        return self.value
-
-    @classmethod
-    def of(cls, spelling):
-        """The member of a density unit in any spelling the library accepts ("g/cc", "mgHA/ccm", ...)."""
-        from ScancoUnitsLib.core.quantities import canonical_density_unit
-
-        canonical = canonical_density_unit(spelling)
-        return next(m for m in cls if canonical_density_unit(m.value) == canonical)
-
-
-def libraryDefaults():
-    """The panel's defaults, read from ScancoUnitsLib.defaults when asked (never copied here), as the
-    parameter node's enums (ScancoUnitsLib.slicer.panel.library_defaults)."""
-    values = panel.library_defaults()
-    return dict(values, thresholdUnit=ThresholdUnit(values["thresholdUnit"]),
-                densityUnit=DensityUnit.of(values["densityUnit"]))
-
-
 def _densityUnitOrDefault(densityUnit):
     from ScancoUnitsLib import defaults
 
     return defaults.DENSITY_UNIT if densityUnit is None else densityUnit
-
-
-class LoadMode(enum.Enum):
-    full = "full"
-    subsample = "subsample"
-    region = "region"
-
-    def label(self):
-        return {"full": _("Full volume"), "subsample": _("Every n-th voxel"), "region": _("Sub-region")}[self.value]
 
 
 @parameterNodeWrapper
@@ -203,12 +103,12 @@ class ScancoUnitsParameterNode:
     inputFilePath: str = ""
     # the library's defaults (ScancoUnitsLib.core.quantities); a new parameter node takes them again when it is
     # made (ScancoUnitsLogic.getParameterNode), so a changed library default moves the panel
-    thresholdUnit: ThresholdUnit = libraryDefaults()["thresholdUnit"]
-    lowerThreshold: float = libraryDefaults()["lowerThreshold"]
-    upperThreshold: float = libraryDefaults()["upperThreshold"]
+    thresholdUnit: ThresholdUnit = parameter_node_defaults()["thresholdUnit"]
+    lowerThreshold: float = parameter_node_defaults()["lowerThreshold"]
+    upperThreshold: float = parameter_node_defaults()["upperThreshold"]
     createHU: bool = True
     createDensity: bool = True
-    densityUnit: DensityUnit = libraryDefaults()["densityUnit"]
+    densityUnit: DensityUnit = parameter_node_defaults()["densityUnit"]
     createAttenuation: bool = False
     createNative: bool = False
     createMaskLabelmap: bool = True
@@ -438,45 +338,22 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # ---- long tasks: modal progress, buttons disabled ----------------------------------------------
     @contextlib.contextmanager
     def _busyWithProgress(self, labelText):
-        """Run a long task behind an application-modal progress dialog with Cancel.
-
-        Yields ``(onProgress, cancelled)``: ``onProgress(fraction, text=None)`` and ``cancelled() -> bool``
-        for the Logic. Events are processed at each slab (to paint and to see Cancel); the dialog is made
-        application-modal because slicer.util.createProgressDialog returns a plain, modeless QProgressDialog,
-        so those events could otherwise reach Apply, Show histogram or Close Scene mid-load. The panel's
-        action buttons are disabled as well until the task ends.
-        """
-        import qt
-
+        """Run a long task behind an application-modal progress dialog with Cancel (progress_dialogs.modal_progress),
+        the panel's action buttons disabled until it ends. Yields ``(onProgress(fraction, text=None),
+        cancelled() -> bool)`` for the Logic."""
         self._busy = True
         for button in (self.ui.applyButton, self.ui.showHistogramButton, self.ui.saveMaskAsAimButton):
             button.enabled = False
-        progressDialog = slicer.util.createProgressDialog(windowTitle=_("Scanco Units"), labelText=labelText,
-                                                          maximum=1000)
-        progressDialog.windowModality = qt.Qt.ApplicationModal
-        progressDialog.minimumDuration = 0
-        progressDialog.show()  # modal before the first processEvents, not only after the first value
-
-        def onProgress(fraction, text=None):
-            progressDialog.value = int(round(1000 * min(max(fraction, 0.0), 1.0)))
-            if text:
-                progressDialog.labelText = text
-            slicer.app.processEvents()
-
-        def cancelled():
-            slicer.app.processEvents()
-            return progressDialog.wasCanceled
-
         try:
-            yield onProgress, cancelled
+            with progress_dialogs.modal_progress(labelText) as callbacks:
+                yield callbacks
         finally:
-            progressDialog.close()
             self._busy = False
             self.updateGUIFromParameterNode()
 
     # ---- Apply -------------------------------------------------------------------------------------
     def onApplyButton(self) -> None:
-        with userAction(_("Failed to read the SCANCO file.")):
+        with user_action(_("Failed to read the SCANCO file.")):
             self._apply()
 
     def _apply(self) -> None:
@@ -531,7 +408,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onShowHistogram(self) -> None:
         """Show the histogram: from the Logic's store when the file's voxels were already seen, else read once
         behind the modal progress dialog (Cancel stops it); never a silent second read."""
-        with userAction(_("Failed to show the histogram.")):
+        with user_action(_("Failed to show the histogram.")):
             self._showHistogram()
 
     def _showHistogram(self) -> None:
@@ -589,7 +466,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                                and (not isSegmentation or combo.count > 0))
 
     def onSaveMaskAsAim(self) -> None:
-        with userAction(_("Failed to save the mask as AIM.")):
+        with user_action(_("Failed to save the mask as AIM.")):
             self._saveMaskAsAim()
 
     def _saveMaskAsAim(self) -> None:
@@ -610,7 +487,7 @@ class ScancoUnitsWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         slicer.util.showStatusMessage(_("Saved {path}").format(path=str(written)), 5000)
 
     def onComputeRegionStatistics(self) -> None:  # the rows are made in the library; here only the table is filled
-        with userAction(_("Failed to compute the region statistics.")):
+        with user_action(_("Failed to compute the region statistics.")):
             region_segments.compute_for_panel(self.ui.regionsSelector.currentNode(), self._thresholdSpec(), self.ui.regionsTable)
 
     def _removeChart(self) -> None:
@@ -684,7 +561,7 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         node = super().getParameterNode()
         wrapper = ScancoUnitsParameterNode(node)
         if node is not None and not node.GetAttribute(self.DEFAULTS_ATTRIBUTE):
-            for name, value in libraryDefaults().items():
+            for name, value in parameter_node_defaults().items():
                 setattr(wrapper, name, value)
             node.SetAttribute(self.DEFAULTS_ATTRIBUTE, "1")
         return wrapper
@@ -838,47 +715,6 @@ class ScancoUnitsLogic(ScriptedLoadableModuleLogic):
         slicer.util.setSliceViewerLayers(background=background, label=label, fit=True)
 
 
-@contextlib.contextmanager
-def readerProgress(filePath):
-    """Progress and Cancel for a load through Slicer's IO manager (drop, Add Data, Sample Data).
-
-    qSlicerIOManager::loadNodes shows only a "Loading file..." dialog without a Cancel button for one
-    file (qSlicerIOManagerPrivate::startProgressDialog(1)); this dialog follows the slabs and cancels
-    the load (nothing is added). Yields ``(onProgress(fraction), cancelled() -> bool)``; without the
-    application (headless, ctest without a main window) both do nothing.
-    """
-    app = getattr(slicer, "app", None)
-    dialog = None
-    if app is not None and hasattr(app, "processEvents"):
-        try:
-            import qt
-
-            dialog = slicer.util.createProgressDialog(windowTitle=_("Scanco Units"), maximum=1000, labelText=_(
-                "Reading {name}...").format(name=os.path.basename(filePath)))
-            dialog.windowModality = qt.Qt.ApplicationModal
-            dialog.minimumDuration = 500   # small files: no flash of a dialog
-        except Exception as exc:  # no Qt: load without a dialog
-            logging.debug(f"ScancoUnits: no progress dialog: {exc}")
-            dialog = None
-
-    def onProgress(fraction):
-        if dialog is not None:
-            dialog.value = int(round(1000 * min(max(fraction, 0.0), 1.0)))
-            app.processEvents()
-
-    def cancelled():
-        if dialog is None:
-            return False
-        app.processEvents()
-        return bool(dialog.wasCanceled)
-
-    try:
-        yield onProgress, cancelled
-    finally:
-        if dialog is not None:
-            dialog.close()
-
-
 class ScancoUnitsFileReader:
     """Drag-and-drop / Add Data reader for SCANCO ISQ and AIM (v020, v030) files, recognised by content.
 
@@ -933,7 +769,7 @@ class ScancoUnitsFileReader:
                 if uncalibrated:
                     warn(_("{name}: {problem} Loaded as native values.").format(
                         name=os.path.basename(filePath), problem=uncalibrated))
-                with readerProgress(filePath) as (onProgress, cancelled):
+                with progress_dialogs.reader_progress(filePath) as (onProgress, cancelled):
                     nodes = lib.load_scan_into_scene(slicer.mrmlScene, filePath, header=header, warn=warn,
                                                      progress=onProgress, cancel=cancelled, **options)
         except Exception as exc:
