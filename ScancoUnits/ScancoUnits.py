@@ -1,9 +1,11 @@
 """ScancoUnits: SCANCO micro-CT files (.ISQ, .AIM) as calibrated volumes in 3D Slicer.
 
 This file only marshals between Slicer (GUI, file reader and writer, self-test) and ScancoUnitsLib, where all
-the work is done: ScancoUnitsLib.slicer.scene (loading nodes, export, reader options), .panel (what the panel
-shows and the options it builds), .histogram_store and .histogram_chart (the histogram), .mask_nodes and
-.mask_aim (masks back to AIM), .self_test (the self-test's checks); ScancoUnitsLib.core and .pipeline below.
+the work is done: ScancoUnitsLib.slicer.scene (loading nodes, export, reader options), .panel and .panel_choices
+(what the panel shows, the options it builds, the parameter node's enums), .histogram_store and .histogram_chart
+(the histogram), .mask_nodes, .mask_aim and .aim_file_writer (masks back to AIM), .progress_dialogs and
+.user_actions (progress, Cancel, error dialogs), .module_text (help), .translation, .self_test (the self-test's
+checks); ScancoUnitsLib.core and .pipeline below.
 """
 
 import contextlib
@@ -26,8 +28,8 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from slicer.parameterNodeWrapper import Minimum, WithinRange, parameterNodeWrapper
 
-from ScancoUnitsLib.slicer import (histogram_chart, mask_nodes, module_text, panel, progress_dialogs,
-                                   region_segments, segment_statistics_plugin)
+from ScancoUnitsLib.slicer import (aim_file_writer, histogram_chart, mask_nodes, module_text, panel,
+                                   progress_dialogs, region_segments, segment_statistics_plugin)
 from ScancoUnitsLib.slicer.histogram_store import HistogramStore
 from ScancoUnitsLib.slicer.node_attributes import LIBRARY_DEFAULTS_APPLIED
 from ScancoUnitsLib.slicer.panel_choices import DensityUnit, LoadMode, ThresholdUnit, parameter_node_defaults
@@ -859,23 +861,7 @@ class ScancoUnitsFileWriter:
         nodeID = properties.get("nodeID", "")
         try:
             node = self._node(nodeID)
-            if node is None:
-                raise ValueError(_("no node with ID {id}").format(id=nodeID))
-            if node.GetScene() is slicer.mrmlScene:
-                # Save Data (and slicer.util.saveNode) save a node of the scene: the scene then refers to
-                # the node's storage node, which cannot read an AIM back; an AIM is an export (Export to
-                # file writes a copy in its own scene), so the scene's storage is left as it is
-                raise ValueError(_("SCANCO AIM is an export format: use Export to file... (or Scanco Units > "
-                                   "Save mask as AIM); Save Data keeps the node in a format the scene can "
-                                   "load again (e.g. NRRD)"))
-            segmentId = None
-            if node.IsA("vtkMRMLSegmentationNode"):
-                segments = ScancoUnitsLogic.maskSegments(node)
-                if len(segments) != 1:
-                    raise ValueError(_("{name} has {count} segments; an AIM holds one mask: use Scanco Units > "
-                                       "Save mask as AIM to choose the segment").format(
-                                           name=node.GetName(), count=len(segments)))
-                segmentId = segments[0][0]
+            segmentId = aim_file_writer.segment_to_write(node, nodeID, slicer.mrmlScene)
             # Save Data and Export to file ask before replacing a file (qSlicerSaveDataDialog::confirmOverwrite,
             # qSlicerExportNodeDialog "File Exists"), and Slicer's own writers replace: so does this one
             ScancoUnitsLogic().saveMaskAsAim(node, filePath, segmentId=segmentId, overwrite=True)

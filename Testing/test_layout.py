@@ -15,7 +15,7 @@ MODULE_LINES = 600
 #: not yet split (see the open items of issue 22): path -> lines today
 STILL_OVER: dict = {}
 #: the Slicer module file: the goal is 900 (the widget and logic hand their work to ScancoUnitsLib.slicer)
-MODULE_FILE_LINES_TODAY = 1072
+MODULE_FILE_LINES_TODAY = 894
 
 
 def _lines(path: Path) -> int:

@@ -161,3 +161,44 @@ def test_help_text_states_the_conventions_and_is_translated_in_the_module_contex
     sys.modules["slicer"].i18n = fake
     assert "DRAG AND DROP" in module_text.help_text()
     assert contexts == ["ScancoUnits"]
+
+
+# ---- the SCANCO AIM file writer's node (real MRML nodes: slicer-core) -------------------------------------
+def _segmentation_with(scene, names):
+    slicer = pytest.importorskip("slicer")
+    vtk = pytest.importorskip("vtk")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "edited")
+    for name in names:
+        image = slicer.vtkOrientedImageData()
+        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+        segment = slicer.vtkSegment()
+        segment.SetName(name)
+        segment.AddRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName(),
+                                  image)
+        node.GetSegmentation().AddSegment(segment, f"id_{name}")
+    return node
+
+
+def test_aim_file_writer_takes_a_copy_with_one_mask():
+    slicer = pytest.importorskip("slicer")
+    from ScancoUnitsLib.slicer.aim_file_writer import segment_to_write
+
+    main, export = slicer.vtkMRMLScene(), slicer.vtkMRMLScene()   # Export to file writes a copy in its own scene
+    labelmap = export.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")
+    assert segment_to_write(labelmap, labelmap.GetID(), main) is None
+    assert segment_to_write(_segmentation_with(export, ["Bone"]), "x", main) == "id_Bone"
+
+
+def test_aim_file_writer_refuses_in_one_line():
+    slicer = pytest.importorskip("slicer")
+    from ScancoUnitsLib.slicer.aim_file_writer import segment_to_write
+
+    main, export = slicer.vtkMRMLScene(), slicer.vtkMRMLScene()
+    with pytest.raises(ValueError, match="no node with ID vtkMRMLLabelMapVolumeNode7"):
+        segment_to_write(None, "vtkMRMLLabelMapVolumeNode7", main)
+    saved = main.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "mask")   # Save Data: a node of the scene
+    with pytest.raises(ValueError, match="export format"):
+        segment_to_write(saved, saved.GetID(), main)
+    for names in ([], ["Cortex", "Trabecular"]):
+        with pytest.raises(ValueError, match=f"edited has {len(names)} segments; an AIM holds one mask"):
+            segment_to_write(_segmentation_with(export, names), "x", main)
