@@ -3,6 +3,7 @@ float64 computation over the whole array (math.fsum) on generated scans and on t
 
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import numpy as np
@@ -442,3 +443,89 @@ def test_region_files_in_a_study_are_not_converted_as_scans_and_never_written_ov
     assert status == 1 and "C1_roi_TRAB.AIM" in err and "internal error" not in err, err
     assert hashlib.sha256(earlier.read_bytes()).hexdigest() == before
     assert sorted(p.name for p in study.iterdir()) == ["C1.AIM", "C1_TRAB_MASK.AIM", "C1_roi_TRAB.AIM"]
+
+
+@pytest.mark.parametrize("kernel", ["numpy", "numba"])
+@pytest.mark.parametrize("piece_bytes", [None, 40 * 9 * 8])
+def test_region_counts_in_the_workers_equal_whole_array(tmp_path, capsys, monkeypatch, kernel, piece_bytes):
+    """The conversion counts each region in its workers (any order, several threads): whole slabs and
+    slices cut into row pieces that cross the region's rows give the whole array's numbers."""
+    import json
+
+    from cli_harness import run_cli
+    from ScancoUnitsLib.pipeline import engine
+
+    if kernel == "numba":
+        pytest.importorskip("numba")
+    monkeypatch.setenv("SCANCO_UNITS_KERNEL", kernel)
+    if piece_bytes:
+        monkeypatch.setattr(engine, "SLAB_SET_MAX_BYTES", piece_bytes)   # a few rows a piece
+    scan, volume = _scan(tmp_path, shape=(24, 30, 40), seed=11)
+    header = read_header(scan)
+    mask = np.random.default_rng(12).random((20, 26, 25)) < 0.5
+    position = tuple(p + o for p, o in zip(SCAN_POS, (-5, 7, 3)))
+    _mask_aim(tmp_path, "TRAB.AIM", mask, position, compression="binCmp")
+    expected_region, outside = _on_grid(mask, position, SCAN_POS, volume.shape)
+    resolved = resolve_thresholds(ThresholdSpec(300, 1000), header.calibration)
+    reference = _reference(volume, header, expected_region, (resolved.native_low, resolved.native_high))
+    status, _, err = run_cli(capsys, "convert", scan, "-o", tmp_path / "out", "--low", "300", "--slab-slices", "2",
+                             "--roi", f"TRAB={tmp_path / 'TRAB.AIM'}")
+    assert status == 0, err
+    trab = json.loads((tmp_path / "out" / "scan_metadata.json").read_text())["regions"]["regions"]["TRAB"]
+    assert trab["outside_voxels"] == outside
+    for key, value in reference.items():
+        assert trab[key] == value, key
+
+
+def test_region_read_during_the_pass_fails_in_one_line_and_leaves_nothing(tmp_path, capsys):
+    """A mask AIM's voxels are read while the pass runs: a damaged stream, or voxels that all fall
+    outside the scan (boxes overlap, voxels do not), fail that input in one line with no output left."""
+    from cli_harness import error_lines, run_cli
+
+    scan, volume = _scan(tmp_path, shape=(24, 30, 40))
+    mask = np.zeros((24, 30, 40), bool)
+    mask[5:20, 4:28, 3:35] = np.random.default_rng(5).random((15, 24, 32)) < 0.5
+    whole = _mask_aim(tmp_path, "whole.AIM", mask, SCAN_POS, compression="binCmp")
+    data = whole.read_bytes()
+    truncated = tmp_path / "truncated.AIM"
+    truncated.write_bytes(data[:len(data) - (len(data) - 1024) // 2])   # the header whole, half the stream
+    short_runs = tmp_path / "short_runs.AIM"          # its runs end before the last voxel: found while decoding
+    short_runs.write_bytes(data[:len(data) // 2] + b"\x01" * (len(data) - len(data) // 2))
+    corner = np.zeros((10, 10, 10), bool)
+    corner[0, 0, 0] = True                                   # the only voxel lies before the scan
+    outside = _mask_aim(tmp_path, "outside.AIM", corner, tuple(p - 1 for p in SCAN_POS))
+    for region, reason in ((truncated, ""), (short_runs, "compressed data ends after"),
+                           (outside, "does not overlap")):
+        out = tmp_path / f"out_{region.stem}"
+        report = ["--report"] if importlib.util.find_spec("matplotlib") else []   # the report reads the region too
+        status, _, err = run_cli(capsys, "convert", scan, "-o", out, "--roi", f"TRAB={region}", *report)
+        assert status == 1, err
+        lines = error_lines(err)
+        assert len(lines) == 1 and str(region) in lines[0] and reason in lines[0], err
+        assert "internal error" not in err and "Traceback" not in err
+        assert not out.exists() or not list(out.iterdir()), sorted(p.name for p in out.iterdir())
+    # read_region says the same
+    for damaged in (truncated, short_runs):
+        with pytest.raises(ScancoFormatError):
+            read_region(damaged, like=read_header(scan))
+    with pytest.raises(RequestError, match="none of its 1 voxels"):
+        read_region(outside, like=read_header(scan))
+
+
+def test_python_discover_skips_the_study_region_files(tmp_path):
+    """The Python API finds a study as the command line does: a scan's region file beside it is skipped
+    (said why), not converted as a scan of the study."""
+    from ScancoUnitsLib import ConversionRequest, discover
+    from ScancoUnitsLib.pipeline.regions import USED_AS_REGION, parse_region_argument
+
+    study = tmp_path / "study" / "v1"
+    study.mkdir(parents=True)
+    _scan(study, name="C1.AIM")
+    _mask_aim(study, "C1_TRAB_MASK.AIM", np.ones((4, 4, 4), bool), SCAN_POS)
+    request = ConversionRequest(regions=(parse_region_argument("TRAB={stem}_TRAB_MASK.AIM", pattern=True),))
+    found = discover([tmp_path / "study"], recursive=True, request=request)
+    assert [p.name for p in found.inputs] == ["C1.AIM"]
+    assert [(Path(n.path).name, n.relative) for n in found.skipped] == [("C1_TRAB_MASK.AIM", "v1/C1_TRAB_MASK.AIM")]
+    assert found.skipped[0].reason.startswith(USED_AS_REGION) and "TRAB of C1.AIM" in found.skipped[0].reason
+    # without the request both are inputs
+    assert sorted(p.name for p in discover([tmp_path / "study"], recursive=True).inputs) == ["C1.AIM", "C1_TRAB_MASK.AIM"]

@@ -1,6 +1,7 @@
 """Rewrite the file lists of ScancoUnits/CMakeLists.txt from what is on disk.
 
-MODULE_PYTHON_SCRIPTS = ScancoUnits.py + every ScancoUnits/ScancoUnitsLib/*.py (``__init__.py`` first);
+MODULE_PYTHON_SCRIPTS = ScancoUnits.py + every ScancoUnits/ScancoUnitsLib/**/*.py (the sub-packages too; sorted by
+path, ``__init__.py`` first in each folder);
 MODULE_PYTHON_RESOURCES = every file under ScancoUnits/Resources. Testing/scene/test_slicer_files.py checks the
 same thing; run this after adding or removing a Lib file or a resource.
 
@@ -21,7 +22,10 @@ CMAKE = MODULE_DIR / "CMakeLists.txt"
 
 def synced_text(text: str) -> str:
     name = "ScancoUnits"
-    lib = sorted((p.name for p in (MODULE_DIR / f"{name}Lib").glob("*.py")), key=lambda n: (n != "__init__.py", n))
+    lib_dir = MODULE_DIR / f"{name}Lib"
+    lib = sorted((p.relative_to(lib_dir) for p in lib_dir.rglob("*.py") if "__pycache__" not in p.parts),
+                 key=lambda rel: rel.as_posix().replace("__init__.py", "\0"))
+    lib = [rel.as_posix() for rel in lib]
     scripts = [f"{name}.py"] + [f"{name}Lib/{n}" for n in lib]
     resources = sorted(p.relative_to(MODULE_DIR).as_posix() for p in (MODULE_DIR / "Resources").rglob("*")
                        if p.is_file() and "__pycache__" not in p.parts and not p.name.startswith("."))

@@ -24,7 +24,7 @@ from .. import defaults
 from ..defaults import METADATA_SUFFIX
 
 from ..formats.reader import SCANCO_NAME, sniff_format
-from ..pipeline.regions import USED_AS_REGION
+from ..pipeline.regions import USED_AS_REGION, region_files_among
 
 NOT_SCANCO = "not a SCANCO file (name is not .ISQ/.AIM and no ISQ or AIM magic in its first bytes)"
 OWN_OUTPUT = "an output of ScancoUnits, never read as an input"
@@ -209,8 +209,10 @@ def _is_folder(entry) -> bool:
         return False
 
 
-def discover(paths: Sequence, recursive: bool = False) -> Discovery:
-    """Inputs from files and folders (``recursive``: sub-folders at any depth)."""
+def discover(paths: Sequence, recursive: bool = False, request=None) -> Discovery:
+    """Inputs from files and folders (``recursive``: sub-folders at any depth). With ``request`` (a
+    :class:`~ScancoUnitsLib.pipeline.request.ConversionRequest` with regions), a file that is another
+    input's region (``--roi``/``--roi-pattern``) is skipped, not converted as a scan."""
     found = Discovery()
     inputs: List[Path] = []
     own_cache: Dict[Path, Dict[str, str]] = {}
@@ -236,6 +238,11 @@ def discover(paths: Sequence, recursive: bool = False) -> Discovery:
         else:
             found.problems.append(PathNote(raw, MISSING))
     found.inputs = list(dict.fromkeys(Path(os.path.abspath(i)) for i in inputs))
+    if request is not None:
+        for path, reason in region_files_among(found.inputs, request).items():   # a scan's region is not a scan
+            found.inputs.remove(path)
+            root = found.roots.get(path, path.parent)
+            found.skipped.append(PathNote(str(path), reason, os.path.relpath(path, root)))
     return found
 
 

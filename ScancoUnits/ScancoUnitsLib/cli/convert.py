@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import List
 
-from ..pipeline.regions import region_files_among
 from .arguments import add_request_arguments, request_from_args
 from ..batch.jobs import (Batch, BatchProgress, FileResult, NOT_STARTED, ignore_further_signals,
                     remove_partials_of, signal_name)
@@ -320,11 +319,7 @@ def _cmd_convert(args) -> int:
         except DaskUnavailableError as exc:
             print(f"scanco-units: error: {exc}", file=sys.stderr)
             return exit_codes.USAGE
-    found = discover(args.paths, recursive=args.recursive)
-    for path, reason in region_files_among(found.inputs, options).items():   # a scan's region is not a scan
-        found.inputs.remove(path)
-        root = found.roots.get(Path(os.path.abspath(path)), Path(os.path.abspath(path)).parent)
-        found.skipped.append(PathNote(os.path.abspath(path), reason, os.path.relpath(os.path.abspath(path), root)))
+    found = discover(args.paths, recursive=args.recursive, request=options)   # a scan's region is not a scan
     if args.dry_run:
         return _dry_run(args, found, place_outputs(found, Path(args.output), args.layout), options)
     progress = BatchProgress(found.inputs, sys.stderr, live=sys.stderr.isatty() and not args.quiet)

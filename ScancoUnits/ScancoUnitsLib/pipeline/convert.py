@@ -346,117 +346,125 @@ def convert_header(header: ScancoHeader, out_dir, options: Optional[ConversionRe
     stem = stem or request.output_stem or output_stem(header.path)
     plan = plan or plan_request(header, request)
     files = plan_files(plan, out_dir, stem)
-    # regions are placed (or refused) before anything is written
+    # regions are checked by their headers (or refused) before anything is written; their voxels are
+    # read and placed in threads of their own while the pass runs
     regions = ConversionRegions(header, request, plan, out_dir, stem) if request.regions else None
-    meta_path = out_dir / f"{stem}{METADATA_SUFFIX}"
-    report_path = out_dir / f"{stem}{REPORT_SUFFIX}" if request.report else None
-    region_paths = regions.paths if regions is not None else []
-    finals = [p for f in files for p in f.paths] + region_paths + [meta_path] + \
-        ([report_path] if report_path else [])
-    # every collision is found before any voxel is read; with --overwrite the earlier set of this stem
-    # is replaced as a whole, but only the files that are provably its own: names this stem can have,
-    # with the size and checksum its metadata recorded. An input is never written over, nor a SCANCO file.
-    refused: List[Path] = []
-    ours = previous_outputs(meta_path, stem_file_name_rule(stem), refused=refused) \
-        if os.path.lexists(meta_path) else []
-    stale = ours if request.overwrite else []
-    set_warnings = []  # said on stderr and kept in the metadata
-    if request.overwrite and os.path.lexists(meta_path) and not stale:
-        set_warnings.append(f"{meta_path}: unreadable; only outputs with the same names are replaced")
-    left = [p for p in refused if p not in finals]
-    if request.overwrite and left:
-        set_warnings.append(
-            f"{meta_path}: left in place, not provably written by ScancoUnits for {stem} (name, size or "
-            f"checksum): {', '.join(p.name for p in left[:5])}{' ...' if len(left) > 5 else ''}")
-    output_set = AtomicOutputSet(overwrite=request.overwrite, fsync=request.fsync,
-                                 protected=[header.path, *protected, *(regions.read_paths if regions else ())],
-                                 replace_also=stale,
-                                 refuse=refuse_scanco_content(ours, only_ours=replace_only_ours))
-    output_set.check_free(finals)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    removed = sweep_stale_partials(out_dir, stem=stem)
+    try:
+        meta_path = out_dir / f"{stem}{METADATA_SUFFIX}"
+        report_path = out_dir / f"{stem}{REPORT_SUFFIX}" if request.report else None
+        region_paths = regions.paths if regions is not None else []
+        finals = [p for f in files for p in f.paths] + region_paths + [meta_path] + \
+            ([report_path] if report_path else [])
+        # every collision is found before any voxel is read; with --overwrite the earlier set of this stem
+        # is replaced as a whole, but only the files that are provably its own: names this stem can have,
+        # with the size and checksum its metadata recorded. An input is never written over, nor a SCANCO file.
+        refused: List[Path] = []
+        ours = previous_outputs(meta_path, stem_file_name_rule(stem), refused=refused) \
+            if os.path.lexists(meta_path) else []
+        stale = ours if request.overwrite else []
+        set_warnings = []  # said on stderr and kept in the metadata
+        if request.overwrite and os.path.lexists(meta_path) and not stale:
+            set_warnings.append(f"{meta_path}: unreadable; only outputs with the same names are replaced")
+        left = [p for p in refused if p not in finals]
+        if request.overwrite and left:
+            set_warnings.append(
+                f"{meta_path}: left in place, not provably written by ScancoUnits for {stem} (name, size or "
+                f"checksum): {', '.join(p.name for p in left[:5])}{' ...' if len(left) > 5 else ''}")
+        output_set = AtomicOutputSet(overwrite=request.overwrite, fsync=request.fsync,
+                                     protected=[header.path, *protected, *(regions.read_paths if regions else ())],
+                                     replace_also=stale,
+                                     refuse=refuse_scanco_content(ours, only_ours=replace_only_ours))
+        output_set.check_free(finals)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        removed = sweep_stale_partials(out_dir, stem=stem)
 
-    observers = list(observers)
-    report_builder = None
-    if request.report:
-        from .report import ReportBuilder  # optional: needs matplotlib
+        observers = list(observers)
+        report_builder = None
+        if request.report:
+            from .report import ReportBuilder  # optional: needs matplotlib
 
-        report_builder = ReportBuilder(header, request, plan.thresholds, regions=regions.regions if regions else ())
-        observers.append(report_builder.observe)
-    if regions is not None and regions.observer is not None:  # in the same pass as every output
-        observers.append(regions.observer)
-    set_warnings.extend(regions.warnings if regions is not None else ())
-    statistics = ScanStatistics(header, plan.thresholds, request.threshold_spec) if request.statistics else None
-    if statistics is not None and not statistics.counted:  # int32/float scans: summed slab by slab
-        observers.append(statistics.observe)
-    caught: List[str] = list(plan.warnings) + set_warnings
-    if removed:
-        caught.append(f"{out_dir}: removed {len(removed)} temporary file(s) left by a killed run: "
-                      + ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
+            report_builder = ReportBuilder(header, request, plan.thresholds, regions=regions.regions if regions else ())
+            observers.append(report_builder.observe)
+        if regions is not None and regions.observer is not None:  # in the same pass as every output
+            observers.append(regions.observer)
+        set_warnings.extend(regions.warnings if regions is not None else ())   # files left out (--roi-optional)
+        statistics = ScanStatistics(header, plan.thresholds, request.threshold_spec) if request.statistics else None
+        if statistics is not None and not statistics.counted:  # int32/float scans: summed slab by slab
+            observers.append(statistics.observe)
+        caught: List[str] = list(plan.warnings) + set_warnings
+        if removed:
+            caught.append(f"{out_dir}: removed {len(removed)} temporary file(s) left by a killed run: "
+                          + ", ".join(p.name for p in removed[:5]) + (" ..." if len(removed) > 5 else ""))
 
-    with output_set, open_voxels(header) as source:
-        fd = source._file.fileno()
-        _check_same_header(header, fd)
-        opened = _opened_identity(header.path, fd)  # identity of what is read, taken at open
-        engine_outputs = {o.role: EngineOutput(o.role, o.quantity, o.dtype) for o in plan.outputs}
-        for f in files:
-            writer = get_format(f.format).open(f.spec, output_set)
-            engine_outputs[f.role].sinks.append(_WriterSink(writer))
-        for role, sinks in (extra_sinks or {}).items():
-            engine_outputs[role].sinks.extend(sinks)
-        region_files = regions.open_files(output_set) if regions is not None else None
-        if region_files is not None:
-            observers.append(region_files)
-        result = run_engine(header, source, list(engine_outputs.values()), thresholds=plan.thresholds,
-                            hu_dtype=request.hu_dtype, slab_slices=request.slab_slices, observers=observers,
-                            progress=progress, cancel=cancel,
-                            histogram=statistics is not None and statistics.counted)
-        if statistics is not None and statistics.counted:
-            statistics.add_histogram(result.native_histogram)
-        for sink_list in engine_outputs.values():
-            for sink in sink_list.sinks:
-                if isinstance(sink, _WriterSink):
-                    sink.writer.close()
-        region_outputs = regions.written() if regions is not None else {}
+        with output_set, open_voxels(header) as source:
+            fd = source._file.fileno()
+            _check_same_header(header, fd)
+            opened = _opened_identity(header.path, fd)  # identity of what is read, taken at open
+            engine_outputs = {o.role: EngineOutput(o.role, o.quantity, o.dtype) for o in plan.outputs}
+            for f in files:
+                writer = get_format(f.format).open(f.spec, output_set)
+                engine_outputs[f.role].sinks.append(_WriterSink(writer))
+            for role, sinks in (extra_sinks or {}).items():
+                engine_outputs[role].sinks.extend(sinks)
+            region_files = regions.open_files(output_set) if regions is not None else None
+            if region_files is not None:
+                observers.append(region_files)
+            result = run_engine(header, source, list(engine_outputs.values()), thresholds=plan.thresholds,
+                                hu_dtype=request.hu_dtype, slab_slices=request.slab_slices, observers=observers,
+                                progress=progress, cancel=cancel,
+                                histogram=statistics is not None and statistics.counted)
+            if statistics is not None and statistics.counted:
+                statistics.add_histogram(result.native_histogram)
+            for sink_list in engine_outputs.values():
+                for sink in sink_list.sinks:
+                    if isinstance(sink, _WriterSink):
+                        sink.writer.close()
+            region_outputs = regions.written() if regions is not None else {}
+            if regions is not None:   # read to the end, unchanged; the part outside the scan said
+                caught.extend(regions.finish())
 
-        stats = result.statistics
-        caught.extend(text for text in result.warnings if text not in caught)  # e.g. an over-long stream
-        hu_clipped = sum(s.hu_clipped_voxels for s in stats.values())
-        nonfinite = sum(s.nonfinite_voxels for s in stats.values())
-        mask_voxels = sum(s.mask_voxels for s in stats.values())
-        if hu_clipped:
-            caught.append(f"{header.path}: {hu_clipped} voxels were clipped to the int16 HU range "
-                          f"(use {value_phrase('hu_dtype', 'float32')} to keep them)")
-        if nonfinite:
-            caught.append(f"{header.path}: the float image holds {nonfinite} NaN or infinite voxels "
-                          "(written as stored)")
-        coverage = mask_coverage_warning(header, plan, mask_voxels, result.native_min, result.native_max) \
-            if plan.output("mask") is not None else None
-        if coverage:
-            caught.append(coverage)
-        for text in caught[len(plan.warnings):]:
-            warnings.warn(text, stacklevel=2)
-        metadata = _metadata(header, plan, files, stats, mask_voxels, hu_clipped, result, caught, opened)
-        metadata["statistics"] = statistics.to_dict() if statistics is not None else None
+            stats = result.statistics
+            caught.extend(text for text in result.warnings if text not in caught)  # e.g. an over-long stream
+            hu_clipped = sum(s.hu_clipped_voxels for s in stats.values())
+            nonfinite = sum(s.nonfinite_voxels for s in stats.values())
+            mask_voxels = sum(s.mask_voxels for s in stats.values())
+            if hu_clipped:
+                caught.append(f"{header.path}: {hu_clipped} voxels were clipped to the int16 HU range "
+                              f"(use {value_phrase('hu_dtype', 'float32')} to keep them)")
+            if nonfinite:
+                caught.append(f"{header.path}: the float image holds {nonfinite} NaN or infinite voxels "
+                              "(written as stored)")
+            coverage = mask_coverage_warning(header, plan, mask_voxels, result.native_min, result.native_max) \
+                if plan.output("mask") is not None else None
+            if coverage:
+                caught.append(coverage)
+            for text in caught[len(plan.warnings):]:
+                warnings.warn(text, stacklevel=2)
+            metadata = _metadata(header, plan, files, stats, mask_voxels, hu_clipped, result, caught, opened)
+            metadata["statistics"] = statistics.to_dict() if statistics is not None else None
+            if regions is not None:
+                metadata["regions"] = regions.metadata()
+            if coverage:
+                metadata["mask_coverage"] = coverage[coverage.index(MASK_COVERAGE_MARK):]
+            if report_builder is not None:
+                with output_set.add(report_path, "wb") as f:
+                    report_builder.save(f, metadata)
+            # the record of the set: every file's size and checksum, then the document's own checksum
+            metadata["files"] = {final.name: fingerprint(output_set.temp_path(final)) for final in finals
+                                 if final != meta_path}
+            metadata[METADATA_CHECKSUM_KEY] = metadata_checksum(metadata)
+            with output_set.add(meta_path, "w", encoding="utf-8") as f:
+                json.dump(metadata, f, indent=2, allow_nan=False)
+                f.write("\n")
+            # the metadata is the commit record, placed last. The input replaced or modified meanwhile: fail,
+            # write nothing (checked now, and again once the files are on disk, just before the record)
+            _check_still_named(header.path, opened)
+            output_set.set_record(meta_path, check=lambda: _check_still_named(header.path, opened))
+            output_set.commit()
+    except BaseException:
         if regions is not None:
-            metadata["regions"] = regions.metadata()
-        if coverage:
-            metadata["mask_coverage"] = coverage[coverage.index(MASK_COVERAGE_MARK):]
-        if report_builder is not None:
-            with output_set.add(report_path, "wb") as f:
-                report_builder.save(f, metadata)
-        # the record of the set: every file's size and checksum, then the document's own checksum
-        metadata["files"] = {final.name: fingerprint(output_set.temp_path(final)) for final in finals
-                             if final != meta_path}
-        metadata[METADATA_CHECKSUM_KEY] = metadata_checksum(metadata)
-        with output_set.add(meta_path, "w", encoding="utf-8") as f:
-            json.dump(metadata, f, indent=2, allow_nan=False)
-            f.write("\n")
-        # the metadata is the commit record, placed last. The input replaced or modified meanwhile: fail,
-        # write nothing (checked now, and again once the files are on disk, just before the record)
-        _check_still_named(header.path, opened)
-        output_set.set_record(meta_path, check=lambda: _check_still_named(header.path, opened))
-        output_set.commit()
+            regions.stop()   # the regions' reading threads
+        raise
     result_outputs: Dict[str, Path] = {}
     for f in files:  # the first format that holds a volume gives its plain key, the others role_format
         key = f.role if f.role not in result_outputs else f"{f.role}_{f.format.replace('-', '_')}"

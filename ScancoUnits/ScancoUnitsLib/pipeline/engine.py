@@ -257,7 +257,10 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
     Cancelling raises
     :class:`ConversionCancelled`; any error
     stops every thread before it propagates. Observers are called as
-    ``observer(z0, native_slab, {role: converted slab})`` in z order.
+    ``observer(z0, native_slab, {role: converted slab})`` in z order. An observer with
+    ``observe_unordered(z0, y0, native, views)`` (rows ``y0 ...`` of slices ``z0 ...``) is called instead
+    in the conversion worker that made the slab, in any order and from several threads at once (it
+    accumulates what does not depend on the order, like counts).
 
     Memory is bounded by bytes (:func:`slab_layout`): a slice over :data:`SLAB_SET_MAX_BYTES` with every
     output's buffer is cut into pieces of whole rows. Sinks then get pieces through ``write_rows(z, y0,
@@ -365,6 +368,8 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
                          if split and id(sink) not in positional_ids and id(sink) not in encoding_ids
                          and not hasattr(sink, "write_rows")]
     whole_slice_ids = {id(sink) for _, sink in whole_slice_sinks}
+    unordered_observers = [obs for obs in observers if hasattr(obs, "observe_unordered")]
+    observers = [obs for obs in observers if not hasattr(obs, "observe_unordered")]
     whole_slice_observers = [obs for obs in observers if split and not hasattr(obs, "observe_rows")]
     assembler = None
     if whole_slice_sinks or whole_slice_observers:
@@ -388,6 +393,8 @@ def run_engine(header: ScancoHeader, source, outputs: Sequence[EngineOutput], *,
             views = state.convert(native, buffers, row0, piece.y0)
         finally:
             free_workers.put(state)
+        for observe in unordered_observers:
+            observe.observe_unordered(z.start, piece.y0, native, views)
         # sinks that write at known offsets take the slab here, in this worker, so the copies into the
         # page cache run in every worker instead of one writer thread; the rest go in z order below
         if positional_sinks:

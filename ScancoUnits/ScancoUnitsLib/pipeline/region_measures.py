@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from dataclasses import asdict, dataclass, replace
 from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
@@ -115,16 +116,36 @@ class RegionStatisticsObserver:
         self.thresholds = None if self.char else thresholds
         self._unsigned = np.dtype(f"u{self.dtype.itemsize}")
         self.counts = [np.zeros(1 << (8 * self.dtype.itemsize), dtype=np.int64) for _ in self.regions]
+        self._local = threading.local()
+        self._thread_counts: list = []
+        self._threads_lock = threading.Lock()
         self._count_in_mask = _numba_count_in_mask() if self.dtype.itemsize <= 2 else None
 
     def observe(self, z0: int, native: np.ndarray, outputs=None) -> None:
-        z1 = z0 + native.shape[0]
-        for region, counts in zip(self.regions, self.counts):
-            part = region.slab(z0, z1)
+        """Count the whole slices ``native`` (scan slices ``z0 ...``)."""
+        self._count(z0, 0, native, self.counts)
+
+    __call__ = observe
+
+    def observe_unordered(self, z0: int, y0: int, native: np.ndarray, outputs=None) -> None:
+        """Count rows ``y0 ...`` of scan slices ``z0 ...``, from any conversion worker, in any order:
+        each thread adds into its own counts (integers: the sum does not depend on the order), which
+        :meth:`result` adds up."""
+        counts = getattr(self._local, "counts", None)
+        if counts is None:
+            counts = self._local.counts = [np.zeros_like(c) for c in self.counts]
+            with self._threads_lock:
+                self._thread_counts.append(counts)
+        self._count(z0, y0, native, counts)
+
+    def _count(self, z0: int, y0: int, native: np.ndarray, into) -> None:
+        z1, y1 = z0 + native.shape[0], y0 + native.shape[1]
+        for region, counts in zip(self.regions, into):
+            part = region.slab(z0, z1, y0, y1)
             if part is None:
                 continue
             (a, b), mask, (ys, xs) = part
-            inside = native[a:b, ys, xs]
+            inside = native[a:b, ys.start - y0:ys.stop - y0, xs]
             if self._count_in_mask is not None:   # numba: one pass over the slab, no gathered copy
                 self._count_in_mask(inside.view(self._unsigned), mask, counts)
                 continue
@@ -132,14 +153,13 @@ class RegionStatisticsObserver:
             if values.size:
                 counts += np.bincount(np.ascontiguousarray(values).view(self._unsigned), minlength=counts.size)
 
-    __call__ = observe
-
     def result(self) -> RegionStatisticsResult:
         converter = UnitConverter(self.header.calibration, path=self.header.path)
         density_ok = not self.char and converter.can_convert(_DENSITY)
         voxel_mm3 = float(np.prod(np.asarray(self.header.voxel_size_mm, dtype=np.float64)))
         out = []
-        for region, all_counts in zip(self.regions, self.counts):
+        totals = [sum((counts[i] for counts in self._thread_counts), own.copy()) for i, own in enumerate(self.counts)]
+        for region, all_counts in zip(self.regions, totals):
             present = np.flatnonzero(all_counts)
             counts = all_counts[present]
             natives = present.astype(self._unsigned).view(self.dtype).astype(np.int64)

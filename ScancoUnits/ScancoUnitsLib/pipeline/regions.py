@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import RequestError
 from ..core.header import ScancoHeader
 from .region_measures import REGION_FIELDS, RegionStatisticsObserver
-from ..formats.regions import PlacedRegion, read_region
+from ..formats.regions import RegionLoading
 
 #: the ``--outputs`` role that writes each region on the scan's grid
 ROI_ROLE = "roi"
@@ -113,30 +113,49 @@ class ConversionRegions:
         self.warnings: List[str] = []
         self.skipped: Dict[str, str] = {}
         self.identities: Dict[str, dict] = {}
-        placed: List[PlacedRegion] = []
-        for source in region_sources(getattr(request, "regions", ())):
-            path = source.path_for(header.path)
-            if not path.exists():
-                if getattr(request, "regions_optional", False):
-                    self.skipped[source.name] = str(path)
-                    self.warnings.append(f"{header.path}: region {source.name}: {path} does not exist; left out "
-                                         "(--roi-optional)")
-                    continue
-                raise RequestError(header.path, f"region {source.name}: {path} does not exist "
-                                                "(--roi-optional converts without it)")
-            identity = file_identity(path)
-            region = read_region(path, like=header, name=source.name)
-            if file_identity(path) != identity:
-                raise RequestError(path, f"region {source.name}: the file changed while it was read")
-            self.identities[source.name] = identity
-            if region.outside_voxels:
-                self.warnings.append(f"{path}: region {source.name}: {region.outside_voxels} of its "
-                                     f"{region.voxels + region.outside_voxels} voxels lie outside the scan "
-                                     f"{os.path.basename(header.path)} and are left out")
-            placed.append(region)
-        self.regions = tuple(placed)
-        self.observer = RegionStatisticsObserver(header, self.regions, plan.thresholds) if self.regions else None
-        self.files = self._plan_files(plan, out_dir, stem) if getattr(request, "region_files", False) else []
+        loading: List[RegionLoading] = []
+        try:
+            for source in region_sources(getattr(request, "regions", ())):
+                path = source.path_for(header.path)
+                if not path.exists():
+                    if getattr(request, "regions_optional", False):
+                        self.skipped[source.name] = str(path)
+                        self.warnings.append(f"{header.path}: region {source.name}: {path} does not exist; left "
+                                             "out (--roi-optional)")
+                        continue
+                    raise RequestError(header.path, f"region {source.name}: {path} does not exist "
+                                                    "(--roi-optional converts without it)")
+                self.identities[source.name] = file_identity(path)
+                # the header checks now; the voxels are read and placed while the pass runs
+                loading.append(RegionLoading(path, like=header, name=source.name))
+            self.regions: Tuple = tuple(loading)
+            self.observer = RegionStatisticsObserver(header, self.regions, plan.thresholds) if self.regions else None
+            self.files = self._plan_files(plan, out_dir, stem) if getattr(request, "region_files", False) else []
+        except BaseException:
+            for region in loading:
+                region.stop()
+            raise
+
+    def finish(self) -> List[str]:
+        """After the pass: every region read to its end and placed (the reading's error raised here if
+        it came after the last slice the pass needed); the file unchanged since its identity was taken.
+        Returns the new warnings (voxels outside the scan), also kept in :attr:`warnings`."""
+        new = []
+        for region in self.regions:
+            done = region.wait()
+            if file_identity(done.path) != self.identities[done.name]:
+                raise RequestError(done.path, f"region {done.name}: the file changed while it was read")
+            if done.outside_voxels:
+                new.append(f"{done.path}: region {done.name}: {done.outside_voxels} of its "
+                                     f"{done.voxels + done.outside_voxels} voxels lie outside the scan "
+                                     f"{os.path.basename(self.header.path)} and are left out")
+        self.warnings.extend(new)
+        return new
+
+    def stop(self) -> None:
+        """Stop reading the regions (the conversion failed or was cancelled)."""
+        for region in self.regions:
+            region.stop()
 
     @property
     def read_paths(self) -> List[str]:
