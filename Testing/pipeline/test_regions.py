@@ -72,6 +72,17 @@ def _reference(volume, header, region, mask_range):
             "vbmd_mg_ha_ccm": vbmd, "vbmd_sd_mg_ha_ccm": vbmd_sd, "tmd_mg_ha_ccm": tmd, "tmd_sd_mg_ha_ccm": tmd_sd}
 
 
+def _random_region_with_reference(folder, name, volume, header, shape, seed, offset, low):
+    """A random binCmp mask AIM ``name`` at ``offset`` voxels from the scan, and the float64 reference of
+    its statistics with thresholds ``low``..1000 per mille: (path, reference, voxels outside)."""
+    mask = np.random.default_rng(seed).random(shape) < 0.6
+    position = tuple(p + o for p, o in zip(SCAN_POS, offset))
+    path = _mask_aim(folder, name, mask, position, compression="binCmp")
+    expected_region, outside = _on_grid(mask, position, SCAN_POS, volume.shape)
+    resolved = resolve_thresholds(ThresholdSpec(low, 1000), header.calibration)
+    return path, _reference(volume, header, expected_region, (resolved.native_low, resolved.native_high)), outside
+
+
 def _check(result_region, reference, outside):
     assert result_region.outside_voxels == outside
     for key, value in reference.items():
@@ -233,12 +244,8 @@ def test_cli_roi_statistics_in_the_metadata_equal_whole_array(tmp_path, capsys):
     study.mkdir()
     scan, volume = _scan(study, name="C1.AIM")
     header = read_header(scan)
-    mask = np.random.default_rng(3).random((12, 14, 16)) < 0.6
-    position = tuple(p + o for p, o in zip(SCAN_POS, (-4, 6, 2)))
-    _mask_aim(study, "C1_TRAB_MASK.AIM", mask, position, compression="binCmp")
-    expected_region, outside = _on_grid(mask, position, SCAN_POS, volume.shape)
-    resolved = resolve_thresholds(ThresholdSpec(120, 1000), header.calibration)
-    reference = _reference(volume, header, expected_region, (resolved.native_low, resolved.native_high))
+    _, reference, outside = _random_region_with_reference(study, "C1_TRAB_MASK.AIM", volume, header, (12, 14, 16),
+                                                          seed=3, offset=(-4, 6, 2), low=120)
 
     status, _, err = run_cli(capsys, "convert", scan, "-o", tmp_path / "one", "--low", "120",
                              "--roi", f"TRAB={study / 'C1_TRAB_MASK.AIM'}")
@@ -462,12 +469,8 @@ def test_region_counts_in_the_workers_equal_whole_array(tmp_path, capsys, monkey
         monkeypatch.setattr(engine, "SLAB_SET_MAX_BYTES", piece_bytes)   # a few rows a piece
     scan, volume = _scan(tmp_path, shape=(24, 30, 40), seed=11)
     header = read_header(scan)
-    mask = np.random.default_rng(12).random((20, 26, 25)) < 0.5
-    position = tuple(p + o for p, o in zip(SCAN_POS, (-5, 7, 3)))
-    _mask_aim(tmp_path, "TRAB.AIM", mask, position, compression="binCmp")
-    expected_region, outside = _on_grid(mask, position, SCAN_POS, volume.shape)
-    resolved = resolve_thresholds(ThresholdSpec(300, 1000), header.calibration)
-    reference = _reference(volume, header, expected_region, (resolved.native_low, resolved.native_high))
+    _, reference, outside = _random_region_with_reference(tmp_path, "TRAB.AIM", volume, header, (20, 26, 25),
+                                                          seed=12, offset=(-5, 7, 3), low=300)
     status, _, err = run_cli(capsys, "convert", scan, "-o", tmp_path / "out", "--low", "300", "--slab-slices", "2",
                              "--roi", f"TRAB={tmp_path / 'TRAB.AIM'}")
     assert status == 0, err

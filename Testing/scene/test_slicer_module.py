@@ -227,17 +227,10 @@ def fake_mask_aim(monkeypatch):
 
 
 def _segmentation_with(scene, names):
-    """A segmentation with empty segments (AddEmptySegment needs converter rules slicer-core does not register)."""
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segs")
-    for name in names:
-        image = slicer.vtkOrientedImageData()
-        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        segment = slicer.vtkSegment()
-        segment.SetName(name)
-        segment.AddRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName(),
-                                  image)
-        assert node.GetSegmentation().AddSegment(segment)
-    return node
+    """A segmentation with empty segments."""
+    from segmentation_nodes import add_empty_segments
+
+    return add_empty_segments(scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "segs"), names)
 
 
 def test_logic_save_mask_as_aim_calls_the_library(module, files, fake_mask_aim, tmp_path):

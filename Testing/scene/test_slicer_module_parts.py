@@ -165,18 +165,11 @@ def test_help_text_states_the_conventions_and_is_translated_in_the_module_contex
 
 # ---- the SCANCO AIM file writer's node (real MRML nodes: slicer-core) -------------------------------------
 def _segmentation_with(scene, names):
-    slicer = pytest.importorskip("slicer")
-    vtk = pytest.importorskip("vtk")
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "edited")
-    for name in names:
-        image = slicer.vtkOrientedImageData()
-        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        segment = slicer.vtkSegment()
-        segment.SetName(name)
-        segment.AddRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName(),
-                                  image)
-        node.GetSegmentation().AddSegment(segment, f"id_{name}")
-    return node
+    pytest.importorskip("slicer")
+    from segmentation_nodes import add_empty_segments
+
+    return add_empty_segments(scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "edited"), names,
+                              ids=[f"id_{name}" for name in names])
 
 
 def test_aim_file_writer_takes_a_copy_with_one_mask():

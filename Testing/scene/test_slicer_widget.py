@@ -23,6 +23,7 @@ from ScancoUnitsLib import Calibration, write_isq  # noqa: E402
 TESTING = Path(__file__).resolve().parents[1] / "support"
 sys.path.insert(0, str(TESTING))
 import slicer_module_stubs  # noqa: E402
+from segmentation_nodes import add_empty_segments  # noqa: E402
 
 CAL = Calibration(mu_scaling=8192, mu_water_per_cm=0.2409, density_slope=1603.51904,
                   density_intercept=-391.209015, density_unit="mg HA/ccm")
@@ -297,14 +298,7 @@ def test_save_mask_as_aim_passes_node_and_segment(harness, scan, monkeypatch, tm
     segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "edited")
     ui.maskNodeSelector.setCurrentNode(segmentation)
     assert not ui.saveMaskAsAimButton.enabled   # no segment yet
-    for name in ("Cortex", "Trabecular"):   # Segment Editor adds segments: the list follows
-        image = slicer.vtkOrientedImageData()
-        image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-        segment = slicer.vtkSegment()
-        segment.SetName(name)
-        segment.AddRepresentation(slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName(),
-                                  image)
-        segmentation.GetSegmentation().AddSegment(segment)
+    add_empty_segments(segmentation, ("Cortex", "Trabecular"))   # Segment Editor adds segments: the list follows
     assert [name for name, _ in ui.maskSegmentComboBox.items] == ["Cortex", "Trabecular"]
     assert ui.saveMaskAsAimButton.enabled and ui.maskSegmentComboBox.enabled
     ui.maskSegmentComboBox.setCurrentIndex(1)
