@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -24,7 +23,6 @@ from .node_attributes import FOLDER, MASK_COLORS, set_attributes
 logger = logging.getLogger(__name__)
 
 MASK_COLOR_RGB = (0.90, 0.85, 0.55)   # bone-ivory segment and label colour
-_HUGE_PAGE_BYTES = 2 << 20             # a transparent huge page on x86-64 and arm64 (4 KiB base pages)
 
 
 def vtk_matrix(matrix: np.ndarray):
@@ -38,33 +36,6 @@ def vtk_matrix(matrix: np.ndarray):
     return out
 
 
-def advise_huge_pages(array: np.ndarray) -> bool:
-    """Ask Linux to back ``array``'s fresh buffer with transparent huge pages (``madvise(MADV_HUGEPAGE)``
-    on the 2 MiB-aligned part of it), before its first touch: one page fault per 2 MiB instead of one per
-    4 KiB when the conversion first writes it (with THP in its "madvise" mode, the default of many
-    distributions, nothing is huge unless asked). A hint only: False, and nothing done, where the
-    platform, the Python or the kernel does not offer it; never an error."""
-    import mmap
-
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)   # Linux only (Python 3.8+)
-    if advice is None or not sys.platform.startswith("linux") or array.nbytes < 2 * _HUGE_PAGE_BYTES:
-        return False
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-        madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        madvise.restype = ctypes.c_int
-        start = int(array.__array_interface__["data"][0])
-        first = -(-start // _HUGE_PAGE_BYTES) * _HUGE_PAGE_BYTES
-        stop = (start + array.nbytes) // _HUGE_PAGE_BYTES * _HUGE_PAGE_BYTES
-        return stop > first and madvise(first, stop - first, advice) == 0
-    except (OSError, AttributeError, ValueError, TypeError) as exc:  # no libc, no madvise: only a hint
-        logger.debug("madvise(MADV_HUGEPAGE) skipped: %s", exc)
-        return False
-
-
 def allocate_image(image, dtype, shape_zyx) -> np.ndarray:
     """Give ``image`` (a vtkImageData or vtkOrientedImageData, extent from 0) one component of ``dtype``
     voxels on a (z, y, x) grid, uninitialised, and return its numpy (z, y, x) view."""
@@ -76,7 +47,6 @@ def allocate_image(image, dtype, shape_zyx) -> np.ndarray:
     array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(z, y, x)
     if array.dtype != np.dtype(dtype):  # e.g. VTK_CHAR mapped differently: never silently convert
         raise RuntimeError(f"VTK gave {array.dtype} for {np.dtype(dtype)} voxels")
-    advise_huge_pages(array)
     return array
 
 
