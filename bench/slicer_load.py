@@ -4,8 +4,11 @@
     .venv/bin/python bench/slicer_load.py --size 1G --repeat 3
 
 Slicer's own reader of a SCANCO file is ITK (ITKIOScanco), so ``itk.imread`` of the same file is the
-time to beat. Each case runs in a child process of its own, interleaved with the others, on a file
-that sits in the page cache (read once before every run). Both sides are timed fairly: in its child,
+time to beat. Each case runs in a child process of its own, interleaved with the others, each round
+starting with the next case (no case always runs first, or always right after the one that freed the
+most memory: on a virtual machine with free page reporting, memory freed a few seconds earlier is
+faster to write than memory the host has taken back; ``--cold`` waits before every run until it has),
+on a file that sits in the page cache (read once before every run). Both sides are timed fairly: in its child,
 each side first reads a small warm-up ISQ the same way (itk loads its modules lazily, at the first
 ``imread``: seconds of import the big read must not be charged with; the scene side likewise pays its
 first-call costs there), then the clock runs for the big file only:
@@ -29,13 +32,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "ScancoUnits"))
 sys.path.insert(0, str(REPO / "bench"))
 
-from bench import parse_size, size_label, warm, write_input_isq  # noqa: E402
+from bench import COLD_PAUSE_S, parse_size, size_label, warm, write_input_isq  # noqa: E402
 
 CHILD = r"""
 import json, sys, time
@@ -84,7 +88,9 @@ print(json.dumps({{"seconds": seconds, "peak_above_base_bytes": (rss_kib("VmHWM"
 CASES = ("itk", "hu", "four nodes")
 
 
-def run_case(case: str, path: Path, warmup: Path) -> dict:
+def run_case(case: str, path: Path, warmup: Path, cold: bool = False) -> dict:
+    if cold:
+        time.sleep(COLD_PAUSE_S)
     warm(path)
     warm(warmup)
     code = CHILD.format(lib=str(REPO / "ScancoUnits"))
@@ -111,6 +117,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=parse_size, default=parse_size("1G"))
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", type=Path, default=None)
+    parser.add_argument("--cold", action="store_true",
+                        help=f"wait {COLD_PAUSE_S:.0f} s before every run (freed memory back to a VM's host)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.dir) as folder:
         isq = Path(folder) / "SLICER.ISQ"
@@ -118,19 +126,23 @@ def main(argv=None) -> int:
         shape = write_input_isq(isq, args.size)
         write_warmup_isq(warmup)
         runs = {case: [] for case in CASES}
-        for _ in range(args.repeat):
-            for case in CASES:   # interleaved
-                runs[case].append(run_case(case, isq, warmup))
+        for round_ in range(args.repeat):
+            for k in range(len(CASES)):   # interleaved, each round starting with the next case
+                case = CASES[(round_ + k) % len(CASES)]
+                runs[case].append(run_case(case, isq, warmup, cold=args.cold))
     itk_s = statistics.median(r["seconds"] for r in runs["itk"])
     print(f"Slicer load of a {size_label(args.size)} ISQ {shape[2]}x{shape[1]}x{shape[0]} (medians of "
-          f"{args.repeat}, interleaved, warm page cache, each side after a warm-up read in its own process)")
-    print(f"{'case':<12} {'seconds':>8} {'x ITK':>7} {'peak above base MB':>19} {'node MB':>9} {'peak/node':>10}")
+          f"{args.repeat}, interleaved, warm page cache, each side after a warm-up read in its own process"
+          f"{', cold memory' if args.cold else ''})")
+    print(f"{'case':<12} {'seconds':>8} {'x ITK':>7} {'peak above base MB':>19} {'node MB':>9} {'peak/node':>10}"
+          f"  every run (s)")
     for case in CASES:
         seconds = statistics.median(r["seconds"] for r in runs[case])
         peak = statistics.median(r["peak_above_base_bytes"] for r in runs[case])
         own = statistics.median(r["node_bytes"] for r in runs[case])
+        every = " ".join(f"{r['seconds']:.2f}" for r in runs[case])
         print(f"{case:<12} {seconds:8.2f} {seconds / itk_s:7.2f} {peak / 1e6:19.0f} {own / 1e6:9.0f} "
-              f"{peak / max(own, 1):10.2f}")
+              f"{peak / max(own, 1):10.2f}  {every}")
     return 0
 
 

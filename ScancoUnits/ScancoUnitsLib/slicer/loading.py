@@ -38,6 +38,7 @@ from .nodes import (
     calibration_attributes,
     configure_scalar_display,
     mask_color_node,
+    new_segment_image,
     new_volume_node,
     place_in_subject_hierarchy,
     remove_loaded_nodes,
@@ -104,6 +105,28 @@ class _DirectArraySink:
         target = self.array[rows]
         if target.__array_interface__["data"][0] != slab.__array_interface__["data"][0]:
             np.copyto(target, slab)
+
+
+class _SecondArraySink:
+    """Engine sink for a second full-resolution array of one output (the segment's own copy of the mask):
+    the conversion workers copy each slab, or piece of rows, in at its place while it is still in their
+    cache (``write_at``, as they write raw files), instead of one copy of the whole array after the pass."""
+
+    accepts_rows = True
+
+    def __init__(self, array: np.ndarray, z_first: int):
+        self.array = array
+        self.z_first = z_first
+
+    def write_at(self, z, slab, row0: int = 0) -> None:
+        first = z.start - self.z_first
+        np.copyto(self.array[first:first + len(z), row0:row0 + slab.shape[1]], slab)
+
+    def write(self, z, slab) -> None:
+        self.write_at(z, slab)
+
+    def write_rows(self, z, y0, slab) -> None:
+        self.write_at(z, slab, row0=y0)
 
 
 def load_scan_into_scene(scene, path, *, outputs=None, thresholds=None, density_unit: str = defaults.DENSITY_UNIT,
@@ -198,12 +221,15 @@ def _plan_load(header: ScancoHeader, *, outputs, thresholds, density_unit, hu_dt
 
 
 def _allocate_nodes(scene, job: _LoadJob, created: list):
-    """One node per planned output, each node array a sink of its output: ``(nodes, engine outputs)``."""
+    """One node per planned output, each node array a sink of its output: ``(nodes, engine outputs,
+    segment image or None)``. With both mask nodes asked for, the segment's own image (its voxels never
+    shared with the labelmap node) is a second sink of the mask, filled by the same pass."""
     header, sampling = job.header, job.sampling
     ijk_to_ras = ijk_to_ras_matrix(header, sampling)
     shape = sampling.shape_zyx
     nodes: Dict[str, object] = {}
     engine_outputs: Dict[str, EngineOutput] = {}
+    segment_image = None
     for out in job.plan.outputs:
         quantity = QUANTITIES[out.quantity]
         if out.role == "mask":
@@ -226,10 +252,14 @@ def _allocate_nodes(scene, job: _LoadJob, created: list):
         if out.role != "mask":
             set_voxel_value_units(node, out.quantity)
         nodes[out.role] = node
-        sink = _DirectArraySink(array, job.z_first) if job.full else _SampledArraySink(array, sampling)
-        engine_outputs[out.role] = EngineOutput(out.role, out.quantity, out.dtype, [sink],
+        sinks = [_DirectArraySink(array, job.z_first) if job.full else _SampledArraySink(array, sampling)]
+        if out.role == "mask" and {"mask_labelmap", "mask_segmentation"} <= set(job.roles):
+            segment_image, segment_array = new_segment_image(shape, ijk_to_ras)
+            sinks.append(_SecondArraySink(segment_array, job.z_first) if job.full
+                         else _SampledArraySink(segment_array, sampling))
+        engine_outputs[out.role] = EngineOutput(out.role, out.quantity, out.dtype, sinks,
                                                 target=array if job.full else None)
-    return nodes, engine_outputs
+    return nodes, engine_outputs, segment_image
 
 
 def _fill_nodes(job: _LoadJob, engine_outputs, *, hu_dtype, progress, cancel, export_dir, histogram, warning):
@@ -292,9 +322,10 @@ def _record_pass_findings(job: _LoadJob, nodes, exported, result, *, hu_dtype, w
             warning(text)
 
 
-def _finish_nodes(scene, job: _LoadJob, nodes, created: list):
-    """Display, labelmap colours and the segmentation; the mask labelmap goes when only its segmentation
-    was asked for. Returns the list of created nodes still in the scene."""
+def _finish_nodes(scene, job: _LoadJob, nodes, created: list, segment_image=None):
+    """Display, labelmap colours and the segmentation (its segment ``segment_image`` when the pass
+    filled one); the mask labelmap goes when only its segmentation was asked for. Returns the list of
+    created nodes still in the scene."""
     header, roles = job.header, job.roles
     for role in ("hu", "density", "mu", "native"):
         if role in nodes:
@@ -313,7 +344,7 @@ def _finish_nodes(scene, job: _LoadJob, nodes, created: list):
     if "mask_segmentation" in roles:
         segmentation = segmentation_from_labelmap(scene, mask_node, f"{job.base} mask segmentation",
                                                   job.label_name, job.common, job.threshold_attributes,
-                                                  own_copy="mask_labelmap" in roles)
+                                                  own_copy="mask_labelmap" in roles, image=segment_image)
         created.append(segmentation)
         nodes["mask_segmentation"] = segmentation
     if "mask_labelmap" in roles:
@@ -353,12 +384,12 @@ def load_scan(scene, path, *, outputs=None, thresholds=None, density_unit: str =
                      warning=warning)
     created = []      # every node added to the scene, for clean-up
     try:
-        nodes, engine_outputs = _allocate_nodes(scene, job, created)
+        nodes, engine_outputs, segment_image = _allocate_nodes(scene, job, created)
         native_histogram, exported, result = _fill_nodes(job, engine_outputs, hu_dtype=hu_dtype, progress=progress,
                                                          cancel=cancel, export_dir=export_dir,
                                                          histogram=histogram, warning=warning)
         _record_pass_findings(job, nodes, exported, result, hu_dtype=hu_dtype, warning=warning)
-        created = _finish_nodes(scene, job, nodes, created)
+        created = _finish_nodes(scene, job, nodes, created, segment_image)
         if progress is not None:
             progress(1.0)
         place_in_subject_hierarchy(scene, f"{job.base} (SCANCO)", [nodes[r] for r in ROLES if r in nodes])

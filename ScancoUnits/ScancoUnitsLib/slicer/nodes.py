@@ -36,22 +36,43 @@ def vtk_matrix(matrix: np.ndarray):
     return out
 
 
-def new_volume_node(scene, class_name: str, name: str, dtype: np.dtype, shape_zyx, ijk_to_ras: np.ndarray):
-    """A volume node with allocated (uninitialised) image data and its numpy (z, y, x) view."""
-    import vtk
+def allocate_image(image, dtype, shape_zyx) -> np.ndarray:
+    """Give ``image`` (a vtkImageData or vtkOrientedImageData, extent from 0) one component of ``dtype``
+    voxels on a (z, y, x) grid, uninitialised, and return its numpy (z, y, x) view."""
     from vtk.util import numpy_support
 
-    node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
-    image = vtk.vtkImageData()
     z, y, x = (int(v) for v in shape_zyx)
     image.SetDimensions(x, y, z)
     image.AllocateScalars(numpy_support.get_vtk_array_type(np.dtype(dtype)), 1)
-    node.SetAndObserveImageData(image)
-    node.SetIJKToRASMatrix(vtk_matrix(ijk_to_ras))
     array = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(z, y, x)
     if array.dtype != np.dtype(dtype):  # e.g. VTK_CHAR mapped differently: never silently convert
         raise RuntimeError(f"VTK gave {array.dtype} for {np.dtype(dtype)} voxels")
+    return array
+
+
+def new_volume_node(scene, class_name: str, name: str, dtype: np.dtype, shape_zyx, ijk_to_ras: np.ndarray):
+    """A volume node with allocated (uninitialised) image data and its numpy (z, y, x) view."""
+    import vtk
+
+    node = scene.AddNewNodeByClass(class_name, scene.GenerateUniqueName(name))
+    image = vtk.vtkImageData()
+    array = allocate_image(image, dtype, shape_zyx)
+    node.SetAndObserveImageData(image)
+    node.SetIJKToRASMatrix(vtk_matrix(ijk_to_ras))
     return node, array
+
+
+def new_segment_image(shape_zyx, ijk_to_ras: np.ndarray):
+    """A binary-labelmap representation for a segment on a volume node's grid, allocated (uninitialised)
+    for the pass to fill: a uint8 ``vtkOrientedImageData`` with extent from 0, spacing 1 and origin 0,
+    its geometry in the image-to-world matrix (what ``DeepCopy`` of the node's image data followed by
+    ``SetImageToWorldMatrix(IJKToRAS)`` gives). Returns ``(image, numpy (z, y, x) view)``."""
+    import slicer
+
+    image = slicer.vtkOrientedImageData()
+    array = allocate_image(image, np.uint8, shape_zyx)
+    image.SetImageToWorldMatrix(vtk_matrix(ijk_to_ras))
+    return image, array
 
 
 def calibration_attributes(header: ScancoHeader) -> Dict[str, object]:
@@ -238,15 +259,17 @@ def place_in_subject_hierarchy(scene, folder_name: str, nodes) -> None:
 
 
 def segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, common, threshold_attributes,
-                                own_copy: bool = True):
+                                own_copy: bool = True, image=None):
     """A segmentation with one segment whose binary labelmap holds the labelmap node's voxels.
 
-    With ``own_copy`` (the labelmap node stays in the scene) the segment gets its own copy of the voxels
-    (``vtkOrientedImageData::DeepCopy``): two nodes never share one buffer, so Segment Editor's edits
-    of the segment (merge modes write into the segment's image) do not reach the labelmap node behind
-    its back, and zeroing the labelmap's array does not empty the segment. Without it (the labelmap is
-    only the segmentation's source and is removed right after) the buffer is handed over with
-    ``ShallowCopy``: no copy, and after the removal the segment is its only owner.
+    ``image``: the segment's own ``vtkOrientedImageData`` (:func:`new_segment_image`), already filled
+    with the labelmap's voxels by the pass that filled the labelmap: it is used as it is, no copy.
+    Without it, with ``own_copy`` (the labelmap node stays in the scene) the segment gets its own copy of
+    the voxels (``vtkOrientedImageData::DeepCopy``). Either way two nodes never share one buffer, so
+    Segment Editor's edits of the segment (merge modes write into the segment's image) do not reach the
+    labelmap node behind its back, and zeroing the labelmap's array does not empty the segment. Without
+    ``own_copy`` (the labelmap is only the segmentation's source and is removed right after) the buffer
+    is handed over with ``ShallowCopy``: no copy, and after the removal the segment is its only owner.
     ``vtkSegment::AddRepresentation`` keeps the given ``vtkOrientedImageData`` (a smart pointer). The
     segment's label value is vtkSegment's default, 1, the mask's foreground. An empty mask gives a
     named, empty segment on the same grid.
@@ -258,14 +281,17 @@ def segmentation_from_labelmap(scene, labelmap, name: str, label_name: str, comm
     try:
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(labelmap)
-        image = slicer.vtkOrientedImageData()
-        if own_copy:
-            image.DeepCopy(labelmap.GetImageData())
-        else:
-            image.ShallowCopy(labelmap.GetImageData())
         matrix = vtk.vtkMatrix4x4()
         labelmap.GetIJKToRASMatrix(matrix)
-        image.SetImageToWorldMatrix(matrix)
+        if image is None:
+            image = slicer.vtkOrientedImageData()
+            if own_copy:
+                image.DeepCopy(labelmap.GetImageData())
+            else:
+                image.ShallowCopy(labelmap.GetImageData())
+        else:
+            image.Modified()   # written through numpy by the pass
+        image.SetImageToWorldMatrix(matrix)   # the labelmap node's grid, whichever way the voxels came
         segment = slicer.vtkSegment()
         segment.SetName(label_name)
         segment.SetColor(*MASK_COLOR_RGB)
