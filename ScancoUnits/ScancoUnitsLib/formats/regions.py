@@ -36,6 +36,8 @@ Triple = Tuple[int, int, int]
 ELEMENT_SIZE_DRIFT_VOXELS = 0.05
 GOBJ_KIND = "GOBJ"
 MASK_AIM_KIND = "mask AIM"
+#: bytes of a mask AIM's voxels read at a time (its read and bool buffers are reused)
+REGION_READ_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,17 @@ class _Placement:
                              count=self._width).view(bool)
         return (a - z0, b - z0), part, (slice(ya, yb), slice(lo[0], hi[0]))
 
+    def bit_slab(self, z0: int, z1: int, y0: int = 0, y1: Optional[int] = None):
+        """:meth:`slab` with the part as bits (a view of :attr:`bits`, ``np.packbits`` along x: voxel x
+        of the part in byte ``x >> 3``, high bit first), no unpacked copy."""
+        lo, hi = self._lo, self._hi
+        a, b = max(z0, lo[2]), min(z1, hi[2])
+        ya, yb = max(y0, lo[1]), min(hi[1] if y1 is None else y1, hi[1])
+        if a >= b or ya >= yb:
+            return None
+        return (a - z0, b - z0), self.bits[a - lo[2]:b - lo[2], ya - lo[1]:yb - lo[1]], \
+            (slice(ya, yb), slice(lo[0], hi[0]))
+
     def check(self) -> None:
         """Refuse a region none of whose voxels lies inside the scan (its box overlaps, its voxels do not)."""
         if self.total and not self.voxels:
@@ -213,7 +226,7 @@ def region_kind(path) -> str:
 
 
 def read_region(path: Union[str, os.PathLike], like: ScancoHeader, name: Optional[str] = None,
-                slab_slices: int = 32) -> PlacedRegion:
+                slab_slices: Optional[int] = None) -> PlacedRegion:
     """The region in ``path`` (char mask AIM or GOBJ) on the grid of the scan ``like`` describes.
 
     Refused (:class:`RequestError`, one line with the reason): another element size, no overlap, a
@@ -232,8 +245,9 @@ def read_region(path: Union[str, os.PathLike], like: ScancoHeader, name: Optiona
     return placement.placed()
 
 
-def _mask_aim_placement(path: str, like: ScancoHeader, name: str, slab_slices: int):
-    """(the placement of the mask AIM ``path``, after its header checks; the generator of its slices)."""
+def _mask_aim_placement(path: str, like: ScancoHeader, name: str, slab_slices: Optional[int]):
+    """(the placement of the mask AIM ``path``, after its header checks; the generator of its slices,
+    ``slab_slices`` at a time: default about :data:`REGION_READ_BYTES` a slab)."""
     from .reader import open_voxels, read_header
 
     header = read_header(path)
@@ -245,13 +259,14 @@ def _mask_aim_placement(path: str, like: ScancoHeader, name: str, slab_slices: i
 
     def slabs(stop: Optional[threading.Event] = None):   # one native and one bool buffer, reused
         nz, ny, nx = header.shape_zyx
-        native = np.empty((min(slab_slices, nz), ny, nx), dtype=np.dtype(header.voxel_type))
+        slices = slab_slices or max(1, REGION_READ_BYTES // max(1, ny * nx))
+        native = np.empty((min(slices, nz), ny, nx), dtype=np.dtype(header.voxel_type))
         inside = np.empty(native.shape, dtype=bool)
         with open_voxels(header) as source:
-            for z0 in range(0, nz, slab_slices):
+            for z0 in range(0, nz, slices):
                 if stop is not None and stop.is_set():
                     return
-                n = min(slab_slices, nz - z0)
+                n = min(slices, nz - z0)
                 source.read_slab(z0, z0 + n, out=native[:n])
                 np.not_equal(native[:n], 0, out=inside[:n])
                 yield z0, inside[:n]
@@ -267,7 +282,7 @@ class RegionLoading:
     (its contours are filled as a whole)."""
 
     def __init__(self, path: Union[str, os.PathLike], like: ScancoHeader, name: Optional[str] = None,
-                 slab_slices: int = 32):
+                 slab_slices: Optional[int] = None):
         path = os.fspath(path)
         name = name or os.path.basename(path)
         self._error: Optional[BaseException] = None
@@ -311,6 +326,16 @@ class RegionLoading:
 
     def slab(self, z0: int, z1: int, y0: int = 0, y1: Optional[int] = None):
         """:meth:`PlacedRegion.slab` (a new bool array of the overlap box's slices, placed by then)."""
+        self._wait_for_slices(z1)
+        with self._changed:
+            return self._placement.slab(z0, z1, y0, y1)
+
+    def bit_slab(self, z0: int, z1: int, y0: int = 0, y1: Optional[int] = None):
+        """:meth:`slab` as bits (``_Placement.bit_slab``: a view, no copy), placed by then."""
+        self._wait_for_slices(z1)
+        return self._placement.bit_slab(z0, z1, y0, y1)   # placed slices are not written again
+
+    def _wait_for_slices(self, z1: int) -> None:
         need = min(z1, self._placement.scan_shape_zyx[0])
         with self._changed:
             while not self._changed.wait_for(lambda: self._placement.placed_through_z >= need, timeout=1.0):
@@ -318,7 +343,6 @@ class RegionLoading:
                     raise RuntimeError(f"{self.path}: the region's reading thread ended early")
             if self._error is not None:
                 raise self._error
-            return self._placement.slab(z0, z1, y0, y1)
 
     def slab_mask(self, z0: int, z1: int, dtype=np.uint8) -> np.ndarray:
         return _slab_mask(self, z0, z1, dtype)
