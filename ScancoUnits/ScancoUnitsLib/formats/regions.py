@@ -181,17 +181,6 @@ class _Placement:
                              count=self._width).view(bool)
         return (a - z0, b - z0), part, (slice(ya, yb), slice(lo[0], hi[0]))
 
-    def bit_slab(self, z0: int, z1: int, y0: int = 0, y1: Optional[int] = None):
-        """:meth:`slab` with the part as bits (a view of :attr:`bits`, ``np.packbits`` along x: voxel x
-        of the part in byte ``x >> 3``, high bit first), no unpacked copy."""
-        lo, hi = self._lo, self._hi
-        a, b = max(z0, lo[2]), min(z1, hi[2])
-        ya, yb = max(y0, lo[1]), min(hi[1] if y1 is None else y1, hi[1])
-        if a >= b or ya >= yb:
-            return None
-        return (a - z0, b - z0), self.bits[a - lo[2]:b - lo[2], ya - lo[1]:yb - lo[1]], \
-            (slice(ya, yb), slice(lo[0], hi[0]))
-
     def check(self) -> None:
         """Refuse a region none of whose voxels lies inside the scan (its box overlaps, its voxels do not)."""
         if self.total and not self.voxels:
@@ -329,11 +318,6 @@ class RegionLoading:
         self._wait_for_slices(z1)
         with self._changed:
             return self._placement.slab(z0, z1, y0, y1)
-
-    def bit_slab(self, z0: int, z1: int, y0: int = 0, y1: Optional[int] = None):
-        """:meth:`slab` as bits (``_Placement.bit_slab``: a view, no copy), placed by then."""
-        self._wait_for_slices(z1)
-        return self._placement.bit_slab(z0, z1, y0, y1)   # placed slices are not written again
 
     def _wait_for_slices(self, z1: int) -> None:
         need = min(z1, self._placement.scan_shape_zyx[0])

@@ -121,15 +121,3 @@ def count_in_mask(bits, mask, counts):
             for x in range(nx):
                 if mask[z, y, x]:
                     counts[np.intp(bits[z, y, x])] += 1
-
-
-@numba.njit(cache=True, nogil=True, boundscheck=False)
-def count_in_bits(bits, packed, counts):
-    """:func:`count_in_mask` with the mask as bits (``np.packbits`` along x, first voxel in the high bit):
-    ``packed[z, y, x >> 3]`` holds voxel x; no unpacked copy of the mask."""
-    nz, ny, nx = bits.shape
-    for z in range(nz):
-        for y in range(ny):
-            for x in range(nx):
-                if (packed[z, y, x >> 3] >> (7 - (x & 7))) & 1:
-                    counts[np.intp(bits[z, y, x])] += 1

@@ -119,9 +119,7 @@ class RegionStatisticsObserver:
         self._local = threading.local()
         self._thread_counts: list = []
         self._threads_lock = threading.Lock()
-        kernels = _numba_region_kernels()
-        self._count_in_mask = kernels.count_in_mask if kernels is not None else None
-        self._count_in_bits = kernels.count_in_bits if kernels is not None else None
+        self._count_in_mask = _numba_count_in_mask() if self.dtype.itemsize <= 2 else None
 
     def observe(self, z0: int, native: np.ndarray, outputs=None) -> None:
         """Count the whole slices ``native`` (scan slices ``z0 ...``)."""
@@ -143,15 +141,11 @@ class RegionStatisticsObserver:
     def _count(self, z0: int, y0: int, native: np.ndarray, into) -> None:
         z1, y1 = z0 + native.shape[0], y0 + native.shape[1]
         for region, counts in zip(self.regions, into):
-            as_bits = self._count_in_bits is not None and hasattr(region, "bit_slab")
-            part = region.bit_slab(z0, z1, y0, y1) if as_bits else region.slab(z0, z1, y0, y1)
+            part = region.slab(z0, z1, y0, y1)
             if part is None:
                 continue
             (a, b), mask, (ys, xs) = part
             inside = native[a:b, ys.start - y0:ys.stop - y0, xs]
-            if as_bits:   # numba, the region as bits while a conversion reads it: no unpacked copy
-                self._count_in_bits(inside.view(self._unsigned), mask, counts)
-                continue
             if self._count_in_mask is not None:   # numba: one pass over the slab, no gathered copy
                 self._count_in_mask(inside.view(self._unsigned), mask, counts)
                 continue
@@ -191,13 +185,12 @@ class RegionStatisticsObserver:
         return RegionStatisticsResult(self.header.path, native_range, tuple(out))
 
 
-def _numba_region_kernels():
-    """The numba kernels (``count_in_mask``, ``count_in_bits``) when the engine would use numba (the
-    ``fast`` extra installed and ``SCANCO_UNITS_KERNEL`` not ``numpy``), else None: the counts are
-    integers, the same either way."""
+def _numba_count_in_mask():
+    """The numba counting kernel when the engine would use numba (the ``fast`` extra installed and
+    ``SCANCO_UNITS_KERNEL`` not ``numpy``), else None: the counts are integers, the same either way."""
     from .kernels import choose_backend, numba_kernels
 
-    return numba_kernels() if choose_backend("auto") == "numba" else None
+    return numba_kernels().count_in_mask if choose_backend("auto") == "numba" else None
 
 
 def _mean_sd(counts: np.ndarray, values: np.ndarray, n: int) -> Tuple[float, float]:
