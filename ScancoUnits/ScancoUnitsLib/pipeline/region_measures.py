@@ -150,8 +150,9 @@ class RegionStatisticsObserver:
                 self._count_in_mask(inside.view(self._unsigned), mask, counts)
                 continue
             values = inside[mask]
-            if values.size:
-                counts += np.bincount(np.ascontiguousarray(values).view(self._unsigned), minlength=counts.size)
+            if values.size:   # only up to the largest bit pattern present (not all 65536 bins per slab)
+                found = np.bincount(values.view(self._unsigned))
+                counts[:found.size] += found
 
     def result(self) -> RegionStatisticsResult:
         converter = UnitConverter(self.header.calibration, path=self.header.path)
