@@ -15,7 +15,8 @@ must be whole voxels of the *same* element size:
 
 :func:`read_region` returns a :class:`PlacedRegion`: a bool mask cropped to the region's voxels
 inside the scan and the scan index of its first voxel, so a region costs memory in proportion to
-its own box, not to the scan.
+its own box, not to the scan. A conversion uses :class:`RegionLoading` instead: the same placement,
+read in a thread of its own during the conversion's pass and held as bits until the pass ends.
 """
 
 from __future__ import annotations
@@ -83,9 +84,13 @@ class PlacedRegion:
         return _slab_mask(self, z0, z1, dtype)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "file": self.path, "kind": self.kind,
-                "offset_voxels": list(self.offset_voxels), "voxels": self.voxels,
-                "outside_voxels": self.outside_voxels}
+        return _region_dict(self)
+
+
+def _region_dict(region) -> dict:
+    return {"name": region.name, "file": region.path, "kind": region.kind,
+            "offset_voxels": list(region.offset_voxels), "voxels": region.voxels,
+            "outside_voxels": region.outside_voxels}
 
 
 def _slab_mask(region, z0: int, z1: int, dtype) -> np.ndarray:
@@ -223,15 +228,20 @@ def read_region(path: Union[str, os.PathLike], like: ScancoHeader, name: Optiona
     path = os.fspath(path)
     name = name or os.path.basename(path)
     if region_kind(path) == GOBJ_KIND:
-        contours = read_gobj(path)
-        placement = _Placement(name, path, GOBJ_KIND, contours.dimensions, contours.position_voxels,
-                               contours.voxel_size_mm, like)
-        placement.add(0, contours.mask)
-        return placement.placed()
+        return _gobj_placement(path, like, name).placed()
     placement, slabs = _mask_aim_placement(path, like, name, slab_slices)
     for z0, part in slabs():
         placement.add(z0, part)
     return placement.placed()
+
+
+def _gobj_placement(path: str, like: ScancoHeader, name: str) -> _Placement:
+    """The GOBJ ``path`` placed on ``like``'s grid (its contours are filled as a whole)."""
+    contours = read_gobj(path)
+    placement = _Placement(name, path, GOBJ_KIND, contours.dimensions, contours.position_voxels,
+                           contours.voxel_size_mm, like)
+    placement.add(0, contours.mask)
+    return placement
 
 
 def _mask_aim_placement(path: str, like: ScancoHeader, name: str, slab_slices: Optional[int]):
@@ -279,10 +289,7 @@ class RegionLoading:
         self._changed = threading.Condition()
         self._thread = None
         if region_kind(path) == GOBJ_KIND:
-            contours = read_gobj(path)
-            self._placement = _Placement(name, path, GOBJ_KIND, contours.dimensions, contours.position_voxels,
-                                         contours.voxel_size_mm, like)
-            self._placement.add(0, contours.mask)
+            self._placement = _gobj_placement(path, like, name)
             self._placement.check()
             self._placement.placed_through_z = self._placement.scan_shape_zyx[0]
             return
@@ -316,8 +323,7 @@ class RegionLoading:
     def slab(self, z0: int, z1: int, y0: int = 0, y1: Optional[int] = None):
         """:meth:`PlacedRegion.slab` (a new bool array of the overlap box's slices, placed by then)."""
         self._wait_for_slices(z1)
-        with self._changed:
-            return self._placement.slab(z0, z1, y0, y1)
+        return self._placement.slab(z0, z1, y0, y1)   # placed slices are not written again: no lock
 
     def _wait_for_slices(self, z1: int) -> None:
         need = min(z1, self._placement.scan_shape_zyx[0])
@@ -341,14 +347,8 @@ class RegionLoading:
             raise RequestError(self.path, "the region's reading was stopped")
         return self
 
-    def placed(self) -> PlacedRegion:
-        """The :class:`PlacedRegion` (a bool array of the inside voxels' box), once read."""
-        return self.wait()._placement.placed()
-
     def to_dict(self) -> dict:
-        return {"name": self.name, "file": self.path, "kind": self.kind,
-                "offset_voxels": list(self.offset_voxels), "voxels": self.voxels,
-                "outside_voxels": self.outside_voxels}
+        return _region_dict(self)
 
     def stop(self) -> None:
         """Stop reading (the conversion failed or was cancelled)."""

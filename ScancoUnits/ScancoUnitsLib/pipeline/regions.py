@@ -142,13 +142,13 @@ class ConversionRegions:
         Returns the new warnings (voxels outside the scan), also kept in :attr:`warnings`."""
         new = []
         for region in self.regions:
-            done = region.wait()
-            if file_identity(done.path) != self.identities[done.name]:
-                raise RequestError(done.path, f"region {done.name}: the file changed while it was read")
-            if done.outside_voxels:
-                new.append(f"{done.path}: region {done.name}: {done.outside_voxels} of its "
-                                     f"{done.voxels + done.outside_voxels} voxels lie outside the scan "
-                                     f"{os.path.basename(self.header.path)} and are left out")
+            region.wait()
+            if file_identity(region.path) != self.identities[region.name]:
+                raise RequestError(region.path, f"region {region.name}: the file changed while it was read")
+            if region.outside_voxels:
+                new.append(f"{region.path}: region {region.name}: {region.outside_voxels} of its "
+                           f"{region.voxels + region.outside_voxels} voxels lie outside the scan "
+                           f"{os.path.basename(self.header.path)} and are left out")
         self.warnings.extend(new)
         return new
 
